@@ -25,7 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("sluice_descriptor.bin"))
-        .compile_with_config(config, &protos, &[root.clone(), protoc_bin_vendored::include_path()?])?;
+        .compile_with_config(
+            config,
+            &protos,
+            &[root.clone(), protoc_bin_vendored::include_path()?],
+        )?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

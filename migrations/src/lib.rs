@@ -1,1 +1,39 @@
-//! placeholder
+//! sea-orm migrations for both planes. Each plane has its own migrator and its own
+//! migration-history table, so the planes can share one PostgreSQL database or use
+//! separate files on SQLite. One module per change, each with `up` and `down`.
+//!
+//! Times are stored as unix milliseconds (BIGINT): portable across SQLite and PostgreSQL,
+//! exact to compare and sort, and cheap to write on the hot path.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m0001_control_initial;
+mod m0001_data_initial;
+
+/// Migrations of the control plane's database.
+pub struct ControlMigrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for ControlMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_control_initial::Migration)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "sluice_control_migrations".into_iden()
+    }
+}
+
+/// Migrations of the data plane's database.
+pub struct DataMigrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for DataMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_data_initial::Migration)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "sluice_data_migrations".into_iden()
+    }
+}

@@ -1,1 +1,218 @@
-//! placeholder
+//! The control plane: workspaces, API keys, event types and subscriptions over gRPC, the
+//! configuration watch stream and outcome intake for the data plane, and the delivery log.
+//!
+//! Every method authenticates first, validates everything before touching the database,
+//! and scopes every query to the caller's workspace. It never sends HTTP itself: test sends,
+//! retries and replays go through the data plane's `DispatchService`.
+
+pub mod auth;
+pub mod convert;
+pub mod delivery;
+pub mod error;
+pub mod event_type;
+pub mod page;
+pub mod subscription;
+pub mod sync;
+pub mod workspace;
+
+use std::sync::Arc;
+
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryOrder,
+    QuerySelect, Set,
+};
+use sluice_proto::control::v1 as pb;
+use sluice_proto::data::v1::dispatch_service_client::DispatchServiceClient;
+use sluice_store::control::config_change;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::auth::Authenticator;
+use crate::error::{ApiError, ApiResult};
+
+/// What the control plane is told at start.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// The key that manages workspaces. Never logged.
+    pub admin_key: String,
+    /// The token the planes use with each other. Never logged.
+    pub internal_token: String,
+    /// Whether subscriptions may use plain `http://` URLs (development and tests).
+    pub allow_http: bool,
+    /// Where the data plane's `DispatchService` listens (`http://127.0.0.1:50052`), for
+    /// test sends, retries and replays; `None` answers those with UNAVAILABLE.
+    pub data_plane_endpoint: Option<String>,
+}
+
+/// The control plane's shared state; cheap to clone into each service.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    config: ControlConfig,
+    auth: Authenticator,
+    /// The latest config revision this process committed; wakes watch streams at once.
+    revision: watch::Sender<i64>,
+    dispatch: Option<DispatchServiceClient<Channel>>,
+    /// Cancelled at shutdown: long-lived streams (watch, outcomes) end so the server can stop.
+    streams: tokio_util::sync::CancellationToken,
+}
+
+impl ControlPlane {
+    /// The control plane over an open, migrated database.
+    pub async fn new(
+        db: DatabaseConnection,
+        config: ControlConfig,
+    ) -> Result<ControlPlane, ApiError> {
+        let latest = latest_revision(&db).await?;
+        let dispatch = match &config.data_plane_endpoint {
+            Some(url) => Some(DispatchServiceClient::new(
+                Channel::from_shared(url.clone())
+                    .map_err(|e| ApiError::Internal(format!("data plane endpoint {url:?}: {e}")))?
+                    .connect_timeout(std::time::Duration::from_secs(5))
+                    .connect_lazy(),
+            )),
+            None => None,
+        };
+        let auth = Authenticator::new(&config.admin_key, &config.internal_token, db.clone());
+        Ok(ControlPlane {
+            inner: Arc::new(Inner {
+                db,
+                auth,
+                revision: watch::Sender::new(latest),
+                dispatch,
+                config,
+                streams: tokio_util::sync::CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// `WorkspaceService`.
+    pub fn workspace_service(
+        &self,
+    ) -> pb::workspace_service_server::WorkspaceServiceServer<workspace::WorkspaceApi> {
+        pb::workspace_service_server::WorkspaceServiceServer::new(workspace::WorkspaceApi(
+            self.clone(),
+        ))
+    }
+
+    /// `EventTypeService`.
+    pub fn event_type_service(
+        &self,
+    ) -> pb::event_type_service_server::EventTypeServiceServer<event_type::EventTypeApi> {
+        pb::event_type_service_server::EventTypeServiceServer::new(event_type::EventTypeApi(
+            self.clone(),
+        ))
+    }
+
+    /// `SubscriptionService`.
+    pub fn subscription_service(
+        &self,
+    ) -> pb::subscription_service_server::SubscriptionServiceServer<subscription::SubscriptionApi>
+    {
+        pb::subscription_service_server::SubscriptionServiceServer::new(
+            subscription::SubscriptionApi(self.clone()),
+        )
+    }
+
+    /// `DeliveryService`.
+    pub fn delivery_service(
+        &self,
+    ) -> pb::delivery_service_server::DeliveryServiceServer<delivery::DeliveryApi> {
+        pb::delivery_service_server::DeliveryServiceServer::new(delivery::DeliveryApi(self.clone()))
+    }
+
+    /// `DataPlaneService` (internal).
+    pub fn data_plane_service(
+        &self,
+    ) -> pb::data_plane_service_server::DataPlaneServiceServer<sync::DataPlaneApi> {
+        pb::data_plane_service_server::DataPlaneServiceServer::new(sync::DataPlaneApi(self.clone()))
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// Ends the long-lived internal streams; call when shutting down, or the server would
+    /// wait for them forever.
+    pub fn close_streams(&self) {
+        self.inner.streams.cancel();
+    }
+
+    fn db(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    fn config(&self) -> &ControlConfig {
+        &self.inner.config
+    }
+
+    /// The data plane's dispatch client, with the internal token attached per call.
+    fn dispatch(&self) -> ApiResult<DispatchServiceClient<Channel>> {
+        self.inner.dispatch.clone().ok_or_else(|| {
+            ApiError::Unavailable("no data plane is configured (--data-plane-endpoint)".into())
+        })
+    }
+
+    /// Wraps a message for an internal call to the data plane.
+    fn internal_request<T>(&self, message: T) -> ApiResult<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.inner.config.internal_token)
+            .parse()
+            .map_err(|_| ApiError::Internal("the internal token is not valid metadata".into()))?;
+        request.metadata_mut().insert("authorization", value);
+        request.set_timeout(std::time::Duration::from_secs(30));
+        Ok(request)
+    }
+
+    /// Wakes watch streams after a commit that recorded config changes.
+    fn published(&self, revision: i64) {
+        self.inner.revision.send_if_modified(|current| {
+            if revision > *current {
+                *current = revision;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// The kinds of resource a config change names.
+pub(crate) const CHANGE_SUBSCRIPTION: &str = "subscription";
+pub(crate) const CHANGE_API_KEY: &str = "api_key";
+
+/// Records that a resource the data plane holds changed; returns the new revision.
+/// Call inside the transaction that changed it, after `lock_config_writes`.
+pub(crate) async fn record_change<C: ConnectionTrait>(
+    tx: &C,
+    kind: &str,
+    resource_id: &str,
+    workspace_id: &str,
+) -> Result<i64, DbErr> {
+    let row = config_change::ActiveModel {
+        kind: Set(kind.to_owned()),
+        resource_id: Set(resource_id.to_owned()),
+        workspace_id: Set(workspace_id.to_owned()),
+        create_ms: Set(sluice_store::now_ms()),
+        ..Default::default()
+    }
+    .insert(tx)
+    .await?;
+    Ok(row.revision)
+}
+
+async fn latest_revision<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
+    Ok(config_change::Entity::find()
+        .order_by_desc(config_change::Column::Revision)
+        .limit(1)
+        .one(db)
+        .await?
+        .map(|c| c.revision)
+        .unwrap_or(0))
+}

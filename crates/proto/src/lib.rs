@@ -19,6 +19,8 @@ pub mod data {
     }
 }
 
+pub mod json;
+
 /// The encoded `FileDescriptorSet` of every Sluice proto (with their imports), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");
 
@@ -35,7 +37,9 @@ mod tests {
             .iter()
             .flat_map(|f| {
                 let package = f.package().to_string();
-                f.service.iter().map(move |s| format!("{package}.{}", s.name()))
+                f.service
+                    .iter()
+                    .map(move |s| format!("{package}.{}", s.name()))
             })
             .collect();
         for expected in [
@@ -47,7 +51,10 @@ mod tests {
             "sluice.data.v1.IngestService",
             "sluice.data.v1.DispatchService",
         ] {
-            assert!(services.iter().any(|s| s == expected), "{expected} missing from {services:?}");
+            assert!(
+                services.iter().any(|s| s == expected),
+                "{expected} missing from {services:?}"
+            );
         }
     }
 }

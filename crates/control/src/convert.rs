@@ -1,0 +1,156 @@
+//! Conversions between stored rows and proto messages, in one place.
+
+use prost_types::Timestamp;
+use sluice_proto::control::v1 as pb;
+use sluice_store::control::{api_key, event_type, subscription, workspace};
+
+/// Unix milliseconds to a protobuf Timestamp.
+pub fn ts(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// An optional time.
+pub fn opt_ts(ms: Option<i64>) -> Option<Timestamp> {
+    ms.map(ts)
+}
+
+/// A protobuf Timestamp to unix milliseconds, refusing out-of-range values.
+pub fn ms(t: &Timestamp) -> Option<i64> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds
+        .checked_mul(1000)?
+        .checked_add(i64::from(t.nanos / 1_000_000))
+}
+
+/// A workspace row as its proto.
+pub fn workspace(m: workspace::Model) -> pb::Workspace {
+    pb::Workspace {
+        id: m.id,
+        display_name: m.display_name,
+        create_time: Some(ts(m.create_ms)),
+        update_time: Some(ts(m.update_ms)),
+    }
+}
+
+/// An API key row as its proto (without the key, which is not stored).
+pub fn api_key(m: api_key::Model) -> pb::ApiKey {
+    pb::ApiKey {
+        id: m.id,
+        workspace_id: m.workspace_id,
+        display_name: m.display_name,
+        key_prefix: m.key_prefix,
+        create_time: Some(ts(m.create_ms)),
+        revoke_time: opt_ts(m.revoke_ms),
+    }
+}
+
+/// An event type row as its proto.
+pub fn event_type(m: event_type::Model) -> pb::EventType {
+    pb::EventType {
+        name: m.name,
+        workspace_id: m.workspace_id,
+        version: m.version as u32,
+        description: m.description,
+        json_schema: m
+            .json_schema
+            .as_deref()
+            .and_then(sluice_proto::json::json_to_struct),
+        example: m
+            .example
+            .as_deref()
+            .and_then(sluice_proto::json::json_to_struct),
+        archived: m.archived,
+        create_time: Some(ts(m.create_ms)),
+        update_time: Some(ts(m.update_ms)),
+    }
+}
+
+/// The stored name of a destination type.
+pub fn destination_name(t: pb::DestinationType) -> &'static str {
+    match t {
+        pb::DestinationType::Slack => "slack",
+        _ => "webhook",
+    }
+}
+
+/// A stored destination name as its enum.
+pub fn destination_type(name: &str) -> pb::DestinationType {
+    match name {
+        "slack" => pb::DestinationType::Slack,
+        _ => pb::DestinationType::Webhook,
+    }
+}
+
+/// The stored name of a disabled reason.
+pub fn reason_name(r: pb::DisabledReason) -> &'static str {
+    match r {
+        pb::DisabledReason::EndpointGone => "endpoint_gone",
+        pb::DisabledReason::PersistentFailure => "persistent_failure",
+        _ => "user",
+    }
+}
+
+fn reason(name: Option<&str>) -> pb::DisabledReason {
+    match name {
+        None => pb::DisabledReason::Unspecified,
+        Some("endpoint_gone") => pb::DisabledReason::EndpointGone,
+        Some("persistent_failure") => pb::DisabledReason::PersistentFailure,
+        Some(_) => pb::DisabledReason::User,
+    }
+}
+
+/// A subscription row as its proto (without secrets).
+pub fn subscription(m: subscription::Model) -> pb::Subscription {
+    pb::Subscription {
+        id: m.id,
+        workspace_id: m.workspace_id,
+        description: m.description,
+        url: m.url,
+        destination_type: destination_type(&m.destination_type) as i32,
+        filters: serde_json::from_str(&m.filters).unwrap_or_default(),
+        headers: serde_json::from_str(&m.headers).unwrap_or_default(),
+        rate_limit_per_second: m.rate_limit_per_second as u32,
+        state: if m.enabled {
+            pb::SubscriptionState::Enabled
+        } else {
+            pb::SubscriptionState::Disabled
+        } as i32,
+        disabled_reason: reason(m.disabled_reason.as_deref()) as i32,
+        disabled_message: m.disabled_message.unwrap_or_default(),
+        disable_time: opt_ts(m.disable_ms),
+        create_time: Some(ts(m.create_ms)),
+        update_time: Some(ts(m.update_ms)),
+    }
+}
+
+/// What the data plane needs of a subscription, secrets included.
+pub fn config_subscription(m: &subscription::Model, now_ms: i64) -> pb::ConfigSubscription {
+    let mut secrets = vec![pb::ConfigSecret {
+        secret: m.secret.clone(),
+        expire_time: None,
+    }];
+    if let (Some(previous), Some(expire)) = (&m.previous_secret, m.previous_secret_expire_ms)
+        && expire > now_ms
+    {
+        secrets.push(pb::ConfigSecret {
+            secret: previous.clone(),
+            expire_time: Some(ts(expire)),
+        });
+    }
+    pb::ConfigSubscription {
+        id: m.id.clone(),
+        workspace_id: m.workspace_id.clone(),
+        url: m.url.clone(),
+        destination_type: destination_type(&m.destination_type) as i32,
+        filters: serde_json::from_str(&m.filters).unwrap_or_default(),
+        headers: serde_json::from_str(&m.headers).unwrap_or_default(),
+        rate_limit_per_second: m.rate_limit_per_second as u32,
+        enabled: m.enabled,
+        secrets,
+    }
+}

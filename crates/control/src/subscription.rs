@@ -1,0 +1,632 @@
+//! `SubscriptionService`: endpoints, their filters, headers, rate limits, state and signing
+//! secrets. Every change is recorded in the config change log in the same transaction, so
+//! the data plane's watch stream sees it within a second.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use sluice_core::event::{EventFilter, normalize_event_name};
+use sluice_core::ids::{IdKind, new_id};
+use sluice_core::signing::SigningSecret;
+use sluice_core::validate::{MAX_CUSTOM_HEADERS, bounded_text, custom_header, endpoint_url};
+use sluice_proto::control::v1 as pb;
+use sluice_proto::json::struct_to_json;
+use sluice_store::control::{event_type, subscription};
+use sluice_store::{lock_config_writes, now_ms};
+use tonic::{Request, Response, Status};
+
+use crate::error::{ApiError, ApiResult, Violations};
+use crate::page::PageRequest;
+use crate::workspace::check_id;
+use crate::{CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change};
+
+/// The longest description or disable message.
+pub const MAX_DESCRIPTION: usize = 2000;
+/// The highest per-endpoint rate limit a subscription may set.
+pub const MAX_RATE_LIMIT: u32 = 100_000;
+/// The grace period of a rotation when the request names none.
+pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
+/// The longest grace period of a rotation.
+pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
+/// Updatable fields, for `update_mask`.
+pub const UPDATABLE: [&str; 6] = [
+    "description",
+    "url",
+    "destination_type",
+    "filters",
+    "headers",
+    "rate_limit_per_second",
+];
+
+/// The `SubscriptionService` implementation.
+pub struct SubscriptionApi(pub(crate) ControlPlane);
+
+/// The validated, storable form of a subscription's settable fields.
+#[derive(Default)]
+struct Fields {
+    description: String,
+    url: String,
+    destination_type: &'static str,
+    filters: String,
+    headers: String,
+    rate_limit_per_second: i32,
+}
+
+/// Validates the fields `selected` says to read, recording every violation.
+fn validate(
+    v: &mut Violations,
+    input: &pb::Subscription,
+    selected: impl Fn(&str) -> bool,
+    allow_http: bool,
+) -> Fields {
+    let mut f = Fields::default();
+    if selected("description") {
+        v.check(
+            "subscription.description",
+            bounded_text(&input.description, MAX_DESCRIPTION),
+        );
+        f.description = input.description.clone();
+    }
+    let mut host_is_slack = false;
+    if selected("url") {
+        if input.url.is_empty() {
+            v.add("subscription.url", "required: the endpoint's https URL");
+        } else if let Some(url) = v.check("subscription.url", endpoint_url(&input.url, allow_http))
+        {
+            host_is_slack = url.host_str() == Some("hooks.slack.com");
+            f.url = url.to_string();
+        }
+    }
+    if selected("destination_type") || selected("url") {
+        f.destination_type = match pb::DestinationType::try_from(input.destination_type) {
+            Ok(pb::DestinationType::Slack) => "slack",
+            Ok(pb::DestinationType::Webhook) => "webhook",
+            Ok(pb::DestinationType::Unspecified) if host_is_slack => "slack",
+            Ok(pb::DestinationType::Unspecified) => "webhook",
+            Err(_) => {
+                v.add(
+                    "subscription.destination_type",
+                    format!("unknown value {}", input.destination_type),
+                );
+                "webhook"
+            }
+        };
+    }
+    if selected("filters") {
+        match EventFilter::parse(&input.filters) {
+            Ok(filter) => f.filters = serde_json::to_string(filter.patterns()).unwrap_or_default(),
+            Err(e) => {
+                let field = match e.index {
+                    Some(i) => format!("subscription.filters[{i}]"),
+                    None => "subscription.filters".to_owned(),
+                };
+                v.add(field, e.to_string());
+            }
+        }
+    }
+    if selected("headers") {
+        if input.headers.len() > MAX_CUSTOM_HEADERS {
+            v.add(
+                "subscription.headers",
+                format!(
+                    "at most {MAX_CUSTOM_HEADERS} headers; got {}",
+                    input.headers.len()
+                ),
+            );
+        }
+        let mut headers = BTreeMap::new();
+        for (name, value) in &input.headers {
+            if v.check(
+                format!("subscription.headers[{name:?}]"),
+                custom_header(name, value),
+            )
+            .is_some()
+                && headers
+                    .insert(name.to_ascii_lowercase(), value.clone())
+                    .is_some()
+            {
+                v.add(
+                    format!("subscription.headers[{name:?}]"),
+                    "given twice (header names ignore case)",
+                );
+            }
+        }
+        f.headers = serde_json::to_string(&headers).unwrap_or_default();
+    }
+    if selected("rate_limit_per_second") {
+        if input.rate_limit_per_second > MAX_RATE_LIMIT {
+            v.add(
+                "subscription.rate_limit_per_second",
+                format!(
+                    "at most {MAX_RATE_LIMIT} (0 means no limit); got {}",
+                    input.rate_limit_per_second
+                ),
+            );
+        }
+        f.rate_limit_per_second = input.rate_limit_per_second.min(MAX_RATE_LIMIT) as i32;
+    }
+    f
+}
+
+fn parse_secret(v: &mut Violations, field: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return SigningSecret::generate().to_whsec();
+    }
+    v.check(field, SigningSecret::parse(secret))
+        .map(|s| s.to_whsec())
+        .unwrap_or_default()
+}
+
+impl SubscriptionApi {
+    async fn find(&self, workspace_id: &str, id: &str) -> ApiResult<subscription::Model> {
+        check_id(IdKind::Subscription, "id", id)?;
+        find_in(self.0.db(), workspace_id, id).await
+    }
+
+    /// Runs `change` on the subscription inside a transaction that records the change.
+    async fn modify<F>(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        change: F,
+    ) -> ApiResult<subscription::Model>
+    where
+        F: FnOnce(&mut subscription::ActiveModel) + Send + 'static,
+    {
+        check_id(IdKind::Subscription, "id", id)?;
+        let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
+        let (row, revision) = self
+            .0
+            .db()
+            .transaction::<_, (subscription::Model, i64), ApiError>(|tx| {
+                Box::pin(async move {
+                    lock_config_writes(tx).await?;
+                    let mut row = find_in(tx, &workspace_id, &id).await?.into_active_model();
+                    change(&mut row);
+                    row.update_ms = Set(now_ms());
+                    let row = row.update(tx).await?;
+                    let revision =
+                        record_change(tx, CHANGE_SUBSCRIPTION, &row.id, &row.workspace_id).await?;
+                    Ok((row, revision))
+                })
+            })
+            .await?;
+        self.0.published(revision);
+        Ok(row)
+    }
+}
+
+/// A subscription of one workspace; another workspace's id is NOT_FOUND.
+pub(crate) async fn find_in<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    workspace_id: &str,
+    id: &str,
+) -> ApiResult<subscription::Model> {
+    subscription::Entity::find_by_id(id.to_owned())
+        .filter(subscription::Column::WorkspaceId.eq(workspace_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscription", id))
+}
+
+#[tonic::async_trait]
+impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let r = request.into_inner();
+        let input = r.subscription.unwrap_or_default();
+        let mut v = Violations::default();
+        let f = validate(&mut v, &input, |_| true, self.0.config().allow_http);
+        let secret = parse_secret(&mut v, "secret", &r.secret);
+        v.finish()?;
+        let now = now_ms();
+        let row = subscription::ActiveModel {
+            id: Set(new_id(IdKind::Subscription)),
+            workspace_id: Set(workspace_id),
+            description: Set(f.description),
+            url: Set(f.url),
+            destination_type: Set(f.destination_type.to_owned()),
+            filters: Set(f.filters),
+            headers: Set(f.headers),
+            rate_limit_per_second: Set(f.rate_limit_per_second),
+            enabled: Set(true),
+            disabled_reason: Set(None),
+            disabled_message: Set(None),
+            disable_ms: Set(None),
+            secret: Set(secret.clone()),
+            previous_secret: Set(None),
+            previous_secret_expire_ms: Set(None),
+            create_ms: Set(now),
+            update_ms: Set(now),
+        };
+        let (row, revision) = self
+            .0
+            .db()
+            .transaction::<_, (subscription::Model, i64), ApiError>(|tx: &DatabaseTransaction| {
+                Box::pin(async move {
+                    lock_config_writes(tx).await?;
+                    let row = row.insert(tx).await?;
+                    let revision =
+                        record_change(tx, CHANGE_SUBSCRIPTION, &row.id, &row.workspace_id).await?;
+                    Ok((row, revision))
+                })
+            })
+            .await
+            .map_err(ApiError::from)?;
+        self.0.published(revision);
+        tracing::info!(workspace_id = %row.workspace_id, subscription_id = %row.id, "subscription created");
+        Ok(Response::new(pb::CreateSubscriptionResponse {
+            subscription: Some(convert::subscription(row)),
+            secret,
+        }))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let row = self.find(&workspace_id, &request.get_ref().id).await?;
+        Ok(Response::new(pb::GetSubscriptionResponse {
+            subscription: Some(convert::subscription(row)),
+        }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let r = request.into_inner();
+        let page = PageRequest::parse(r.page_size, &r.page_token)?;
+        let mut v = Violations::default();
+        let state = v.check(
+            "state",
+            pb::SubscriptionState::try_from(r.state).map_err(|_| "unknown state"),
+        );
+        let event = if r.event_type.is_empty() {
+            None
+        } else {
+            v.check("event_type", normalize_event_name(&r.event_type))
+        };
+        v.finish()?;
+        let mut query = subscription::Entity::find()
+            .filter(subscription::Column::WorkspaceId.eq(workspace_id))
+            .order_by_asc(subscription::Column::Id);
+        match state {
+            Some(pb::SubscriptionState::Enabled) => {
+                query = query.filter(subscription::Column::Enabled.eq(true))
+            }
+            Some(pb::SubscriptionState::Disabled) => {
+                query = query.filter(subscription::Column::Enabled.eq(false))
+            }
+            _ => {}
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(subscription::Column::Id.gt(after.clone()));
+        }
+        let rows = match &event {
+            // Filters are matched in Rust, so the page is cut after matching.
+            Some(event) => {
+                let mut matched = Vec::new();
+                for row in query.all(self.0.db()).await.map_err(ApiError::from)? {
+                    let patterns: Vec<String> =
+                        serde_json::from_str(&row.filters).unwrap_or_default();
+                    if EventFilter::parse(&patterns).is_ok_and(|f| f.matches(event)) {
+                        matched.push(row);
+                        if matched.len() as u64 == page.fetch() {
+                            break;
+                        }
+                    }
+                }
+                matched
+            }
+            None => query
+                .limit(page.fetch())
+                .all(self.0.db())
+                .await
+                .map_err(ApiError::from)?,
+        };
+        let (rows, next_page_token) = page.finish(rows, |s| s.id.clone());
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: rows.into_iter().map(convert::subscription).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_subscription(
+        &self,
+        request: Request<pb::UpdateSubscriptionRequest>,
+    ) -> Result<Response<pb::UpdateSubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let r = request.into_inner();
+        let input = r.subscription.unwrap_or_default();
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut v = Violations::default();
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                format!(
+                    "required: name the fields to update ({})",
+                    UPDATABLE.join(", ")
+                ),
+            );
+        }
+        for path in &paths {
+            if !UPDATABLE.contains(&path.as_str()) {
+                v.add(
+                    "update_mask",
+                    format!(
+                        "unknown or read-only field {path:?}; updatable: {}",
+                        UPDATABLE.join(", ")
+                    ),
+                );
+            }
+        }
+        let has = |p: &str| paths.iter().any(|x| x == p);
+        if input.id.is_empty() {
+            v.add("subscription.id", "required");
+        }
+        let f = validate(&mut v, &input, has, self.0.config().allow_http);
+        v.finish()?;
+        let paths_owned = paths.clone();
+        let row = self
+            .modify(&workspace_id, &input.id, move |row| {
+                let has = |p: &str| paths_owned.iter().any(|x| x == p);
+                if has("description") {
+                    row.description = Set(f.description);
+                }
+                if has("url") {
+                    row.url = Set(f.url);
+                }
+                if has("url") || has("destination_type") {
+                    row.destination_type = Set(f.destination_type.to_owned());
+                }
+                if has("filters") {
+                    row.filters = Set(f.filters);
+                }
+                if has("headers") {
+                    row.headers = Set(f.headers);
+                }
+                if has("rate_limit_per_second") {
+                    row.rate_limit_per_second = Set(f.rate_limit_per_second);
+                }
+            })
+            .await?;
+        Ok(Response::new(pb::UpdateSubscriptionResponse {
+            subscription: Some(convert::subscription(row)),
+        }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let id = request.into_inner().id;
+        check_id(IdKind::Subscription, "id", &id)?;
+        let revision = self
+            .0
+            .db()
+            .transaction::<_, i64, ApiError>(|tx| {
+                Box::pin(async move {
+                    lock_config_writes(tx).await?;
+                    let row = find_in(tx, &workspace_id, &id).await?;
+                    subscription::Entity::delete_by_id(row.id.clone())
+                        .exec(tx)
+                        .await?;
+                    Ok(record_change(tx, CHANGE_SUBSCRIPTION, &row.id, &row.workspace_id).await?)
+                })
+            })
+            .await
+            .map_err(ApiError::from)?;
+        self.0.published(revision);
+        Ok(Response::new(pb::DeleteSubscriptionResponse {}))
+    }
+
+    async fn enable_subscription(
+        &self,
+        request: Request<pb::EnableSubscriptionRequest>,
+    ) -> Result<Response<pb::EnableSubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let row = self
+            .modify(&workspace_id, &request.get_ref().id, |row| {
+                row.enabled = Set(true);
+                row.disabled_reason = Set(None);
+                row.disabled_message = Set(None);
+                row.disable_ms = Set(None);
+            })
+            .await?;
+        Ok(Response::new(pb::EnableSubscriptionResponse {
+            subscription: Some(convert::subscription(row)),
+        }))
+    }
+
+    async fn disable_subscription(
+        &self,
+        request: Request<pb::DisableSubscriptionRequest>,
+    ) -> Result<Response<pb::DisableSubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        v.check("message", bounded_text(&r.message, MAX_DESCRIPTION));
+        v.finish()?;
+        let message = if r.message.is_empty() {
+            "disabled by a user".to_owned()
+        } else {
+            r.message
+        };
+        let row = self
+            .modify(&workspace_id, &r.id, move |row| {
+                row.enabled = Set(false);
+                row.disabled_reason = Set(Some("user".to_owned()));
+                row.disabled_message = Set(Some(message));
+                row.disable_ms = Set(Some(now_ms()));
+            })
+            .await?;
+        Ok(Response::new(pb::DisableSubscriptionResponse {
+            subscription: Some(convert::subscription(row)),
+        }))
+    }
+
+    async fn reveal_subscription_secret(
+        &self,
+        request: Request<pb::RevealSubscriptionSecretRequest>,
+    ) -> Result<Response<pb::RevealSubscriptionSecretResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let row = self.find(&workspace_id, &request.get_ref().id).await?;
+        let now = now_ms();
+        let (previous_secret, previous_secret_expire_time) =
+            match (row.previous_secret, row.previous_secret_expire_ms) {
+                (Some(s), Some(expire)) if expire > now => (s, Some(convert::ts(expire))),
+                _ => (String::new(), None),
+            };
+        Ok(Response::new(pb::RevealSubscriptionSecretResponse {
+            secret: row.secret,
+            previous_secret,
+            previous_secret_expire_time,
+        }))
+    }
+
+    async fn rotate_subscription_secret(
+        &self,
+        request: Request<pb::RotateSubscriptionSecretRequest>,
+    ) -> Result<Response<pb::RotateSubscriptionSecretResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let secret = parse_secret(&mut v, "secret", &r.secret);
+        let grace_secs = match &r.grace_period {
+            None => DEFAULT_GRACE_SECS,
+            Some(d) if d.seconds < 0 || d.nanos < 0 || d.seconds > MAX_GRACE_SECS => {
+                v.add("grace_period", "must be between 0 and 7 days");
+                0
+            }
+            Some(d) => d.seconds,
+        };
+        v.finish()?;
+        let expire = (grace_secs > 0).then(|| now_ms() + grace_secs * 1000);
+        let new_secret = secret.clone();
+        let row = self
+            .modify(&workspace_id, &r.id, move |row| {
+                let old = match &row.secret {
+                    sea_orm::ActiveValue::Set(s) | sea_orm::ActiveValue::Unchanged(s) => s.clone(),
+                    sea_orm::ActiveValue::NotSet => String::new(),
+                };
+                row.secret = Set(new_secret);
+                row.previous_secret = Set(expire.map(|_| old));
+                row.previous_secret_expire_ms = Set(expire);
+            })
+            .await?;
+        tracing::info!(subscription_id = %row.id, grace_secs, "signing secret rotated");
+        Ok(Response::new(pb::RotateSubscriptionSecretResponse {
+            secret,
+            previous_secret_expire_time: convert::opt_ts(expire),
+        }))
+    }
+
+    async fn send_test_event(
+        &self,
+        request: Request<pb::SendTestEventRequest>,
+    ) -> Result<Response<pb::SendTestEventResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let event = v.check("event_type", normalize_event_name(&r.event_type));
+        v.finish()?;
+        let event = event.unwrap_or_default();
+        let row = self.find(&workspace_id, &r.id).await?;
+        let payload_json = match &r.payload {
+            Some(p) => struct_to_json(p),
+            None => event_type::Entity::find_by_id((workspace_id.clone(), event.clone()))
+                .one(self.0.db())
+                .await
+                .map_err(ApiError::from)?
+                .and_then(|e| e.example)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "payload",
+                        format!(
+                            "event type {event:?} has no example in the catalog; give a payload"
+                        ),
+                    )
+                })?,
+        };
+        let mut dispatch = self.0.dispatch()?;
+        let config = convert::config_subscription(&row, now_ms());
+        let req = self
+            .0
+            .internal_request(sluice_proto::data::v1::SendTestRequest {
+                subscription: Some(config),
+                event_type: event,
+                payload_json,
+            })?;
+        let attempt = dispatch
+            .send_test(req)
+            .await
+            .map_err(|s| {
+                ApiError::Unavailable(format!(
+                    "the data plane could not send the test: {}",
+                    s.message()
+                ))
+            })?
+            .into_inner()
+            .attempt
+            .unwrap_or_default();
+        Ok(Response::new(pb::SendTestEventResponse {
+            message_id: attempt.message_id,
+            success: attempt.success,
+            status_code: attempt.status_code,
+            error_kind: attempt.error_kind,
+            error_message: attempt.error_message,
+            latency: attempt.latency,
+            response_excerpt: attempt.response_excerpt,
+        }))
+    }
+}

@@ -1,0 +1,458 @@
+//! `DataPlaneService` (internal): the configuration watch stream and the outcome intake.
+//!
+//! Watch: a snapshot at revision R, then every change after R in revision order. Each change
+//! sends the resource's current state (or its deletion), so replaying a change is harmless
+//! and a snapshot taken while writes go on converges. Watchers wake on this process's
+//! commits at once and poll every second for other replicas' commits.
+//!
+//! Outcomes: each batch is stored in one transaction, idempotent by attempt id, then acked.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use sluice_proto::control::v1 as pb;
+use sluice_store::control::{
+    api_key, attempt, config_change, delivery, endpoint_health, message, subscription,
+};
+use sluice_store::{lock_config_writes, now_ms};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{self, ms};
+use crate::error::ApiError;
+use crate::{CHANGE_API_KEY, CHANGE_SUBSCRIPTION, ControlPlane, latest_revision, record_change};
+
+/// Subscriptions per snapshot piece.
+const SNAPSHOT_CHUNK: u64 = 500;
+/// Changes per watch response.
+const CHANGE_CHUNK: u64 = 500;
+/// How often a watcher looks for changes committed by other replicas.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// The `DataPlaneService` implementation.
+pub struct DataPlaneApi(pub(crate) ControlPlane);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchConfigResponse, Status>> + Send>>;
+type OutcomeStream = Pin<Box<dyn Stream<Item = Result<pb::ReportOutcomesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
+    type WatchConfigStream = WatchStream;
+    type ReportOutcomesStream = OutcomeStream;
+
+    async fn watch_config(
+        &self,
+        request: Request<pb::WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        self.0.auth().internal(request.metadata())?;
+        let from = i64::try_from(request.into_inner().from_revision)
+            .map_err(|_| ApiError::invalid("from_revision", "too large"))?;
+        let (tx, rx) = mpsc::channel(4);
+        let plane = self.0.clone();
+        tokio::spawn(async move {
+            if let Err(e) = watch(plane, from, &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_outcomes(
+        &self,
+        request: Request<Streaming<pb::ReportOutcomesRequest>>,
+    ) -> Result<Response<Self::ReportOutcomesStream>, Status> {
+        self.0.auth().internal(request.metadata())?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let plane = self.0.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    batch = inbound.next() => batch,
+                    () = plane.inner.streams.cancelled() => break,
+                };
+                let Some(batch) = batch else { break };
+                let reply = match batch {
+                    Ok(batch) => {
+                        let batch_id = batch.batch_id;
+                        store_outcomes(&plane, batch)
+                            .await
+                            .map(|()| pb::ReportOutcomesResponse { batch_id })
+                            .map_err(Status::from)
+                    }
+                    Err(status) => {
+                        tracing::debug!(%status, "outcome stream ended");
+                        break;
+                    }
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type WatchSender = mpsc::Sender<Result<pb::WatchConfigResponse, Status>>;
+
+async fn watch(plane: ControlPlane, from: i64, tx: &WatchSender) -> Result<(), ApiError> {
+    let db = plane.db().clone();
+    let mut woken = plane.inner.revision.subscribe();
+    let latest = latest_revision(&db).await?;
+    // A revision from the future means this database is not the one the data plane
+    // watched before (restored or replaced): start over with a snapshot.
+    let mut current = if from == 0 || from > latest {
+        snapshot(&db, tx).await?
+    } else {
+        from
+    };
+    loop {
+        loop {
+            let changes = config_change::Entity::find()
+                .filter(config_change::Column::Revision.gt(current))
+                .order_by_asc(config_change::Column::Revision)
+                .limit(CHANGE_CHUNK)
+                .all(&db)
+                .await?;
+            let Some(last) = changes.last().map(|c| c.revision) else {
+                break;
+            };
+            let response = resolve_changes(&db, &changes, last).await?;
+            if tx.send(Ok(response)).await.is_err() {
+                return Ok(());
+            }
+            current = last;
+        }
+        tokio::select! {
+            changed = woken.changed() => if changed.is_err() { return Ok(()) },
+            () = tokio::time::sleep(POLL_EVERY) => {}
+            () = tx.closed() => return Ok(()),
+            () = plane.inner.streams.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Sends the whole configuration in pieces; returns the revision it is consistent at.
+async fn snapshot(db: &DatabaseConnection, tx: &WatchSender) -> Result<i64, ApiError> {
+    let revision = latest_revision(db).await?;
+    let now = now_ms();
+    let keys = api_key::Entity::find()
+        .filter(api_key::Column::RevokeMs.is_null())
+        .all(db)
+        .await?;
+    let mut first = pb::WatchConfigResponse {
+        reset: true,
+        upserted_api_keys: keys.iter().map(config_key).collect(),
+        ..Default::default()
+    };
+    let mut after = String::new();
+    loop {
+        let subs = subscription::Entity::find()
+            .filter(subscription::Column::Id.gt(after.clone()))
+            .order_by_asc(subscription::Column::Id)
+            .limit(SNAPSHOT_CHUNK)
+            .all(db)
+            .await?;
+        let done = (subs.len() as u64) < SNAPSHOT_CHUNK;
+        if let Some(last) = subs.last() {
+            after = last.id.clone();
+        }
+        let mut piece = std::mem::take(&mut first);
+        piece.upserted_subscriptions = subs
+            .iter()
+            .map(|s| convert::config_subscription(s, now))
+            .collect();
+        if done {
+            piece.revision = revision as u64;
+        }
+        if tx.send(Ok(piece)).await.is_err() {
+            return Ok(revision);
+        }
+        if done {
+            return Ok(revision);
+        }
+    }
+}
+
+fn config_key(k: &api_key::Model) -> pb::ConfigApiKey {
+    pb::ConfigApiKey {
+        id: k.id.clone(),
+        workspace_id: k.workspace_id.clone(),
+        key_hash: k.key_hash.clone(),
+    }
+}
+
+async fn resolve_changes(
+    db: &DatabaseConnection,
+    changes: &[config_change::Model],
+    revision: i64,
+) -> Result<pb::WatchConfigResponse, ApiError> {
+    let now = now_ms();
+    let mut response = pb::WatchConfigResponse {
+        revision: revision as u64,
+        ..Default::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for change in changes.iter().rev() {
+        // Only the latest state matters; later changes of the same resource come first here.
+        if !seen.insert((change.kind.as_str(), change.resource_id.as_str())) {
+            continue;
+        }
+        match change.kind.as_str() {
+            CHANGE_SUBSCRIPTION => {
+                match subscription::Entity::find_by_id(change.resource_id.clone())
+                    .one(db)
+                    .await?
+                {
+                    Some(s) => response
+                        .upserted_subscriptions
+                        .push(convert::config_subscription(&s, now)),
+                    None => response
+                        .deleted_subscription_ids
+                        .push(change.resource_id.clone()),
+                }
+            }
+            CHANGE_API_KEY => match api_key::Entity::find_by_id(change.resource_id.clone())
+                .one(db)
+                .await?
+            {
+                Some(k) if k.revoke_ms.is_none() => response.upserted_api_keys.push(config_key(&k)),
+                _ => response
+                    .deleted_api_key_ids
+                    .push(change.resource_id.clone()),
+            },
+            other => tracing::warn!(kind = other, "unknown config change kind"),
+        }
+    }
+    Ok(response)
+}
+
+fn delivery_status_name(status: i32) -> &'static str {
+    match pb::DeliveryStatus::try_from(status) {
+        Ok(pb::DeliveryStatus::Succeeded) => "succeeded",
+        Ok(pb::DeliveryStatus::Failed) => "failed",
+        _ => "pending",
+    }
+}
+
+fn trigger_name(trigger: i32) -> &'static str {
+    match pb::AttemptTrigger::try_from(trigger) {
+        Ok(pb::AttemptTrigger::Manual) => "manual",
+        Ok(pb::AttemptTrigger::Replay) => "replay",
+        _ => "scheduled",
+    }
+}
+
+/// Stores one batch in one transaction. Every insert ignores rows already there, so a
+/// batch resent after a lost ack changes nothing.
+async fn store_outcomes(
+    plane: &ControlPlane,
+    batch: pb::ReportOutcomesRequest,
+) -> Result<(), ApiError> {
+    let revision = plane
+        .db()
+        .transaction::<_, i64, ApiError>(|tx| {
+            Box::pin(async move {
+                for m in &batch.messages {
+                    let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
+                    insert_ignore(
+                        tx,
+                        message::Entity::insert(message::ActiveModel {
+                            id: Set(m.id.clone()),
+                            workspace_id: Set(m.workspace_id.clone()),
+                            event_type: Set(m.event_type.clone()),
+                            create_ms: Set(create_ms),
+                            delivery_count: Set(m.subscription_ids.len() as i32),
+                        })
+                        .on_conflict(OnConflict::column(message::Column::Id).do_nothing().to_owned()),
+                    )
+                    .await?;
+                    for sub in &m.subscription_ids {
+                        insert_ignore(
+                            tx,
+                            delivery::Entity::insert(delivery::ActiveModel {
+                                message_id: Set(m.id.clone()),
+                                subscription_id: Set(sub.clone()),
+                                workspace_id: Set(m.workspace_id.clone()),
+                                event_type: Set(m.event_type.clone()),
+                                status: Set("pending".into()),
+                                attempt_count: Set(0),
+                                last_attempt_ms: Set(None),
+                                next_attempt_ms: Set(Some(create_ms)),
+                                last_status_code: Set(0),
+                                last_error_kind: Set(String::new()),
+                                create_ms: Set(create_ms),
+                            })
+                            .on_conflict(
+                                OnConflict::columns([delivery::Column::MessageId, delivery::Column::SubscriptionId])
+                                    .do_nothing()
+                                    .to_owned(),
+                            ),
+                        )
+                        .await?;
+                    }
+                }
+                for outcome in &batch.attempts {
+                    store_attempt(tx, outcome).await?;
+                }
+                let mut revision = 0;
+                if !batch.disabled_subscriptions.is_empty() {
+                    lock_config_writes(tx).await?;
+                }
+                for d in &batch.disabled_subscriptions {
+                    let Some(row) = subscription::Entity::find_by_id(d.subscription_id.clone()).one(tx).await? else {
+                        continue;
+                    };
+                    if !row.enabled {
+                        continue;
+                    }
+                    let workspace_id = row.workspace_id.clone();
+                    let mut row = row.into_active_model();
+                    let reason = pb::DisabledReason::try_from(d.reason).unwrap_or(pb::DisabledReason::PersistentFailure);
+                    row.enabled = Set(false);
+                    row.disabled_reason = Set(Some(convert::reason_name(reason).to_owned()));
+                    row.disabled_message = Set(Some(d.message.clone()));
+                    row.disable_ms = Set(Some(d.disable_time.as_ref().and_then(ms).unwrap_or_else(now_ms)));
+                    row.update_ms = Set(now_ms());
+                    row.update(tx).await?;
+                    revision = record_change(tx, CHANGE_SUBSCRIPTION, &d.subscription_id, &workspace_id).await?;
+                    tracing::warn!(subscription_id = %d.subscription_id, reason = convert::reason_name(reason), "subscription disabled by the data plane");
+                }
+                Ok(revision)
+            })
+        })
+        .await?;
+    plane.published(revision);
+    Ok(())
+}
+
+async fn insert_ignore<C: ConnectionTrait, A: ActiveModelTrait>(
+    tx: &C,
+    insert: sea_orm::Insert<A>,
+) -> Result<u64, sea_orm::DbErr> {
+    let statement = tx
+        .get_database_backend()
+        .build(&sea_orm::QueryTrait::into_query(insert));
+    Ok(tx.execute_raw(statement).await?.rows_affected())
+}
+
+async fn store_attempt<C: ConnectionTrait>(
+    tx: &C,
+    outcome: &pb::AttemptOutcome,
+) -> Result<(), ApiError> {
+    let Some(a) = &outcome.attempt else {
+        return Ok(());
+    };
+    let attempt_ms = a.attempt_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
+    let latency_us = a
+        .latency
+        .as_ref()
+        .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
+        .unwrap_or(0);
+    let inserted = insert_ignore(
+        tx,
+        attempt::Entity::insert(attempt::ActiveModel {
+            id: Set(a.id.clone()),
+            workspace_id: Set(a.workspace_id.clone()),
+            message_id: Set(a.message_id.clone()),
+            subscription_id: Set(a.subscription_id.clone()),
+            event_type: Set(a.event_type.clone()),
+            attempt_number: Set(a.attempt_number as i32),
+            attempt_ms: Set(attempt_ms),
+            success: Set(a.success),
+            status_code: Set(a.status_code as i32),
+            error_kind: Set(a.error_kind.clone()),
+            error_message: Set(a.error_message.clone()),
+            latency_us: Set(latency_us),
+            response_excerpt: Set(a.response_excerpt.clone()),
+            trigger: Set(trigger_name(a.trigger).to_owned()),
+            url: Set(a.url.clone()),
+        })
+        .on_conflict(
+            OnConflict::column(attempt::Column::Id)
+                .do_nothing()
+                .to_owned(),
+        ),
+    )
+    .await?;
+    if inserted == 0 {
+        return Ok(()); // Seen before: the delivery and health already count it.
+    }
+    let status = delivery_status_name(outcome.delivery_status);
+    let next_ms = outcome.next_attempt_time.as_ref().and_then(ms);
+    match delivery::Entity::find_by_id((a.message_id.clone(), a.subscription_id.clone()))
+        .one(tx)
+        .await?
+    {
+        Some(row) => {
+            // Outcomes may arrive out of order across replicas; the latest attempt wins.
+            if row.last_attempt_ms.is_none_or(|last| last <= attempt_ms) {
+                let count = row.attempt_count.max(a.attempt_number as i32);
+                let mut row = row.into_active_model();
+                row.status = Set(status.to_owned());
+                row.attempt_count = Set(count);
+                row.last_attempt_ms = Set(Some(attempt_ms));
+                row.next_attempt_ms = Set(next_ms);
+                row.last_status_code = Set(a.status_code as i32);
+                row.last_error_kind = Set(a.error_kind.clone());
+                row.update(tx).await?;
+            }
+        }
+        None => {
+            delivery::ActiveModel {
+                message_id: Set(a.message_id.clone()),
+                subscription_id: Set(a.subscription_id.clone()),
+                workspace_id: Set(a.workspace_id.clone()),
+                event_type: Set(a.event_type.clone()),
+                status: Set(status.to_owned()),
+                attempt_count: Set(a.attempt_number as i32),
+                last_attempt_ms: Set(Some(attempt_ms)),
+                next_attempt_ms: Set(next_ms),
+                last_status_code: Set(a.status_code as i32),
+                last_error_kind: Set(a.error_kind.clone()),
+                create_ms: Set(attempt_ms),
+            }
+            .insert(tx)
+            .await?;
+        }
+    }
+    let health = endpoint_health::Entity::find_by_id(a.subscription_id.clone())
+        .one(tx)
+        .await?;
+    let mut row = match health {
+        Some(h) => h.into_active_model(),
+        None => endpoint_health::ActiveModel {
+            subscription_id: Set(a.subscription_id.clone()),
+            workspace_id: Set(a.workspace_id.clone()),
+            consecutive_failures: Set(0),
+            last_success_ms: Set(None),
+            last_failure_ms: Set(None),
+        }
+        .insert(tx)
+        .await?
+        .into_active_model(),
+    };
+    if a.success {
+        row.consecutive_failures = Set(0);
+        row.last_success_ms = Set(Some(attempt_ms));
+    } else {
+        let failures = match &row.consecutive_failures {
+            sea_orm::ActiveValue::Set(n) | sea_orm::ActiveValue::Unchanged(n) => *n,
+            sea_orm::ActiveValue::NotSet => 0,
+        };
+        row.consecutive_failures = Set(failures + 1);
+        row.last_failure_ms = Set(Some(attempt_ms));
+    }
+    row.update(tx).await?;
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! One webhook attempt: build the signed request, send it, and describe the outcome.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use sluice_core::outcome::AttemptErrorKind;
+use sluice_core::retry::parse_retry_after;
+use sluice_core::signing::{SigningSecret, signature_header};
+use tracing::Instrument;
+use url::Url;
+
+use crate::config::SenderConfig;
+use crate::egress::{EgressDenied, EgressPolicy, GuardedResolver};
+use crate::excerpt::{read_capped, to_excerpt};
+
+/// Standard Webhooks header names (standardwebhooks.com).
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+/// W3C trace context, so the receiver can continue the delivery's trace.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Headers the sender owns. A custom header with one of these names is dropped: it would
+/// break the signature, the body framing or the trace, and subscription validation should
+/// have refused it already.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "traceparent",
+    "tracestate",
+];
+
+/// The sender could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderBuildError {
+    /// `user_agent` contains characters not allowed in a header value.
+    #[error("the configured user-agent is not a valid HTTP header value")]
+    InvalidUserAgent,
+    /// reqwest refused the client configuration (for example, no TLS backend).
+    #[error("building the HTTP client failed")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Sends webhook attempts. Cheap to clone: clones share one connection pool, which is the
+/// point of keeping a single sender per process.
+#[derive(Clone)]
+pub struct Sender {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    policy: EgressPolicy,
+    user_agent: HeaderValue,
+    config: SenderConfig,
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One attempt to deliver. The caller builds the body once per message; `Bytes` makes
+/// handing it to every attempt and retry a reference-count increment, not a copy.
+#[derive(Clone, Debug)]
+pub struct DeliveryRequest<'a> {
+    /// The subscription's endpoint.
+    pub url: &'a Url,
+    /// The message id: sent as `webhook-id`, the same on every attempt, for the receiver's
+    /// idempotency.
+    pub msg_id: &'a str,
+    /// The envelope JSON (or Slack message), sent as is and signed byte for byte.
+    pub body: Bytes,
+    /// Signing secrets; empty sends the request unsigned (Slack incoming webhooks), several
+    /// sign it once per secret during a rotation.
+    pub secrets: &'a [&'a SigningSecret],
+    /// The subscription's custom headers, already validated.
+    pub headers: &'a [(String, String)],
+    /// W3C `traceparent` of the attempt's span, when tracing is on.
+    pub traceparent: Option<&'a str>,
+    /// W3C `tracestate` to go with it.
+    pub tracestate: Option<&'a str>,
+}
+
+/// What one attempt did, for the retry decision and the attempt log.
+#[derive(Clone, Debug)]
+pub struct AttemptResult {
+    /// The response status, when a response arrived (even if its body then failed).
+    pub status_code: Option<u16>,
+    /// `None` on success; `HttpStatus` for a non-2xx answer, `Redirect` for 3xx, otherwise
+    /// what went wrong before or while reading the answer.
+    pub error_kind: Option<AttemptErrorKind>,
+    /// Human readable, for operators and customers. Never contains the URL (Slack webhook
+    /// URLs carry their token in the path), signatures or header values.
+    pub error_message: Option<String>,
+    /// From just before sending to the end of the capped body read.
+    pub latency: Duration,
+    /// The first `response_excerpt_bytes` of the response body, lossy UTF-8.
+    pub response_excerpt: String,
+    /// The receiver's `Retry-After`, parsed on 429 and 503 only and not clamped: the retry
+    /// policy decides how much of it to honour.
+    pub retry_after: Option<Duration>,
+    /// The `webhook-timestamp` sent (unix seconds), which the signature covers.
+    pub webhook_timestamp: i64,
+}
+
+impl AttemptResult {
+    /// A 2xx answer read without error: the message is delivered.
+    pub fn is_success(&self) -> bool {
+        self.error_kind.is_none()
+            && self
+                .status_code
+                .is_some_and(|code| (200..300).contains(&code))
+    }
+
+    /// `410 Gone`: the receiver asks to stop sending to this endpoint.
+    pub fn is_gone(&self) -> bool {
+        self.status_code == Some(StatusCode::GONE.as_u16())
+    }
+
+    fn failed(webhook_timestamp: i64, kind: AttemptErrorKind, message: String) -> AttemptResult {
+        AttemptResult {
+            status_code: None,
+            error_kind: Some(kind),
+            error_message: Some(message),
+            latency: Duration::ZERO,
+            response_excerpt: String::new(),
+            retry_after: None,
+            webhook_timestamp,
+        }
+    }
+}
+
+impl Sender {
+    /// Builds the HTTP client once; every attempt then shares its connection pool.
+    pub fn new(config: SenderConfig) -> Result<Sender, SenderBuildError> {
+        let user_agent = HeaderValue::from_str(&config.user_agent)
+            .map_err(|_| SenderBuildError::InvalidUserAgent)?;
+        let policy = EgressPolicy {
+            allow_http: config.allow_http,
+            allow_private: config.allow_private,
+            allow_list: config.allow_list.clone(),
+        };
+        let client = reqwest::Client::builder()
+            // A redirect would dial a destination the egress guard never saw in the URL
+            // check, and receivers must answer the URL they registered.
+            .redirect(reqwest::redirect::Policy::none())
+            // An HTTP(S)_PROXY from the environment would connect on our behalf, out of
+            // reach of the resolver that enforces the egress policy.
+            .no_proxy()
+            .dns_resolver(GuardedResolver {
+                policy: policy.clone(),
+            })
+            // Second line of defence behind the URL check in `send`.
+            .https_only(!config.allow_http)
+            .connect_timeout(config.connect_timeout)
+            // Total: connect, request, response head and the body reads in `read_capped`.
+            .timeout(config.request_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_host)
+            .user_agent(user_agent.clone())
+            // HTTP/2 is negotiated by ALPN on TLS; plain http stays HTTP/1.1 (no prior
+            // knowledge), which every receiver understands.
+            .build()
+            .map_err(SenderBuildError::Client)?;
+        Ok(Sender {
+            inner: Arc::new(Inner {
+                client,
+                policy,
+                user_agent,
+                config,
+            }),
+        })
+    }
+
+    /// The configuration this sender was built with.
+    pub fn config(&self) -> &SenderConfig {
+        &self.inner.config
+    }
+
+    /// The egress checks that need no DNS (scheme, IP-literal hosts), for validating an
+    /// endpoint before any attempt. Names are checked again on every send, at resolution.
+    pub fn check_url(&self, url: &Url) -> Result<(), EgressDenied> {
+        self.inner.policy.check_url(url)
+    }
+
+    /// Makes one attempt. Never fails as a Rust error: every failure is described in the
+    /// result, which is what the attempt log and the retry decision need.
+    pub async fn send(&self, request: &DeliveryRequest<'_>) -> AttemptResult {
+        let url = request.url;
+        // Deliberately no `url.full`: a Slack webhook URL's path is its credential.
+        let span = tracing::info_span!(
+            "webhook.attempt",
+            otel.name = "POST",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            url.scheme = url.scheme(),
+            server.address = url.host_str().unwrap_or_default(),
+            server.port = url.port_or_known_default(),
+            webhook.id = request.msg_id,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result = self.attempt(request).instrument(span.clone()).await;
+        if let Some(code) = result.status_code {
+            span.record("http.response.status_code", code);
+        }
+        if let Some(kind) = result.error_kind {
+            span.record("error.type", kind.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn attempt(&self, request: &DeliveryRequest<'_>) -> AttemptResult {
+        let webhook_timestamp = Utc::now().timestamp();
+        if let Err(denied) = self.inner.policy.check_url(request.url) {
+            tracing::debug!(error = %denied, "destination refused before sending");
+            return AttemptResult::failed(
+                webhook_timestamp,
+                AttemptErrorKind::EgressDenied,
+                denied.to_string(),
+            );
+        }
+        let headers = match self.headers(request, webhook_timestamp) {
+            Ok(headers) => headers,
+            Err(message) => {
+                return AttemptResult::failed(webhook_timestamp, AttemptErrorKind::Other, message);
+            }
+        };
+
+        let started = Instant::now();
+        let sent = self
+            .inner
+            .client
+            .post(request.url.clone())
+            .headers(headers)
+            .body(request.body.clone())
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(err) => {
+                let (kind, message) = self.describe_send_error(err);
+                let mut result = AttemptResult::failed(webhook_timestamp, kind, message);
+                result.latency = started.elapsed();
+                return result;
+            }
+        };
+
+        let status = response.status();
+        let retry_after = retry_after(&status, response.headers());
+        let redirect_origin = redirect_origin(request.url, response.headers());
+        let cap = self.inner.config.response_excerpt_bytes;
+        let (body, body_error) = read_capped(&mut response, cap).await;
+        let latency = started.elapsed();
+
+        let (error_kind, error_message) = match body_error {
+            // The answer did not fully arrive: the attempt failed however it started, and
+            // the message keeps the status for context.
+            Some(err) => {
+                let (kind, message) = self.describe_body_error(err);
+                (Some(kind), Some(format!("{message} (after HTTP {status})")))
+            }
+            None if status.is_success() => (None, None),
+            None if status.is_redirection() => (
+                Some(AttemptErrorKind::Redirect),
+                Some(redirect_message(status, redirect_origin.as_deref())),
+            ),
+            None => (
+                Some(AttemptErrorKind::HttpStatus),
+                Some(format!("HTTP {status}")),
+            ),
+        };
+        AttemptResult {
+            status_code: Some(status.as_u16()),
+            error_kind,
+            error_message,
+            latency,
+            response_excerpt: to_excerpt(&body, cap),
+            retry_after,
+            webhook_timestamp,
+        }
+    }
+
+    /// The request headers, in the order of DESIGN.md: content type, Standard Webhooks,
+    /// user agent, trace context, then the subscription's own.
+    fn headers(&self, request: &DeliveryRequest<'_>, timestamp: i64) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let msg_id = HeaderValue::from_str(request.msg_id)
+            .map_err(|_| "the message id is not a valid header value".to_owned())?;
+        headers.insert(WEBHOOK_ID, msg_id);
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        if !request.secrets.is_empty() {
+            let signatures =
+                signature_header(request.secrets, request.msg_id, timestamp, &request.body);
+            let mut value = HeaderValue::from_str(&signatures)
+                .map_err(|_| "the signature is not a valid header value".to_owned())?;
+            // Keeps the signature out of any debug output of the request.
+            value.set_sensitive(true);
+            headers.insert(WEBHOOK_SIGNATURE, value);
+        }
+        headers.insert(header::USER_AGENT, self.inner.user_agent.clone());
+        // Trace context comes from our own telemetry; a malformed one is dropped rather than
+        // failing a delivery over it.
+        for (name, value) in [
+            (TRACEPARENT, request.traceparent),
+            (TRACESTATE, request.tracestate),
+        ] {
+            if let Some(value) = value {
+                match HeaderValue::from_str(value) {
+                    Ok(value) => {
+                        headers.insert(name, value);
+                    }
+                    Err(_) => tracing::debug!(header = %name, "malformed trace context dropped"),
+                }
+            }
+        }
+        for (name, value) in request.headers {
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("custom header name {name:?} is not a valid header name"))?;
+            if RESERVED_HEADERS.contains(&header_name.as_str()) {
+                tracing::warn!(header = %header_name, "custom header would override a header Sluice sets; dropped");
+                continue;
+            }
+            // The value is not quoted: custom headers often carry credentials.
+            let mut header_value = HeaderValue::from_str(value)
+                .map_err(|_| format!("custom header {header_name} has an invalid value"))?;
+            header_value.set_sensitive(true);
+            headers.append(header_name, header_value);
+        }
+        Ok(headers)
+    }
+
+    /// Maps a failure before any response arrived to a kind and a message. Messages are
+    /// built from the innermost cause, never from reqwest's own Display, which names the URL.
+    fn describe_send_error(&self, err: reqwest::Error) -> (AttemptErrorKind, String) {
+        let err = err.without_url();
+        let chain = error_chain(&err);
+        if let Some(denied) = chain.iter().find_map(|e| e.downcast_ref::<EgressDenied>()) {
+            return (AttemptErrorKind::EgressDenied, denied.to_string());
+        }
+        let cause = innermost_cause(&chain);
+        let config = &self.inner.config;
+        if err.is_timeout() {
+            let message = if err.is_connect() {
+                format!(
+                    "timed out while connecting (connect timeout {:?}, total timeout {:?})",
+                    config.connect_timeout, config.request_timeout
+                )
+            } else {
+                format!(
+                    "no response within the total timeout of {:?}",
+                    config.request_timeout
+                )
+            };
+            return (AttemptErrorKind::Timeout, message);
+        }
+        if err.is_dns() {
+            return (
+                AttemptErrorKind::Dns,
+                format!("resolving the destination's host failed: {cause}"),
+            );
+        }
+        if let Some(tls) = chain.iter().find_map(|e| e.downcast_ref::<rustls::Error>()) {
+            return (
+                AttemptErrorKind::Tls,
+                format!("TLS with the destination failed: {tls}"),
+            );
+        }
+        if err.is_connect() {
+            return (
+                AttemptErrorKind::Connect,
+                format!("connecting to the destination failed: {cause}"),
+            );
+        }
+        if err.is_body() {
+            return (
+                AttemptErrorKind::Body,
+                format!("sending the request body failed: {cause}"),
+            );
+        }
+        (AttemptErrorKind::Other, format!("request failed: {cause}"))
+    }
+
+    /// Maps a failure while reading the response body (after the status arrived).
+    fn describe_body_error(&self, err: reqwest::Error) -> (AttemptErrorKind, String) {
+        let err = err.without_url();
+        if err.is_timeout() {
+            return (
+                AttemptErrorKind::Timeout,
+                format!(
+                    "the response body did not arrive within the total timeout of {:?}",
+                    self.inner.config.request_timeout
+                ),
+            );
+        }
+        let chain = error_chain(&err);
+        let cause = innermost_cause(&chain);
+        (
+            AttemptErrorKind::Body,
+            format!("reading the response body failed: {cause}"),
+        )
+    }
+}
+
+/// `Retry-After` is only meaningful on 429 and 503 (RFC 9110 §10.2.3 and RFC 6585 §4);
+/// elsewhere it is ignored so a stray header cannot postpone retries.
+fn retry_after(status: &StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if *status != StatusCode::TOO_MANY_REQUESTS && *status != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, Utc::now())
+}
+
+/// Where a redirect points, reduced to its origin (scheme, host, port). Enough to see the
+/// usual causes (http → https, another host), while a path or query, which may carry a token
+/// as Slack webhook URLs do, stays out of the attempt log.
+fn redirect_origin(base: &Url, headers: &HeaderMap) -> Option<String> {
+    let location = headers.get(header::LOCATION)?.to_str().ok()?;
+    let target = base.join(location).ok()?;
+    let origin = target.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
+}
+
+fn redirect_message(status: StatusCode, origin: Option<&str>) -> String {
+    match origin {
+        Some(origin) => format!(
+            "HTTP {status}: redirects are not followed (Location points to {origin}); register the final URL instead"
+        ),
+        None => format!("HTTP {status}: redirects are not followed"),
+    }
+}
+
+/// The error and its causes, outermost first. `io::Error::source` skips the error it wraps
+/// (its Display already shows it), so wrapped errors are unwrapped explicitly: that is where
+/// rustls errors and our own egress refusal sit.
+fn error_chain<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    // Bounded, in case a source chain ever loops.
+    const MAX_DEPTH: usize = 32;
+    let mut chain = Vec::new();
+    let mut next = Some(err);
+    while let Some(current) = next {
+        if chain.len() == MAX_DEPTH {
+            break;
+        }
+        chain.push(current);
+        next = match current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(wrapped) => Some(wrapped as &(dyn StdError + 'static)),
+            None => current.source(),
+        };
+    }
+    chain
+}
+
+/// The most specific cause's message ("Connection refused (os error 111)"), skipping any
+/// reqwest error, whose Display may name the URL.
+fn innermost_cause(chain: &[&(dyn StdError + 'static)]) -> String {
+    chain
+        .iter()
+        .rev()
+        .find(|e| !e.is::<reqwest::Error>())
+        .map_or_else(|| "unknown error".to_owned(), |e| e.to_string())
+}

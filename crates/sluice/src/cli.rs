@@ -1,0 +1,377 @@
+//! Flags and subcommands. Every flag has a `SLUICE_*` environment variable; flags win.
+//! Configuration is validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::telemetry::LogFormat;
+
+/// Sluice: webhook delivery. Two gRPC planes, one binary.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run both planes in one process on SQLite under --data-dir: nothing else to install.
+    Dev(DevArgs),
+    /// Run the control plane: workspaces, keys, event types, subscriptions, delivery log.
+    Control(ControlArgs),
+    /// Run the data plane: ingest, durable queue, signed delivery, retries.
+    Data(DataArgs),
+    /// Apply database migrations and exit.
+    Migrate(MigrateArgs),
+}
+
+/// Where a plane keeps its data.
+#[derive(Debug, Args, Clone)]
+pub struct StorageArgs {
+    /// Database URL (`postgres://user@host/db` or `sqlite://path?mode=rwc`). Default: a SQLite
+    /// file under --data-dir.
+    #[arg(long, env = "SLUICE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for the SQLite files when no --database-url is given.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    pub data_dir: PathBuf,
+}
+
+impl StorageArgs {
+    fn url(&self, plane: sluice_store::Plane) -> anyhow::Result<String> {
+        match &self.database_url {
+            Some(url) => Ok(url.clone()),
+            None => {
+                std::fs::create_dir_all(&self.data_dir).with_context(|| {
+                    format!(
+                        "cannot create the data directory {}",
+                        self.data_dir.display()
+                    )
+                })?;
+                Ok(sluice_store::sqlite_url(&self.data_dir, plane))
+            }
+        }
+    }
+}
+
+/// Flags of `sluice control`.
+#[derive(Debug, Args, Clone)]
+pub struct ControlArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "SLUICE_CONTROL_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// The admin key, which manages workspaces and API keys (at least 16 characters).
+    #[arg(long, env = "SLUICE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// The token the planes authenticate each other with (at least 16 characters).
+    #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+    /// Allow plain `http://` subscription URLs (development only).
+    #[arg(long, env = "SLUICE_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// The data plane's address, for test sends, retries and replays.
+    #[arg(
+        long,
+        env = "SLUICE_DATA_PLANE_ENDPOINT",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub data_plane_endpoint: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Flags of `sluice data`.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "SLUICE_DATA_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// The token the planes authenticate each other with (at least 16 characters).
+    #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+    /// The control plane's address, for the config watch and outcome reports.
+    #[arg(
+        long,
+        env = "SLUICE_CONTROL_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub control_endpoint: String,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// How the data plane delivers.
+#[derive(Debug, Args, Clone)]
+pub struct DeliveryArgs {
+    /// Allow delivering to plain `http://` URLs.
+    #[arg(long, env = "SLUICE_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// Allow destinations on loopback, private, link-local, CGNAT and metadata addresses.
+    #[arg(long, env = "SLUICE_ALLOW_PRIVATE_DESTINATIONS")]
+    pub allow_private_destinations: bool,
+    /// Addresses or CIDRs that are allowed even though private (comma-separated).
+    #[arg(long, env = "SLUICE_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<String>,
+    /// Delays before each attempt, comma-separated (`0s,5s,5m,30m,2h,5h,10h,10h`).
+    #[arg(
+        long,
+        env = "SLUICE_RETRY_SCHEDULE",
+        default_value = "0s,5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub retry_schedule: String,
+    /// Largest payload accepted, in bytes.
+    #[arg(long, env = "SLUICE_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Connect timeout of an attempt, in milliseconds.
+    #[arg(long, env = "SLUICE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Total timeout of an attempt, in milliseconds.
+    #[arg(long, env = "SLUICE_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
+    pub request_timeout_ms: u64,
+    /// Attempts in flight per endpoint at most.
+    #[arg(long, env = "SLUICE_ENDPOINT_CONCURRENCY", default_value_t = 16)]
+    pub endpoint_concurrency: usize,
+    /// Disable an endpoint whose every attempt failed for this many hours.
+    #[arg(long, env = "SLUICE_DISABLE_AFTER_HOURS", default_value_t = 120)]
+    pub disable_after_hours: u64,
+    /// Or after this many consecutive failed attempts (0: only the period counts).
+    #[arg(long, env = "SLUICE_DISABLE_AFTER_ATTEMPTS", default_value_t = 0)]
+    pub disable_after_attempts: u32,
+    /// Seconds in-flight work gets to finish on shutdown.
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Flags of `sluice dev`.
+#[derive(Debug, Args, Clone)]
+pub struct DevArgs {
+    /// Control plane address.
+    #[arg(long, env = "SLUICE_CONTROL_LISTEN", default_value = "127.0.0.1:50051")]
+    pub control_listen: SocketAddr,
+    /// Data plane address.
+    #[arg(long, env = "SLUICE_DATA_LISTEN", default_value = "127.0.0.1:50052")]
+    pub data_listen: SocketAddr,
+    /// The admin key; a fixed development key when unset.
+    #[arg(long, env = "SLUICE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Directory for the SQLite files.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    pub data_dir: PathBuf,
+    /// Delays before each attempt, comma-separated.
+    #[arg(
+        long,
+        env = "SLUICE_RETRY_SCHEDULE",
+        default_value = "0s,5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub retry_schedule: String,
+}
+
+/// Flags of `sluice migrate`.
+#[derive(Debug, Args, Clone)]
+pub struct MigrateArgs {
+    /// Which plane's schema to migrate.
+    #[arg(long, value_enum, default_value_t = PlaneArg::Both)]
+    pub plane: PlaneArg,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// A plane, for `migrate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlaneArg {
+    /// The control plane.
+    Control,
+    /// The data plane.
+    Data,
+    /// Both.
+    Both,
+}
+
+/// The development admin key `sluice dev` uses when none is given. Never for production.
+pub const DEV_ADMIN_KEY: &str = "sk_dev_admin_key_change_me";
+
+fn secret_flag(value: &Option<String>, flag: &str, env: &str) -> anyhow::Result<String> {
+    match value {
+        Some(v) if v.len() >= 16 => Ok(v.clone()),
+        Some(_) => bail!("{flag} ({env}) must be at least 16 characters"),
+        None => bail!("{flag} is required: set {env} or pass {flag}"),
+    }
+}
+
+/// Runs the parsed command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Control(args) => run_control(args).await,
+        Command::Data(args) => run_data(args).await,
+        Command::Dev(args) => run_dev(args).await,
+        Command::Migrate(args) => run_migrate(args).await,
+    }
+}
+
+async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    use sluice_store::Plane;
+    let planes: &[Plane] = match args.plane {
+        PlaneArg::Control => &[Plane::Control],
+        PlaneArg::Data => &[Plane::Data],
+        PlaneArg::Both => &[Plane::Control, Plane::Data],
+    };
+    for plane in planes {
+        let url = args.storage.url(*plane)?;
+        sluice_store::open(&url, *plane)
+            .await
+            .with_context(|| format!("migrating the {plane:?} database"))?;
+        tracing::info!(?plane, backend = backend_name(&url), "migrations applied");
+    }
+    Ok(())
+}
+
+fn backend_name(url: &str) -> &'static str {
+    if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
+    let config = sluice_control::ControlConfig {
+        admin_key: secret_flag(&args.admin_key, "--admin-key", "SLUICE_ADMIN_KEY")?,
+        internal_token: secret_flag(
+            &args.internal_token,
+            "--internal-token",
+            "SLUICE_INTERNAL_TOKEN",
+        )?,
+        allow_http: args.allow_http,
+        data_plane_endpoint: Some(args.data_plane_endpoint.clone()),
+    };
+    let url = args.storage.url(sluice_store::Plane::Control)?;
+    let listener = bind(args.listen, "control plane").await?;
+    let shutdown = crate::shutdown::on_signal();
+    let db = sluice_store::open(&url, sluice_store::Plane::Control)
+        .await
+        .context("opening the control database")?;
+    let plane = sluice_control::ControlPlane::new(db, config).await?;
+    tracing::info!(listen = %args.listen, backend = backend_name(&url), "control plane serving");
+    crate::server::serve_control(listener, plane, shutdown).await?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+async fn run_data(args: DataArgs) -> anyhow::Result<()> {
+    let token = secret_flag(
+        &args.internal_token,
+        "--internal-token",
+        "SLUICE_INTERNAL_TOKEN",
+    )?;
+    let config =
+        crate::dataplane::data_config(&args.delivery, token, args.control_endpoint.clone())?;
+    let url = args.storage.url(sluice_store::Plane::Data)?;
+    let listener = bind(args.listen, "data plane").await?;
+    let shutdown = crate::shutdown::on_signal();
+    let db = sluice_store::open(&url, sluice_store::Plane::Data)
+        .await
+        .context("opening the data database")?;
+    tracing::info!(listen = %args.listen, backend = backend_name(&url), "data plane serving");
+    crate::dataplane::run_data(listener, db, config, shutdown).await?;
+    tracing::info!("data plane stopped");
+    Ok(())
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let admin_key = args
+        .admin_key
+        .clone()
+        .unwrap_or_else(|| DEV_ADMIN_KEY.to_owned());
+    let internal_token = sluice_core::apikey::generate_api_key();
+    let storage = StorageArgs {
+        database_url: None,
+        data_dir: args.data_dir.clone(),
+    };
+    let delivery = DeliveryArgs {
+        allow_http: true,
+        allow_private_destinations: true,
+        egress_allow: Vec::new(),
+        retry_schedule: args.retry_schedule.clone(),
+        max_payload_bytes: 256 * 1024,
+        connect_timeout_ms: 5_000,
+        request_timeout_ms: 15_000,
+        endpoint_concurrency: 16,
+        disable_after_hours: 120,
+        disable_after_attempts: 0,
+        shutdown_grace_secs: 10,
+    };
+    let data_config = crate::dataplane::data_config(
+        &delivery,
+        internal_token.clone(),
+        format!("http://{}", args.control_listen),
+    )?;
+    let control_config = sluice_control::ControlConfig {
+        admin_key: admin_key.clone(),
+        internal_token,
+        allow_http: true,
+        data_plane_endpoint: Some(format!("http://{}", args.data_listen)),
+    };
+    let control_listener = bind(args.control_listen, "control plane").await?;
+    let data_listener = bind(args.data_listen, "data plane").await?;
+    let shutdown = crate::shutdown::on_signal();
+    let control_db = sluice_store::open(
+        &storage.url(sluice_store::Plane::Control)?,
+        sluice_store::Plane::Control,
+    )
+    .await
+    .context("opening the control database")?;
+    let data_db = sluice_store::open(
+        &storage.url(sluice_store::Plane::Data)?,
+        sluice_store::Plane::Data,
+    )
+    .await
+    .context("opening the data database")?;
+    let plane = sluice_control::ControlPlane::new(control_db, control_config).await?;
+    print_banner(&args, &admin_key, &args.data_dir);
+    let control = tokio::spawn(crate::server::serve_control(
+        control_listener,
+        plane,
+        shutdown.clone(),
+    ));
+    let data =
+        crate::dataplane::run_data(data_listener, data_db, data_config, shutdown.clone()).await;
+    shutdown.cancel();
+    control.await.context("control plane task")??;
+    data?;
+    tracing::info!("sluice dev stopped");
+    Ok(())
+}
+
+fn print_banner(args: &DevArgs, admin_key: &str, data_dir: &Path) {
+    let c = args.control_listen;
+    println!(
+        "\nSluice dev is running (SQLite under {dir}).\n\
+         \n  control plane  {c}   (workspaces, keys, event types, subscriptions, delivery log)\
+         \n  data plane     {d}   (publish events)\
+         \n  admin key      {admin_key}\
+         \n\nDevelopment mode: plain http and loopback/private destinations are ALLOWED.\
+         \n\nTry:\n  grpcurl -plaintext {c} list\
+         \n  grpcurl -plaintext -H 'authorization: Bearer {admin_key}' \\\
+         \n    -d '{{\"workspace\": {{\"display_name\": \"Tideflow\"}}}}' {c} sluice.control.v1.WorkspaceService/CreateWorkspace\n",
+        dir = data_dir.display(),
+        d = args.data_listen,
+    );
+}

@@ -1,0 +1,98 @@
+//! Serving a plane: its services plus gRPC health and reflection (v1 and v1alpha, so
+//! grpcurl of any age lists them) on one listener, until the shutdown token fires.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+
+/// The reflection services advertising `services` (fully-qualified names) plus health.
+pub(crate) fn reflection(
+    services: &[&str],
+) -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.BadRequest, so grpcurl can show the field violations of an error.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// A tonic server builder with the settings both planes share.
+pub(crate) fn builder() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Serves the control plane on `listener` until `shutdown` fires.
+pub async fn serve_control(
+    listener: TcpListener,
+    plane: sluice_control::ControlPlane,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let closer = plane.clone();
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.cancelled().await;
+        closer.close_streams();
+    });
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let workspace = plane.workspace_service();
+    let event_type = plane.event_type_service();
+    let subscription = plane.subscription_service();
+    let delivery = plane.delivery_service();
+    let data_plane = plane.data_plane_service();
+    health_reporter
+        .set_serving::<sluice_proto::control::v1::workspace_service_server::WorkspaceServiceServer<
+            sluice_control::workspace::WorkspaceApi,
+        >>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection(&[
+        "sluice.control.v1.WorkspaceService",
+        "sluice.control.v1.EventTypeService",
+        "sluice.control.v1.SubscriptionService",
+        "sluice.control.v1.DeliveryService",
+        "sluice.control.v1.DataPlaneService",
+    ])?;
+    let router: Router = builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(workspace)
+        .add_service(event_type)
+        .add_service(subscription)
+        .add_service(delivery)
+        .add_service(data_plane);
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! Entity of the `subscriptions` table.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "subscriptions")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub workspace_id: String,
+    #[sea_orm(column_type = "Text")]
+    pub description: String,
+    #[sea_orm(column_type = "Text")]
+    pub url: String,
+    /// `webhook` or `slack`.
+    pub destination_type: String,
+    /// JSON array of normalised filter patterns.
+    #[sea_orm(column_type = "Text")]
+    pub filters: String,
+    /// JSON object of custom headers.
+    #[sea_orm(column_type = "Text")]
+    pub headers: String,
+    pub rate_limit_per_second: i32,
+    pub enabled: bool,
+    /// `user`, `endpoint_gone` or `persistent_failure` while disabled.
+    pub disabled_reason: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub disabled_message: Option<String>,
+    pub disable_ms: Option<i64>,
+    /// The signing secret in `whsec_` form.
+    pub secret: String,
+    /// The previous secret, signing too until `previous_secret_expire_ms`.
+    pub previous_secret: Option<String>,
+    pub previous_secret_expire_ms: Option<i64>,
+    pub create_ms: i64,
+    pub update_ms: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

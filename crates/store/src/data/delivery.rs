@@ -1,0 +1,26 @@
+//! Entity of the `dp_deliveries` table.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "dp_deliveries")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub message_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub subscription_id: String,
+    pub workspace_id: String,
+    pub status: String,
+    pub attempt_count: i32,
+    pub next_attempt_ms: i64,
+    /// While set and in the future, one replica owns this delivery.
+    pub lease_until_ms: Option<i64>,
+    /// When the first failed attempt of the current failure streak happened.
+    pub first_failure_ms: Option<i64>,
+    pub create_ms: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

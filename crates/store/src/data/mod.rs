@@ -1,0 +1,8 @@
+//! Entities of the data plane's database.
+
+pub mod api_key;
+pub mod delivery;
+pub mod message;
+pub mod outbox;
+pub mod state;
+pub mod subscription;
