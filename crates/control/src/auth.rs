@@ -86,6 +86,12 @@ impl Authenticator {
                 "required when calling with the admin key (a workspace key implies it)",
             )),
             Caller::Admin => {
+                if !sluice_core::ids::is_valid_id(sluice_core::ids::IdKind::Workspace, requested) {
+                    return Err(ApiError::invalid(
+                        "workspace_id",
+                        "must be an id like wrk_01h...",
+                    ));
+                }
                 if workspace::Entity::find_by_id(requested.to_owned())
                     .one(&self.db)
                     .await?

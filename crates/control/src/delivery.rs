@@ -135,7 +135,7 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let r = request.into_inner();
-        let page = PageRequest::parse(r.page_size, &r.page_token)?;
+        let page = PageRequest::parse("messages", r.page_size, &r.page_token)?;
         let mut v = Violations::default();
         let f = filters(&mut v, &r.event_type, &r.start_time, &r.end_time);
         v.finish()?;
@@ -180,7 +180,7 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let r = request.into_inner();
-        let page = PageRequest::parse(r.page_size, &r.page_token)?;
+        let page = PageRequest::parse("deliveries", r.page_size, &r.page_token)?;
         let mut v = Violations::default();
         let f = filters(&mut v, &r.event_type, &r.start_time, &r.end_time);
         let sub = optional_id(
@@ -272,7 +272,7 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let r = request.into_inner();
-        let page = PageRequest::parse(r.page_size, &r.page_token)?;
+        let page = PageRequest::parse("attempts", r.page_size, &r.page_token)?;
         let mut v = Violations::default();
         let f = filters(&mut v, &r.event_type, &r.start_time, &r.end_time);
         let sub = optional_id(

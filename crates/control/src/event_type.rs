@@ -54,9 +54,15 @@ fn version(v: &mut Violations, n: u32) -> i32 {
 }
 
 impl EventTypeApi {
-    async fn find(&self, workspace_id: &str, name: &str) -> ApiResult<event_type::Model> {
+    /// The event type `name` (`field` names it in errors).
+    async fn find(
+        &self,
+        workspace_id: &str,
+        field: &str,
+        name: &str,
+    ) -> ApiResult<event_type::Model> {
         let name =
-            normalize_event_name(name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
+            normalize_event_name(name).map_err(|e| ApiError::invalid(field, e.to_string()))?;
         event_type::Entity::find_by_id((workspace_id.to_owned(), name.clone()))
             .one(self.0.db())
             .await?
@@ -69,7 +75,10 @@ impl EventTypeApi {
         name: &str,
         archived: bool,
     ) -> ApiResult<pb::EventType> {
-        let mut row = self.find(workspace_id, name).await?.into_active_model();
+        let mut row = self
+            .find(workspace_id, "name", name)
+            .await?
+            .into_active_model();
         row.archived = Set(archived);
         row.update_ms = Set(now_ms());
         Ok(convert::event_type(row.update(self.0.db()).await?))
@@ -136,7 +145,9 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
             .auth()
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
-        let row = self.find(&workspace_id, &request.get_ref().name).await?;
+        let row = self
+            .find(&workspace_id, "name", &request.get_ref().name)
+            .await?;
         Ok(Response::new(pb::GetEventTypeResponse {
             event_type: Some(convert::event_type(row)),
         }))
@@ -152,7 +163,7 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let r = request.into_inner();
-        let page = PageRequest::parse(r.page_size, &r.page_token)?;
+        let page = PageRequest::parse("event_types", r.page_size, &r.page_token)?;
         let mut query = event_type::Entity::find()
             .filter(event_type::Column::WorkspaceId.eq(workspace_id))
             .order_by_asc(event_type::Column::Name)
@@ -199,16 +210,31 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
             }
         }
         let has = |p: &str| paths.iter().any(|x| x == p);
-        v.check(
-            "event_type.description",
-            bounded_text(&input.description, MAX_DESCRIPTION),
-        );
-        let version = version(&mut v, input.version);
-        let json_schema = document(&mut v, "event_type.json_schema", &input.json_schema);
-        let example = document(&mut v, "event_type.example", &input.example);
+        // Only the fields the mask names are read, so only they are validated.
+        if has("description") {
+            v.check(
+                "event_type.description",
+                bounded_text(&input.description, MAX_DESCRIPTION),
+            );
+        }
+        let version = if has("version") {
+            version(&mut v, input.version)
+        } else {
+            1
+        };
+        let json_schema = if has("json_schema") {
+            document(&mut v, "event_type.json_schema", &input.json_schema)
+        } else {
+            None
+        };
+        let example = if has("example") {
+            document(&mut v, "event_type.example", &input.example)
+        } else {
+            None
+        };
         v.finish()?;
         let mut row = self
-            .find(&workspace_id, &input.name)
+            .find(&workspace_id, "event_type.name", &input.name)
             .await?
             .into_active_model();
         if has("version") {

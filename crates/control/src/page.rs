@@ -13,6 +13,8 @@ pub const MAX_PAGE_SIZE: i32 = 1000;
 
 /// A validated page request.
 pub struct PageRequest {
+    /// Which list the tokens belong to.
+    list: &'static str,
     /// How many rows to return.
     pub size: u64,
     /// The key after which (in list order) this page starts, if any.
@@ -20,8 +22,9 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// Validates `page_size` and `page_token`.
-    pub fn parse(page_size: i32, page_token: &str) -> ApiResult<PageRequest> {
+    /// Validates `page_size` and `page_token`; `list` names the list (a token of another
+    /// list, or one this server did not make, is refused).
+    pub fn parse(list: &'static str, page_size: i32, page_token: &str) -> ApiResult<PageRequest> {
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if (1..=MAX_PAGE_SIZE).contains(&n) => n as u64,
@@ -40,11 +43,21 @@ impl PageRequest {
             let bytes = URL_SAFE_NO_PAD
                 .decode(page_token)
                 .map_err(|_| ApiError::invalid("page_token", "not a token this server issued"))?;
-            let key = String::from_utf8(bytes)
+            let text = String::from_utf8(bytes)
                 .map_err(|_| ApiError::invalid("page_token", "not a token this server issued"))?;
-            Some(key)
+            let key = text
+                .strip_prefix(list)
+                .and_then(|rest| rest.strip_prefix('|'))
+                .filter(|key| !key.is_empty())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "page_token",
+                        "not a token of this list; pass next_page_token back unchanged",
+                    )
+                })?;
+            Some(key.to_owned())
         };
-        Ok(PageRequest { size, after })
+        Ok(PageRequest { list, size, after })
     }
 
     /// How many rows to fetch: one more than the page, to learn whether another follows.
@@ -58,7 +71,7 @@ impl PageRequest {
             rows.truncate(self.size as usize);
             let token = rows
                 .last()
-                .map(|r| URL_SAFE_NO_PAD.encode(key(r)))
+                .map(|r| URL_SAFE_NO_PAD.encode(format!("{}|{}", self.list, key(r))))
                 .unwrap_or_default();
             (rows, token)
         } else {

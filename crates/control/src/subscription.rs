@@ -49,10 +49,17 @@ pub struct SubscriptionApi(pub(crate) ControlPlane);
 struct Fields {
     description: String,
     url: String,
-    destination_type: &'static str,
+    /// `None`: infer from the URL (Slack for hooks.slack.com).
+    destination_type: Option<&'static str>,
     filters: String,
     headers: String,
     rate_limit_per_second: i32,
+}
+
+/// The destination type of `url` when none is given.
+fn inferred_destination(url: &str) -> &'static str {
+    let slack = url::Url::parse(url).is_ok_and(|u| u.host_str() == Some("hooks.slack.com"));
+    if slack { "slack" } else { "webhook" }
 }
 
 /// Validates the fields `selected` says to read, recording every violation.
@@ -70,28 +77,26 @@ fn validate(
         );
         f.description = input.description.clone();
     }
-    let mut host_is_slack = false;
     if selected("url") {
         if input.url.is_empty() {
             v.add("subscription.url", "required: the endpoint's https URL");
         } else if let Some(url) = v.check("subscription.url", endpoint_url(&input.url, allow_http))
         {
-            host_is_slack = url.host_str() == Some("hooks.slack.com");
             f.url = url.to_string();
         }
     }
-    if selected("destination_type") || selected("url") {
+    if selected("destination_type") {
         f.destination_type = match pb::DestinationType::try_from(input.destination_type) {
-            Ok(pb::DestinationType::Slack) => "slack",
-            Ok(pb::DestinationType::Webhook) => "webhook",
-            Ok(pb::DestinationType::Unspecified) if host_is_slack => "slack",
-            Ok(pb::DestinationType::Unspecified) => "webhook",
+            Ok(pb::DestinationType::Slack) => Some("slack"),
+            Ok(pb::DestinationType::Webhook) => Some("webhook"),
+            // Unspecified: inferred from the URL (the new one, or the stored one on update).
+            Ok(pb::DestinationType::Unspecified) => None,
             Err(_) => {
                 v.add(
                     "subscription.destination_type",
                     format!("unknown value {}", input.destination_type),
                 );
-                "webhook"
+                None
             }
         };
     }
@@ -167,16 +172,18 @@ impl SubscriptionApi {
     }
 
     /// Runs `change` on the subscription inside a transaction that records the change.
+    /// `field` names the id in errors.
     async fn modify<F>(
         &self,
         workspace_id: &str,
+        field: &str,
         id: &str,
         change: F,
     ) -> ApiResult<subscription::Model>
     where
         F: FnOnce(&mut subscription::ActiveModel) + Send + 'static,
     {
-        check_id(IdKind::Subscription, "id", id)?;
+        check_id(IdKind::Subscription, field, id)?;
         let (workspace_id, id) = (workspace_id.to_owned(), id.to_owned());
         let (row, revision) = self
             .0
@@ -230,12 +237,15 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let secret = parse_secret(&mut v, "secret", &r.secret);
         v.finish()?;
         let now = now_ms();
+        let destination = f
+            .destination_type
+            .unwrap_or_else(|| inferred_destination(&f.url));
         let row = subscription::ActiveModel {
             id: Set(new_id(IdKind::Subscription)),
             workspace_id: Set(workspace_id),
             description: Set(f.description),
             url: Set(f.url),
-            destination_type: Set(f.destination_type.to_owned()),
+            destination_type: Set(destination.to_owned()),
             filters: Set(f.filters),
             headers: Set(f.headers),
             rate_limit_per_second: Set(f.rate_limit_per_second),
@@ -296,7 +306,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let r = request.into_inner();
-        let page = PageRequest::parse(r.page_size, &r.page_token)?;
+        let page = PageRequest::parse("subscriptions", r.page_size, &r.page_token)?;
         let mut v = Violations::default();
         let state = v.check(
             "state",
@@ -393,7 +403,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         v.finish()?;
         let paths_owned = paths.clone();
         let row = self
-            .modify(&workspace_id, &input.id, move |row| {
+            .modify(&workspace_id, "subscription.id", &input.id, move |row| {
                 let has = |p: &str| paths_owned.iter().any(|x| x == p);
                 if has("description") {
                     row.description = Set(f.description);
@@ -401,8 +411,17 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 if has("url") {
                     row.url = Set(f.url);
                 }
-                if has("url") || has("destination_type") {
-                    row.destination_type = Set(f.destination_type.to_owned());
+                if has("destination_type") {
+                    let url = match &row.url {
+                        sea_orm::ActiveValue::Set(u) | sea_orm::ActiveValue::Unchanged(u) => {
+                            u.clone()
+                        }
+                        sea_orm::ActiveValue::NotSet => String::new(),
+                    };
+                    let kind = f
+                        .destination_type
+                        .unwrap_or_else(|| inferred_destination(&url));
+                    row.destination_type = Set(kind.to_owned());
                 }
                 if has("filters") {
                     row.filters = Set(f.filters);
@@ -460,7 +479,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let row = self
-            .modify(&workspace_id, &request.get_ref().id, |row| {
+            .modify(&workspace_id, "id", &request.get_ref().id, |row| {
                 row.enabled = Set(true);
                 row.disabled_reason = Set(None);
                 row.disabled_message = Set(None);
@@ -491,7 +510,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             r.message
         };
         let row = self
-            .modify(&workspace_id, &r.id, move |row| {
+            .modify(&workspace_id, "id", &r.id, move |row| {
                 row.enabled = Set(false);
                 row.disabled_reason = Set(Some("user".to_owned()));
                 row.disabled_message = Set(Some(message));
@@ -550,7 +569,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let expire = (grace_secs > 0).then(|| now_ms() + grace_secs * 1000);
         let new_secret = secret.clone();
         let row = self
-            .modify(&workspace_id, &r.id, move |row| {
+            .modify(&workspace_id, "id", &r.id, move |row| {
                 let old = match &row.secret {
                     sea_orm::ActiveValue::Set(s) | sea_orm::ActiveValue::Unchanged(s) => s.clone(),
                     sea_orm::ActiveValue::NotSet => String::new(),

@@ -263,6 +263,7 @@ async fn store_outcomes(
         .db()
         .transaction::<_, i64, ApiError>(|tx| {
             Box::pin(async move {
+                lock_config_writes(tx).await?;
                 for m in &batch.messages {
                     let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
                     insert_ignore(
@@ -306,9 +307,6 @@ async fn store_outcomes(
                     store_attempt(tx, outcome).await?;
                 }
                 let mut revision = 0;
-                if !batch.disabled_subscriptions.is_empty() {
-                    lock_config_writes(tx).await?;
-                }
                 for d in &batch.disabled_subscriptions {
                     let Some(row) = subscription::Entity::find_by_id(d.subscription_id.clone()).one(tx).await? else {
                         continue;

@@ -43,8 +43,9 @@ pub(crate) fn check_id(kind: IdKind, field: &str, id: &str) -> ApiResult<()> {
 }
 
 impl WorkspaceApi {
-    async fn find(&self, id: &str) -> ApiResult<workspace::Model> {
-        check_id(IdKind::Workspace, "id", id)?;
+    /// The workspace `id` (`field` names it in errors).
+    async fn find(&self, field: &str, id: &str) -> ApiResult<workspace::Model> {
+        check_id(IdKind::Workspace, field, id)?;
         workspace::Entity::find_by_id(id.to_owned())
             .one(self.0.db())
             .await?
@@ -90,7 +91,7 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         {
             return Err(ApiError::not_found("workspace", id).into());
         }
-        let row = self.find(id).await?;
+        let row = self.find("id", id).await?;
         Ok(Response::new(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(row)),
         }))
@@ -102,7 +103,7 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
         self.0.auth().admin(request.metadata()).await?;
         let r = request.into_inner();
-        let page = PageRequest::parse(r.page_size, &r.page_token)?;
+        let page = PageRequest::parse("workspaces", r.page_size, &r.page_token)?;
         let mut query = workspace::Entity::find()
             .order_by_asc(workspace::Column::Id)
             .limit(page.fetch());
@@ -144,7 +145,10 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             }
         }
         v.finish()?;
-        let mut row = self.find(&input.id).await?.into_active_model();
+        let mut row = self
+            .find("workspace.id", &input.id)
+            .await?
+            .into_active_model();
         row.display_name = Set(input.display_name);
         row.update_ms = Set(now_ms());
         let row = row.update(self.0.db()).await.map_err(ApiError::from)?;
@@ -159,7 +163,7 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
         self.0.auth().admin(request.metadata()).await?;
         let id = request.into_inner().id;
-        self.find(&id).await?;
+        self.find("id", &id).await?;
         let revision = self
             .0
             .db()
@@ -214,12 +218,7 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         let mut v = Violations::default();
         display_name(&mut v, "display_name", &r.display_name);
         v.finish()?;
-        self.find(&r.workspace_id).await.map_err(|e| match e {
-            ApiError::Invalid(_) => {
-                ApiError::invalid("workspace_id", "must be an id like wrk_01h...")
-            }
-            e => e,
-        })?;
+        self.find("workspace_id", &r.workspace_id).await?;
         let key = sluice_core::apikey::generate_api_key();
         let row = api_key::ActiveModel {
             id: Set(new_id(IdKind::ApiKey)),
@@ -258,8 +257,8 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         self.0.auth().admin(request.metadata()).await?;
         let r = request.into_inner();
-        let page = PageRequest::parse(r.page_size, &r.page_token)?;
-        check_id(IdKind::Workspace, "workspace_id", &r.workspace_id)?;
+        let page = PageRequest::parse("api_keys", r.page_size, &r.page_token)?;
+        self.find("workspace_id", &r.workspace_id).await?;
         let mut query = api_key::Entity::find()
             .filter(api_key::Column::WorkspaceId.eq(&r.workspace_id))
             .order_by_asc(api_key::Column::Id)

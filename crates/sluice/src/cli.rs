@@ -8,15 +8,20 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::telemetry::LogFormat;
+use crate::telemetry::TelemetryArgs;
 
 /// Sluice: webhook delivery. Two gRPC planes, one binary.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: webhook delivery. Two gRPC planes (control, data), one binary.",
+    propagate_version = true
+)]
 pub struct Cli {
-    /// Log line format.
-    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
-    pub log_format: LogFormat,
+    /// Logging and OpenTelemetry export.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

@@ -1,15 +1,20 @@
-//! The `sluice` binary: parse flags, set up logging, run the subcommand.
+//! The `sluice` binary: parse flags, set up telemetry, run the subcommand, flush on exit.
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
-    sluice::telemetry::init(
-        cli.log_format,
-        "info,sqlx=warn,h2=warn,hyper=warn,tower=warn",
-    );
-    match sluice::cli::run(cli).await {
+    let telemetry = match sluice::telemetry::init(&cli.telemetry, sluice::telemetry::DEFAULT_FILTER) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice: telemetry: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = sluice::cli::run(cli).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");

@@ -44,6 +44,7 @@ pub(crate) fn reflection(
 /// A tonic server builder with the settings both planes share.
 pub(crate) fn builder() -> Server {
     Server::builder()
+        .trace_fn(crate::telemetry::grpc_server_span)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

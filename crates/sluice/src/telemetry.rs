@@ -1,6 +1,21 @@
-//! Logging setup: `tracing` with a `RUST_LOG`-style filter, plain or JSON lines.
+//! Telemetry in one place: `tracing` logs (plain or JSON, `RUST_LOG`-style filter) and, when
+//! an OTLP endpoint is configured, traces and metrics exported over OTLP/gRPC through
+//! `tracing-opentelemetry`. Configured by the standard `OTEL_*` variables
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`/`_ARG`,
+//! `OTEL_RESOURCE_ATTRIBUTES`) or the matching flags. Export is off when nothing is set.
 
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The log filter when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm_migration=warn,h2=warn,hyper=warn,tower=warn,opentelemetry=warn";
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -12,14 +27,163 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `filter` is the default when `RUST_LOG` is unset.
-pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+/// Telemetry flags shared by every subcommand.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log line format.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// OTLP/gRPC collector for traces and metrics (`http://127.0.0.1:4317`); off when unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The service name traces carry (default: `sluice`).
+    #[arg(long, global = true, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+    /// Sampler: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on` (default),
+    /// `parentbased_traceidratio`, ...
+    #[arg(long, global = true, env = "OTEL_TRACES_SAMPLER")]
+    pub traces_sampler: Option<String>,
+    /// The sampler's argument (a ratio for the `traceidratio` samplers).
+    #[arg(long, global = true, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub traces_sampler_arg: Option<String>,
+}
+
+/// The exporters to flush at exit.
+#[derive(Default)]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporters. Call before the process exits.
+    pub fn shutdown(self) {
+        if let Some(p) = self.tracer_provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("sluice: flushing traces failed: {e}");
+        }
+        if let Some(p) = self.meter_provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("sluice: flushing metrics failed: {e}");
+        }
+    }
+}
+
+/// Installs logging and, if configured, OTLP export. Must run inside the tokio runtime (the
+/// OTLP exporter's channel is built there). `default_filter` applies when `RUST_LOG` is unset.
+pub fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+
+    let mut telemetry = Telemetry::default();
+    let otel_layer = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        None => None,
+        Some(endpoint) => {
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(args.service_name.clone().unwrap_or_else(|| "sluice".to_owned()))
+                .build();
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
+            let mut tracer_provider = SdkTracerProvider::builder().with_batch_exporter(spans);
+            if let Some(sampler) = sampler(args)? {
+                tracer_provider = tracer_provider.with_sampler(sampler);
+            }
+            let tracer_provider = tracer_provider
+                .with_resource(resource.clone())
+                .build();
+            let metrics = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
+            let meter_provider = SdkMeterProvider::builder()
+                .with_periodic_exporter(metrics)
+                .with_resource(resource)
+                .build();
+            opentelemetry::global::set_meter_provider(meter_provider.clone());
+            let tracer = tracer_provider.tracer("sluice");
+            opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+            telemetry.tracer_provider = Some(tracer_provider);
+            telemetry.meter_provider = Some(meter_provider);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        }
     };
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let result = match args.log_format {
+        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("sluice: logging was already set up: {e}");
+    }
+    if let Some(endpoint) = &args.otlp_endpoint {
+        tracing::info!(%endpoint, "exporting traces and metrics over OTLP");
+    }
+    Ok(telemetry)
+}
+
+/// The sampler the flags name; `None` leaves the SDK's choice (which reads `OTEL_TRACES_SAMPLER`).
+fn sampler(args: &TelemetryArgs) -> anyhow::Result<Option<opentelemetry_sdk::trace::Sampler>> {
+    use opentelemetry_sdk::trace::Sampler;
+    let ratio = || -> anyhow::Result<f64> {
+        let arg = args.traces_sampler_arg.as_deref().unwrap_or("1.0");
+        let r: f64 = arg.parse().map_err(|_| anyhow::anyhow!("OTEL_TRACES_SAMPLER_ARG {arg:?} is not a number"))?;
+        anyhow::ensure!((0.0..=1.0).contains(&r), "OTEL_TRACES_SAMPLER_ARG must be between 0 and 1");
+        Ok(r)
+    };
+    Ok(Some(match args.traces_sampler.as_deref() {
+        None | Some("") => return Ok(None),
+        Some("always_on") => Sampler::AlwaysOn,
+        Some("always_off") => Sampler::AlwaysOff,
+        Some("traceidratio") => Sampler::TraceIdRatioBased(ratio()?),
+        Some("parentbased_always_on") => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        Some("parentbased_always_off") => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        Some("parentbased_traceidratio") => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        Some(other) => anyhow::bail!("unknown OTEL_TRACES_SAMPLER {other:?}"),
+    }))
+}
+
+/// The server span of a gRPC request, child of the caller's W3C trace context. Health
+/// checks and reflection get no span (`Span::none()`), so they never reach the exporter.
+pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+        return tracing::Span::none();
+    }
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Reads W3C trace context from HTTP/2 headers (gRPC metadata).
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }

@@ -80,13 +80,26 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     )
 }
 
-/// Serialises config writers across control-plane replicas on PostgreSQL, so revisions
-/// in `config_changes` become visible in order (a watcher never skips a lower revision
-/// committed after a higher one). SQLite has one writer anyway. Call inside a transaction.
+/// Takes the control plane's write lock; call first in every control-plane transaction that
+/// reads and then writes.
+///
+/// On PostgreSQL it serialises config writers across replicas (an advisory lock), so
+/// revisions in `config_changes` become visible in order and a watcher never skips a lower
+/// revision committed after a higher one. On SQLite it makes the transaction a writer at
+/// once: a transaction that reads first and then tries to write fails with "database is
+/// locked" when another writer got in between, while one that starts by writing waits its
+/// turn (busy timeout). A no-op UPDATE takes the write lock without changing a row.
 pub async fn lock_config_writes<C: ConnectionTrait>(tx: &C) -> Result<(), DbErr> {
-    if tx.get_database_backend() == DbBackend::Postgres {
-        tx.execute_unprepared("SELECT pg_advisory_xact_lock(7411001)")
-            .await?;
+    match tx.get_database_backend() {
+        DbBackend::Postgres => {
+            tx.execute_unprepared("SELECT pg_advisory_xact_lock(7411001)")
+                .await?;
+        }
+        DbBackend::Sqlite => {
+            tx.execute_unprepared("UPDATE config_changes SET kind = kind WHERE revision < 0")
+                .await?;
+        }
+        _ => {}
     }
     Ok(())
 }
