@@ -15,7 +15,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The log filter when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm_migration=warn,h2=warn,hyper=warn,tower=warn,opentelemetry=warn";
+pub const DEFAULT_FILTER: &str =
+    "info,sqlx=warn,sea_orm_migration=warn,h2=warn,hyper=warn,tower=warn,opentelemetry=warn";
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -74,7 +75,8 @@ impl Telemetry {
 /// Installs logging and, if configured, OTLP export. Must run inside the tokio runtime (the
 /// OTLP exporter's channel is built there). `default_filter` applies when `RUST_LOG` is unset.
 pub fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
@@ -85,7 +87,11 @@ pub fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result<Teleme
         None => None,
         Some(endpoint) => {
             let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name(args.service_name.clone().unwrap_or_else(|| "sluice".to_owned()))
+                .with_service_name(
+                    args.service_name
+                        .clone()
+                        .unwrap_or_else(|| "sluice".to_owned()),
+                )
                 .build();
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -95,9 +101,7 @@ pub fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result<Teleme
             if let Some(sampler) = sampler(args)? {
                 tracer_provider = tracer_provider.with_sampler(sampler);
             }
-            let tracer_provider = tracer_provider
-                .with_resource(resource.clone())
-                .build();
+            let tracer_provider = tracer_provider.with_resource(resource.clone()).build();
             let metrics = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
@@ -116,9 +120,15 @@ pub fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result<Teleme
     };
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let result = match args.log_format {
-        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Plain => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if let Err(e) = result {
@@ -135,8 +145,13 @@ fn sampler(args: &TelemetryArgs) -> anyhow::Result<Option<opentelemetry_sdk::tra
     use opentelemetry_sdk::trace::Sampler;
     let ratio = || -> anyhow::Result<f64> {
         let arg = args.traces_sampler_arg.as_deref().unwrap_or("1.0");
-        let r: f64 = arg.parse().map_err(|_| anyhow::anyhow!("OTEL_TRACES_SAMPLER_ARG {arg:?} is not a number"))?;
-        anyhow::ensure!((0.0..=1.0).contains(&r), "OTEL_TRACES_SAMPLER_ARG must be between 0 and 1");
+        let r: f64 = arg
+            .parse()
+            .map_err(|_| anyhow::anyhow!("OTEL_TRACES_SAMPLER_ARG {arg:?} is not a number"))?;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&r),
+            "OTEL_TRACES_SAMPLER_ARG must be between 0 and 1"
+        );
         Ok(r)
     };
     Ok(Some(match args.traces_sampler.as_deref() {
@@ -146,7 +161,9 @@ fn sampler(args: &TelemetryArgs) -> anyhow::Result<Option<opentelemetry_sdk::tra
         Some("traceidratio") => Sampler::TraceIdRatioBased(ratio()?),
         Some("parentbased_always_on") => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         Some("parentbased_always_off") => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        Some("parentbased_traceidratio") => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        Some("parentbased_traceidratio") => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?)))
+        }
         Some(other) => anyhow::bail!("unknown OTEL_TRACES_SAMPLER {other:?}"),
     }))
 }
@@ -158,7 +175,10 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
         return tracing::Span::none();
     }
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc.server",
         otel.name = %path.trim_start_matches('/'),
@@ -169,7 +189,9 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         rpc.grpc.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(request.headers()))
+    });
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let _ = span.set_parent(parent);
     span
