@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod otlp;
+pub mod planes;
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -176,31 +180,7 @@ impl ControlHarness {
 
     /// Creates a workspace and a key for it; returns (workspace id, key).
     pub async fn workspace_with_key(&self, name: &str) -> (String, String) {
-        let mut admin = self.clients(Some(ADMIN_KEY)).await;
-        let ws = admin
-            .workspaces
-            .create_workspace(pb::CreateWorkspaceRequest {
-                workspace: Some(pb::Workspace {
-                    display_name: name.into(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .workspace
-            .unwrap();
-        let key = admin
-            .workspaces
-            .create_api_key(pb::CreateApiKeyRequest {
-                workspace_id: ws.id.clone(),
-                display_name: "tests".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .key;
-        (ws.id, key)
+        create_workspace_with_key(self.clients(Some(ADMIN_KEY)).await, name).await
     }
 
     /// Stops the server and removes its database.
@@ -214,7 +194,7 @@ impl ControlHarness {
 
 /// An interceptor adding `authorization: Bearer <key>`.
 #[derive(Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(
@@ -228,7 +208,8 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+/// A channel with the bearer interceptor.
+pub type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// Clients of the control plane's public services.
 pub struct Clients {
@@ -312,4 +293,32 @@ pub async fn count_rows(db: &DatabaseConnection, table: &str) -> i64 {
     .unwrap()
     .map(|c| c.n)
     .unwrap_or(0)
+}
+
+/// Creates a workspace and a key for it with admin clients; returns (workspace id, key).
+pub async fn create_workspace_with_key(mut admin: Clients, name: &str) -> (String, String) {
+    let ws = admin
+        .workspaces
+        .create_workspace(pb::CreateWorkspaceRequest {
+            workspace: Some(pb::Workspace {
+                display_name: name.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap();
+    let key = admin
+        .workspaces
+        .create_api_key(pb::CreateApiKeyRequest {
+            workspace_id: ws.id.clone(),
+            display_name: "tests".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    (ws.id, key)
 }

@@ -38,6 +38,10 @@ pub enum Command {
     Data(DataArgs),
     /// Apply database migrations and exit.
     Migrate(MigrateArgs),
+    /// Benchmark both planes end to end: publish over one stream, time every delivery.
+    Bench(crate::bench::BenchArgs),
+    /// Run a local webhook receiver that prints (and verifies) what it gets.
+    Listen(crate::listen::ListenArgs),
 }
 
 /// Where a plane keeps its data.
@@ -154,6 +158,10 @@ pub struct DeliveryArgs {
     /// Or after this many consecutive failed attempts (0: only the period counts).
     #[arg(long, env = "SLUICE_DISABLE_AFTER_ATTEMPTS", default_value_t = 0)]
     pub disable_after_attempts: u32,
+    /// Seconds a data-plane replica owns the deliveries it claimed (PostgreSQL); a crashed
+    /// replica's work is taken over after this.
+    #[arg(long, env = "SLUICE_DELIVERY_LEASE_SECS", default_value_t = 60)]
+    pub delivery_lease_secs: u64,
     /// Seconds in-flight work gets to finish on shutdown.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -222,6 +230,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => run_data(args).await,
         Command::Dev(args) => run_dev(args).await,
         Command::Migrate(args) => run_migrate(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Listen(args) => crate::listen::run(args).await,
     }
 }
 
@@ -322,6 +332,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         disable_after_hours: 120,
         disable_after_attempts: 0,
         shutdown_grace_secs: 10,
+        delivery_lease_secs: 60,
     };
     let data_config = crate::dataplane::data_config(
         &delivery,

@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::DeliveryArgs;
 
 /// The data plane's configuration from flags.
-pub fn data_config(args: &DeliveryArgs, internal_token: String, control_endpoint: String) -> anyhow::Result<sluice_data::DataConfig> {
+pub fn data_config(
+    args: &DeliveryArgs,
+    internal_token: String,
+    control_endpoint: String,
+) -> anyhow::Result<sluice_data::DataConfig> {
     let retry = sluice_core::retry::RetrySchedule::parse(&args.retry_schedule)
         .map_err(|e| anyhow::anyhow!("--retry-schedule: {e}"))?;
     let allow_list = sluice_core::egress::AllowList::parse(&args.egress_allow)
@@ -35,12 +39,13 @@ pub fn data_config(args: &DeliveryArgs, internal_token: String, control_endpoint
         sender,
         endpoint_concurrency: args.endpoint_concurrency,
         disable_after_failing_for: Duration::from_secs(args.disable_after_hours * 3600),
-        disable_after_failed_attempts: (args.disable_after_attempts > 0).then_some(args.disable_after_attempts),
+        disable_after_failed_attempts: (args.disable_after_attempts > 0)
+            .then_some(args.disable_after_attempts),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        lease: Duration::from_secs(args.delivery_lease_secs.max(1)),
         ..Default::default()
     })
 }
-
 
 /// Serves the data plane on `listener` until `shutdown` fires, then drains.
 pub async fn run_data(
@@ -51,10 +56,19 @@ pub async fn run_data(
 ) -> anyhow::Result<()> {
     let plane = sluice_data::DataPlane::start(db, config, shutdown.clone()).await?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    health_reporter.set_service_status("sluice.data.v1.IngestService", tonic_health::ServingStatus::Serving).await;
-    let (reflection_v1, reflection_v1alpha) =
-        crate::server::reflection(&["sluice.data.v1.IngestService", "sluice.data.v1.DispatchService"])?;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health_reporter
+        .set_service_status(
+            "sluice.data.v1.IngestService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let (reflection_v1, reflection_v1alpha) = crate::server::reflection(&[
+        "sluice.data.v1.IngestService",
+        "sluice.data.v1.DispatchService",
+    ])?;
     crate::server::builder()
         .add_service(health)
         .add_service(reflection_v1)

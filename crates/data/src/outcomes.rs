@@ -1,0 +1,299 @@
+//! The batching outcome writer: every attempt's outcome (the delivery row's new state and an
+//! outbox entry for the control plane) goes through one task that writes many outcomes per
+//! transaction, so a busy dispatcher costs a commit per batch, not per attempt.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait,
+};
+use sluice_core::outcome::DeliveryStatus;
+use sluice_proto::control::v1::{
+    AttemptOutcome, ConfigSubscription, ReportOutcomesRequest, SubscriptionDisabled,
+};
+use sluice_store::data::{delivery, outbox, state};
+use sluice_store::now_ms;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backoff::Backoff;
+use crate::config_copy::{set_state, upsert_subscription};
+use crate::decision::Streak;
+use crate::queue::DeliveryKey;
+use crate::shared::Shared;
+
+/// The most outcomes written in one transaction.
+const MAX_BATCH: usize = 1000;
+/// How often a failing write is retried during shutdown before its outcomes are given up
+/// (the deliveries then stay pending and are attempted again after the restart).
+const SHUTDOWN_WRITE_TRIES: u32 = 3;
+/// The `dp_state` name prefix of an endpoint's failure streak.
+pub(crate) const STREAK_STATE_PREFIX: &str = "endpoint_failing:";
+
+/// What the writer is asked to store.
+pub(crate) enum OutcomeEvent {
+    /// An attempt was made.
+    Attempt(Box<AttemptRecord>),
+    /// A delivery ended without an attempt (its subscription was deleted or disabled).
+    Finished {
+        key: DeliveryKey,
+        status: DeliveryStatus,
+    },
+    /// The data plane disabled a subscription: fail its pending deliveries, keep the local
+    /// copy disabled, and tell the control plane.
+    Disabled(Box<Disabled>),
+    /// Answered once everything sent before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A subscription the data plane disabled.
+pub(crate) struct Disabled {
+    /// What the control plane is told.
+    pub(crate) report: SubscriptionDisabled,
+    /// The local copy, with `enabled` false, to persist.
+    pub(crate) config: ConfigSubscription,
+}
+
+/// One attempt's effect on its delivery.
+pub(crate) struct AttemptRecord {
+    pub(crate) key: DeliveryKey,
+    /// What the control plane is told.
+    pub(crate) outcome: AttemptOutcome,
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempt_count: u32,
+    /// The next attempt's due time; `None` leaves the stored one.
+    pub(crate) next_attempt_ms: Option<i64>,
+    /// The row's lease after this; `None` clears it so any replica's scanner may take it.
+    pub(crate) lease_until_ms: Option<i64>,
+    pub(crate) first_failure_ms: Option<i64>,
+    pub(crate) streak: StreakChange,
+}
+
+/// How an endpoint's failure streak changed, to persist it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StreakChange {
+    Unchanged,
+    Set(Streak),
+    Clear,
+}
+
+/// The writer's loop. Stops once `outcomes_closing` is cancelled and everything queued is
+/// written.
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<OutcomeEvent>) {
+    let mut closing = false;
+    loop {
+        let mut batch = Vec::new();
+        if closing {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                biased;
+                event = rx.recv() => match event {
+                    Some(event) => batch.push(event),
+                    None => return,
+                },
+                () = shared.outcomes_closing.cancelled() => {
+                    closing = true;
+                    continue;
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+        }
+        write_with_retries(&shared, batch, closing).await;
+    }
+}
+
+async fn write_with_retries(shared: &Shared, batch: Vec<OutcomeEvent>, closing: bool) {
+    let mut backoff = Backoff::new();
+    let mut tries = 0u32;
+    let wrote = loop {
+        tries += 1;
+        match write(shared, &batch).await {
+            Ok(wrote_outbox) => break wrote_outbox,
+            Err(err) => {
+                tracing::error!(error = %err, outcomes = batch.len(), "writing attempt outcomes failed; retrying");
+                if closing && tries >= SHUTDOWN_WRITE_TRIES {
+                    tracing::error!(
+                        outcomes = batch.len(),
+                        "giving up on these outcomes at shutdown; their deliveries stay pending"
+                    );
+                    break false;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    };
+    if wrote {
+        shared.outbox_written.notify_one();
+    }
+    for event in batch {
+        if let OutcomeEvent::Flush(done) = event {
+            // The asker may have gone away; nothing to do then.
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Writes one batch in one transaction. Returns whether an outbox row was added.
+async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
+    let tx = shared.db.begin().await?;
+    let mut report = ReportOutcomesRequest::default();
+    let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
+    for event in batch {
+        match event {
+            OutcomeEvent::Attempt(record) => {
+                let mut update = delivery::Entity::update_many()
+                    .col_expr(
+                        delivery::Column::Status,
+                        Expr::value(record.status.as_str()),
+                    )
+                    .col_expr(
+                        delivery::Column::AttemptCount,
+                        Expr::value(i32::try_from(record.attempt_count).unwrap_or(i32::MAX)),
+                    )
+                    .col_expr(
+                        delivery::Column::LeaseUntilMs,
+                        Expr::value(record.lease_until_ms),
+                    )
+                    .col_expr(
+                        delivery::Column::FirstFailureMs,
+                        Expr::value(record.first_failure_ms),
+                    );
+                if let Some(next) = record.next_attempt_ms {
+                    update = update.col_expr(delivery::Column::NextAttemptMs, Expr::value(next));
+                }
+                update
+                    .filter(delivery::Column::MessageId.eq(&record.key.message_id))
+                    .filter(delivery::Column::SubscriptionId.eq(&record.key.subscription_id))
+                    .exec(&tx)
+                    .await?;
+                report.attempts.push(record.outcome.clone());
+                if !matches!(record.streak, StreakChange::Unchanged) {
+                    streaks.insert(&record.key.subscription_id, record.streak);
+                }
+            }
+            OutcomeEvent::Finished { key, status } => {
+                delivery::Entity::update_many()
+                    .col_expr(delivery::Column::Status, Expr::value(status.as_str()))
+                    .col_expr(
+                        delivery::Column::LeaseUntilMs,
+                        Expr::value(Option::<i64>::None),
+                    )
+                    .filter(delivery::Column::MessageId.eq(&key.message_id))
+                    .filter(delivery::Column::SubscriptionId.eq(&key.subscription_id))
+                    .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+                    .exec(&tx)
+                    .await?;
+            }
+            OutcomeEvent::Disabled(disabled) => {
+                let Disabled {
+                    report: disabled,
+                    config,
+                } = disabled.as_ref();
+                fail_pending(&tx, &disabled.subscription_id).await?;
+                upsert_subscription(&tx, config).await?;
+                streaks.insert(&disabled.subscription_id, StreakChange::Clear);
+                report.disabled_subscriptions.push(disabled.clone());
+            }
+            OutcomeEvent::Flush(_) => {}
+        }
+    }
+    for (subscription_id, change) in streaks {
+        let name = format!("{STREAK_STATE_PREFIX}{subscription_id}");
+        match change {
+            StreakChange::Set(streak) => set_state(&tx, &name, &streak.encode()).await?,
+            StreakChange::Clear => {
+                state::Entity::delete_by_id(name).exec(&tx).await?;
+            }
+            StreakChange::Unchanged => {}
+        }
+    }
+    let wrote_outbox = !report.attempts.is_empty() || !report.disabled_subscriptions.is_empty();
+    if wrote_outbox {
+        insert_outbox(&tx, &report).await?;
+    }
+    tx.commit().await?;
+    Ok(wrote_outbox)
+}
+
+/// Ends every pending delivery of a subscription as failed.
+async fn fail_pending<C: ConnectionTrait>(tx: &C, subscription_id: &str) -> Result<(), DbErr> {
+    delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::Status,
+            Expr::value(DeliveryStatus::Failed.as_str()),
+        )
+        .col_expr(
+            delivery::Column::LeaseUntilMs,
+            Expr::value(Option::<i64>::None),
+        )
+        .filter(delivery::Column::SubscriptionId.eq(subscription_id))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+        .exec(tx)
+        .await?;
+    Ok(())
+}
+
+/// Adds one outbox row; its `seq` becomes the batch id when it is sent.
+pub(crate) async fn insert_outbox<C: ConnectionTrait>(
+    tx: &C,
+    report: &ReportOutcomesRequest,
+) -> Result<(), DbErr> {
+    outbox::Entity::insert(outbox::ActiveModel {
+        seq: NotSet,
+        body: Set(report.encode_to_vec()),
+        create_ms: Set(now_ms()),
+    })
+    .exec_without_returning(tx)
+    .await?;
+    Ok(())
+}
+
+/// Waits until every outcome handed to the writer before this call is committed, so a
+/// caller reads the delivery rows as the dispatcher left them.
+pub(crate) async fn flush(shared: &Shared) {
+    let (done, wait) = oneshot::channel();
+    if shared
+        .outcome_tx
+        .send(OutcomeEvent::Flush(done))
+        .await
+        .is_ok()
+    {
+        // Bounded, in case the writer is stuck retrying a broken database.
+        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+    }
+}
+
+/// Loads every persisted failure streak.
+pub(crate) async fn load_streaks<C: ConnectionTrait>(
+    db: &C,
+) -> Result<HashMap<String, Streak>, DbErr> {
+    let rows = state::Entity::find()
+        .filter(state::Column::Name.starts_with(STREAK_STATE_PREFIX))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let id = row.name.strip_prefix(STREAK_STATE_PREFIX)?.to_owned();
+            Some((id, Streak::decode(&row.value)?))
+        })
+        .collect())
+}

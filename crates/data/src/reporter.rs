@@ -1,0 +1,267 @@
+//! The outcome reporter: streams the outbox (messages accepted, attempt outcomes,
+//! subscriptions disabled) to the control plane's `ReportOutcomes`, oldest first, and deletes
+//! each row once the control plane acks its batch. Unacked rows are sent again after a
+//! reconnect; the control plane stores them idempotently, so a repeat is harmless.
+//!
+//! Deliveries never wait for this: while the control plane is down the outbox grows and the
+//! reporter retries with backoff.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use prost::Message as _;
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sluice_proto::control::v1::ReportOutcomesRequest;
+use sluice_store::data::outbox;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::backoff::Backoff;
+use crate::leader::Leader;
+use crate::shared::Shared;
+
+/// Batches sent but not yet acked, at most: enough to keep the pipe full across a
+/// round trip, few enough that a reconnect resends little.
+const WINDOW: usize = 32;
+/// A safety net for a missed wake-up: the outbox is checked at least this often.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How often a replica that does not report checks whether the reporter went away.
+const FOLLOWER_RETRY: Duration = Duration::from_secs(5);
+/// How often the reporting replica checks that it still holds its lock.
+const LEADER_CHECK: Duration = Duration::from_secs(5);
+
+/// Why a stream session ended.
+enum SessionEnd {
+    /// The stream broke or could not open: back off and reconnect.
+    Broken,
+    /// Shutdown flush finished (outbox empty) or its deadline passed.
+    Done,
+}
+
+/// The reporter's loop: one stream session after another until shutdown's flush ends.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut backoff = Backoff::new();
+    let mut leader: Option<Leader> = None;
+    loop {
+        if flush_over(&shared).await {
+            break;
+        }
+        if shared.postgres && !lead(&shared, &mut leader, &mut backoff).await {
+            if shared.reporter_flush.is_cancelled() {
+                // Another replica reports; nothing for this one to flush.
+                break;
+            }
+            tokio::select! {
+                () = sleep(FOLLOWER_RETRY) => {}
+                () = shared.reporter_flush.cancelled() => {}
+            }
+            continue;
+        }
+        match session(&shared, &mut backoff, leader.as_mut()).await {
+            SessionEnd::Done => break,
+            // Flushing for shutdown and the control plane is not there: what is left is
+            // sent after the restart rather than holding the shutdown up.
+            SessionEnd::Broken if shared.reporter_flush.is_cancelled() => {
+                tracing::info!(
+                    "control plane unreachable at shutdown; unsent outcomes stay in the outbox"
+                );
+                break;
+            }
+            SessionEnd::Broken => {
+                let delay = backoff.next_delay();
+                let deadline = flush_deadline(&shared);
+                tokio::select! {
+                    () = sleep(delay) => {}
+                    () = sleep_until(deadline.unwrap_or_else(|| Instant::now() + delay)), if deadline.is_some() => break,
+                }
+            }
+        }
+    }
+    if let Some(leader) = leader {
+        leader.resign().await;
+    }
+}
+
+/// Makes sure this replica leads (PostgreSQL only); false when another one does.
+async fn lead(shared: &Shared, leader: &mut Option<Leader>, backoff: &mut Backoff) -> bool {
+    if let Some(current) = leader.as_mut() {
+        if current.still_held().await {
+            return true;
+        }
+        tracing::warn!("lost the outbox reporter lock (its connection failed); electing again");
+        *leader = None;
+    }
+    match crate::leader::try_lead(&shared.db).await {
+        Ok(Some(won)) => {
+            tracing::info!("this replica reports outcomes to the control plane");
+            *leader = Some(won);
+            true
+        }
+        Ok(None) => false,
+        Err(err) => {
+            tracing::error!(error = %err, "electing the outbox reporter failed");
+            tokio::time::sleep(backoff.next_delay()).await;
+            false
+        }
+    }
+}
+
+/// When the shutdown flush must stop; `None` while running normally.
+fn flush_deadline(shared: &Shared) -> Option<Instant> {
+    if !shared.reporter_flush.is_cancelled() {
+        return None;
+    }
+    *shared
+        .reporter_deadline
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether the shutdown flush is finished: past its deadline, or nothing left to send.
+async fn flush_over(shared: &Shared) -> bool {
+    let Some(deadline) = flush_deadline(shared) else {
+        return false;
+    };
+    if Instant::now() >= deadline {
+        return true;
+    }
+    matches!(outbox::Entity::find().one(&shared.db).await, Ok(None))
+}
+
+async fn session(
+    shared: &Shared,
+    backoff: &mut Backoff,
+    mut leader: Option<&mut Leader>,
+) -> SessionEnd {
+    let (requests, outgoing) = mpsc::channel::<ReportOutcomesRequest>(WINDOW);
+    let mut client = shared.control.client();
+    let deadline = flush_deadline(shared);
+    let opened = tokio::select! {
+        opened = client.report_outcomes(shared.control.request(ReceiverStream::new(outgoing))) => opened,
+        () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return SessionEnd::Done,
+    };
+    let mut acks = match opened {
+        Ok(response) => response.into_inner(),
+        Err(status) if crate::watcher::is_auth_error(&status) => {
+            tracing::warn!(code = ?status.code(), message = %status.message(), "control plane refused the outcome stream; check the internal token");
+            return SessionEnd::Broken;
+        }
+        Err(status) => {
+            tracing::debug!(code = ?status.code(), message = %status.message(), "control plane not taking outcomes yet");
+            return SessionEnd::Broken;
+        }
+    };
+
+    // Rows sent on this stream and not yet acked. Rows are picked by "not sent yet" rather
+    // than "after the last seq sent": on PostgreSQL a lower seq can commit after a higher
+    // one, and it must not be skipped.
+    let mut unacked: BTreeSet<i64> = BTreeSet::new();
+    let mut leader_checked = Instant::now();
+    loop {
+        if leader_checked.elapsed() >= LEADER_CHECK
+            && let Some(leader) = leader.as_deref_mut()
+        {
+            leader_checked = Instant::now();
+            if !leader.still_held().await {
+                // Another replica may report now; end the session and elect again.
+                return SessionEnd::Broken;
+            }
+        }
+        // Fill the window, oldest rows first.
+        if unacked.len() < WINDOW {
+            match next_rows(shared, &unacked, WINDOW - unacked.len()).await {
+                Ok(rows) => {
+                    for row in rows {
+                        let Some(batch) = decode(&row) else {
+                            // Never sendable: drop it rather than block everything after it.
+                            delete(shared, &[row.seq]).await;
+                            continue;
+                        };
+                        if requests.send(batch).await.is_err() {
+                            return SessionEnd::Broken;
+                        }
+                        unacked.insert(row.seq);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "reading the outbox failed");
+                    return SessionEnd::Broken;
+                }
+            }
+        }
+        if unacked.is_empty() && shared.reporter_flush.is_cancelled() {
+            // Flushing for shutdown: done when nothing is in flight and nothing is left.
+            match next_rows(shared, &unacked, 1).await {
+                Ok(rows) if rows.is_empty() => return SessionEnd::Done,
+                Ok(_) => continue,
+                Err(_) => return SessionEnd::Broken,
+            }
+        }
+        let deadline = flush_deadline(shared);
+        tokio::select! {
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    let Ok(seq) = i64::try_from(ack.batch_id) else { continue };
+                    if unacked.remove(&seq) {
+                        delete(shared, &[seq]).await;
+                        backoff.reset();
+                    }
+                }
+                Ok(None) => return SessionEnd::Broken,
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = %status.message(), "outcome stream to the control plane broke; reconnecting");
+                    return SessionEnd::Broken;
+                }
+            },
+            () = shared.outbox_written.notified(), if unacked.len() < WINDOW => {}
+            () = sleep(IDLE_CHECK) => {}
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                tracing::warn!(unacked = unacked.len(), "shutdown grace ended before the control plane acked every outcome; they are sent after the restart");
+                return SessionEnd::Done;
+            }
+        }
+    }
+}
+
+/// The oldest outbox rows not in `sent`.
+async fn next_rows(
+    shared: &Shared,
+    sent: &BTreeSet<i64>,
+    limit: usize,
+) -> Result<Vec<outbox::Model>, DbErr> {
+    let mut query = outbox::Entity::find();
+    if !sent.is_empty() {
+        query = query.filter(outbox::Column::Seq.is_not_in(sent.iter().copied()));
+    }
+    query
+        .order_by_asc(outbox::Column::Seq)
+        .limit(u64::try_from(limit).unwrap_or(1))
+        .all(&shared.db)
+        .await
+}
+
+fn decode(row: &outbox::Model) -> Option<ReportOutcomesRequest> {
+    match ReportOutcomesRequest::decode(row.body.as_slice()) {
+        Ok(mut batch) => {
+            batch.batch_id = u64::try_from(row.seq).ok()?;
+            Some(batch)
+        }
+        Err(err) => {
+            tracing::error!(seq = row.seq, error = %err, "outbox row does not decode; dropping it");
+            None
+        }
+    }
+}
+
+async fn delete(shared: &Shared, seqs: &[i64]) {
+    if let Err(err) = outbox::Entity::delete_many()
+        .filter(outbox::Column::Seq.is_in(seqs.to_vec()))
+        .exec(&shared.db)
+        .await
+    {
+        // It is sent again later; the control plane ignores the repeat.
+        tracing::error!(error = %err, "deleting acked outbox rows failed");
+    }
+}

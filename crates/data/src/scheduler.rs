@@ -1,0 +1,293 @@
+//! When deliveries come due: retry timers for near retries held in memory, and the scanner
+//! that loads due deliveries from the database (at start, every pending one; then
+//! periodically, due ones nobody holds) so scheduled retries survive restarts.
+//!
+//! On PostgreSQL several replicas share the queue. The scanner claims rows by setting
+//! `lease_until_ms` in one `UPDATE … WHERE key IN (SELECT … FOR UPDATE SKIP LOCKED)`, so two
+//! replicas never take the same row, and a dead replica's rows come free when its leases
+//! expire. Live replicas renew the leases of what they hold.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement, Value};
+use sluice_core::outcome::DeliveryStatus;
+use sluice_proto::control::v1::AttemptTrigger;
+use sluice_store::data::{delivery, message};
+use sluice_store::now_ms;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+
+use crate::dispatcher;
+use crate::outcomes::OutcomeEvent;
+use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
+use crate::shared::Shared;
+
+/// How often the scanner looks for due deliveries nobody holds.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Deliveries due within this are claimed a little early and put on a timer, so a scan
+/// period does not delay them.
+const SCAN_LOOKAHEAD_MS: i64 = 1_000;
+/// Rows claimed per query.
+const CLAIM_BATCH: usize = 500;
+/// The most deliveries held in memory; beyond it new work waits in the database, which
+/// bounds memory however large a backlog grows (a dead endpoint, a replay of a million).
+pub(crate) const MAX_HELD: usize = 100_000;
+/// Rows updated per statement when renewing or releasing leases.
+const LEASE_CHUNK: usize = 500;
+
+/// A retry to make at `due_ms`.
+pub(crate) struct ScheduledRetry {
+    pub(crate) due_ms: i64,
+    pub(crate) task: DeliveryTask,
+}
+
+/// The timer task: holds near retries and hands each to its lane when due.
+pub(crate) async fn run_timers(shared: Arc<Shared>, mut rx: mpsc::Receiver<ScheduledRetry>) {
+    let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut waiting: HashMap<u64, DeliveryTask> = HashMap::new();
+    let mut sequence = 0u64;
+    loop {
+        let next_due = heap.peek().map(|Reverse((due, _))| *due);
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return,
+            retry = rx.recv() => {
+                let Some(retry) = retry else { return };
+                let wait = retry.due_ms.saturating_sub(now_ms()).max(0);
+                let due = Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+                sequence += 1;
+                heap.push(Reverse((due, sequence)));
+                waiting.insert(sequence, retry.task);
+            }
+            () = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                let now = Instant::now();
+                let mut due_tasks = Vec::new();
+                while let Some(Reverse((due, id))) = heap.peek().copied() {
+                    if due > now {
+                        break;
+                    }
+                    heap.pop();
+                    if let Some(task) = waiting.remove(&id) {
+                        due_tasks.push(task);
+                    }
+                }
+                dispatcher::enqueue(&shared, due_tasks);
+            }
+        }
+    }
+}
+
+/// The scanner task: claims due deliveries every [`SCAN_INTERVAL`] (or when woken), and on
+/// PostgreSQL renews the leases of what this process holds.
+pub(crate) async fn run_scanner(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(SCAN_INTERVAL);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+            () = shared.scan_now.notified() => {}
+        }
+        if let Err(err) = claim_all_due(&shared).await {
+            tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
+        }
+        if shared.postgres
+            && let Err(err) = renew_leases(&shared).await
+        {
+            tracing::error!(error = %err, "renewing delivery leases failed");
+        }
+    }
+}
+
+/// Claims due deliveries until none are left or memory is full.
+pub(crate) async fn claim_all_due(shared: &Arc<Shared>) -> Result<(), DbErr> {
+    loop {
+        let claimed = claim_due(shared).await?;
+        if claimed < CLAIM_BATCH || shared.shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+/// One claim query: due (or nearly due) pending deliveries whose lease is free.
+async fn claim_due(shared: &Arc<Shared>) -> Result<usize, DbErr> {
+    let room = MAX_HELD.saturating_sub(shared.held.len());
+    if room == 0 {
+        return Ok(0);
+    }
+    let limit = room.min(CLAIM_BATCH);
+    let now = now_ms();
+    let lease_until = now
+        .saturating_add(SCAN_LOOKAHEAD_MS)
+        .saturating_add(shared.lease_ms());
+    let backend = shared.db.get_database_backend();
+    let lock = if backend == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE dp_deliveries SET lease_until_ms = {p1} \
+         WHERE (message_id, subscription_id) IN ( \
+           SELECT message_id, subscription_id FROM dp_deliveries \
+           WHERE status = {p2} AND next_attempt_ms <= {p3} \
+             AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) \
+           ORDER BY next_attempt_ms LIMIT {p5}{lock}) \
+         RETURNING *",
+        p1 = placeholder(backend, 1),
+        p2 = placeholder(backend, 2),
+        p3 = placeholder(backend, 3),
+        p4 = placeholder(backend, 4),
+        p5 = placeholder(backend, 5),
+    );
+    let statement = Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            Value::from(lease_until),
+            Value::from(DeliveryStatus::Pending.as_str()),
+            Value::from(now.saturating_add(SCAN_LOOKAHEAD_MS)),
+            Value::from(now),
+            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ],
+    );
+    let rows = delivery::Entity::find()
+        .from_raw_sql(statement)
+        .all(&shared.db)
+        .await?;
+    let count = rows.len();
+    if count > 0 {
+        take_rows(shared, rows, AttemptTrigger::Scheduled, lease_until).await?;
+    }
+    Ok(count)
+}
+
+/// `$n` on PostgreSQL, `?n` on SQLite.
+pub(crate) fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => format!("?{n}"),
+    }
+}
+
+/// Turns claimed rows into held tasks: due ones to their lanes, the rest onto timers.
+pub(crate) async fn take_rows(
+    shared: &Arc<Shared>,
+    rows: Vec<delivery::Model>,
+    trigger: AttemptTrigger,
+    lease_until_ms: i64,
+) -> Result<(), DbErr> {
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.message_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut messages: HashMap<String, Arc<StoredMessage>> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(LEASE_CHUNK) {
+        let found = message::Entity::find()
+            .filter(message::Column::Id.is_in(chunk.to_vec()))
+            .all(&shared.db)
+            .await?;
+        for row in found {
+            messages.insert(row.id.clone(), Arc::new(StoredMessage::from_row(row)));
+        }
+    }
+    let now = now_ms();
+    let mut due_now = Vec::new();
+    for row in rows {
+        let key = DeliveryKey {
+            message_id: row.message_id,
+            subscription_id: row.subscription_id,
+        };
+        let Some(generation) = shared.held.claim(&key, lease_until_ms) else {
+            // Already held here (a lease that ran out while it waited in a lane).
+            continue;
+        };
+        let Some(message) = messages.get(&key.message_id) else {
+            tracing::error!(message_id = %key.message_id, subscription_id = %key.subscription_id, "pending delivery without its message; cancelling it");
+            shared.held.release(&key, generation);
+            shared
+                .record(OutcomeEvent::Finished {
+                    key,
+                    status: DeliveryStatus::Cancelled,
+                })
+                .await;
+            continue;
+        };
+        let task = DeliveryTask {
+            key,
+            message: Arc::clone(message),
+            attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
+            first_failure_ms: row.first_failure_ms,
+            trigger,
+            generation,
+        };
+        if row.next_attempt_ms <= now {
+            due_now.push(task);
+        } else if shared
+            .retry_tx
+            .send(ScheduledRetry {
+                due_ms: row.next_attempt_ms,
+                task,
+            })
+            .await
+            .is_err()
+        {
+            // Timers stopped: shutting down, the row stays pending.
+            return Ok(());
+        }
+    }
+    dispatcher::enqueue(shared, due_now);
+    Ok(())
+}
+
+/// Extends the leases of held deliveries that would otherwise run out, so another replica
+/// does not take work this one still has queued.
+async fn renew_leases(shared: &Shared) -> Result<(), DbErr> {
+    let now = now_ms();
+    let lease = shared.lease_ms();
+    let renewed_until = now.saturating_add(lease);
+    let keys = shared
+        .held
+        .leases_to_renew(now.saturating_add(lease / 2), renewed_until);
+    set_leases(shared, &keys, Some(renewed_until)).await
+}
+
+/// Clears the leases of everything this process holds, so another replica can take it at
+/// once (shutdown).
+pub(crate) async fn release_all(shared: &Shared) -> Result<(), DbErr> {
+    let keys = shared.held.keys();
+    set_leases(shared, &keys, None).await
+}
+
+async fn set_leases(
+    shared: &Shared,
+    keys: &[DeliveryKey],
+    lease_until_ms: Option<i64>,
+) -> Result<(), DbErr> {
+    let mut by_subscription: HashMap<&str, Vec<String>> = HashMap::new();
+    for key in keys {
+        by_subscription
+            .entry(key.subscription_id.as_str())
+            .or_default()
+            .push(key.message_id.clone());
+    }
+    for (subscription_id, message_ids) in by_subscription {
+        for chunk in message_ids.chunks(LEASE_CHUNK) {
+            delivery::Entity::update_many()
+                .col_expr(delivery::Column::LeaseUntilMs, Expr::value(lease_until_ms))
+                .filter(delivery::Column::SubscriptionId.eq(subscription_id))
+                .filter(delivery::Column::MessageId.is_in(chunk.to_vec()))
+                .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+                .exec(&shared.db)
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1053 @@
+//! End-to-end suites of the data plane: real database, real HTTP receiver, real gRPC on
+//! both sides. Each test runs on SQLite and, when `SLUICE_TEST_DATABASE_URL` is set, on
+//! PostgreSQL too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+use sluice_core::retry::RetrySchedule;
+use sluice_proto::control::v1::{
+    AttemptTrigger, DeliveryStatus, DestinationType, DisabledReason, WatchConfigResponse,
+};
+use sluice_proto::data::v1::{
+    PublishRequest, PublishStreamRequest, RedeliverRequest, ReplayRequest, SendTestRequest,
+};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+fn event(payload: &str) -> PublishRequest {
+    PublishRequest {
+        event_type: "conversation.created".to_owned(),
+        payload_json: payload.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_delivers_a_signed_webhook() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+
+        let mut request = authed(
+            PublishRequest {
+                workspace_id: workspace.id.clone(),
+                ..event(r#"{"conversation": {"id": "cnv_1"}}"#)
+            },
+            &workspace.key,
+        );
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        let response = plane
+            .ingest()
+            .await
+            .publish(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(response.message_id.starts_with("msg_"));
+        assert!(!response.duplicate);
+        assert_eq!(response.delivery_count, 1);
+
+        let got = receiver.next().await;
+        assert_eq!(got.path, "/hook");
+        assert_eq!(got.header("webhook-id"), response.message_id);
+        assert_eq!(got.header("content-type"), "application/json");
+        assert_eq!(got.header("x-custom"), "yes");
+        assert_eq!(got.header("traceparent"), traceparent);
+        got.verify(&secret).expect("the signature verifies");
+        let envelope = got.json();
+        assert_eq!(envelope["id"], response.message_id.as_str());
+        assert_eq!(envelope["event"], "conversation.created");
+        assert_eq!(envelope["version"], 1);
+        assert_eq!(envelope["workspace_id"], "wrk_1");
+        assert_eq!(envelope["payload"]["conversation"]["id"], "cnv_1");
+        // The payload goes out byte for byte as published.
+        let body = String::from_utf8(got.body.to_vec()).unwrap();
+        assert!(
+            body.contains(r#""payload":{"conversation": {"id": "cnv_1"}}"#),
+            "{body}"
+        );
+
+        let message = control.next_message(&response.message_id).await;
+        assert_eq!(message.subscription_ids, ["sub_1"]);
+        assert_eq!(message.event_type, "conversation.created");
+        let outcome = control.next_attempt(&response.message_id).await;
+        let attempt = outcome.attempt.unwrap();
+        assert!(attempt.success);
+        assert_eq!(attempt.status_code, 200);
+        assert_eq!(attempt.attempt_number, 1);
+        assert_eq!(attempt.trigger, AttemptTrigger::Scheduled as i32);
+        assert_eq!(attempt.url, receiver.url("/hook"));
+        assert!(attempt.id.starts_with("att_"));
+        assert!(attempt.latency.is_some());
+        assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
+
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(count(&conn, "dp_messages").await, 1);
+        assert_eq!(
+            count(&conn, "dp_deliveries WHERE status = 'succeeded'").await,
+            1
+        );
+        // Every outbox row was acked and deleted during the drain.
+        assert_eq!(count(&conn, "dp_outbox").await, 0);
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_until_success() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        receiver.respond(&[500, 500, 200]);
+        let workspace = Workspace::new("wrk_1");
+        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+
+        let response = plane
+            .ingest()
+            .await
+            .publish(authed(event(r#"{"n":1}"#), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<String> = [
+            receiver.next().await,
+            receiver.next().await,
+            receiver.next().await,
+        ]
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+        assert!(
+            ids.iter().all(|id| *id == response.message_id),
+            "same webhook-id on every attempt"
+        );
+
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let outcome = control.next_attempt(&response.message_id).await;
+            let attempt = outcome.attempt.unwrap();
+            seen.push((
+                attempt.attempt_number,
+                attempt.status_code,
+                outcome.delivery_status,
+                outcome.retry_delay.is_some(),
+            ));
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (1, 500, DeliveryStatus::Pending as i32, true),
+                (2, 500, DeliveryStatus::Pending as i32, true),
+                (3, 200, DeliveryStatus::Succeeded as i32, false),
+            ]
+        );
+        plane.stop().await;
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_subscription() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        receiver.respond(&[410]);
+        let workspace = Workspace::new("wrk_1");
+        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+
+        let first = ingest
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        receiver.next().await;
+        let disabled = control.next_disabled().await;
+        assert_eq!(disabled.subscription_id, "sub_1");
+        assert_eq!(disabled.workspace_id, "wrk_1");
+        assert_eq!(disabled.reason, DisabledReason::EndpointGone as i32);
+        let outcome = control.next_attempt(&first.message_id).await;
+        assert_eq!(outcome.attempt.unwrap().status_code, 410);
+        assert_eq!(outcome.delivery_status, DeliveryStatus::Failed as i32);
+
+        // Disabled at once: the next event matches nothing.
+        let second = ingest
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(second.delivery_count, 0);
+
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(
+            count(&conn, "dp_deliveries WHERE status = 'failed'").await,
+            1
+        );
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_failure_disables_the_subscription() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        receiver.respond(&[500; 10]);
+        let workspace = Workspace::new("wrk_1");
+        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let mut config = config(&control);
+        config.retry = RetrySchedule::parse("0s,10ms,10ms,10ms,10ms,10ms").unwrap();
+        config.disable_after_failed_attempts = Some(3);
+        let plane = RunningPlane::start(db.connect().await, config).await;
+        plane.wait_for_revision(1).await;
+
+        let response = plane
+            .ingest()
+            .await
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let disabled = control.next_disabled().await;
+        assert_eq!(disabled.reason, DisabledReason::PersistentFailure as i32);
+        for _ in 0..3 {
+            control.next_attempt(&response.message_id).await;
+            receiver.next().await;
+        }
+        plane.stop().await;
+        // Exactly three attempts were sent: no retry follows the disable.
+        assert!(receiver.drain().is_empty());
+        let conn = db.connect().await;
+        assert_eq!(
+            count(&conn, "dp_deliveries WHERE status = 'failed'").await,
+            1
+        );
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_delay_others() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let (slow, _) = subscription("sub_slow", &workspace.id, &black_hole().await);
+        let (fast, secret) = subscription("sub_fast", &workspace.id, &receiver.url("/hook"));
+        let control = FakeControl::start(snapshot(
+            vec![slow, fast],
+            vec![workspace.key_config.clone()],
+        ))
+        .await;
+        let mut config = config(&control);
+        config.endpoint_concurrency = 1;
+        config.shutdown_grace = Duration::from_millis(200);
+        let plane = RunningPlane::start(db.connect().await, config).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let response = ingest
+                .publish(authed(event(&format!(r#"{{"n":{n}}}"#)), &workspace.key))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(response.delivery_count, 2);
+            ids.push(response.message_id);
+        }
+        // Every event reaches the fast endpoint while the slow one holds its only slot.
+        let mut got: Vec<String> = Vec::new();
+        for _ in 0..5 {
+            let request = receiver.next().await;
+            request.verify(&secret).unwrap();
+            got.push(request.header("webhook-id").to_owned());
+        }
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids);
+
+        // Shutdown's grace ends with the slow attempt in flight: it is abandoned and its
+        // delivery stays pending for the next start.
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(
+            count(
+                &conn,
+                "dp_deliveries WHERE subscription_id = 'sub_slow' AND status = 'pending'"
+            )
+            .await,
+            5
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "dp_deliveries WHERE subscription_id = 'sub_fast' AND status = 'succeeded'"
+            )
+            .await,
+            5
+        );
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_dedupe() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let other = Workspace::new("wrk_2");
+        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control = FakeControl::start(snapshot(
+            vec![sub],
+            vec![workspace.key_config.clone(), other.key_config.clone()],
+        ))
+        .await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+        let keyed = PublishRequest {
+            idempotency_key: "order-42".to_owned(),
+            ..event("{}")
+        };
+
+        let first = ingest
+            .publish(authed(keyed.clone(), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let again = ingest
+            .publish(authed(keyed.clone(), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!first.duplicate);
+        assert!(again.duplicate);
+        assert_eq!(again.message_id, first.message_id);
+        assert_eq!(again.delivery_count, 1);
+        // Keys are per workspace.
+        let elsewhere = ingest
+            .publish(authed(keyed.clone(), &other.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!elsewhere.duplicate);
+
+        // Repeats within one stream (one commit) are caught too.
+        let requests: Vec<PublishStreamRequest> = (0..3)
+            .map(|sequence| PublishStreamRequest {
+                sequence,
+                event: Some(PublishRequest {
+                    idempotency_key: "stream-key".to_owned(),
+                    ..event("{}")
+                }),
+            })
+            .collect();
+        let mut responses = ingest
+            .publish_stream(authed(tokio_stream::iter(requests), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut results = Vec::new();
+        while let Some(response) = responses.message().await.unwrap() {
+            results.push(response.result.unwrap());
+        }
+        assert_eq!(results.len(), 3);
+        assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+        assert!(
+            results
+                .iter()
+                .all(|r| r.message_id == results[0].message_id)
+        );
+
+        receiver.next().await;
+        receiver.next().await;
+        control.next_attempt(&first.message_id).await;
+        control.next_attempt(&results[0].message_id).await;
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(count(&conn, "dp_messages").await, 3);
+        assert_eq!(count(&conn, "dp_deliveries").await, 2);
+        assert!(receiver.drain().is_empty(), "nothing delivered twice");
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_publishes_are_refused_and_nothing_is_stored() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let workspace = Workspace::new("wrk_1");
+        let other = Workspace::new("wrk_2");
+        let control = FakeControl::start(snapshot(
+            vec![],
+            vec![workspace.key_config.clone(), other.key_config.clone()],
+        ))
+        .await;
+        let mut config = config(&control);
+        config.max_payload_bytes = 100;
+        let plane = RunningPlane::start(db.connect().await, config).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+
+        let cases = [
+            (
+                PublishRequest {
+                    event_type: String::new(),
+                    ..event("{}")
+                },
+                "event_type",
+            ),
+            (
+                PublishRequest {
+                    event_type: "bad name!".into(),
+                    ..event("{}")
+                },
+                "event_type",
+            ),
+            (event(""), "payload_json"),
+            (event("[1,2]"), "payload_json"),
+            (event("{not json"), "payload_json"),
+            (
+                event(&format!(r#"{{"x":"{}"}}"#, "a".repeat(200))),
+                "payload_json",
+            ),
+            (
+                PublishRequest {
+                    payload: Some(Default::default()),
+                    ..event("{}")
+                },
+                "payload_json",
+            ),
+            (
+                PublishRequest {
+                    idempotency_key: "k".repeat(300),
+                    ..event("{}")
+                },
+                "idempotency_key",
+            ),
+            (
+                PublishRequest {
+                    occurred_time: Some(prost_types::Timestamp {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    ..event("{}")
+                },
+                "occurred_time",
+            ),
+        ];
+        for (request, field) in cases {
+            let status = ingest
+                .publish(authed(request, &workspace.key))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            let violations = status
+                .get_details_bad_request()
+                .expect("BadRequest details")
+                .field_violations;
+            assert_eq!(violations[0].field, field, "{status:?}");
+        }
+
+        let status = ingest
+            .publish(authed(event("{}"), "sk_unknown"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let status = ingest
+            .publish(tonic::Request::new(event("{}")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let status = ingest
+            .publish(authed(
+                PublishRequest {
+                    workspace_id: "wrk_2".into(),
+                    ..event("{}")
+                },
+                &workspace.key,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+
+        // A stream answers each event and goes on after a bad one.
+        let requests = vec![
+            PublishStreamRequest {
+                sequence: 7,
+                event: Some(event("[]")),
+            },
+            PublishStreamRequest {
+                sequence: 8,
+                event: None,
+            },
+        ];
+        let mut responses = ingest
+            .publish_stream(authed(tokio_stream::iter(requests), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut errors = Vec::new();
+        while let Some(response) = responses.message().await.unwrap() {
+            let error = response.error.unwrap();
+            errors.push((response.sequence, error.code, error.field));
+        }
+        errors.sort();
+        assert_eq!(
+            errors,
+            [
+                (7, Code::InvalidArgument as i32, "payload_json".into()),
+                (8, Code::InvalidArgument as i32, "event".into())
+            ]
+        );
+
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(count(&conn, "dp_messages").await, 0);
+        assert_eq!(count(&conn, "dp_outbox").await, 0);
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_stream_acks_every_event() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+
+        const EVENTS: u64 = 200;
+        let requests: Vec<PublishStreamRequest> = (0..EVENTS)
+            .map(|sequence| PublishStreamRequest {
+                sequence,
+                event: Some(if sequence == 50 {
+                    event("not json")
+                } else {
+                    event(&format!(r#"{{"n":{sequence}}}"#))
+                }),
+            })
+            .collect();
+        let mut responses = plane
+            .ingest()
+            .await
+            .publish_stream(authed(tokio_stream::iter(requests), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut sequences = Vec::new();
+        let mut accepted = 0;
+        while let Some(response) = responses.message().await.unwrap() {
+            sequences.push(response.sequence);
+            match (response.result, response.error) {
+                (Some(result), None) => {
+                    assert_eq!(result.delivery_count, 1);
+                    accepted += 1;
+                }
+                (None, Some(error)) => {
+                    assert_eq!(response.sequence, 50);
+                    assert_eq!(error.field, "payload_json");
+                }
+                other => panic!("unexpected response {other:?}"),
+            }
+        }
+        sequences.sort_unstable();
+        assert_eq!(sequences, (0..EVENTS).collect::<Vec<_>>());
+        assert_eq!(accepted, EVENTS - 1);
+        for _ in 0..accepted {
+            receiver.next().await.verify(&secret).unwrap();
+        }
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(
+            count(&conn, "dp_messages").await,
+            i64::try_from(accepted).unwrap()
+        );
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_and_restart_without_the_control_plane() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let control = FakeControl::start(snapshot(vec![], vec![])).await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+        let status = ingest
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+
+        // A key and a subscription arrive as a change.
+        let (mut sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        sub.filters = vec!["conversation.*".into()];
+        control.push_change(WatchConfigResponse {
+            revision: 2,
+            upserted_subscriptions: vec![sub],
+            upserted_api_keys: vec![workspace.key_config.clone()],
+            ..Default::default()
+        });
+        plane.wait_for_revision(2).await;
+        let response = ingest
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.delivery_count, 1);
+        receiver.next().await.verify(&secret).unwrap();
+        let other_event = PublishRequest {
+            event_type: "call.handled".into(),
+            ..event("{}")
+        };
+        let response = ingest
+            .publish(authed(other_event, &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.delivery_count, 0, "the filter holds");
+        plane.stop().await;
+
+        // The control plane goes away; the persisted copy still authenticates and delivers.
+        control.stop();
+        let mut config = config(&control);
+        config.control_endpoint = "http://127.0.0.1:9".to_owned();
+        let plane = RunningPlane::start(db.connect().await, config).await;
+        plane.wait_for_revision(2).await;
+        let response = plane
+            .ingest()
+            .await
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.delivery_count, 1);
+        let got = receiver.next().await;
+        assert_eq!(got.header("webhook-id"), response.message_id);
+        got.verify(&secret).unwrap();
+        plane.stop().await;
+        let conn = db.connect().await;
+        // Unacked outcomes wait in the outbox for the control plane.
+        assert!(count(&conn, "dp_outbox").await > 0);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_wait_for_the_control_plane() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let first_control = FakeControl::start(snapshot(
+            vec![sub.clone()],
+            vec![workspace.key_config.clone()],
+        ))
+        .await;
+        let plane = RunningPlane::start(db.connect().await, config(&first_control)).await;
+        plane.wait_for_revision(1).await;
+        plane.stop().await;
+        first_control.stop();
+
+        // Start with the control plane down: events are taken and delivered all the same.
+        let control_addr = free_addr().await;
+        let mut config = config(&first_control);
+        config.control_endpoint = format!("http://{control_addr}");
+        let plane = RunningPlane::start(db.connect().await, config).await;
+        let response = plane
+            .ingest()
+            .await
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        receiver.next().await;
+
+        // The control plane comes up: the outbox drains to it and the config watch resumes.
+        let (other, _) = subscription("sub_2", &workspace.id, &receiver.url("/other"));
+        let mut pieces = snapshot(vec![sub], vec![workspace.key_config.clone()]);
+        pieces.push(WatchConfigResponse {
+            revision: 2,
+            upserted_subscriptions: vec![other],
+            ..Default::default()
+        });
+        let mut control = FakeControl::start_on(control_addr, pieces).await;
+        let message = control.next_message(&response.message_id).await;
+        assert_eq!(message.subscription_ids, ["sub_1"]);
+        let outcome = control.next_attempt(&response.message_id).await;
+        assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
+        plane.wait_for_revision(2).await;
+        let response = plane
+            .ingest()
+            .await
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.delivery_count, 2);
+        plane.stop().await;
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_retries_survive_a_restart() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        receiver.respond(&[503]);
+        let workspace = Workspace::new("wrk_1");
+        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let mut config = config(&control);
+        // The retry is far enough out to wait in the database, not in memory.
+        config.retry = RetrySchedule::parse("0s,2m").unwrap();
+        let plane = RunningPlane::start(db.connect().await, config.clone()).await;
+        plane.wait_for_revision(1).await;
+        let response = plane
+            .ingest()
+            .await
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        receiver.next().await;
+        let outcome = control.next_attempt(&response.message_id).await;
+        assert_eq!(outcome.delivery_status, DeliveryStatus::Pending as i32);
+        assert!(outcome.next_attempt_time.is_some());
+        plane.stop().await;
+
+        // Make the stored retry due now, then start again: it is found and sent.
+        let conn = db.connect().await;
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &conn,
+            "UPDATE dp_deliveries SET next_attempt_ms = 0",
+        )
+        .await
+        .unwrap();
+        let plane = RunningPlane::start(conn, config).await;
+        let got = receiver.next().await;
+        assert_eq!(got.header("webhook-id"), response.message_id);
+        got.verify(&secret).unwrap();
+        let outcome = control.next_attempt(&response.message_id).await;
+        let attempt = outcome.attempt.unwrap();
+        assert_eq!(attempt.attempt_number, 2);
+        assert!(attempt.success);
+        plane.stop().await;
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_never_send_a_delivery_twice() {
+    for backend in backends() {
+        if matches!(backend, Backend::Sqlite) {
+            // SQLite is one process by design; leases only matter with several replicas.
+            continue;
+        }
+        const EVENTS: usize = 40;
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        receiver.respond(&[500; EVENTS]);
+        let workspace = Workspace::new("wrk_1");
+        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let mut config = config(&control);
+        config.retry = RetrySchedule::parse("0s,2m").unwrap();
+        // Forty failures in a row would open the breaker; this test is about leases.
+        config.circuit_breaker_failures = 0;
+        let first = RunningPlane::start(db.connect().await, config.clone()).await;
+        let second = RunningPlane::start(db.connect().await, config).await;
+        first.wait_for_revision(1).await;
+        second.wait_for_revision(1).await;
+
+        let mut ids = Vec::new();
+        let mut ingest = first.ingest().await;
+        for _ in 0..EVENTS {
+            let response = ingest
+                .publish(authed(event("{}"), &workspace.key))
+                .await
+                .unwrap()
+                .into_inner();
+            ids.push(response.message_id);
+        }
+        for id in &ids {
+            let outcome = control.next_attempt(id).await;
+            assert_eq!(outcome.delivery_status, DeliveryStatus::Pending as i32);
+        }
+        assert_eq!(receiver.drain().len(), EVENTS);
+
+        // Every retry comes due at once; both replicas' scanners race for them.
+        let conn = db.connect().await;
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &conn,
+            "UPDATE dp_deliveries SET next_attempt_ms = 0",
+        )
+        .await
+        .unwrap();
+        for id in &ids {
+            let outcome = control.next_attempt(id).await;
+            assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
+        }
+        first.stop().await;
+        second.stop().await;
+        let retries = receiver.drain();
+        assert_eq!(retries.len(), EVENTS, "each retry sent exactly once");
+        let mut seen: Vec<String> = retries
+            .iter()
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect();
+        seen.sort();
+        ids.sort();
+        assert_eq!(seen, ids);
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_service_tests_redelivers_and_replays() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        receiver.respond(&[500, 500]);
+        let workspace = Workspace::new("wrk_1");
+        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let mut control = FakeControl::start(snapshot(
+            vec![sub.clone()],
+            vec![workspace.key_config.clone()],
+        ))
+        .await;
+        let mut config = config(&control);
+        config.retry = RetrySchedule::parse("0s").unwrap();
+        let plane = RunningPlane::start(db.connect().await, config).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+        let mut dispatch = plane.dispatch().await;
+
+        // Without the internal token: refused.
+        let status = dispatch.replay(ReplayRequest::default()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+
+        // Two deliveries fail for good (one attempt each in this schedule).
+        let first = ingest
+            .publish(authed(event(r#"{"a":1}"#), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let second = ingest
+            .publish(authed(event(r#"{"a":2}"#), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        for id in [&first.message_id, &second.message_id] {
+            let outcome = control.next_attempt(id).await;
+            assert_eq!(outcome.delivery_status, DeliveryStatus::Failed as i32);
+        }
+        receiver.drain();
+
+        // Redeliver one now.
+        let attempt = dispatch
+            .redeliver(authed(
+                RedeliverRequest {
+                    workspace_id: workspace.id.clone(),
+                    message_id: first.message_id.clone(),
+                    subscription_id: "sub_1".into(),
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .attempt
+            .unwrap();
+        assert!(attempt.success);
+        assert_eq!(attempt.attempt_number, 2);
+        assert_eq!(attempt.trigger, AttemptTrigger::Manual as i32);
+        assert_eq!(receiver.next().await.header("webhook-id"), first.message_id);
+        let outcome = control.next_attempt(&first.message_id).await;
+        assert_eq!(outcome.attempt.unwrap().id, attempt.id);
+        assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
+
+        let status = dispatch
+            .redeliver(authed(
+                RedeliverRequest {
+                    workspace_id: workspace.id.clone(),
+                    message_id: "msg_unknown".into(),
+                    subscription_id: "sub_1".into(),
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+
+        // Replay what is still failed: only the second.
+        let replayed = dispatch
+            .replay(authed(
+                ReplayRequest {
+                    workspace_id: workspace.id.clone(),
+                    subscription_id: "sub_1".into(),
+                    since_time: Some(prost_types::Timestamp {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(replayed.queued_count, 1);
+        assert_eq!(
+            receiver.next().await.header("webhook-id"),
+            second.message_id
+        );
+        let outcome = control.next_attempt(&second.message_id).await;
+        let attempt = outcome.attempt.unwrap();
+        assert_eq!(attempt.trigger, AttemptTrigger::Replay as i32);
+        assert!(attempt.success);
+        assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
+
+        // A test send: delivered now, signed, not stored.
+        let attempt = dispatch
+            .send_test(authed(
+                SendTestRequest {
+                    subscription: Some(sub),
+                    event_type: "conversation.created".into(),
+                    payload_json: r#"{"example":true}"#.into(),
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .attempt
+            .unwrap();
+        assert!(attempt.success);
+        let got = receiver.next().await;
+        got.verify(&secret).unwrap();
+        assert_eq!(got.json()["payload"]["example"], true);
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(count(&conn, "dp_messages").await, 2);
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_destinations_get_an_unsigned_message() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let (mut sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/services/T/B/X"));
+        sub.destination_type = DestinationType::Slack as i32;
+        sub.secrets.clear();
+        let control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+        plane
+            .ingest()
+            .await
+            .publish(authed(
+                event(r#"{"conversation":{"id":"cnv_1"}}"#),
+                &workspace.key,
+            ))
+            .await
+            .unwrap();
+        let got = receiver.next().await;
+        assert_eq!(got.header("webhook-signature"), "");
+        let text = got.json()["text"].as_str().unwrap().to_owned();
+        assert!(text.contains("conversation.created"), "{text}");
+        assert!(text.contains("cnv_1"), "{text}");
+        plane.stop().await;
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_publishes() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let workspace = Workspace::new("wrk_1");
+        let control =
+            FakeControl::start(snapshot(vec![], vec![workspace.key_config.clone()])).await;
+        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+        ingest
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap();
+
+        // Only the data plane is told to stop; the gRPC server still answers.
+        plane.shutdown.cancel();
+        let status = ingest
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        tokio::time::timeout(PATIENCE, plane.plane.clone().drained())
+            .await
+            .unwrap();
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(count(&conn, "dp_messages").await, 1);
+        control.stop();
+        db.cleanup().await;
+    }
+}

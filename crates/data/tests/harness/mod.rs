@@ -1,0 +1,675 @@
+//! The test harness of the data plane: a fresh database per test (SQLite in a temp dir, and
+//! PostgreSQL when `SLUICE_TEST_DATABASE_URL` is set), a real HTTP receiver that records
+//! what it got and answers as scripted, a small control-plane peer that serves a fixed
+//! configuration and records the outcome batches it acks, and the real data plane behind a
+//! real tonic server on 127.0.0.1:0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use futures::{Stream, StreamExt as _};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sluice_core::apikey::{generate_api_key, hash_api_key};
+use sluice_core::retry::RetrySchedule;
+use sluice_core::signing::SigningSecret;
+use sluice_data::{DataConfig, DataPlane};
+use sluice_delivery::SenderConfig;
+use sluice_proto::control::v1::data_plane_service_server::{
+    DataPlaneService, DataPlaneServiceServer,
+};
+use sluice_proto::control::v1::{
+    AttemptOutcome, ConfigApiKey, ConfigSecret, ConfigSubscription, DestinationType, MessageRecord,
+    ReportOutcomesRequest, ReportOutcomesResponse, SubscriptionDisabled, WatchConfigRequest,
+    WatchConfigResponse,
+};
+use sluice_proto::data::v1::dispatch_service_client::DispatchServiceClient;
+use sluice_proto::data::v1::ingest_service_client::IngestServiceClient;
+use sluice_store::Plane as StorePlane;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The internal token every test uses between the planes.
+pub const TOKEN: &str = "test-internal-token";
+/// How long a test waits for anything before failing (a hang is a failure, not a pass).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        chrono::Utc::now().timestamp_micros()
+    )
+}
+
+/// A database backend a suite runs on.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+/// SQLite always; PostgreSQL too when `SLUICE_TEST_DATABASE_URL` names a server.
+pub fn backends() -> Vec<Backend> {
+    let mut backends = vec![Backend::Sqlite];
+    match std::env::var("SLUICE_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => backends.push(Backend::Postgres(url)),
+        _ => eprintln!(
+            "SLUICE_TEST_DATABASE_URL is not set: running on SQLite only (set it to a PostgreSQL URL to run on PostgreSQL too)"
+        ),
+    }
+    backends
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub url: String,
+    backend: Backend,
+    dir: Option<std::path::PathBuf>,
+    postgres_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: &Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(unique("sluice-data-test"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let url = sluice_store::sqlite_url(&dir, StorePlane::Data);
+                TestDb {
+                    url,
+                    backend: backend.clone(),
+                    dir: Some(dir),
+                    postgres_name: None,
+                }
+            }
+            Backend::Postgres(admin_url) => {
+                let name = unique("sluice_data_test");
+                let admin = Database::connect(admin_url.as_str()).await.unwrap();
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .unwrap();
+                admin.close().await.unwrap();
+                let mut url = url::Url::parse(admin_url).unwrap();
+                url.set_path(&format!("/{name}"));
+                TestDb {
+                    url: url.to_string(),
+                    backend: backend.clone(),
+                    dir: None,
+                    postgres_name: Some(name),
+                }
+            }
+        }
+    }
+
+    /// Opens (and migrates) the database, as the binary does.
+    pub async fn connect(&self) -> DatabaseConnection {
+        sluice_store::open(&self.url, StorePlane::Data)
+            .await
+            .unwrap()
+    }
+
+    pub async fn cleanup(self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let (Backend::Postgres(admin_url), Some(name)) = (&self.backend, &self.postgres_name)
+            && let Ok(admin) = Database::connect(admin_url.as_str()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+            let _ = admin.close().await;
+        }
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// Verifies the Standard Webhooks signature as a receiver would.
+    pub fn verify(&self, secret: &SigningSecret) -> Result<(), sluice_core::signing::VerifyError> {
+        sluice_core::signing::verify(
+            secret,
+            self.header("webhook-id"),
+            self.header("webhook-timestamp"),
+            self.header("webhook-signature"),
+            &self.body,
+            chrono::Utc::now().timestamp(),
+            300,
+        )
+    }
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    /// Statuses to answer, in order; 200 once empty.
+    script: Arc<Mutex<VecDeque<u16>>>,
+    tx: mpsc::UnboundedSender<Received>,
+}
+
+/// A real HTTP receiver on 127.0.0.1:0.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<VecDeque<u16>>>,
+    rx: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let state = ReceiverState {
+            script: Arc::clone(&script),
+            tx,
+        };
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(receive))
+            .with_state(state);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, script, rx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next requests get these statuses, in order.
+    pub fn respond(&self, statuses: &[u16]) {
+        self.script.lock().unwrap().extend(statuses.iter().copied());
+    }
+
+    pub async fn next(&mut self) -> Received {
+        tokio::time::timeout(PATIENCE, self.rx.recv())
+            .await
+            .expect("the receiver got nothing in time")
+            .expect("receiver stopped")
+    }
+
+    /// Whatever arrived already, without waiting.
+    pub fn drain(&mut self) -> Vec<Received> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            out.push(r);
+        }
+        out
+    }
+}
+
+/// A local address nothing listens on (yet).
+pub async fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// An endpoint that accepts connections and never answers: the slowest receiver there is.
+/// Returns its URL; connections stay open until the test ends.
+pub async fn black_hole() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+async fn receive(
+    State(state): State<ReceiverState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
+    let _ = state.tx.send(Received {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+    });
+    StatusCode::from_u16(status).unwrap()
+}
+
+/// What the control-plane peer was told, flattened.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Report {
+    Message(MessageRecord),
+    Attempt(AttemptOutcome),
+    Disabled(SubscriptionDisabled),
+}
+
+struct ControlState {
+    /// Sent to every new watcher, in order (a reset snapshot followed by changes).
+    pieces: Mutex<Vec<WatchConfigResponse>>,
+    changes: broadcast::Sender<WatchConfigResponse>,
+    reports: mpsc::UnboundedSender<ReportOutcomesRequest>,
+}
+
+/// A control-plane peer: serves a configuration and records outcome batches.
+pub struct FakeControl {
+    pub addr: SocketAddr,
+    state: Arc<ControlState>,
+    reports: mpsc::UnboundedReceiver<ReportOutcomesRequest>,
+    seen: VecDeque<Report>,
+    /// Attempt and message ids already taken in, so a resent batch is ignored the way the
+    /// real control plane ignores it.
+    ids: std::collections::HashSet<String>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+struct ControlApi(Arc<ControlState>);
+
+fn check_token<T>(request: &Request<T>) -> Result<(), Status> {
+    let expected = format!("Bearer {TOKEN}");
+    match request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(value) if value == expected => Ok(()),
+        _ => Err(Status::unauthenticated("bad internal token")),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DataPlaneService for ControlApi {
+    type WatchConfigStream = BoxStream<WatchConfigResponse>;
+
+    async fn watch_config(
+        &self,
+        request: Request<WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        check_token(&request)?;
+        // Subscribe before copying the pieces so no change falls between the two.
+        let changes = BroadcastStream::new(self.0.changes.subscribe())
+            .filter_map(|c| async move { c.ok().map(Ok) });
+        let pieces: Vec<Result<WatchConfigResponse, Status>> = self
+            .0
+            .pieces
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .map(Ok)
+            .collect();
+        Ok(Response::new(Box::pin(
+            tokio_stream::iter(pieces).chain(changes),
+        )))
+    }
+
+    type ReportOutcomesStream = BoxStream<ReportOutcomesResponse>;
+
+    async fn report_outcomes(
+        &self,
+        request: Request<Streaming<ReportOutcomesRequest>>,
+    ) -> Result<Response<Self::ReportOutcomesStream>, Status> {
+        check_token(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let state = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            while let Ok(Some(batch)) = inbound.message().await {
+                let batch_id = batch.batch_id;
+                let _ = state.reports.send(batch);
+                if tx
+                    .send(Ok(ReportOutcomesResponse { batch_id }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl FakeControl {
+    /// Serves `snapshot` (pieces of a reset snapshot, the last with a revision).
+    pub async fn start(snapshot: Vec<WatchConfigResponse>) -> FakeControl {
+        FakeControl::start_on("127.0.0.1:0".parse().unwrap(), snapshot).await
+    }
+
+    /// Serves on a given address, to come up where a data plane already looks for it.
+    pub async fn start_on(addr: SocketAddr, snapshot: Vec<WatchConfigResponse>) -> FakeControl {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let state = Arc::new(ControlState {
+            pieces: Mutex::new(snapshot),
+            changes: broadcast::channel(64).0,
+            reports: reports_tx,
+        });
+        let shutdown = CancellationToken::new();
+        let server = Server::builder()
+            .add_service(DataPlaneServiceServer::new(ControlApi(Arc::clone(&state))))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        tokio::spawn(server);
+        FakeControl {
+            addr,
+            state,
+            reports,
+            seen: VecDeque::new(),
+            ids: std::collections::HashSet::new(),
+            shutdown,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends a change to live watchers and to later ones.
+    pub fn push_change(&self, piece: WatchConfigResponse) {
+        self.state.pieces.lock().unwrap().push(piece.clone());
+        let _ = self.state.changes.send(piece);
+    }
+
+    /// The next report (in arrival order) that `pick` accepts; others stay queued.
+    pub async fn next_report<T>(&mut self, mut pick: impl FnMut(&Report) -> Option<T>) -> T {
+        if let Some(i) = self.seen.iter().position(|r| pick(r).is_some()) {
+            let report = self.seen.remove(i).unwrap();
+            return pick(&report).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let batch = tokio::time::timeout_at(deadline, self.reports.recv())
+                .await
+                .expect("the control plane got no matching report in time")
+                .expect("control plane stopped");
+            let mut found = None;
+            let reports = batch
+                .messages
+                .into_iter()
+                .map(Report::Message)
+                .chain(batch.attempts.into_iter().map(Report::Attempt))
+                .chain(
+                    batch
+                        .disabled_subscriptions
+                        .into_iter()
+                        .map(Report::Disabled),
+                );
+            for report in reports {
+                let id = match &report {
+                    Report::Message(m) => format!("message {}", m.id),
+                    Report::Attempt(a) => format!(
+                        "attempt {}",
+                        a.attempt
+                            .as_ref()
+                            .map(|a| a.id.as_str())
+                            .unwrap_or_default()
+                    ),
+                    Report::Disabled(d) => {
+                        format!("disabled {} {:?}", d.subscription_id, d.disable_time)
+                    }
+                };
+                if !self.ids.insert(id) {
+                    continue;
+                }
+                if found.is_none()
+                    && let Some(value) = pick(&report)
+                {
+                    found = Some(value);
+                    continue;
+                }
+                self.seen.push_back(report);
+            }
+            if let Some(value) = found {
+                return value;
+            }
+        }
+    }
+
+    /// The next attempt outcome for `message_id`.
+    pub async fn next_attempt(&mut self, message_id: &str) -> AttemptOutcome {
+        self.next_report(|r| match r {
+            Report::Attempt(a)
+                if a.attempt
+                    .as_ref()
+                    .is_some_and(|a| a.message_id == message_id) =>
+            {
+                Some(a.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn next_message(&mut self, message_id: &str) -> MessageRecord {
+        self.next_report(|r| match r {
+            Report::Message(m) if m.id == message_id => Some(m.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn next_disabled(&mut self) -> SubscriptionDisabled {
+        self.next_report(|r| match r {
+            Report::Disabled(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A workspace with one API key, as the control plane would hand it out.
+pub struct Workspace {
+    pub id: String,
+    pub key: String,
+    pub key_config: ConfigApiKey,
+}
+
+impl Workspace {
+    pub fn new(id: &str) -> Workspace {
+        let key = generate_api_key();
+        Workspace {
+            id: id.to_owned(),
+            key_config: ConfigApiKey {
+                id: format!("key_{id}"),
+                workspace_id: id.to_owned(),
+                key_hash: hash_api_key(&key),
+            },
+            key,
+        }
+    }
+}
+
+/// A webhook subscription to `url` for every event, and its secret.
+pub fn subscription(
+    id: &str,
+    workspace_id: &str,
+    url: &str,
+) -> (ConfigSubscription, SigningSecret) {
+    let secret = SigningSecret::generate();
+    let config = ConfigSubscription {
+        id: id.to_owned(),
+        workspace_id: workspace_id.to_owned(),
+        url: url.to_owned(),
+        destination_type: DestinationType::Webhook as i32,
+        filters: vec!["*".to_owned()],
+        headers: [("x-custom".to_owned(), "yes".to_owned())].into(),
+        rate_limit_per_second: 0,
+        enabled: true,
+        secrets: vec![ConfigSecret {
+            secret: secret.to_whsec(),
+            expire_time: None,
+        }],
+    };
+    (config, secret)
+}
+
+/// A one-piece snapshot at revision 1.
+pub fn snapshot(
+    subscriptions: Vec<ConfigSubscription>,
+    keys: Vec<ConfigApiKey>,
+) -> Vec<WatchConfigResponse> {
+    vec![WatchConfigResponse {
+        reset: true,
+        revision: 1,
+        upserted_subscriptions: subscriptions,
+        upserted_api_keys: keys,
+        ..Default::default()
+    }]
+}
+
+/// A data-plane configuration for tests: fast retries, plain HTTP to loopback allowed.
+pub fn config(control: &FakeControl) -> DataConfig {
+    DataConfig {
+        internal_token: TOKEN.to_owned(),
+        control_endpoint: control.endpoint(),
+        retry: RetrySchedule::parse("0s,50ms,50ms").unwrap(),
+        retry_jitter: 0.0,
+        retry_after_min: Duration::from_millis(10),
+        retry_after_max: Duration::from_secs(1),
+        sender: SenderConfig {
+            allow_http: true,
+            allow_private: true,
+            request_timeout: Duration::from_secs(5),
+            ..SenderConfig::default()
+        },
+        shutdown_grace: Duration::from_secs(5),
+        ..DataConfig::default()
+    }
+}
+
+/// The data plane behind a real tonic server on 127.0.0.1:0.
+pub struct RunningPlane {
+    pub plane: DataPlane,
+    pub addr: SocketAddr,
+    /// The data plane's own shutdown signal.
+    pub shutdown: CancellationToken,
+    /// The gRPC server's, separate so a test can watch the data plane refuse work.
+    server_shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RunningPlane {
+    pub async fn start(db: DatabaseConnection, config: DataConfig) -> RunningPlane {
+        let shutdown = CancellationToken::new();
+        let plane = DataPlane::start(db, config, shutdown.clone())
+            .await
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_shutdown = CancellationToken::new();
+        let server = Server::builder()
+            .add_service(plane.ingest_service())
+            .add_service(plane.dispatch_service())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                server_shutdown.clone().cancelled_owned(),
+            );
+        let server = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        RunningPlane {
+            plane,
+            addr,
+            shutdown,
+            server_shutdown,
+            server,
+        }
+    }
+
+    /// Waits until the configuration at `revision` (or later) is in effect.
+    pub async fn wait_for_revision(&self, revision: u64) {
+        let mut watch = self.plane.config_revision();
+        tokio::time::timeout(PATIENCE, watch.wait_for(|r| *r >= revision))
+            .await
+            .expect("configuration not applied in time")
+            .unwrap();
+    }
+
+    pub async fn ingest(&self) -> IngestServiceClient<Channel> {
+        IngestServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    pub async fn dispatch(&self) -> DispatchServiceClient<Channel> {
+        DispatchServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// Cancels shutdown and waits until the data plane drained.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, self.plane.drained())
+            .await
+            .expect("the data plane did not drain in time");
+        self.server_shutdown.cancel();
+        let _ = self.server.await;
+    }
+}
+
+/// `message` with `authorization: Bearer <key>`.
+pub fn authed<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+/// Counts the rows of a table.
+pub async fn count(db: &DatabaseConnection, table: &str) -> i64 {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}

@@ -1,0 +1,656 @@
+//! `sluice bench`: a throughput and latency benchmark of both planes, end to end.
+//!
+//! By default it starts `sluice dev` (this same binary) as a child process on fresh ports
+//! and a fresh data directory, so the planes' CPU time and peak memory can be read from
+//! `/proc` apart from the bench's own publisher and receiver. It starts its own loopback
+//! webhook receiver, sets up a workspace, an API key and `--subscriptions` subscriptions
+//! (filter `*`) through the control plane, checks with one warm-up event that the data plane
+//! has that configuration, then publishes `--events` events over one
+//! `IngestService.PublishStream` with `--concurrency` requests in flight, and waits for every
+//! delivery. It reports publish and delivery rates, the ack-to-arrival latency, duplicates,
+//! and the planes' CPU seconds per 1,000 deliveries and peak RSS.
+//!
+//! CPU time is utime + stime of `/proc/<pid>/stat` (every thread), in clock ticks of
+//! `sysconf(_SC_CLK_TCK)` (100 per second on Linux), taken just before the first publish
+//! and once the last delivery arrived: outcome reporting to the control plane that is still
+//! under way then is not counted. Peak RSS is `VmHWM` of `/proc/<pid>/status`, over the
+//! process's whole life (start-up and warm-up included).
+
+mod child;
+mod publisher;
+mod receiver;
+mod report;
+
+use std::io::IsTerminal as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sluice_proto::control::v1::subscription_service_client::SubscriptionServiceClient;
+use sluice_proto::control::v1::workspace_service_client::WorkspaceServiceClient;
+use sluice_proto::control::v1::{
+    CreateApiKeyRequest, CreateSubscriptionRequest, CreateWorkspaceRequest, DeleteWorkspaceRequest,
+    Subscription, Workspace,
+};
+use sluice_proto::data::v1::ingest_service_client::IngestServiceClient;
+use tonic::transport::Channel;
+
+use self::child::{ChildPlanes, ProcSample};
+use self::publisher::{PublishPlan, PublishProgress};
+use self::receiver::RunningReceiver;
+use self::report::{Report, percentiles};
+
+/// Flags of `sluice bench`.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Events to publish.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: u64,
+    /// Subscriptions (filter `*`, each at its own path of the bench's receiver); every event
+    /// is delivered to each.
+    #[arg(long, default_value_t = 1)]
+    pub subscriptions: u32,
+    /// Publish requests in flight on the stream at most (closed loop: the next request goes
+    /// when an ack returns).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Size of each event's payload in bytes: a JSON object, the same bytes every time.
+    #[arg(long, default_value_t = 1024)]
+    pub payload_bytes: usize,
+    /// Publish at this many events per second (open loop), still at most --concurrency in
+    /// flight. Unset: closed loop, as fast as acks return.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds to wait for every ack and delivery before giving up (the report is still
+    /// printed, marked as timed out, and the command fails).
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Seconds allowed for starting the planes, setting up and the warm-up event.
+    #[arg(long, default_value_t = 60)]
+    pub setup_timeout: u64,
+    /// The receiver waits this many milliseconds before answering each delivery.
+    #[arg(long, default_value_t = 0)]
+    pub receiver_delay_ms: u64,
+    /// Fraction (0 to 1) of deliveries the receiver answers with 500, at random. A delivery
+    /// answered 500 counts as attempted ("failed by design"), not as delivered; the bench
+    /// does not wait for its retries.
+    #[arg(long, default_value_t = 0.0)]
+    pub receiver_failure_rate: f64,
+    /// Print the results as one JSON object on stdout (no progress bar, no table).
+    #[arg(long)]
+    pub json: bool,
+    /// PostgreSQL URL for the planes the bench starts (passed to the child as
+    /// SLUICE_DATABASE_URL). Default: SQLite in a fresh temporary directory. Only its host is
+    /// ever printed.
+    #[arg(long, conflicts_with = "control")]
+    pub database_url: Option<String>,
+    /// Benchmark a running control plane at this address (`host:port` or `http://...`)
+    /// instead of starting `sluice dev`. Needs --data and --admin-key.
+    #[arg(long, requires_all = ["data", "admin_key"])]
+    pub control: Option<String>,
+    /// The running data plane's address, with --control.
+    #[arg(long, requires = "control")]
+    pub data: Option<String>,
+    /// The running control plane's admin key, with --control. (The planes the bench starts
+    /// get a random one.)
+    #[arg(long, env = "SLUICE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// With --control: process id(s) of the running planes, to report their CPU time and
+    /// peak RSS (summed over the processes). Repeat for separate control and data processes.
+    #[arg(long, requires = "control")]
+    pub pid: Vec<u32>,
+    /// Keep the temporary data directory of the planes the bench starts (it is always kept
+    /// when the bench fails, for its log).
+    #[arg(long)]
+    pub keep_data_dir: bool,
+}
+
+impl BenchArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.events == 0 {
+            bail!("--events must be at least 1");
+        }
+        if self.subscriptions == 0 {
+            bail!("--subscriptions must be at least 1");
+        }
+        if self.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.receiver_failure_rate) {
+            bail!("--receiver-failure-rate must be between 0 and 1");
+        }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            bail!("--rate must be a positive number of events per second");
+        }
+        if self.timeout == 0 || self.setup_timeout == 0 {
+            bail!("--timeout and --setup-timeout must be at least 1 second");
+        }
+        Ok(())
+    }
+}
+
+/// `http://` in front of a bare `host:port`.
+fn endpoint_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// The backend to report: never the URL's credentials, path or query.
+fn backend_label(database_url: Option<&str>, started_by_bench: bool) -> String {
+    match database_url {
+        None if started_by_bench => "sqlite".to_owned(),
+        None => "unknown".to_owned(),
+        Some(u) if u.starts_with("sqlite:") => "sqlite".to_owned(),
+        Some(u) => match url::Url::parse(u) {
+            Ok(parsed) => {
+                let host = parsed.host_str().unwrap_or("localhost");
+                match parsed.port() {
+                    Some(port) => format!("postgres ({host}:{port})"),
+                    None => format!("postgres ({host})"),
+                }
+            }
+            Err(_) => "postgres".to_owned(),
+        },
+    }
+}
+
+/// The planes under test.
+enum Planes {
+    /// `sluice dev` started by the bench.
+    Child(ChildPlanes),
+    /// Planes started by someone else.
+    External {
+        control: String,
+        data: String,
+        admin_key: String,
+        pids: Vec<u32>,
+    },
+}
+
+impl Planes {
+    fn control_url(&self) -> String {
+        match self {
+            Planes::Child(c) => format!("http://{}", c.control),
+            Planes::External { control, .. } => endpoint_url(control),
+        }
+    }
+
+    fn data_url(&self) -> String {
+        match self {
+            Planes::Child(c) => format!("http://{}", c.data),
+            Planes::External { data, .. } => endpoint_url(data),
+        }
+    }
+
+    fn admin_key(&self) -> &str {
+        match self {
+            Planes::Child(c) => &c.admin_key,
+            Planes::External { admin_key, .. } => admin_key,
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Planes::Child(c) => vec![c.pid],
+            Planes::External { pids, .. } => pids.clone(),
+        }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self {
+            Planes::Child(c) => c.check_alive(),
+            Planes::External { .. } => Ok(()),
+        }
+    }
+
+    /// CPU seconds summed over the planes' processes, and their peak RSS summed.
+    fn sample(&self) -> Option<ProcSample> {
+        let pids = self.pids();
+        if pids.is_empty() {
+            return None;
+        }
+        let mut total = ProcSample::default();
+        for pid in pids {
+            let s = child::sample(pid)?;
+            total.cpu_seconds += s.cpu_seconds;
+            total.peak_rss_bytes += s.peak_rss_bytes;
+        }
+        Some(total)
+    }
+}
+
+/// Runs the bench: prints the report, and fails when it timed out or the stream broke.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let say = |msg: &str| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+
+    let receiver = receiver::start(
+        Duration::from_millis(args.receiver_delay_ms),
+        args.receiver_failure_rate,
+    )
+    .await?;
+
+    let mut planes = match (&args.control, &args.data, &args.admin_key) {
+        (Some(control), Some(data), Some(admin_key)) => Planes::External {
+            control: control.clone(),
+            data: data.clone(),
+            admin_key: admin_key.clone(),
+            pids: args.pid.clone(),
+        },
+        (Some(_), _, _) => bail!("--control needs --data and --admin-key"),
+        (None, _, _) => {
+            if args.database_url.is_some() {
+                let exe = std::env::current_exe().context("cannot find the sluice binary")?;
+                if !child::dev_supports_database_url(&exe) {
+                    bail!(
+                        "`sluice dev` has no --database-url option yet, so the planes the bench \
+                         starts can only run on SQLite. To benchmark PostgreSQL, run `sluice \
+                         control` and `sluice data` on it and point the bench at them with \
+                         --control, --data, --admin-key (and --pid for CPU and memory)"
+                    );
+                }
+            }
+            say("sluice bench: starting sluice dev as a child process...");
+            let mut child = ChildPlanes::spawn(args.database_url.as_deref(), args.keep_data_dir)?;
+            child
+                .wait_healthy(Duration::from_secs(args.setup_timeout))
+                .await?;
+            Planes::Child(child)
+        }
+    };
+
+    let result = measure(&args, &receiver, &mut planes).await;
+
+    let mut keep = result.is_err();
+    if let Planes::Child(child) = &mut planes {
+        if !child.stop().await {
+            say("sluice bench: sluice dev did not stop cleanly on SIGTERM");
+            keep = true;
+        }
+        if keep || args.keep_data_dir {
+            say(&format!(
+                "sluice bench: the planes' data directory and log are kept in {}",
+                child.data_dir.display()
+            ));
+        }
+        child.cleanup(keep);
+    }
+
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if report.timed_out {
+        bail!(
+            "timed out after {}s: {} of {} expected deliveries arrived",
+            args.timeout,
+            report.attempted,
+            report.expected_deliveries
+        );
+    }
+    if let Some(e) = report.stream_error {
+        bail!("publishing failed: {e}");
+    }
+    Ok(())
+}
+
+/// Everything between planes that are up and planes to stop.
+async fn measure(
+    args: &BenchArgs,
+    receiver: &RunningReceiver,
+    planes: &mut Planes,
+) -> anyhow::Result<Report> {
+    let setup_deadline = Instant::now() + Duration::from_secs(args.setup_timeout);
+    let control = child::connect(&planes.control_url()).await?;
+    let data = child::connect(&planes.data_url()).await?;
+
+    let (workspace_id, api_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
+    let outcome =
+        warm_up_and_publish(args, receiver, planes, &data, &api_key, setup_deadline).await;
+    if matches!(planes, Planes::External { .. }) {
+        // Leave a running system as it was found (best effort).
+        let mut workspaces = WorkspaceServiceClient::new(control.clone());
+        let _ = workspaces
+            .delete_workspace(bearer(
+                DeleteWorkspaceRequest { id: workspace_id },
+                planes.admin_key(),
+            )?)
+            .await;
+    }
+    outcome
+}
+
+fn bearer<T>(message: T, key: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the key is not valid gRPC metadata"))?,
+    );
+    Ok(request)
+}
+
+fn status_error(what: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {:?}: {}", status.code(), status.message())
+}
+
+/// Creates the workspace, its API key and the subscriptions. Returns the workspace id and
+/// the API key.
+async fn set_up(
+    args: &BenchArgs,
+    receiver: &RunningReceiver,
+    control: &Channel,
+    admin_key: &str,
+) -> anyhow::Result<(String, String)> {
+    let mut workspaces = WorkspaceServiceClient::new(control.clone());
+    let workspace = workspaces
+        .create_workspace(bearer(
+            CreateWorkspaceRequest {
+                workspace: Some(Workspace {
+                    display_name: format!("sluice bench {}", chrono::Utc::now().to_rfc3339()),
+                    ..Default::default()
+                }),
+            },
+            admin_key,
+        )?)
+        .await
+        .map_err(|s| status_error("creating the bench workspace", s))?
+        .into_inner()
+        .workspace
+        .context("CreateWorkspace answered without a workspace")?;
+    let key = workspaces
+        .create_api_key(bearer(
+            CreateApiKeyRequest {
+                workspace_id: workspace.id.clone(),
+                display_name: "sluice bench".to_owned(),
+            },
+            admin_key,
+        )?)
+        .await
+        .map_err(|s| status_error("creating the bench API key", s))?
+        .into_inner()
+        .key;
+    let mut subscriptions = SubscriptionServiceClient::new(control.clone());
+    for i in 0..args.subscriptions {
+        subscriptions
+            .create_subscription(bearer(
+                CreateSubscriptionRequest {
+                    workspace_id: String::new(),
+                    subscription: Some(Subscription {
+                        description: format!("sluice bench receiver {i}"),
+                        url: format!("http://{}/hook/{i}", receiver.addr),
+                        filters: vec!["*".to_owned()],
+                        ..Default::default()
+                    }),
+                    secret: String::new(),
+                },
+                &key,
+            )?)
+            .await
+            .map_err(|s| {
+                status_error(
+                    &format!(
+                        "creating subscription {i} (plain http to 127.0.0.1 must be allowed: \
+                         `sluice dev` allows it, `sluice control` needs --allow-http)"
+                    ),
+                    s,
+                )
+            })?;
+    }
+    Ok((workspace.id, key))
+}
+
+/// One warm-up event until the data plane knows the key and every subscription and has
+/// delivered it; then the measured run.
+async fn warm_up_and_publish(
+    args: &BenchArgs,
+    receiver: &RunningReceiver,
+    planes: &mut Planes,
+    data: &Channel,
+    api_key: &str,
+    setup_deadline: Instant,
+) -> anyhow::Result<Report> {
+    let payload = publisher::payload(args.payload_bytes);
+    let wanted = args.subscriptions as usize;
+    let mut ingest = IngestServiceClient::new(data.clone());
+    let mut last: String;
+    let warm_id = loop {
+        planes.check_alive()?;
+        match publisher::publish_one(&mut ingest, api_key, "bench.warmup", &payload).await? {
+            Ok((id, count)) if count as usize >= wanted => break id,
+            Ok((_, count)) => {
+                last = format!("it matched {count} of {wanted} subscriptions");
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::Unavailable
+                        | tonic::Code::PermissionDenied
+                ) =>
+            {
+                last = format!("{:?}: {}", status.code(), status.message());
+            }
+            Err(status) => {
+                return Err(status_error(
+                    "the data plane refused the warm-up event",
+                    status,
+                ));
+            }
+        }
+        if Instant::now() >= setup_deadline {
+            bail!(
+                "the data plane did not get the bench's API key and subscriptions within \
+                 {}s (the config watch from the control plane): {last}",
+                args.setup_timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    loop {
+        let reached = receiver.state.subscriptions_reached(&warm_id);
+        if reached >= wanted {
+            break;
+        }
+        planes.check_alive()?;
+        if Instant::now() >= setup_deadline {
+            bail!(
+                "the warm-up event {warm_id} reached {reached} of {wanted} subscriptions within \
+                 {}s: the data plane accepted it but did not deliver it to the bench's receiver \
+                 on {} (plain http to loopback must be allowed: `sluice dev` allows it, \
+                 `sluice data` needs --allow-http --allow-private-destinations)",
+                args.setup_timeout,
+                receiver.addr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The measured run.
+    receiver.state.start_injecting();
+    let baseline = receiver.state.counters();
+    let cpu_before = planes.sample();
+    let total = args.events * u64::from(args.subscriptions);
+    let progress = Arc::new(PublishProgress::default());
+    let bar = if args.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} deliveries  {msg}",
+            )?
+            .progress_chars("=> "),
+        )
+    };
+    let ticker = {
+        let bar = bar.clone();
+        let state = receiver.state.clone();
+        let progress = progress.clone();
+        let events = args.events;
+        tokio::spawn(async move {
+            loop {
+                let delivered = state.counters().distinct - baseline.distinct;
+                bar.set_position(delivered);
+                bar.set_message(format!(
+                    "acks {}/{events}, {} errors",
+                    progress.answered.load(Ordering::Relaxed),
+                    progress.errors.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let publish = publisher::publish(
+        data.clone(),
+        PublishPlan {
+            events: args.events,
+            concurrency: args.concurrency,
+            rate: args.rate,
+            payload_json: payload,
+            api_key: api_key.to_owned(),
+        },
+        progress,
+        deadline,
+    )
+    .await?;
+
+    // Wait for every delivery the data plane promised.
+    let expected = publish.expected_deliveries;
+    let mut timed_out = false;
+    let deliveries = loop {
+        let seen = receiver.state.counters().distinct - baseline.distinct;
+        if seen >= expected {
+            let d = report::deliveries(&receiver.state, &publish, args.subscriptions);
+            if d.attempted >= expected {
+                break d;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            timed_out = true;
+            break report::deliveries(&receiver.state, &publish, args.subscriptions);
+        }
+        if let Err(e) = planes.check_alive() {
+            ticker.abort();
+            bar.abandon();
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let cpu_after = planes.sample();
+    ticker.abort();
+    bar.finish_and_clear();
+
+    let counters = receiver.state.counters();
+    let mut publish_latencies: Vec<u64> = publish
+        .sent_at
+        .iter()
+        .zip(&publish.acked_at)
+        .filter_map(|(sent, acked)| {
+            let d = (*acked)?.saturating_duration_since((*sent)?);
+            u64::try_from(d.as_micros()).ok()
+        })
+        .collect();
+    let mut latencies = deliveries.latencies_us;
+    let publish_seconds = publish
+        .finished
+        .saturating_duration_since(publish.started)
+        .as_secs_f64();
+    let delivery_seconds = deliveries.last_delivery.map(|last| {
+        last.saturating_duration_since(publish.started)
+            .as_secs_f64()
+    });
+    let planes_cpu_seconds = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => Some(a.cpu_seconds - b.cpu_seconds),
+        _ => None,
+    };
+    Ok(Report {
+        events: args.events,
+        subscriptions: args.subscriptions,
+        payload_bytes: args.payload_bytes.max(10),
+        concurrency: args.concurrency,
+        rate: args.rate,
+        receiver_delay_ms: args.receiver_delay_ms,
+        receiver_failure_rate: args.receiver_failure_rate,
+        backend: backend_label(
+            args.database_url.as_deref(),
+            matches!(planes, Planes::Child(_)),
+        ),
+        accepted: publish.accepted,
+        publish_errors: publish.errors,
+        first_publish_error: publish.first_error.clone(),
+        stream_error: publish.stream_error.clone(),
+        expected_deliveries: expected,
+        deliveries: deliveries.delivered,
+        attempted: deliveries.attempted,
+        failed_by_design: deliveries.failed_by_design,
+        receiver_requests: counters.requests - baseline.requests,
+        receiver_500s: counters.failed - baseline.failed,
+        duplicates: deliveries.duplicates,
+        missing_webhook_id: counters.missing_id - baseline.missing_id,
+        timed_out,
+        publish_seconds,
+        publish_acks_per_second: if publish_seconds > 0.0 {
+            args.events as f64 / publish_seconds
+        } else {
+            0.0
+        },
+        delivery_seconds,
+        deliveries_per_second: delivery_seconds
+            .filter(|s| *s > 0.0)
+            .map(|s| deliveries.delivered as f64 / s),
+        publish_ack_latency_ms: percentiles(&mut publish_latencies),
+        ack_to_arrival_latency_ms: percentiles(&mut latencies),
+        arrivals_before_ack: deliveries.before_ack,
+        planes_cpu_seconds,
+        planes_cpu_seconds_per_1000_deliveries: planes_cpu_seconds
+            .filter(|_| deliveries.delivered > 0)
+            .map(|cpu| cpu * 1000.0 / deliveries.delivered as f64),
+        planes_peak_rss_mib: cpu_after.map(|s| s.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_never_shows_credentials() {
+        assert_eq!(backend_label(None, true), "sqlite");
+        assert_eq!(backend_label(None, false), "unknown");
+        assert_eq!(
+            backend_label(
+                Some("postgres://bench:s3cret@db.internal:5433/sluice?sslmode=require"),
+                true
+            ),
+            "postgres (db.internal:5433)"
+        );
+        assert_eq!(
+            backend_label(Some("postgresql://u:p@localhost/sluice"), true),
+            "postgres (localhost)"
+        );
+        assert_eq!(backend_label(Some("not a url with p@ss"), true), "postgres");
+    }
+
+    #[test]
+    fn bare_addresses_get_a_scheme() {
+        assert_eq!(endpoint_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(endpoint_url("http://h:1"), "http://h:1");
+    }
+}

@@ -1,0 +1,302 @@
+//! The planes under test: `sluice dev` started as a child process (so their CPU time and
+//! memory can be read apart from the bench's own publisher and receiver), or planes already
+//! running elsewhere. Also reading a process's CPU time and peak RSS from `/proc`.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How long the child gets to stop after SIGTERM before it is killed. The data plane's
+/// default shutdown grace is 10 s.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// `sluice dev` running as a child of the bench.
+pub(crate) struct ChildPlanes {
+    child: Option<Child>,
+    pub(crate) pid: u32,
+    pub(crate) control: SocketAddr,
+    pub(crate) data: SocketAddr,
+    pub(crate) admin_key: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log_path: PathBuf,
+    keep_data_dir: bool,
+}
+
+/// Two distinct free loopback ports: bound on port 0 together, then released.
+fn free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let a = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    let b = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok((a.local_addr()?, b.local_addr()?))
+}
+
+/// A fresh directory under the system's temp dir.
+fn fresh_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-bench-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the bench directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Whether `sluice dev` of this binary has a `--database-url` flag.
+pub(crate) fn dev_supports_database_url(exe: &Path) -> bool {
+    Command::new(exe)
+        .args(["dev", "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--database-url"))
+        .unwrap_or(false)
+}
+
+impl ChildPlanes {
+    /// Starts `<this binary> dev` on fresh ports, a fresh data directory and a random admin
+    /// key; its log goes to `sluice-dev.log` in that directory.
+    pub(crate) fn spawn(
+        database_url: Option<&str>,
+        keep_data_dir: bool,
+    ) -> anyhow::Result<ChildPlanes> {
+        let exe = std::env::current_exe().context("cannot find the sluice binary")?;
+        let (control, data) = free_ports()?;
+        let data_dir = fresh_dir()?;
+        let admin_key = sluice_core::apikey::generate_api_key();
+        let log_path = data_dir.join("sluice-dev.log");
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--control-listen")
+            .arg(control.to_string())
+            .arg("--data-listen")
+            .arg(data.to_string())
+            .arg("--admin-key")
+            .arg(&admin_key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        // The bench decides the backend: PostgreSQL only when asked, never from a variable
+        // left in the environment.
+        match database_url {
+            Some(url) => command.env("SLUICE_DATABASE_URL", url),
+            None => command.env_remove("SLUICE_DATABASE_URL"),
+        };
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {} dev", exe.display()))?;
+        Ok(ChildPlanes {
+            pid: child.id(),
+            child: Some(child),
+            control,
+            data,
+            admin_key,
+            data_dir,
+            log_path,
+            keep_data_dir,
+        })
+    }
+
+    /// The last lines of the child's log, to show when something went wrong.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Fails with the child's log when it has exited.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            self.child = None;
+            bail!(
+                "sluice dev exited early ({status}); its log ({}):\n{}",
+                self.log_path.display(),
+                self.log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until both planes answer gRPC health with SERVING.
+    pub(crate) async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for (what, addr) in [("control plane", self.control), ("data plane", self.data)] {
+            loop {
+                self.check_alive()?;
+                if health_serving(&format!("http://{addr}")).await {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "the {what} on {addr} did not answer gRPC health within {}s; sluice dev's log ({}):\n{}",
+                        timeout.as_secs(),
+                        self.log_path.display(),
+                        self.log_tail(30)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits (SIGKILL after a grace period). Returns whether it stopped
+    /// gracefully.
+    pub(crate) async fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Removes the data directory unless it is to be kept.
+    pub(crate) fn cleanup(&self, keep: bool) {
+        if !(keep || self.keep_data_dir) {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+impl Drop for ChildPlanes {
+    fn drop(&mut self) {
+        // Never leave a child behind, whatever path the bench left by.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether the server at `url` answers the gRPC health check (service "") with SERVING.
+pub(crate) async fn health_serving(url: &str) -> bool {
+    let Ok(endpoint) = Endpoint::from_shared(url.to_owned()) else {
+        return false;
+    };
+    let endpoint = endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2));
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    let mut client = HealthClient::new(channel);
+    matches!(
+        client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await,
+        Ok(r) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
+/// A channel to `url`, tuned for the bench (no Nagle delay).
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("bad address {url}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+/// CPU time and peak resident memory of one process, from `/proc`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct ProcSample {
+    /// User plus system CPU seconds of every thread so far.
+    pub(crate) cpu_seconds: f64,
+    /// Peak resident set (`VmHWM`), in bytes.
+    pub(crate) peak_rss_bytes: u64,
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat`: `sysconf(_SC_CLK_TCK)`, which is 100 on
+/// every Linux this runs on; 100 if it cannot be read.
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .map_or(100.0, |t| t as f64)
+}
+
+/// Reads `pid`'s CPU time (utime + stime of `/proc/<pid>/stat`, all threads) and peak RSS
+/// (`VmHWM` of `/proc/<pid>/status`). `None` where `/proc` cannot be read (not Linux, or
+/// the process is gone).
+pub(crate) fn sample(pid: u32) -> Option<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(ProcSample {
+        cpu_seconds: parse_stat_ticks(&stat)? as f64 / clock_ticks(),
+        peak_rss_bytes: parse_vm_hwm(&status)?,
+    })
+}
+
+/// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat`. The command name
+/// (field 2) is in parentheses and may hold spaces, so fields are counted after its `)`.
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `VmHWM` in bytes from the text of `/proc/<pid>/status`.
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_name() {
+        let stat = "4242 (sluice dev (x)) S 1 4242 4242 0 -1 4194560 1200 0 0 0 350 75 0 0 20 0 9 0 100 1000000 2000 18446744073709551615";
+        assert_eq!(parse_stat_ticks(stat), Some(425));
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_kib() {
+        let status = "Name:\tsluice\nVmPeak:\t  900 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(51200 * 1024));
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let s = sample(std::process::id()).expect("/proc is readable on Linux");
+        assert!(s.peak_rss_bytes > 0);
+    }
+}

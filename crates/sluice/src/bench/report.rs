@@ -1,0 +1,304 @@
+//! The bench's results: computed from the publisher's and the receiver's records after the
+//! run, printed as a table or as one JSON object.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::publisher::PublishOutcome;
+use super::receiver::Receiver;
+
+/// Percentiles of a latency, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub(crate) struct Percentiles {
+    pub(crate) p50: f64,
+    pub(crate) p95: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+/// Nearest-rank percentiles of `micros` (sorted here), in milliseconds; `None` when empty.
+pub(crate) fn percentiles(micros: &mut [u64]) -> Option<Percentiles> {
+    if micros.is_empty() {
+        return None;
+    }
+    micros.sort_unstable();
+    let at = |p: f64| {
+        let rank = ((p / 100.0) * micros.len() as f64).ceil() as usize;
+        micros[rank.clamp(1, micros.len()) - 1] as f64 / 1000.0
+    };
+    Some(Percentiles {
+        p50: at(50.0),
+        p95: at(95.0),
+        p99: at(99.0),
+        max: at(100.0),
+    })
+}
+
+/// What the receiver got of the bench's events, joined with the publisher's acks.
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries {
+    /// (message, subscription) pairs answered 200 at least once.
+    pub(crate) delivered: u64,
+    /// Pairs that arrived at least once, whatever the answer.
+    pub(crate) attempted: u64,
+    /// Arrivals of a pair after it was answered 200.
+    pub(crate) duplicates: u64,
+    /// Pairs answered only 500 (on purpose) so far.
+    pub(crate) failed_by_design: u64,
+    /// Ack to first arrival of each pair, in microseconds.
+    pub(crate) latencies_us: Vec<u64>,
+    /// Pairs whose first arrival came before the publisher saw the ack.
+    pub(crate) before_ack: u64,
+    /// The last first-200 of a pair.
+    pub(crate) last_delivery: Option<Instant>,
+}
+
+/// Joins the receiver's arrivals with the acks. Arrivals of messages the bench did not
+/// publish in the measured run (the warm-up) and of unknown subscriptions are left out.
+pub(crate) fn deliveries(
+    receiver: &Receiver,
+    publish: &PublishOutcome,
+    subscriptions: u32,
+) -> Deliveries {
+    let acks: HashMap<&str, Instant> = publish
+        .message_ids
+        .iter()
+        .zip(&publish.acked_at)
+        .filter_map(|(id, at)| Some((id.as_deref()?, (*at)?)))
+        .collect();
+    let mut d = Deliveries::default();
+    receiver.for_each(|id, pairs| {
+        let Some(&acked) = acks.get(id) else {
+            return;
+        };
+        for pair in pairs.iter().filter(|p| p.sub < subscriptions) {
+            d.attempted += 1;
+            d.duplicates += u64::from(pair.after_ok);
+            match pair.first_ok {
+                Some(ok) => {
+                    d.delivered += 1;
+                    d.last_delivery = d.last_delivery.max(Some(ok));
+                }
+                None => d.failed_by_design += 1,
+            }
+            if pair.first < acked {
+                d.before_ack += 1;
+            }
+            let latency = pair.first.saturating_duration_since(acked);
+            d.latencies_us
+                .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        }
+    });
+    d
+}
+
+/// The bench's result.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    /// Events the bench published.
+    pub(crate) events: u64,
+    /// Subscriptions each event went to.
+    pub(crate) subscriptions: u32,
+    /// Payload size in bytes.
+    pub(crate) payload_bytes: usize,
+    /// Requests in flight on the stream at most.
+    pub(crate) concurrency: usize,
+    /// Open-loop rate in events/s; null for closed loop.
+    pub(crate) rate: Option<f64>,
+    /// Receiver settings.
+    pub(crate) receiver_delay_ms: u64,
+    pub(crate) receiver_failure_rate: f64,
+    /// `sqlite`, `postgres (host:port)`, or `unknown` for planes the bench did not start.
+    pub(crate) backend: String,
+    /// Events accepted by the data plane.
+    pub(crate) accepted: u64,
+    /// Events refused (per-event errors in the stream's answers).
+    pub(crate) publish_errors: u64,
+    /// The first refusal, for people.
+    pub(crate) first_publish_error: Option<String>,
+    /// When the stream itself failed or ended early.
+    pub(crate) stream_error: Option<String>,
+    /// Deliveries the data plane said it would make (sum of delivery_count).
+    pub(crate) expected_deliveries: u64,
+    /// Distinct (event, subscription) deliveries answered 200.
+    pub(crate) deliveries: u64,
+    /// Distinct (event, subscription) pairs that arrived, whatever the answer.
+    pub(crate) attempted: u64,
+    /// Pairs answered only 500 (by --receiver-failure-rate), not yet retried successfully.
+    pub(crate) failed_by_design: u64,
+    /// Requests that reached the receiver during the measured run (every attempt).
+    pub(crate) receiver_requests: u64,
+    /// Requests the receiver answered 500 on purpose.
+    pub(crate) receiver_500s: u64,
+    /// Arrivals of a delivery after it had been answered 200 (same webhook-id, same
+    /// subscription).
+    pub(crate) duplicates: u64,
+    /// Requests without a webhook-id header.
+    pub(crate) missing_webhook_id: u64,
+    /// Whether the bench stopped waiting at --timeout.
+    pub(crate) timed_out: bool,
+    /// Seconds from the first request to the last ack.
+    pub(crate) publish_seconds: f64,
+    /// Events / publish_seconds.
+    pub(crate) publish_acks_per_second: f64,
+    /// Seconds from the first request to the last delivery.
+    pub(crate) delivery_seconds: Option<f64>,
+    /// Deliveries / delivery_seconds.
+    pub(crate) deliveries_per_second: Option<f64>,
+    /// Request sent to its ack, ms.
+    pub(crate) publish_ack_latency_ms: Option<Percentiles>,
+    /// Ack to the first arrival at the receiver, ms (0 when the arrival came first).
+    pub(crate) ack_to_arrival_latency_ms: Option<Percentiles>,
+    /// Arrivals that came before the publisher saw their ack.
+    pub(crate) arrivals_before_ack: u64,
+    /// CPU seconds (user + system) of the planes' process(es) during the measured run.
+    pub(crate) planes_cpu_seconds: Option<f64>,
+    /// planes_cpu_seconds per 1,000 deliveries.
+    pub(crate) planes_cpu_seconds_per_1000_deliveries: Option<f64>,
+    /// Peak RSS (VmHWM) of the planes' process(es), MiB.
+    pub(crate) planes_peak_rss_mib: Option<f64>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn lat(p: Option<Percentiles>) -> String {
+    p.map_or_else(
+        || "n/a".to_owned(),
+        |p| {
+            format!(
+                "p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
+                p.p50, p.p95, p.p99, p.max
+            )
+        },
+    )
+}
+
+impl Report {
+    /// The human-readable table.
+    pub(crate) fn table(&self) -> String {
+        let mut t = String::new();
+        let mode = match self.rate {
+            Some(r) => format!("open loop at {r} events/s"),
+            None => "closed loop".to_owned(),
+        };
+        let _ = writeln!(
+            t,
+            "\nsluice bench: {} events x {} subscription(s), {}-byte payloads, {} in flight ({mode}), backend {}",
+            self.events, self.subscriptions, self.payload_bytes, self.concurrency, self.backend
+        );
+        if self.receiver_delay_ms > 0 || self.receiver_failure_rate > 0.0 {
+            let _ = writeln!(
+                t,
+                "receiver: {} ms delay, {:.1}% answered 500",
+                self.receiver_delay_ms,
+                self.receiver_failure_rate * 100.0
+            );
+        }
+        let rows: Vec<(&str, String)> = vec![
+            (
+                "events accepted",
+                format!(
+                    "{} of {} ({} refused)",
+                    self.accepted, self.events, self.publish_errors
+                ),
+            ),
+            (
+                "deliveries received",
+                format!(
+                    "{} of {} expected ({} duplicates, {} failed by design)",
+                    self.deliveries,
+                    self.expected_deliveries,
+                    self.duplicates,
+                    self.failed_by_design
+                ),
+            ),
+            (
+                "publish acks/s",
+                format!(
+                    "{:.0}  ({:.2} s)",
+                    self.publish_acks_per_second, self.publish_seconds
+                ),
+            ),
+            (
+                "deliveries/s",
+                format!(
+                    "{}  ({} s, first publish to last arrival)",
+                    opt(self.deliveries_per_second, 0),
+                    opt(self.delivery_seconds, 2)
+                ),
+            ),
+            ("publish -> ack ms", lat(self.publish_ack_latency_ms)),
+            ("ack -> arrival ms", lat(self.ack_to_arrival_latency_ms)),
+            (
+                "planes CPU",
+                match (
+                    self.planes_cpu_seconds_per_1000_deliveries,
+                    self.planes_cpu_seconds,
+                ) {
+                    (Some(per), Some(total)) => {
+                        format!("{per:.3} s per 1,000 deliveries ({total:.2} s in all)")
+                    }
+                    (None, Some(total)) => format!("{total:.2} s"),
+                    _ => "n/a (planes not started by the bench; give --pid)".to_owned(),
+                },
+            ),
+            (
+                "planes peak RSS",
+                self.planes_peak_rss_mib
+                    .map_or_else(|| "n/a".to_owned(), |m| format!("{m:.1} MiB")),
+            ),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(t, "  {name:<22} {value}");
+        }
+        if self.arrivals_before_ack > 0 {
+            let _ = writeln!(
+                t,
+                "  ({} arrivals came before their ack reached the publisher: counted as 0 ms)",
+                self.arrivals_before_ack
+            );
+        }
+        if let Some(e) = &self.first_publish_error {
+            let _ = writeln!(t, "  first publish error: {e}");
+        }
+        if let Some(e) = &self.stream_error {
+            let _ = writeln!(t, "  stream error: {e}");
+        }
+        if self.timed_out {
+            let _ = writeln!(
+                t,
+                "  TIMED OUT waiting for deliveries: {} of {} arrived",
+                self.attempted, self.expected_deliveries
+            );
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        let p = percentiles(&mut v).expect("not empty");
+        assert_eq!(
+            p,
+            Percentiles {
+                p50: 50.0,
+                p95: 95.0,
+                p99: 99.0,
+                max: 100.0
+            }
+        );
+        assert_eq!(percentiles(&mut []), None);
+        let p = percentiles(&mut [7000]).expect("one");
+        assert_eq!((p.p50, p.max), (7.0, 7.0));
+    }
+}

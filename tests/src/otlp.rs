@@ -1,0 +1,178 @@
+//! A real OTLP/gRPC trace collector on `127.0.0.1:0`, built from the published
+//! OpenTelemetry protos, that keeps every span it is sent.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::sync::Notify;
+
+/// A span as received, with its service name.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    /// `service.name` of the resource that sent it.
+    pub service: String,
+    /// The span.
+    pub span: Span,
+}
+
+impl ReceivedSpan {
+    /// The trace id as 32 hex characters.
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    /// An attribute's value as text (ints and bools formatted).
+    pub fn attr(&self, key: &str) -> Option<String> {
+        self.span
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| {
+                v.value.as_ref().map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    Value::IntValue(i) => i.to_string(),
+                    Value::BoolValue(b) => b.to_string(),
+                    Value::DoubleValue(d) => d.to_string(),
+                    other => format!("{other:?}"),
+                })
+            })
+    }
+
+    /// Every attribute as `key=value` text, for scanning for leaks.
+    pub fn all_attributes_text(&self) -> String {
+        self.span
+            .attributes
+            .iter()
+            .map(|a| format!("{}={:?}", a.key, a.value))
+            .chain(self.span.events.iter().flat_map(|e| {
+                e.attributes
+                    .iter()
+                    .map(|a| format!("{}={:?}", a.key, a.value))
+            }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Default)]
+struct Store {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    arrived: Notify,
+}
+
+struct Collector(Arc<Store>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.spans.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push(ReceivedSpan {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        drop(spans);
+        self.0.arrived.notify_waiters();
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// The running collector.
+pub struct OtlpCollector {
+    /// Where it listens (give `http://{addr}` as `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub addr: SocketAddr,
+    store: Arc<Store>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpCollector {
+    /// Starts a collector on `127.0.0.1:0`.
+    pub async fn start() -> OtlpCollector {
+        let store = Arc::new(Store::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(Collector(store.clone()));
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        OtlpCollector {
+            addr,
+            store,
+            server,
+        }
+    }
+
+    /// Every span so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.store.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until `done(spans)` holds (panics after `timeout` with what arrived).
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.store.arrived.notified();
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            let names: Vec<String> = spans
+                .iter()
+                .map(|s| format!("{}:{}", s.service, s.span.name))
+                .collect();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spans never arrived as expected; got {names:?}"
+            );
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+}
+
+impl Drop for OtlpCollector {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
