@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::convert::{self, ms};
 use crate::error::ApiError;
@@ -83,7 +84,17 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
                 let reply = match batch {
                     Ok(batch) => {
                         let batch_id = batch.batch_id;
+                        let span = tracing::info_span!(
+                            "store_outcomes",
+                            otel.name = "sluice.store_outcomes",
+                            otel.kind = "consumer",
+                            sluice.batch_id = batch_id,
+                            sluice.messages = batch.messages.len(),
+                            sluice.attempts = batch.attempts.len(),
+                        );
+                        crate::trace::set_parent(&span, &batch.traceparent);
                         store_outcomes(&plane, batch)
+                            .instrument(span)
                             .await
                             .map(|()| pb::ReportOutcomesResponse { batch_id })
                             .map_err(Status::from)

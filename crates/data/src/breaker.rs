@@ -75,6 +75,15 @@ impl Breaker {
 
     /// Records an attempt's outcome. Attempts that were in flight when the breaker opened
     /// still count: a late success closes it, since the endpoint evidently answers.
+    /// The state's name, for metrics and logs: `closed`, `open` or `half_open`.
+    pub(crate) fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Closed { .. } => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen { .. } => "half_open",
+        }
+    }
+
     pub(crate) fn record(&mut self, success: bool, now: Instant) {
         if success {
             self.state = State::Closed {

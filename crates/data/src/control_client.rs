@@ -52,6 +52,7 @@ impl ControlClient {
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
+        crate::trace::inject_current(request.metadata_mut());
         request
     }
 }

@@ -121,7 +121,8 @@ impl DispatchService for DispatchApi {
             workspace_id: subscription.workspace_id.clone(),
             event_type,
             envelope: envelope.into(),
-            traceparent: None,
+            // The test send is part of the control plane's SendTestEvent trace.
+            traceparent: crate::trace::headers_of(&tracing::Span::current()).map(|(p, _)| p),
             tracestate: None,
             create_ms: now.timestamp_millis(),
         };

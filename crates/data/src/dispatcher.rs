@@ -21,7 +21,7 @@ use sluice_proto::control::v1::{
 use sluice_store::now_ms;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep_until};
-use tracing::Instrument as _;
+use tracing::Instrument;
 
 use crate::breaker::{Breaker, Gate};
 use crate::config_copy::{Endpoint, Subscription};
@@ -291,9 +291,18 @@ async fn attempt_task(shared: &Arc<Shared>, lane: &Lane, task: DeliveryTask) -> 
         }
     };
     let (attempt, result) = sent;
-    lane.gate()
-        .breaker
-        .record(result.is_success(), Instant::now());
+    {
+        let mut gate = lane.gate();
+        let before = gate.breaker.state_name();
+        gate.breaker.record(result.is_success(), Instant::now());
+        let after = gate.breaker.state_name();
+        if before != after {
+            crate::metrics::metrics()
+                .breaker_changes
+                .add(1, &[opentelemetry::KeyValue::new("state", after)]);
+            tracing::info!(subscription_id = %subscription.id, from = before, to = after, "circuit breaker changed state");
+        }
+    }
     conclude(shared, &subscription, task, attempt, &result).await;
     true
 }
@@ -322,8 +331,26 @@ pub(crate) async fn make_attempt(
         headers: &endpoint.headers,
         traceparent: message.traceparent.as_deref(),
         tracestate: message.tracestate.as_deref(),
+        resend_count: attempt_number.saturating_sub(1),
     };
-    let result = shared.sender.send(&request).await;
+    // One span per delivery attempt, a child of the message's ingest span (its context was
+    // stored with the message, so the trace survives the queue, retries and restarts).
+    let span = tracing::info_span!(
+        "webhook.deliver",
+        otel.name = "sluice.deliver",
+        otel.kind = "internal",
+        sluice.message_id = %message.id,
+        sluice.subscription_id = %subscription_id,
+        sluice.event_type = %message.event_type,
+        sluice.attempt_number = attempt_number,
+        sluice.trigger = trigger.as_str_name(),
+    );
+    crate::trace::set_parent(
+        &span,
+        message.traceparent.as_deref(),
+        message.tracestate.as_deref(),
+    );
+    let result = shared.sender.send(&request).instrument(span).await;
     let attempt = Attempt {
         id: new_id(IdKind::Attempt),
         message_id: message.id.clone(),
@@ -418,6 +445,15 @@ async fn conclude(
     let mut lease_until_ms = None;
     let mut retry_delay = None;
     let mut keep_in_memory = false;
+    let seconds = result.latency.as_secs_f64();
+    match next {
+        Next::Succeeded => crate::metrics::attempt("succeeded", seconds),
+        Next::Failed | Next::Gone => crate::metrics::attempt("failed", seconds),
+        Next::RetryIn(_) => {
+            crate::metrics::attempt("retry_scheduled", seconds);
+            crate::metrics::metrics().retries.add(1, &[]);
+        }
+    }
     match next {
         Next::Succeeded => status = DeliveryStatus::Succeeded,
         Next::Failed | Next::Gone => {}

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -267,7 +268,13 @@ async fn submit(
     key_workspace: &str,
     trace: &TraceContext,
     request: PublishRequest,
-) -> Result<oneshot::Receiver<Result<PublishResponse, DataError>>, DataError> {
+) -> Result<
+    (
+        oneshot::Receiver<Result<PublishResponse, DataError>>,
+        tracing::Span,
+    ),
+    DataError,
+> {
     if shared.shutdown.is_cancelled() {
         return Err(shutting_down());
     }
@@ -285,6 +292,20 @@ async fn submit(
         .and_then(DateTime::from_timestamp_millis)
         .unwrap_or(now);
     let id = new_id(IdKind::Message);
+    // The message's span: a child of the publisher's call. Its context is stored with the
+    // message, so every delivery attempt, even days later, joins this trace.
+    let span = tracing::info_span!(
+        "ingest",
+        otel.name = "sluice.ingest",
+        otel.kind = "internal",
+        sluice.message_id = %id,
+        sluice.event_type = %event.event_type,
+        sluice.workspace_id = %key_workspace,
+    );
+    let (traceparent, tracestate) = match crate::trace::headers_of(&span) {
+        Some((parent, state)) => (Some(parent), state),
+        None => (trace.traceparent.clone(), trace.tracestate.clone()),
+    };
     let envelope = build_envelope(
         &id,
         &event.event_type,
@@ -307,8 +328,8 @@ async fn submit(
             event_type: event.event_type,
             envelope: Bytes::from(envelope),
             idempotency_key: event.idempotency_key,
-            traceparent: trace.traceparent.clone(),
-            tracestate: trace.tracestate.clone(),
+            traceparent,
+            tracestate,
             create_ms,
         },
         subscription_ids,
@@ -319,7 +340,9 @@ async fn submit(
         .send(job)
         .await
         .map_err(|_| shutting_down())?;
-    Ok(answer)
+    let durable_write =
+        tracing::info_span!(parent: &span, "durable_write", otel.name = "sluice.durable_write");
+    Ok((answer, durable_write))
 }
 
 async fn await_answer(
@@ -349,8 +372,11 @@ impl IngestService for IngestApi {
         let shared = &self.shared;
         let caller = authenticate(shared, request.metadata())?;
         let trace = TraceContext::from_metadata(request.metadata());
-        let answer = submit(shared, &caller.workspace_id, &trace, request.into_inner()).await?;
-        Ok(Response::new(await_answer(answer).await?))
+        let (answer, durable_write) =
+            submit(shared, &caller.workspace_id, &trace, request.into_inner()).await?;
+        Ok(Response::new(
+            await_answer(answer).instrument(durable_write).await?,
+        ))
     }
 
     type PublishStreamStream = PublishStreamResponses;
@@ -366,13 +392,10 @@ impl IngestService for IngestApi {
         let caller = authenticate(&shared, request.metadata())?;
         let trace = TraceContext::from_metadata(request.metadata());
         let (tx, rx) = mpsc::channel(STREAM_RESPONSE_BUFFER);
-        tokio::spawn(serve_stream(
-            shared,
-            caller,
-            trace,
-            request.into_inner(),
-            tx,
-        ));
+        tokio::spawn(
+            serve_stream(shared, caller, trace, request.into_inner(), tx)
+                .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -406,7 +429,9 @@ async fn serve_stream(
                             (None, Ok(())) => Err(DataError::invalid("event", "is required")),
                         };
                         match submitted {
-                            Ok(answer) => pending.push(async move { (sequence, await_answer(answer).await) }),
+                            Ok((answer, durable_write)) => pending.push(async move {
+                                (sequence, await_answer(answer).instrument(durable_write).await)
+                            }),
                             Err(err) => {
                                 if out.send(Ok(response(sequence, Err(err)))).await.is_err() {
                                     return;

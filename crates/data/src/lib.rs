@@ -23,6 +23,7 @@ mod dispatcher;
 mod error;
 mod ingest;
 mod leader;
+mod metrics;
 mod outcomes;
 mod payload;
 mod queue;
@@ -31,6 +32,7 @@ mod reporter;
 mod scheduler;
 mod shared;
 mod time;
+mod trace;
 mod watcher;
 mod writer;
 
@@ -236,6 +238,17 @@ impl DataPlane {
             config,
         });
 
+        // The outbox-depth gauge starts from what a previous run left unacked.
+        if let Ok(rows) = sea_orm::PaginatorTrait::count(
+            <sluice_store::data::outbox::Entity as sea_orm::EntityTrait>::find(),
+            &shared.db,
+        )
+        .await
+        {
+            metrics::metrics()
+                .outbox_depth
+                .store(rows as i64, std::sync::atomic::Ordering::Relaxed);
+        }
         let publish_writer = tokio::spawn(writer::run(Arc::clone(&shared), publish_rx));
         let outcome_writer = tokio::spawn(outcomes::run(Arc::clone(&shared), outcome_rx));
         let timers = tokio::spawn(scheduler::run_timers(Arc::clone(&shared), retry_rx));

@@ -263,6 +263,9 @@ pub(crate) async fn insert_outbox<C: ConnectionTrait>(
     })
     .exec_without_returning(tx)
     .await?;
+    crate::metrics::metrics()
+        .outbox_depth
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 

@@ -96,6 +96,7 @@ impl Held {
                 lease_until_ms,
             },
         );
+        depth(inner.claims.len());
         Some(generation)
     }
 
@@ -112,6 +113,7 @@ impl Held {
                 lease_until_ms,
             },
         );
+        depth(inner.claims.len());
         generation
     }
 
@@ -132,6 +134,7 @@ impl Held {
             .is_some_and(|c| c.generation == generation)
         {
             inner.claims.remove(key);
+            depth(inner.claims.len());
         }
     }
 
@@ -146,9 +149,11 @@ impl Held {
 
     /// Withdraws every claim on deliveries to `subscription_id`.
     pub(crate) fn release_subscription(&self, subscription_id: &str) {
-        self.lock()
+        let mut inner = self.lock();
+        inner
             .claims
             .retain(|key, _| key.subscription_id != subscription_id);
+        depth(inner.claims.len());
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -183,6 +188,13 @@ impl Held {
         // lock was held does not invalidate it.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Publishes the number of held deliveries as the queue-depth gauge.
+fn depth(len: usize) {
+    crate::metrics::metrics()
+        .queue_depth
+        .store(len as i64, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -158,6 +158,9 @@ async fn session(
     // than "after the last seq sent": on PostgreSQL a lower seq can commit after a higher
     // one, and it must not be skipped.
     let mut unacked: BTreeSet<i64> = BTreeSet::new();
+    // One span per batch, open until the control plane acks it; its context travels in the
+    // batch so the control plane's span storing it joins the same trace.
+    let mut spans: std::collections::HashMap<i64, tracing::Span> = std::collections::HashMap::new();
     let mut leader_checked = Instant::now();
     loop {
         if leader_checked.elapsed() >= LEADER_CHECK
@@ -174,11 +177,23 @@ async fn session(
             match next_rows(shared, &unacked, WINDOW - unacked.len()).await {
                 Ok(rows) => {
                     for row in rows {
-                        let Some(batch) = decode(&row) else {
+                        let Some(mut batch) = decode(&row) else {
                             // Never sendable: drop it rather than block everything after it.
                             delete(shared, &[row.seq]).await;
                             continue;
                         };
+                        let span = tracing::info_span!(
+                            "report_outcomes",
+                            otel.name = "sluice.report_outcomes",
+                            otel.kind = "producer",
+                            sluice.batch_id = row.seq,
+                            sluice.messages = batch.messages.len(),
+                            sluice.attempts = batch.attempts.len(),
+                        );
+                        if let Some((parent, _)) = crate::trace::headers_of(&span) {
+                            batch.traceparent = parent;
+                        }
+                        spans.insert(row.seq, span);
                         if requests.send(batch).await.is_err() {
                             return SessionEnd::Broken;
                         }
@@ -204,6 +219,7 @@ async fn session(
             ack = acks.message() => match ack {
                 Ok(Some(ack)) => {
                     let Ok(seq) = i64::try_from(ack.batch_id) else { continue };
+                    spans.remove(&seq);
                     if unacked.remove(&seq) {
                         delete(shared, &[seq]).await;
                         backoff.reset();
@@ -263,5 +279,9 @@ async fn delete(shared: &Shared, seqs: &[i64]) {
     {
         // It is sent again later; the control plane ignores the repeat.
         tracing::error!(error = %err, "deleting acked outbox rows failed");
+    } else {
+        crate::metrics::metrics()
+            .outbox_depth
+            .fetch_sub(seqs.len() as i64, std::sync::atomic::Ordering::Relaxed);
     }
 }

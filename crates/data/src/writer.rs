@@ -372,6 +372,9 @@ fn finish(shared: &Arc<Shared>, jobs: Vec<PublishJob>, written: Written) {
         .map_or(0, duration_ms);
     for ((job, resolution), answer) in jobs.into_iter().zip(&resolutions).zip(answers) {
         // The publisher may have gone away; the event is durable and is delivered anyway.
+        if matches!(resolution, Resolution::Created) {
+            crate::metrics::metrics().published.add(1, &[]);
+        }
         let _ = job.reply.send(Ok(answer));
         let (Resolution::Created, Some(lease_until)) = (resolution, lease_until) else {
             continue;

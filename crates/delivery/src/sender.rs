@@ -98,6 +98,9 @@ pub struct DeliveryRequest<'a> {
     pub traceparent: Option<&'a str>,
     /// W3C `tracestate` to go with it.
     pub tracestate: Option<&'a str>,
+    /// How many attempts of this delivery came before this one (0 for the first), for
+    /// the `http.request.resend_count` span attribute.
+    pub resend_count: u32,
 }
 
 /// What one attempt did, for the retry decision and the attempt log.
@@ -205,16 +208,20 @@ impl Sender {
     /// result, which is what the attempt log and the retry decision need.
     pub async fn send(&self, request: &DeliveryRequest<'_>) -> AttemptResult {
         let url = request.url;
-        // Deliberately no `url.full`: a Slack webhook URL's path is its credential.
+        // The HTTP client span, with the OpenTelemetry semantic-convention attributes.
+        // `url.full` is redacted (see `redacted_url`): no credentials, query values or
+        // Slack path tokens reach the tracing backend.
         let span = tracing::info_span!(
             "webhook.attempt",
             otel.name = "POST",
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             http.request.method = "POST",
+            url.full = %redacted_url(url),
             url.scheme = url.scheme(),
             server.address = url.host_str().unwrap_or_default(),
             server.port = url.port_or_known_default(),
+            http.request.resend_count = request.resend_count,
             webhook.id = request.msg_id,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -323,12 +330,15 @@ impl Sender {
             headers.insert(WEBHOOK_SIGNATURE, value);
         }
         headers.insert(header::USER_AGENT, self.inner.user_agent.clone());
-        // Trace context comes from our own telemetry; a malformed one is dropped rather than
-        // failing a delivery over it.
-        for (name, value) in [
-            (TRACEPARENT, request.traceparent),
-            (TRACESTATE, request.tracestate),
-        ] {
+        // The receiver continues the trace under this attempt's span when OpenTelemetry is
+        // on; otherwise the stored context passes through. A malformed one is dropped rather
+        // than failing a delivery over it.
+        let own = current_trace_context();
+        let (traceparent, tracestate) = match &own {
+            Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
+            None => (request.traceparent, request.tracestate),
+        };
+        for (name, value) in [(TRACEPARENT, traceparent), (TRACESTATE, tracestate)] {
             if let Some(value) = value {
                 match HeaderValue::from_str(value) {
                     Ok(value) => {
@@ -487,4 +497,66 @@ fn innermost_cause(chain: &[&(dyn StdError + 'static)]) -> String {
         .rev()
         .find(|e| !e.is::<reqwest::Error>())
         .map_or_else(|| "unknown error".to_owned(), |e| e.to_string())
+}
+
+/// The W3C trace context of the current span, when OpenTelemetry tracks it.
+fn current_trace_context() -> Option<(String, Option<String>)> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    let parent = carrier.remove("traceparent")?;
+    Some((
+        parent,
+        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    ))
+}
+
+/// `url` as it may appear in telemetry: no user or password, every query value replaced,
+/// and the path of Slack incoming webhooks (which is their credential) hidden.
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    if shown.query().is_some() {
+        let names: Vec<String> = shown.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        let mut pairs = shown.query_pairs_mut();
+        pairs.clear();
+        for name in names {
+            pairs.append_pair(&name, "REDACTED");
+        }
+    }
+    if shown.host_str() == Some("hooks.slack.com") {
+        shown.set_path("/REDACTED");
+    }
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted_url;
+
+    #[test]
+    fn credentials_query_values_and_slack_paths_are_hidden() {
+        let cases = [
+            (
+                "https://user:pw@example.com/hook?token=abc&x=1",
+                "https://example.com/hook?token=REDACTED&x=REDACTED",
+            ),
+            ("https://example.com/hook", "https://example.com/hook"),
+            (
+                "https://hooks.slack.com/services/T0/B0/secret",
+                "https://hooks.slack.com/REDACTED",
+            ),
+        ];
+        for (input, want) in cases {
+            let url = url::Url::parse(input).expect("valid url");
+            assert_eq!(redacted_url(&url), want, "{input}");
+        }
+    }
 }

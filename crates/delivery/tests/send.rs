@@ -115,6 +115,7 @@ async fn send_to(
             headers,
             traceparent: None,
             tracestate: None,
+            resend_count: 0,
         })
         .await
 }
@@ -153,6 +154,7 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
             headers: &custom,
             traceparent: Some(traceparent),
             tracestate: Some("vendor=1"),
+            resend_count: 0,
         })
         .await;
 
@@ -259,6 +261,7 @@ async fn unsigned_slack_message() {
             headers: &[],
             traceparent: None,
             tracestate: None,
+            resend_count: 0,
         })
         .await;
     assert!(result.is_success(), "{result:?}");

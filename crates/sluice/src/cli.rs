@@ -44,6 +44,17 @@ pub enum Command {
     Listen(crate::listen::ListenArgs),
 }
 
+impl Command {
+    /// The OpenTelemetry service name when `OTEL_SERVICE_NAME` is unset.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Command::Control(_) => "sluice-control",
+            Command::Data(_) => "sluice-data",
+            _ => "sluice",
+        }
+    }
+}
+
 /// Where a plane keeps its data.
 #[derive(Debug, Args, Clone)]
 pub struct StorageArgs {

@@ -5,8 +5,11 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
-    let telemetry = match sluice::telemetry::init(&cli.telemetry, sluice::telemetry::DEFAULT_FILTER)
-    {
+    let telemetry = match sluice::telemetry::init(
+        &cli.telemetry,
+        sluice::telemetry::DEFAULT_FILTER,
+        cli.command.service_name(),
+    ) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("sluice: telemetry: {e:#}");

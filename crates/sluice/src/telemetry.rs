@@ -74,7 +74,11 @@ impl Telemetry {
 
 /// Installs logging and, if configured, OTLP export. Must run inside the tokio runtime (the
 /// OTLP exporter's channel is built there). `default_filter` applies when `RUST_LOG` is unset.
-pub fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result<Telemetry> {
+pub fn init(
+    args: &TelemetryArgs,
+    default_filter: &str,
+    default_service: &str,
+) -> anyhow::Result<Telemetry> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
@@ -90,7 +94,7 @@ pub fn init(args: &TelemetryArgs, default_filter: &str) -> anyhow::Result<Teleme
                 .with_service_name(
                     args.service_name
                         .clone()
-                        .unwrap_or_else(|| "sluice".to_owned()),
+                        .unwrap_or_else(|| default_service.to_owned()),
                 )
                 .build();
             let spans = opentelemetry_otlp::SpanExporter::builder()

@@ -1,0 +1,94 @@
+//! Delivery metrics, exported over OTLP when telemetry is on (the global meter is a no-op
+//! otherwise): events published, deliveries by outcome, attempt latency, retries scheduled,
+//! queue and outbox depth, circuit-breaker state changes.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
+
+/// The instruments, made once from the global meter provider.
+pub(crate) struct Metrics {
+    /// Events accepted and made durable.
+    pub(crate) published: Counter<u64>,
+    /// Attempts by outcome (`succeeded`, `retry_scheduled`, `failed`).
+    pub(crate) attempts: Counter<u64>,
+    /// Attempt latency in seconds.
+    pub(crate) attempt_duration: Histogram<f64>,
+    /// Retries scheduled.
+    pub(crate) retries: Counter<u64>,
+    /// Circuit-breaker state changes, by the state entered.
+    pub(crate) breaker_changes: Counter<u64>,
+    /// Deliveries held in memory waiting for an attempt (set by the dispatcher).
+    pub(crate) queue_depth: AtomicI64,
+    /// Outbox rows not yet acked by the control plane.
+    pub(crate) outbox_depth: AtomicI64,
+    _gauges: Vec<ObservableGauge<i64>>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's instruments.
+pub(crate) fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("sluice.data");
+        let gauge = |name: &'static str, description: &'static str, read: fn(&Metrics) -> i64| {
+            meter
+                .i64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    if let Some(m) = METRICS.get() {
+                        observer.observe(read(m), &[]);
+                    }
+                })
+                .build()
+        };
+        let gauges = vec![
+            gauge(
+                "sluice.queue.depth",
+                "Deliveries waiting for an attempt in memory",
+                |m| m.queue_depth.load(Ordering::Relaxed),
+            ),
+            gauge(
+                "sluice.outbox.depth",
+                "Outcome batches not yet acked by the control plane",
+                |m| m.outbox_depth.load(Ordering::Relaxed),
+            ),
+        ];
+        Metrics {
+            published: meter
+                .u64_counter("sluice.events.published")
+                .with_description("Events made durable")
+                .build(),
+            attempts: meter
+                .u64_counter("sluice.deliveries")
+                .with_description("Delivery attempts by outcome")
+                .build(),
+            attempt_duration: meter
+                .f64_histogram("sluice.attempt.duration")
+                .with_unit("s")
+                .with_description("Latency of delivery attempts")
+                .build(),
+            retries: meter
+                .u64_counter("sluice.retries.scheduled")
+                .with_description("Retries scheduled")
+                .build(),
+            breaker_changes: meter
+                .u64_counter("sluice.circuit_breaker.changes")
+                .with_description("Circuit breaker state changes, by the state entered")
+                .build(),
+            queue_depth: AtomicI64::new(0),
+            outbox_depth: AtomicI64::new(0),
+            _gauges: gauges,
+        }
+    })
+}
+
+/// Records an attempt's outcome.
+pub(crate) fn attempt(outcome: &'static str, seconds: f64) {
+    let m = metrics();
+    m.attempts.add(1, &[KeyValue::new("outcome", outcome)]);
+    m.attempt_duration
+        .record(seconds, &[KeyValue::new("outcome", outcome)]);
+}

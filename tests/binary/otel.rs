@@ -1,0 +1,221 @@
+//! OpenTelemetry end to end: the real binary exports to a real OTLP collector (the trace
+//! service from the published OpenTelemetry protos). One event published with a known
+//! `traceparent` must show up as one trace: the publisher's call, ingest, the durable write,
+//! each delivery attempt and its HTTP client span, with the receiver continuing the same
+//! trace, and no secret or signature anywhere in the attributes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use sluice_proto::control::v1 as pb;
+use sluice_proto::data::v1 as dpb;
+use sluice_tests::otlp::{OtlpCollector, ReceivedSpan};
+use sluice_tests::planes::{Receiver, Reply};
+use sluice_tests::process::Deployment;
+use sluice_tests::{ADMIN_KEY, Bearer, Clients, TestDatabase, backends, create_workspace_with_key};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_from_publisher_to_receiver() {
+    // Tracing is the same on both backends; SQLite is enough here.
+    let backend = backends().remove(0);
+    let collector = OtlpCollector::start().await;
+    let control_db = TestDatabase::create(&backend).await;
+    let data_db = TestDatabase::create(&backend).await;
+    // The first attempt fails, so the trace holds a retry.
+    let receiver = Receiver::start(vec![Reply::Status(500)], Reply::Status(200)).await;
+    let endpoint = format!("http://{}", collector.addr);
+    let deployment = Deployment::start(
+        &sluice_tests::sluice_bin!(),
+        &control_db.url,
+        &data_db.url,
+        &["--retry-schedule", "0s,100ms"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", deployment.control.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let (_, key) =
+        create_workspace_with_key(Clients::new(channel.clone(), Some(ADMIN_KEY)), "otel").await;
+    let mut clients = Clients::new(channel, Some(&key));
+    let created = clients
+        .subscriptions
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                url: receiver.url("/hook?token=very-secret-query"),
+                filters: vec!["conversation.*".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = created.secret;
+
+    let data = tonic::transport::Channel::from_shared(format!("http://{}", deployment.data_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut ingest = dpb::ingest_service_client::IngestServiceClient::with_interceptor(
+        data,
+        Bearer(Some(format!("Bearer {key}").parse().unwrap())),
+    );
+    // Wait until the data plane has the key and the subscription (from the watch stream).
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let message_id = loop {
+        let mut request = tonic::Request::new(dpb::PublishRequest {
+            event_type: "conversation.created".into(),
+            payload_json: r#"{"conversation":{"id":"cnv_1"}}"#.into(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        match ingest.publish(request).await {
+            Ok(r) if r.get_ref().delivery_count == 1 => break r.into_inner().message_id,
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
+            Err(s) => panic!("publish failed: {s:?}"),
+        }
+        // No event to await from outside the process: the config arrives by its watch stream.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // The receiver continues the trace, on both attempts.
+    let posts = receiver.wait_for(2, Duration::from_secs(20)).await;
+    let posts: Vec<_> = posts
+        .iter()
+        .filter(|p| p.header("webhook-id") == message_id)
+        .collect();
+    assert_eq!(posts.len(), 2, "expected the failed attempt and the retry");
+    for post in &posts {
+        let traceparent = post.header("traceparent");
+        assert_eq!(
+            traceparent.split('-').nth(1),
+            Some(trace_id),
+            "receiver got traceparent {traceparent:?}"
+        );
+    }
+    let signatures: Vec<String> = posts
+        .iter()
+        .map(|p| p.header("webhook-signature").to_owned())
+        .collect();
+
+    let in_trace = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.trace_id() == trace_id)
+            .cloned()
+            .collect()
+    };
+    let named =
+        |spans: &[ReceivedSpan], name: &str| spans.iter().filter(|s| s.span.name == name).count();
+    let spans = collector
+        .wait_until(Duration::from_secs(30), |all| {
+            let t = in_trace(all);
+            named(&t, "sluice.data.v1.IngestService/Publish") >= 1
+                && named(&t, "sluice.ingest") >= 1
+                && named(&t, "sluice.durable_write") >= 1
+                && named(&t, "sluice.deliver") >= 2
+                && named(&t, "POST") >= 2
+        })
+        .await;
+    let trace = in_trace(&spans);
+
+    let server = trace
+        .iter()
+        .find(|s| s.span.name == "sluice.data.v1.IngestService/Publish")
+        .unwrap();
+    assert_eq!(server.service, "sluice-data");
+    assert_eq!(server.attr("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(server.attr("rpc.method").as_deref(), Some("Publish"));
+
+    let mut attempts: Vec<&ReceivedSpan> = trace.iter().filter(|s| s.span.name == "POST").collect();
+    attempts.sort_by_key(|s| s.attr("http.request.resend_count"));
+    assert_eq!(
+        attempts[0].attr("http.request.resend_count").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        attempts[1].attr("http.request.resend_count").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        attempts[0].attr("http.response.status_code").as_deref(),
+        Some("500")
+    );
+    assert_eq!(
+        attempts[0].attr("error.type").as_deref(),
+        Some("http_status")
+    );
+    assert_eq!(
+        attempts[1].attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    for a in &attempts {
+        assert_eq!(a.attr("http.request.method").as_deref(), Some("POST"));
+        assert_eq!(a.attr("server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            a.attr("server.port"),
+            Some(receiver.addr.port().to_string())
+        );
+        let url = a.attr("url.full").unwrap();
+        assert!(
+            url.contains("token=REDACTED") && !url.contains("very-secret-query"),
+            "url.full {url}"
+        );
+    }
+    // Each HTTP span hangs under a delivery span of the same trace.
+    let deliver_ids: Vec<&Vec<u8>> = trace
+        .iter()
+        .filter(|s| s.span.name == "sluice.deliver")
+        .map(|s| &s.span.span_id)
+        .collect();
+    for a in &attempts {
+        assert!(
+            deliver_ids.contains(&&a.span.parent_span_id),
+            "HTTP span not under a delivery span"
+        );
+    }
+
+    // Nothing secret in any attribute of any span either plane exported.
+    let secret_key = secret.trim_start_matches("whsec_");
+    for span in &spans {
+        let text = span.all_attributes_text();
+        for needle in [secret_key, key.as_str(), ADMIN_KEY, "very-secret-query"]
+            .into_iter()
+            .chain(
+                signatures
+                    .iter()
+                    .flat_map(|s| s.split(' '))
+                    .map(|s| s.trim_start_matches("v1,")),
+            )
+        {
+            assert!(
+                !text.contains(needle),
+                "span {} leaks a secret: {text}",
+                span.span.name
+            );
+        }
+        assert!(
+            !span.span.name.starts_with("grpc.health"),
+            "health checks must not be traced"
+        );
+    }
+    drop(deployment);
+    control_db.drop_database().await;
+    data_db.drop_database().await;
+}
