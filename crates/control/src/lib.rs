@@ -209,6 +209,28 @@ pub(crate) async fn record_change<C: ConnectionTrait>(
     Ok(row.revision)
 }
 
+/// Marks the still-pending deliveries of a subscription failed: it was disabled or deleted,
+/// so the data plane delivers none of them (it ends them on its side without an attempt
+/// to report).
+pub(crate) async fn fail_pending_deliveries<C: ConnectionTrait>(
+    tx: &C,
+    subscription_id: &str,
+) -> Result<(), DbErr> {
+    use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+    use sluice_store::control::delivery;
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value("failed"))
+        .col_expr(
+            delivery::Column::NextAttemptMs,
+            Expr::value(Option::<i64>::None),
+        )
+        .filter(delivery::Column::SubscriptionId.eq(subscription_id))
+        .filter(delivery::Column::Status.eq("pending"))
+        .exec(tx)
+        .await?;
+    Ok(())
+}
+
 async fn latest_revision<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
     Ok(config_change::Entity::find()
         .order_by_desc(config_change::Column::Revision)

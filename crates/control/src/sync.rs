@@ -334,6 +334,7 @@ async fn store_outcomes(
                     row.disable_ms = Set(Some(d.disable_time.as_ref().and_then(ms).unwrap_or_else(now_ms)));
                     row.update_ms = Set(now_ms());
                     row.update(tx).await?;
+                    crate::fail_pending_deliveries(tx, &d.subscription_id).await?;
                     revision = record_change(tx, CHANGE_SUBSCRIPTION, &d.subscription_id, &workspace_id).await?;
                     tracing::warn!(subscription_id = %d.subscription_id, reason = convert::reason_name(reason), "subscription disabled by the data plane");
                 }

@@ -1,0 +1,401 @@
+//! The data plane's IngestService end to end: bad input and bad keys are refused with the right status and store nothing, and PublishStream acks every event once while an invalid one in the middle does not stop the stream.
+
+#![allow(clippy::unwrap_used)]
+
+mod delivery_common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use delivery_common::*;
+use sluice_proto::control::v1 as pb;
+use sluice_proto::data::v1 as dpb;
+use sluice_proto::json::json_to_struct;
+use sluice_tests::planes::{PlaneOptions, Planes, Receiver};
+use sluice_tests::{ADMIN_KEY, count_rows, field_violations};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+/// The rows of the data plane's queue: (messages, deliveries).
+async fn stored(planes: &mut Planes) -> (i64, i64) {
+    (
+        count_rows(&planes.data_db, "dp_messages").await,
+        count_rows(&planes.data_db, "dp_deliveries").await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_publishes_are_refused_and_store_nothing() {
+    on_each_backend(PlaneOptions::default(), bad_publishes).await;
+}
+
+async fn bad_publishes(planes: &mut Planes) {
+    let (workspace_id, key) = planes.workspace_with_key("Ingest").await;
+    let (other_workspace, _) = planes.workspace_with_key("Other").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::ok().await;
+    subscribe(&mut c, webhook(&receiver.url("/in"), &["*"])).await;
+    planes.config_synced().await;
+    let mut publisher = planes.publisher(&key).await;
+    let valid = || event(CONVERSATION_CREATED, r#"{"conversation":{"id":"cnv_1"}}"#);
+    let before = stored(planes).await;
+
+    let too_big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(256 * 1024));
+    let too_big_struct = json_to_struct(&too_big).unwrap();
+    // (what, request, the fields that may name it)
+    let cases: Vec<(&str, dpb::PublishRequest, &[&str])> = vec![
+        (
+            "a bad event name",
+            dpb::PublishRequest {
+                event_type: "not a valid name!".into(),
+                ..valid()
+            },
+            &["event_type"],
+        ),
+        (
+            "an empty event name",
+            dpb::PublishRequest {
+                event_type: String::new(),
+                ..valid()
+            },
+            &["event_type"],
+        ),
+        (
+            "payload_json that is not JSON",
+            dpb::PublishRequest {
+                payload_json: r#"{"conversation": "#.into(),
+                ..valid()
+            },
+            &["payload_json"],
+        ),
+        (
+            "payload_json that is an array",
+            dpb::PublishRequest {
+                payload_json: "[1, 2, 3]".into(),
+                ..valid()
+            },
+            &["payload_json"],
+        ),
+        (
+            "both payload and payload_json",
+            dpb::PublishRequest {
+                payload: json_to_struct(r#"{"a":1}"#),
+                ..valid()
+            },
+            &["payload", "payload_json"],
+        ),
+        (
+            "neither payload nor payload_json",
+            dpb::PublishRequest {
+                payload_json: String::new(),
+                ..valid()
+            },
+            &["payload", "payload_json"],
+        ),
+        (
+            "payload_json over 256 KiB",
+            dpb::PublishRequest {
+                payload_json: too_big.clone(),
+                ..valid()
+            },
+            &["payload_json"],
+        ),
+        (
+            "a Struct payload over 256 KiB",
+            dpb::PublishRequest {
+                payload_json: String::new(),
+                payload: Some(too_big_struct),
+                ..valid()
+            },
+            &["payload"],
+        ),
+        (
+            "an idempotency key over 256 bytes",
+            dpb::PublishRequest {
+                idempotency_key: "k".repeat(257),
+                ..valid()
+            },
+            &["idempotency_key"],
+        ),
+    ];
+    for (what, request, fields) in cases {
+        let status = publisher
+            .publish(request)
+            .await
+            .expect_err(&format!("{what} was accepted"));
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{what}: expected INVALID_ARGUMENT, got {status:?}"
+        );
+        let violations = field_violations(&status);
+        assert!(
+            violations.iter().any(|(f, _)| fields.contains(&f.as_str())),
+            "{what}: expected a violation of one of {fields:?}, got {violations:?} ({status:?})"
+        );
+        assert_eq!(stored(planes).await, before, "{what}: something was stored");
+    }
+
+    // The limits themselves are fine: a 256 KiB payload, a 256-byte key, an UPPER_SNAKE
+    // event name (stored dotted).
+    let exactly = format!(r#"{{"blob":"{}"}}"#, "x".repeat(256 * 1024 - 11));
+    assert_eq!(exactly.len(), 256 * 1024);
+    let at_limit = publish(
+        &mut publisher,
+        dpb::PublishRequest {
+            event_type: "CONVERSATION_CREATED".into(),
+            payload_json: exactly.clone(),
+            idempotency_key: "k".repeat(256),
+            ..Default::default()
+        },
+    )
+    .await;
+    let received = receiver.wait_for(1, WAIT).await;
+    let body = body_json(&received[0]);
+    assert_eq!(received[0].header("webhook-id"), at_limit.message_id);
+    assert_eq!(
+        body["event"], CONVERSATION_CREATED,
+        "UPPER_SNAKE is stored dotted"
+    );
+    assert_eq!(
+        body["payload"]["blob"].as_str().map(str::len),
+        Some(256 * 1024 - 11)
+    );
+    let before = stored(planes).await;
+
+    // Another workspace's id with this workspace's key.
+    let status = publisher
+        .publish(dpb::PublishRequest {
+            workspace_id: other_workspace.clone(),
+            ..valid()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(
+        stored(planes).await,
+        before,
+        "a foreign workspace_id stored something"
+    );
+
+    // Keys: none, unknown, revoked.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", planes.data_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut anonymous = dpb::ingest_service_client::IngestServiceClient::new(channel);
+    let status = anonymous.publish(valid()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "no key: {status:?}");
+    let mut stranger = planes
+        .publisher("sk_test_not_a_key_of_anyone_0123456789")
+        .await;
+    let status = stranger.publish(valid()).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "unknown key: {status:?}"
+    );
+    let mut admin_publisher = planes.publisher(ADMIN_KEY).await;
+    let status = admin_publisher.publish(valid()).await.unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unauthenticated | Code::PermissionDenied
+        ),
+        "the admin key names no workspace to publish for: {status:?}"
+    );
+    assert_eq!(
+        stored(planes).await,
+        before,
+        "an unauthenticated publish stored something"
+    );
+
+    let mut admin = planes.clients(Some(ADMIN_KEY)).await;
+    let second = admin
+        .workspaces
+        .create_api_key(pb::CreateApiKeyRequest {
+            workspace_id: workspace_id.clone(),
+            display_name: "to revoke".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    planes.config_synced().await;
+    let mut soon_revoked = planes.publisher(&second.key).await;
+    let accepted = publish(&mut soon_revoked, valid()).await;
+    assert_eq!(accepted.delivery_count, 1, "{accepted:?}");
+    let after_valid = stored(planes).await;
+    assert_eq!(
+        after_valid,
+        (before.0 + 1, before.1 + 1),
+        "a valid publish is stored"
+    );
+    admin
+        .workspaces
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            id: second.api_key.unwrap().id,
+        })
+        .await
+        .unwrap();
+    planes.config_synced().await;
+    let status = soon_revoked.publish(valid()).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "revoked key: {status:?}"
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(dpb::PublishStreamRequest {
+        sequence: 1,
+        event: Some(valid()),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    match soon_revoked.publish_stream(ReceiverStream::new(rx)).await {
+        Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            match stream.message().await {
+                Ok(Some(ack)) => assert_eq!(
+                    ack.error.as_ref().map(|e| e.code),
+                    Some(Code::Unauthenticated as i32),
+                    "a revoked key's stream event: {ack:?}"
+                ),
+                Ok(None) => panic!("the stream of a revoked key ended without an answer"),
+                Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        stored(planes).await,
+        after_valid,
+        "a revoked key's publish stored something"
+    );
+    // The first key still works.
+    publish(&mut publisher, valid()).await;
+    receiver.wait_for(3, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_stream_acks_every_event_once_and_survives_an_invalid_one() {
+    on_each_backend(PlaneOptions::default(), stream).await;
+}
+
+async fn stream(planes: &mut Planes) {
+    const EVENTS: u64 = 200;
+    const IN_FLIGHT: u64 = 32;
+    const BAD: u64 = 100;
+    let (_, key) = planes.workspace_with_key("Stream").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let log = Log::new(&c);
+    let receiver = Receiver::ok().await;
+    let (sub, _) = subscribe(
+        &mut c,
+        webhook(&receiver.url("/stream"), &["conversation.*"]),
+    )
+    .await;
+    planes.config_synced().await;
+    let mut publisher = planes.publisher(&key).await;
+
+    let request = |sequence: u64| dpb::PublishStreamRequest {
+        sequence,
+        event: Some(if sequence == BAD {
+            event("Not A Valid Name!", &format!(r#"{{"i":{sequence}}}"#))
+        } else {
+            event(CONVERSATION_CREATED, &format!(r#"{{"i":{sequence}}}"#))
+        }),
+    };
+    // Sequences 1..=200; at most 32 sent and not yet acked at any time.
+    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT as usize);
+    let mut next = 1;
+    while next <= IN_FLIGHT {
+        tx.send(request(next)).await.unwrap();
+        next += 1;
+    }
+    let mut responses = publisher
+        .publish_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acks: HashMap<u64, dpb::PublishStreamResponse> = HashMap::new();
+    let mut repeated = Vec::new();
+    while (acks.len() as u64) < EVENTS {
+        let ack = tokio::time::timeout(WAIT, responses.message())
+            .await
+            .unwrap_or_else(|_| panic!("no ack within {WAIT:?}; {} acked so far", acks.len()))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended after {} acks", acks.len()));
+        let sequence = ack.sequence;
+        if let Some(previous) = acks.insert(sequence, ack) {
+            repeated.push(previous);
+        }
+        if next <= EVENTS {
+            tx.send(request(next)).await.unwrap();
+            next += 1;
+        }
+    }
+    drop(tx);
+    let end = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .expect("the stream did not end after the requests did");
+    assert!(
+        matches!(end, Ok(None)),
+        "nothing after the last ack, then a clean end: {end:?}"
+    );
+    assert!(repeated.is_empty(), "sequences acked twice: {repeated:?}");
+    let sequences: HashSet<u64> = acks.keys().copied().collect();
+    assert_eq!(sequences, (1..=EVENTS).collect(), "one ack per sequence");
+
+    let bad = &acks[&BAD];
+    assert!(bad.result.is_none(), "{bad:?}");
+    let error = bad.error.as_ref().expect("the invalid event gets an error");
+    assert_eq!(error.code, Code::InvalidArgument as i32, "{error:?}");
+    assert_eq!(error.field, "event_type", "{error:?}");
+    assert!(!error.message.is_empty(), "{error:?}");
+
+    let mut published = HashSet::new();
+    for (sequence, ack) in &acks {
+        if *sequence == BAD {
+            continue;
+        }
+        assert!(ack.error.is_none(), "sequence {sequence}: {ack:?}");
+        let result = ack
+            .result
+            .as_ref()
+            .unwrap_or_else(|| panic!("sequence {sequence}: {ack:?}"));
+        assert!(!result.duplicate && result.delivery_count == 1, "{ack:?}");
+        published.insert(result.message_id.clone());
+    }
+    let valid = (EVENTS - 1) as usize;
+    assert_eq!(published.len(), valid, "unique message ids");
+
+    let received = receiver.wait_for(valid, Duration::from_secs(60)).await;
+    let ids: HashSet<String> = received
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(ids, published, "the receiver got exactly the valid events");
+    let attempts = eventually(
+        "the 199 attempts in the log",
+        Duration::from_secs(60),
+        async || {
+            let a = log.attempts_to(&sub.id).await;
+            (a.len() >= valid).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(attempts.len(), valid);
+    let received = receiver.received();
+    assert_eq!(received.len(), valid, "no duplicate POSTs");
+    let payloads: HashSet<i64> = received
+        .iter()
+        .map(|r| body_json(r)["payload"]["i"].as_i64().unwrap())
+        .collect();
+    assert!(!payloads.contains(&(BAD as i64)) && payloads.len() == valid);
+    assert_eq!(
+        count_rows(&planes.data_db, "dp_messages").await,
+        valid as i64
+    );
+}
