@@ -76,7 +76,8 @@ pub struct BenchArgs {
     pub receiver_delay_ms: u64,
     /// Fraction (0 to 1) of deliveries the receiver answers with 500, at random. A delivery
     /// answered 500 counts as attempted ("failed by design"), not as delivered; the bench
-    /// does not wait for its retries.
+    /// does not wait for its retries. At high rates the data plane's circuit breaker holds
+    /// deliveries back, and the bench times out.
     #[arg(long, default_value_t = 0.0)]
     pub receiver_failure_rate: f64,
     /// Print the results as one JSON object on stdout (no progress bar, no table).
@@ -271,9 +272,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
-    let result = measure(&args, &receiver, &mut planes).await;
+    // Ctrl-C or SIGTERM stops the run, and still stops the child below.
+    let interrupted = crate::shutdown::on_signal();
+    let result = tokio::select! {
+        r = measure(&args, &receiver, &mut planes) => r,
+        () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
 
-    let mut keep = result.is_err();
+    let mut keep = match &result {
+        Err(_) => true,
+        Ok(r) => r.timed_out || r.stream_error.is_some(),
+    };
     if let Planes::Child(child) = &mut planes {
         if !child.stop().await {
             say("sluice bench: sluice dev did not stop cleanly on SIGTERM");
@@ -485,6 +494,7 @@ async fn warm_up_and_publish(
     receiver.state.start_injecting();
     let baseline = receiver.state.counters();
     let cpu_before = planes.sample();
+    let bench_cpu_before = child::sample(std::process::id());
     let total = args.events * u64::from(args.subscriptions);
     let progress = Arc::new(PublishProgress::default());
     let bar = if args.json || !std::io::stderr().is_terminal() {
@@ -492,7 +502,7 @@ async fn warm_up_and_publish(
     } else {
         ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()).with_style(
             ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} deliveries  {msg}",
+                "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} delivered  {msg}",
             )?
             .progress_chars("=> "),
         )
@@ -506,10 +516,15 @@ async fn warm_up_and_publish(
             loop {
                 let delivered = state.counters().distinct - baseline.distinct;
                 bar.set_position(delivered);
+                let errors = progress.errors.load(Ordering::Relaxed);
                 bar.set_message(format!(
-                    "acks {}/{events}, {} errors",
+                    "{}/{events} acked{}",
                     progress.answered.load(Ordering::Relaxed),
-                    progress.errors.load(Ordering::Relaxed)
+                    if errors > 0 {
+                        format!(", {errors} refused")
+                    } else {
+                        String::new()
+                    }
                 ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -554,6 +569,7 @@ async fn warm_up_and_publish(
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let cpu_after = planes.sample();
+    let bench_cpu_after = child::sample(std::process::id());
     ticker.abort();
     bar.finish_and_clear();
 
@@ -568,6 +584,7 @@ async fn warm_up_and_publish(
         })
         .collect();
     let mut latencies = deliveries.latencies_us;
+    let mut end_to_end = deliveries.end_to_end_us;
     let publish_seconds = publish
         .finished
         .saturating_duration_since(publish.started)
@@ -617,11 +634,16 @@ async fn warm_up_and_publish(
             .map(|s| deliveries.delivered as f64 / s),
         publish_ack_latency_ms: percentiles(&mut publish_latencies),
         ack_to_arrival_latency_ms: percentiles(&mut latencies),
+        publish_to_arrival_latency_ms: percentiles(&mut end_to_end),
         arrivals_before_ack: deliveries.before_ack,
         planes_cpu_seconds,
         planes_cpu_seconds_per_1000_deliveries: planes_cpu_seconds
             .filter(|_| deliveries.delivered > 0)
             .map(|cpu| cpu * 1000.0 / deliveries.delivered as f64),
+        bench_cpu_seconds: match (bench_cpu_before, bench_cpu_after) {
+            (Some(b), Some(a)) => Some(a.cpu_seconds - b.cpu_seconds),
+            _ => None,
+        },
         planes_peak_rss_mib: cpu_after.map(|s| s.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
     })
 }

@@ -50,6 +50,8 @@ pub(crate) struct Deliveries {
     pub(crate) failed_by_design: u64,
     /// Ack to first arrival of each pair, in microseconds.
     pub(crate) latencies_us: Vec<u64>,
+    /// Request sent to first arrival of each pair, in microseconds.
+    pub(crate) end_to_end_us: Vec<u64>,
     /// Pairs whose first arrival came before the publisher saw the ack.
     pub(crate) before_ack: u64,
     /// The last first-200 of a pair.
@@ -63,15 +65,16 @@ pub(crate) fn deliveries(
     publish: &PublishOutcome,
     subscriptions: u32,
 ) -> Deliveries {
-    let acks: HashMap<&str, Instant> = publish
+    // Per message id: when its request was sent (if known) and when its ack came.
+    let acks: HashMap<&str, (Option<Instant>, Instant)> = publish
         .message_ids
         .iter()
-        .zip(&publish.acked_at)
-        .filter_map(|(id, at)| Some((id.as_deref()?, (*at)?)))
+        .zip(publish.acked_at.iter().zip(&publish.sent_at))
+        .filter_map(|(id, (acked, sent))| Some((id.as_deref()?, (*sent, (*acked)?))))
         .collect();
     let mut d = Deliveries::default();
     receiver.for_each(|id, pairs| {
-        let Some(&acked) = acks.get(id) else {
+        let Some(&(sent, acked)) = acks.get(id) else {
             return;
         };
         for pair in pairs.iter().filter(|p| p.sub < subscriptions) {
@@ -87,9 +90,14 @@ pub(crate) fn deliveries(
             if pair.first < acked {
                 d.before_ack += 1;
             }
-            let latency = pair.first.saturating_duration_since(acked);
-            d.latencies_us
-                .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+            let micros = |from: Instant| {
+                u64::try_from(pair.first.saturating_duration_since(from).as_micros())
+                    .unwrap_or(u64::MAX)
+            };
+            d.latencies_us.push(micros(acked));
+            if let Some(sent) = sent {
+                d.end_to_end_us.push(micros(sent));
+            }
         }
     });
     d
@@ -152,12 +160,17 @@ pub(crate) struct Report {
     pub(crate) publish_ack_latency_ms: Option<Percentiles>,
     /// Ack to the first arrival at the receiver, ms (0 when the arrival came first).
     pub(crate) ack_to_arrival_latency_ms: Option<Percentiles>,
+    /// Request sent to the first arrival at the receiver, ms: end to end.
+    pub(crate) publish_to_arrival_latency_ms: Option<Percentiles>,
     /// Arrivals that came before the publisher saw their ack.
     pub(crate) arrivals_before_ack: u64,
     /// CPU seconds (user + system) of the planes' process(es) during the measured run.
     pub(crate) planes_cpu_seconds: Option<f64>,
     /// planes_cpu_seconds per 1,000 deliveries.
     pub(crate) planes_cpu_seconds_per_1000_deliveries: Option<f64>,
+    /// CPU seconds of the bench's own process (publisher and receiver) during the run: it
+    /// shares the machine with the planes.
+    pub(crate) bench_cpu_seconds: Option<f64>,
     /// Peak RSS (VmHWM) of the planes' process(es), MiB.
     pub(crate) planes_peak_rss_mib: Option<f64>,
 }
@@ -235,6 +248,10 @@ impl Report {
             ("publish -> ack ms", lat(self.publish_ack_latency_ms)),
             ("ack -> arrival ms", lat(self.ack_to_arrival_latency_ms)),
             (
+                "publish -> arrival ms",
+                lat(self.publish_to_arrival_latency_ms),
+            ),
+            (
                 "planes CPU",
                 match (
                     self.planes_cpu_seconds_per_1000_deliveries,
@@ -246,6 +263,10 @@ impl Report {
                     (None, Some(total)) => format!("{total:.2} s"),
                     _ => "n/a (planes not started by the bench; give --pid)".to_owned(),
                 },
+            ),
+            (
+                "bench's own CPU",
+                opt(self.bench_cpu_seconds, 2) + " s (publisher and receiver)",
             ),
             (
                 "planes peak RSS",

@@ -1,0 +1,40 @@
+//! The short CI bench: `sluice bench --events 2000 --json` against `sluice dev` started by
+//! the bench itself must deliver every event exactly once with no error. No timing is
+//! asserted: CI machines vary too much for that.
+
+use std::process::Command;
+
+#[test]
+fn bench_delivers_every_event_once() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "--events", "2000", "--json", "--timeout", "300"])
+        // Nothing from the environment may redirect the bench.
+        .env_remove("SLUICE_ADMIN_KEY")
+        .env_remove("SLUICE_DATABASE_URL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("the sluice binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "sluice bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{stderr}"));
+    let field = |name: &str| {
+        report
+            .get(name)
+            .unwrap_or_else(|| panic!("`{name}` missing from {report}"))
+    };
+    assert_eq!(field("events"), 2000, "{report}");
+    assert_eq!(field("accepted"), 2000, "{report}");
+    assert_eq!(field("deliveries"), 2000, "{report}");
+    assert_eq!(field("expected_deliveries"), 2000, "{report}");
+    assert_eq!(field("publish_errors"), 0, "{report}");
+    assert!(field("first_publish_error").is_null(), "{report}");
+    assert!(field("stream_error").is_null(), "{report}");
+    assert_eq!(field("timed_out"), false, "{report}");
+    assert_eq!(field("backend"), "sqlite", "{report}");
+}
