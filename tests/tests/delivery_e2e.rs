@@ -395,6 +395,25 @@ async fn retries(planes: &mut Planes) {
     assert_eq!(attempts[2].error_kind, "");
     assert_eq!(delivery.attempt_count, 3, "{delivery:?}");
     assert_eq!(delivery.last_status_code, 200, "{delivery:?}");
+
+    // Endpoint health counts the three attempts; the success ends the failure streak.
+    let health = c
+        .deliveries
+        .get_endpoint_health(pb::GetEndpointHealthRequest {
+            workspace_id: String::new(),
+            subscription_id: sub.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.attempts_24h, 3, "{health:?}");
+    assert_eq!(health.successes_24h, 1, "{health:?}");
+    assert_eq!(health.consecutive_failures, 0, "{health:?}");
+    assert!(
+        health.last_success_time.is_some() && health.last_failure_time.is_some(),
+        "{health:?}"
+    );
+    assert_eq!(health.pending_deliveries, 0, "{health:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

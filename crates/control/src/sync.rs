@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
@@ -264,7 +264,12 @@ fn trigger_name(trigger: i32) -> &'static str {
     }
 }
 
-/// Stores one batch in one transaction. Every insert ignores rows already there, so a
+/// Rows per multi-row statement: well under SQLite's 32,766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Stores one batch in one transaction, with a handful of multi-row statements whatever its
+/// size (a statement costs a round trip to the database, so per-attempt statements would
+/// dominate the cost of a busy data plane). Every insert ignores rows already there, so a
 /// batch resent after a lost ack changes nothing.
 async fn store_outcomes(
     plane: &ControlPlane,
@@ -275,51 +280,14 @@ async fn store_outcomes(
         .transaction::<_, i64, ApiError>(|tx| {
             Box::pin(async move {
                 lock_config_writes(tx).await?;
-                for m in &batch.messages {
-                    let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
-                    insert_ignore(
-                        tx,
-                        message::Entity::insert(message::ActiveModel {
-                            id: Set(m.id.clone()),
-                            workspace_id: Set(m.workspace_id.clone()),
-                            event_type: Set(m.event_type.clone()),
-                            create_ms: Set(create_ms),
-                            delivery_count: Set(m.subscription_ids.len() as i32),
-                        })
-                        .on_conflict(OnConflict::column(message::Column::Id).do_nothing().to_owned()),
-                    )
-                    .await?;
-                    for sub in &m.subscription_ids {
-                        insert_ignore(
-                            tx,
-                            delivery::Entity::insert(delivery::ActiveModel {
-                                message_id: Set(m.id.clone()),
-                                subscription_id: Set(sub.clone()),
-                                workspace_id: Set(m.workspace_id.clone()),
-                                event_type: Set(m.event_type.clone()),
-                                status: Set("pending".into()),
-                                attempt_count: Set(0),
-                                last_attempt_ms: Set(None),
-                                next_attempt_ms: Set(Some(create_ms)),
-                                last_status_code: Set(0),
-                                last_error_kind: Set(String::new()),
-                                create_ms: Set(create_ms),
-                            })
-                            .on_conflict(
-                                OnConflict::columns([delivery::Column::MessageId, delivery::Column::SubscriptionId])
-                                    .do_nothing()
-                                    .to_owned(),
-                            ),
-                        )
-                        .await?;
-                    }
-                }
-                for outcome in &batch.attempts {
-                    store_attempt(tx, outcome).await?;
-                }
+                store_messages(tx, &batch.messages).await?;
+                store_attempts(tx, &batch.attempts).await?;
                 let mut revision = 0;
                 for d in &batch.disabled_subscriptions {
-                    let Some(row) = subscription::Entity::find_by_id(d.subscription_id.clone()).one(tx).await? else {
+                    let Some(row) = subscription::Entity::find_by_id(d.subscription_id.clone())
+                        .one(tx)
+                        .await?
+                    else {
                         continue;
                     };
                     if !row.enabled {
@@ -327,15 +295,20 @@ async fn store_outcomes(
                     }
                     let workspace_id = row.workspace_id.clone();
                     let mut row = row.into_active_model();
-                    let reason = pb::DisabledReason::try_from(d.reason).unwrap_or(pb::DisabledReason::PersistentFailure);
+                    let reason = pb::DisabledReason::try_from(d.reason)
+                        .unwrap_or(pb::DisabledReason::PersistentFailure);
                     row.enabled = Set(false);
                     row.disabled_reason = Set(Some(convert::reason_name(reason).to_owned()));
                     row.disabled_message = Set(Some(d.message.clone()));
-                    row.disable_ms = Set(Some(d.disable_time.as_ref().and_then(ms).unwrap_or_else(now_ms)));
+                    row.disable_ms = Set(Some(
+                        d.disable_time.as_ref().and_then(ms).unwrap_or_else(now_ms),
+                    ));
                     row.update_ms = Set(now_ms());
                     row.update(tx).await?;
                     crate::fail_pending_deliveries(tx, &d.subscription_id).await?;
-                    revision = record_change(tx, CHANGE_SUBSCRIPTION, &d.subscription_id, &workspace_id).await?;
+                    revision =
+                        record_change(tx, CHANGE_SUBSCRIPTION, &d.subscription_id, &workspace_id)
+                            .await?;
                     tracing::warn!(subscription_id = %d.subscription_id, reason = convert::reason_name(reason), "subscription disabled by the data plane");
                 }
                 Ok(revision)
@@ -346,123 +319,291 @@ async fn store_outcomes(
     Ok(())
 }
 
-async fn insert_ignore<C: ConnectionTrait, A: ActiveModelTrait>(
+/// Messages and their (pending) deliveries, ignoring those already stored.
+async fn store_messages<C: ConnectionTrait>(
     tx: &C,
-    insert: sea_orm::Insert<A>,
+    messages: &[pb::MessageRecord],
+) -> Result<(), ApiError> {
+    let mut message_rows = Vec::with_capacity(messages.len());
+    let mut delivery_rows = Vec::new();
+    for m in messages {
+        let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
+        message_rows.push(message::ActiveModel {
+            id: Set(m.id.clone()),
+            workspace_id: Set(m.workspace_id.clone()),
+            event_type: Set(m.event_type.clone()),
+            create_ms: Set(create_ms),
+            delivery_count: Set(m.subscription_ids.len() as i32),
+        });
+        for sub in &m.subscription_ids {
+            delivery_rows.push(delivery::ActiveModel {
+                message_id: Set(m.id.clone()),
+                subscription_id: Set(sub.clone()),
+                workspace_id: Set(m.workspace_id.clone()),
+                event_type: Set(m.event_type.clone()),
+                status: Set("pending".into()),
+                attempt_count: Set(0),
+                last_attempt_ms: Set(None),
+                next_attempt_ms: Set(Some(create_ms)),
+                last_status_code: Set(0),
+                last_error_kind: Set(String::new()),
+                create_ms: Set(create_ms),
+            });
+        }
+    }
+    for chunk in message_rows.chunks(ROWS_PER_STATEMENT) {
+        insert_ignore(
+            tx,
+            sea_orm::Insert::<message::ActiveModel>::many(chunk.to_vec()).on_conflict(
+                OnConflict::column(message::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            ),
+        )
+        .await?;
+    }
+    for chunk in delivery_rows.chunks(ROWS_PER_STATEMENT) {
+        insert_ignore(
+            tx,
+            sea_orm::Insert::<delivery::ActiveModel>::many(chunk.to_vec()).on_conflict(
+                OnConflict::columns([
+                    delivery::Column::MessageId,
+                    delivery::Column::SubscriptionId,
+                ])
+                .do_nothing()
+                .to_owned(),
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs an insert (whose ON CONFLICT clause decides about existing rows) and returns the
+/// number of rows it wrote.
+async fn insert_ignore<C: ConnectionTrait, Q: sea_orm::QueryTrait>(
+    tx: &C,
+    insert: Q,
 ) -> Result<u64, sea_orm::DbErr> {
-    let statement = tx
-        .get_database_backend()
-        .build(&sea_orm::QueryTrait::into_query(insert));
+    let statement = insert.build(tx.get_database_backend());
     Ok(tx.execute_raw(statement).await?.rows_affected())
 }
 
-async fn store_attempt<C: ConnectionTrait>(
+/// One attempt, flattened for storage.
+struct NewAttempt<'a> {
+    attempt: &'a pb::Attempt,
+    outcome: &'a pb::AttemptOutcome,
+    attempt_ms: i64,
+}
+
+/// Attempt outcomes: the attempts not seen before are inserted, then each delivery takes the
+/// state of its latest attempt and each endpoint's health counts the new attempts.
+async fn store_attempts<C: ConnectionTrait>(
     tx: &C,
-    outcome: &pb::AttemptOutcome,
+    outcomes: &[pb::AttemptOutcome],
 ) -> Result<(), ApiError> {
-    let Some(a) = &outcome.attempt else {
-        return Ok(());
-    };
-    let attempt_ms = a.attempt_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
-    let latency_us = a
-        .latency
-        .as_ref()
-        .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
-        .unwrap_or(0);
-    let inserted = insert_ignore(
-        tx,
-        attempt::Entity::insert(attempt::ActiveModel {
-            id: Set(a.id.clone()),
-            workspace_id: Set(a.workspace_id.clone()),
-            message_id: Set(a.message_id.clone()),
-            subscription_id: Set(a.subscription_id.clone()),
-            event_type: Set(a.event_type.clone()),
-            attempt_number: Set(a.attempt_number as i32),
-            attempt_ms: Set(attempt_ms),
-            success: Set(a.success),
-            status_code: Set(a.status_code as i32),
-            error_kind: Set(a.error_kind.clone()),
-            error_message: Set(a.error_message.clone()),
-            latency_us: Set(latency_us),
-            response_excerpt: Set(a.response_excerpt.clone()),
-            trigger: Set(trigger_name(a.trigger).to_owned()),
-            url: Set(a.url.clone()),
-        })
-        .on_conflict(
-            OnConflict::column(attempt::Column::Id)
-                .do_nothing()
-                .to_owned(),
-        ),
-    )
-    .await?;
-    if inserted == 0 {
-        return Ok(()); // Seen before: the delivery and health already count it.
-    }
-    let status = delivery_status_name(outcome.delivery_status);
-    let next_ms = outcome.next_attempt_time.as_ref().and_then(ms);
-    match delivery::Entity::find_by_id((a.message_id.clone(), a.subscription_id.clone()))
-        .one(tx)
-        .await?
-    {
-        Some(row) => {
-            // Outcomes may arrive out of order across replicas; the latest attempt wins.
-            if row.last_attempt_ms.is_none_or(|last| last <= attempt_ms) {
-                let count = row.attempt_count.max(a.attempt_number as i32);
-                let mut row = row.into_active_model();
-                row.status = Set(status.to_owned());
-                row.attempt_count = Set(count);
-                row.last_attempt_ms = Set(Some(attempt_ms));
-                row.next_attempt_ms = Set(next_ms);
-                row.last_status_code = Set(a.status_code as i32);
-                row.last_error_kind = Set(a.error_kind.clone());
-                row.update(tx).await?;
-            }
+    let mut new: Vec<NewAttempt> = Vec::with_capacity(outcomes.len());
+    let mut seen_in_batch = std::collections::HashSet::new();
+    for outcome in outcomes {
+        if let Some(attempt) = &outcome.attempt
+            && seen_in_batch.insert(attempt.id.as_str())
+        {
+            let attempt_ms = attempt
+                .attempt_time
+                .as_ref()
+                .and_then(ms)
+                .unwrap_or_else(now_ms);
+            new.push(NewAttempt {
+                attempt,
+                outcome,
+                attempt_ms,
+            });
         }
-        None => {
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    // A resent batch: drop the attempts already stored, so nothing counts twice.
+    let mut stored = std::collections::HashSet::new();
+    for chunk in new.chunks(ROWS_PER_STATEMENT) {
+        let ids: Vec<String> = chunk.iter().map(|n| n.attempt.id.clone()).collect();
+        for row in attempt::Entity::find()
+            .select_only()
+            .column(attempt::Column::Id)
+            .filter(attempt::Column::Id.is_in(ids))
+            .into_tuple::<String>()
+            .all(tx)
+            .await?
+        {
+            stored.insert(row);
+        }
+    }
+    new.retain(|n| !stored.contains(&n.attempt.id));
+    if new.is_empty() {
+        return Ok(());
+    }
+    new.sort_by_key(|n| (n.attempt_ms, n.attempt.attempt_number));
+
+    let attempt_rows: Vec<attempt::ActiveModel> = new
+        .iter()
+        .map(|n| {
+            let a = n.attempt;
+            let latency_us = a
+                .latency
+                .as_ref()
+                .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
+                .unwrap_or(0);
+            attempt::ActiveModel {
+                id: Set(a.id.clone()),
+                workspace_id: Set(a.workspace_id.clone()),
+                message_id: Set(a.message_id.clone()),
+                subscription_id: Set(a.subscription_id.clone()),
+                event_type: Set(a.event_type.clone()),
+                attempt_number: Set(a.attempt_number as i32),
+                attempt_ms: Set(n.attempt_ms),
+                success: Set(a.success),
+                status_code: Set(a.status_code as i32),
+                error_kind: Set(a.error_kind.clone()),
+                error_message: Set(a.error_message.clone()),
+                latency_us: Set(latency_us),
+                response_excerpt: Set(a.response_excerpt.clone()),
+                trigger: Set(trigger_name(a.trigger).to_owned()),
+                url: Set(a.url.clone()),
+            }
+        })
+        .collect();
+    for chunk in attempt_rows.chunks(ROWS_PER_STATEMENT / 4) {
+        insert_ignore(
+            tx,
+            sea_orm::Insert::<attempt::ActiveModel>::many(chunk.to_vec()).on_conflict(
+                OnConflict::column(attempt::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            ),
+        )
+        .await?;
+    }
+
+    // Each delivery takes its latest attempt's state (attempts are sorted, so the last one
+    // of a key wins); a stored later attempt is never overwritten by an earlier one, since
+    // outcomes of different replicas may arrive out of order.
+    let mut latest: std::collections::HashMap<(&str, &str), &NewAttempt> =
+        std::collections::HashMap::new();
+    for n in &new {
+        latest.insert(
+            (
+                n.attempt.message_id.as_str(),
+                n.attempt.subscription_id.as_str(),
+            ),
+            n,
+        );
+    }
+    let delivery_rows: Vec<delivery::ActiveModel> = latest
+        .values()
+        .map(|n| {
+            let a = n.attempt;
             delivery::ActiveModel {
                 message_id: Set(a.message_id.clone()),
                 subscription_id: Set(a.subscription_id.clone()),
                 workspace_id: Set(a.workspace_id.clone()),
                 event_type: Set(a.event_type.clone()),
-                status: Set(status.to_owned()),
+                status: Set(delivery_status_name(n.outcome.delivery_status).to_owned()),
                 attempt_count: Set(a.attempt_number as i32),
-                last_attempt_ms: Set(Some(attempt_ms)),
-                next_attempt_ms: Set(next_ms),
+                last_attempt_ms: Set(Some(n.attempt_ms)),
+                next_attempt_ms: Set(n.outcome.next_attempt_time.as_ref().and_then(ms)),
                 last_status_code: Set(a.status_code as i32),
                 last_error_kind: Set(a.error_kind.clone()),
-                create_ms: Set(attempt_ms),
+                create_ms: Set(n.attempt_ms),
             }
-            .insert(tx)
-            .await?;
-        }
-    }
-    let health = endpoint_health::Entity::find_by_id(a.subscription_id.clone())
-        .one(tx)
+        })
+        .collect();
+    for chunk in delivery_rows.chunks(ROWS_PER_STATEMENT / 2) {
+        let newer = Expr::col((delivery::Entity, delivery::Column::LastAttemptMs))
+            .is_null()
+            .or(
+                Expr::col((delivery::Entity, delivery::Column::LastAttemptMs))
+                    .lte(Expr::cust("excluded.last_attempt_ms")),
+            );
+        insert_ignore(
+            tx,
+            sea_orm::Insert::<delivery::ActiveModel>::many(chunk.to_vec()).on_conflict(
+                OnConflict::columns([
+                    delivery::Column::MessageId,
+                    delivery::Column::SubscriptionId,
+                ])
+                .update_columns([
+                    delivery::Column::Status,
+                    delivery::Column::AttemptCount,
+                    delivery::Column::LastAttemptMs,
+                    delivery::Column::NextAttemptMs,
+                    delivery::Column::LastStatusCode,
+                    delivery::Column::LastErrorKind,
+                ])
+                .action_and_where(newer)
+                .to_owned(),
+            ),
+        )
         .await?;
-    let mut row = match health {
-        Some(h) => h.into_active_model(),
-        None => endpoint_health::ActiveModel {
-            subscription_id: Set(a.subscription_id.clone()),
-            workspace_id: Set(a.workspace_id.clone()),
-            consecutive_failures: Set(0),
-            last_success_ms: Set(None),
-            last_failure_ms: Set(None),
-        }
-        .insert(tx)
-        .await?
-        .into_active_model(),
-    };
-    if a.success {
-        row.consecutive_failures = Set(0);
-        row.last_success_ms = Set(Some(attempt_ms));
-    } else {
-        let failures = match &row.consecutive_failures {
-            sea_orm::ActiveValue::Set(n) | sea_orm::ActiveValue::Unchanged(n) => *n,
-            sea_orm::ActiveValue::NotSet => 0,
-        };
-        row.consecutive_failures = Set(failures + 1);
-        row.last_failure_ms = Set(Some(attempt_ms));
     }
-    row.update(tx).await?;
+
+    // Endpoint health: per subscription, the failures since its last success.
+    struct Health<'a> {
+        workspace_id: &'a str,
+        failures_after_success: i64,
+        had_success: bool,
+        last_success_ms: Option<i64>,
+        last_failure_ms: Option<i64>,
+    }
+    let mut health: std::collections::BTreeMap<&str, Health> = std::collections::BTreeMap::new();
+    for n in &new {
+        let h = health
+            .entry(n.attempt.subscription_id.as_str())
+            .or_insert(Health {
+                workspace_id: &n.attempt.workspace_id,
+                failures_after_success: 0,
+                had_success: false,
+                last_success_ms: None,
+                last_failure_ms: None,
+            });
+        if n.attempt.success {
+            h.had_success = true;
+            h.failures_after_success = 0;
+            h.last_success_ms = Some(n.attempt_ms);
+        } else {
+            h.failures_after_success += 1;
+            h.last_failure_ms = Some(n.attempt_ms);
+        }
+    }
+    for (subscription_id, h) in health {
+        // After a success the count restarts; otherwise the new failures add up.
+        let failures = if h.had_success {
+            Expr::cust("excluded.consecutive_failures")
+        } else {
+            Expr::cust("endpoint_health.consecutive_failures + excluded.consecutive_failures")
+        };
+        let mut on_conflict = OnConflict::column(endpoint_health::Column::SubscriptionId);
+        on_conflict
+            .value(endpoint_health::Column::ConsecutiveFailures, failures)
+            .value(
+                endpoint_health::Column::LastSuccessMs,
+                Expr::cust("COALESCE(excluded.last_success_ms, endpoint_health.last_success_ms)"),
+            )
+            .value(
+                endpoint_health::Column::LastFailureMs,
+                Expr::cust("COALESCE(excluded.last_failure_ms, endpoint_health.last_failure_ms)"),
+            );
+        insert_ignore(
+            tx,
+            endpoint_health::Entity::insert(endpoint_health::ActiveModel {
+                subscription_id: Set(subscription_id.to_owned()),
+                workspace_id: Set(h.workspace_id.to_owned()),
+                consecutive_failures: Set(h.failures_after_success),
+                last_success_ms: Set(h.last_success_ms),
+                last_failure_ms: Set(h.last_failure_ms),
+            })
+            .on_conflict(on_conflict.to_owned()),
+        )
+        .await?;
+    }
     Ok(())
 }

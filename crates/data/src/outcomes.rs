@@ -156,40 +156,26 @@ async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
     let tx = shared.db.begin().await?;
     let mut report = ReportOutcomesRequest::default();
     let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
+    let mut last_state: HashMap<&DeliveryKey, &AttemptRecord> = HashMap::new();
+    let mut order: Vec<&DeliveryKey> = Vec::new();
     for event in batch {
         match event {
             OutcomeEvent::Attempt(record) => {
-                let mut update = delivery::Entity::update_many()
-                    .col_expr(
-                        delivery::Column::Status,
-                        Expr::value(record.status.as_str()),
-                    )
-                    .col_expr(
-                        delivery::Column::AttemptCount,
-                        Expr::value(i32::try_from(record.attempt_count).unwrap_or(i32::MAX)),
-                    )
-                    .col_expr(
-                        delivery::Column::LeaseUntilMs,
-                        Expr::value(record.lease_until_ms),
-                    )
-                    .col_expr(
-                        delivery::Column::FirstFailureMs,
-                        Expr::value(record.first_failure_ms),
-                    );
-                if let Some(next) = record.next_attempt_ms {
-                    update = update.col_expr(delivery::Column::NextAttemptMs, Expr::value(next));
+                // Only the last state of a delivery in the batch matters; the rows are
+                // written below, grouped, a statement per group rather than per attempt.
+                if last_state.insert(&record.key, record).is_none() {
+                    order.push(&record.key);
                 }
-                update
-                    .filter(delivery::Column::MessageId.eq(&record.key.message_id))
-                    .filter(delivery::Column::SubscriptionId.eq(&record.key.subscription_id))
-                    .exec(&tx)
-                    .await?;
                 report.attempts.push(record.outcome.clone());
                 if !matches!(record.streak, StreakChange::Unchanged) {
                     streaks.insert(&record.key.subscription_id, record.streak);
                 }
             }
             OutcomeEvent::Finished { key, status } => {
+                // Statements keep their order: attempts before this event are written first.
+                write_delivery_states(&tx, &order, &last_state).await?;
+                order.clear();
+                last_state.clear();
                 delivery::Entity::update_many()
                     .col_expr(delivery::Column::Status, Expr::value(status.as_str()))
                     .col_expr(
@@ -207,6 +193,9 @@ async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
                     report: disabled,
                     config,
                 } = disabled.as_ref();
+                write_delivery_states(&tx, &order, &last_state).await?;
+                order.clear();
+                last_state.clear();
                 fail_pending(&tx, &disabled.subscription_id).await?;
                 upsert_subscription(&tx, config).await?;
                 streaks.insert(&disabled.subscription_id, StreakChange::Clear);
@@ -215,6 +204,7 @@ async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
             OutcomeEvent::Flush(_) => {}
         }
     }
+    write_delivery_states(&tx, &order, &last_state).await?;
     for (subscription_id, change) in streaks {
         let name = format!("{STREAK_STATE_PREFIX}{subscription_id}");
         match change {
@@ -231,6 +221,72 @@ async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
     }
     tx.commit().await?;
     Ok(wrote_outbox)
+}
+
+/// The new state of each delivery a batch of attempts touched, as one UPDATE per group of
+/// deliveries of one subscription that end in the same state (on a busy endpoint: one
+/// statement for the whole batch).
+async fn write_delivery_states<C: ConnectionTrait>(
+    tx: &C,
+    order: &[&DeliveryKey],
+    last_state: &HashMap<&DeliveryKey, &AttemptRecord>,
+) -> Result<(), DbErr> {
+    type Group<'a> = (
+        &'a str,
+        &'static str,
+        u32,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let mut groups: Vec<(Group, Vec<String>)> = Vec::new();
+    let mut index: HashMap<Group, usize> = HashMap::new();
+    for key in order {
+        let Some(record) = last_state.get(key) else {
+            continue;
+        };
+        let group: Group = (
+            key.subscription_id.as_str(),
+            record.status.as_str(),
+            record.attempt_count,
+            record.lease_until_ms,
+            record.first_failure_ms,
+            record.next_attempt_ms,
+        );
+        let at = *index.entry(group).or_insert_with(|| {
+            groups.push((group, Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push(key.message_id.clone());
+    }
+    for (
+        (subscription_id, status, attempt_count, lease_until_ms, first_failure_ms, next_attempt_ms),
+        ids,
+    ) in groups
+    {
+        for chunk in ids.chunks(500) {
+            let mut update = delivery::Entity::update_many()
+                .col_expr(delivery::Column::Status, Expr::value(status))
+                .col_expr(
+                    delivery::Column::AttemptCount,
+                    Expr::value(i32::try_from(attempt_count).unwrap_or(i32::MAX)),
+                )
+                .col_expr(delivery::Column::LeaseUntilMs, Expr::value(lease_until_ms))
+                .col_expr(
+                    delivery::Column::FirstFailureMs,
+                    Expr::value(first_failure_ms),
+                );
+            if let Some(next) = next_attempt_ms {
+                update = update.col_expr(delivery::Column::NextAttemptMs, Expr::value(next));
+            }
+            update
+                .filter(delivery::Column::SubscriptionId.eq(subscription_id))
+                .filter(delivery::Column::MessageId.is_in(chunk.iter().cloned()))
+                .exec(tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Ends every pending delivery of a subscription as failed.
