@@ -131,7 +131,7 @@ impl Planes {
                 .add_service(server_plane.ingest_service())
                 .add_service(server_plane.dispatch_service())
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(data_listener),
+                    sluice::server::incoming(data_listener),
                     server_shutdown.cancelled_owned(),
                 )
                 .await?;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::bail;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DeliveryArgs;
@@ -75,7 +74,10 @@ pub async fn run_data(
         .add_service(reflection_v1alpha)
         .add_service(plane.ingest_service())
         .add_service(plane.dispatch_service())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            crate::server::incoming(listener),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     plane.drained().await;
     Ok(())

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -39,6 +38,13 @@ pub(crate) fn reflection(
         b
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// The accepted connections of `listener`, with `TCP_NODELAY` set. The server builder's
+/// own `tcp_nodelay` only applies to listeners it binds itself; without it, small gRPC
+/// responses (publish acks) wait for the peer's delayed ACK, about 40 ms.
+pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// A tonic server builder with the settings both planes share.
@@ -93,7 +99,10 @@ pub async fn serve_control(
         .add_service(delivery)
         .add_service(data_plane);
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            crate::server::incoming(listener),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }

@@ -10,13 +10,17 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The log filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str =
     "info,sqlx=warn,sea_orm_migration=warn,h2=warn,hyper=warn,tower=warn,opentelemetry=warn";
+
+/// Which spans are exported: Sluice's own, at INFO.
+const SPAN_FILTER: &str = "info,h2=off,hyper=off,hyper_util=off,tower=off,sqlx=off,sea_orm=off,sea_orm_migration=off,reqwest=off,tonic=off,opentelemetry=off";
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -119,19 +123,35 @@ pub fn init(
             opentelemetry::global::set_tracer_provider(tracer_provider.clone());
             telemetry.tracer_provider = Some(tracer_provider);
             telemetry.meter_provider = Some(meter_provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            // Spans go to the exporter at INFO whatever RUST_LOG says, without the
+            // libraries' own request spans.
+            let spans_filter = EnvFilter::new(SPAN_FILTER);
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(spans_filter),
+            )
         }
     };
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Log lines are events only: the fmt layer would otherwise format the fields of every
+    // span (four per delivered event) just in case a log line inside it wants them, and
+    // with export off, spans nobody wants cost nothing.
+    let log_filter = filter.and(filter_fn(|metadata| metadata.is_event()));
+    let registry = tracing_subscriber::registry().with(otel_layer);
     let result = match args.log_format {
         LogFormat::Plain => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter),
             )
             .try_init(),
     };

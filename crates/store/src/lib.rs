@@ -26,6 +26,11 @@ pub enum Plane {
 /// SQLite runs in WAL mode with `synchronous=FULL`: a commit that returned is on disk, which
 /// is what "acked means durable" needs; throughput comes from batching many events per
 /// commit, not from weaker syncs.
+///
+/// SQLite gets one connection: it has one writer anyway, and several connections only
+/// turn waiting in line into SQLite's busy-handler sleeps (1 to 100 ms each), which showed
+/// as a 40 ms p99 on publish acks in `sluice bench`. Every query must therefore run on the
+/// transaction it is inside, never on a second connection.
 pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -34,7 +39,7 @@ pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> 
         .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         options
-            .max_connections(8)
+            .max_connections(1)
             .min_connections(1)
             .map_sqlx_sqlite_opts(|opts| {
                 opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
