@@ -94,6 +94,22 @@ async fn one_trace_from_publisher_to_receiver() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
+    // A refused call: its server span carries the gRPC status.
+    let bad_trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut bad = tonic::Request::new(dpb::PublishRequest {
+        event_type: "not an event".into(),
+        payload_json: "{}".into(),
+        ..Default::default()
+    });
+    bad.metadata_mut().insert(
+        "traceparent",
+        format!("00-{bad_trace_id}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    let refused = ingest.publish(bad).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
     // The receiver continues the trace, on both attempts.
     let posts = receiver.wait_for(2, Duration::from_secs(20)).await;
     let posts: Vec<_> = posts
@@ -131,6 +147,7 @@ async fn one_trace_from_publisher_to_receiver() {
                 && named(&t, "sluice.durable_write") >= 1
                 && named(&t, "sluice.deliver") >= 2
                 && named(&t, "POST") >= 2
+                && all.iter().any(|s| s.trace_id() == bad_trace_id)
         })
         .await;
     let trace = in_trace(&spans);
@@ -142,6 +159,13 @@ async fn one_trace_from_publisher_to_receiver() {
     assert_eq!(server.service, "sluice-data");
     assert_eq!(server.attr("rpc.system").as_deref(), Some("grpc"));
     assert_eq!(server.attr("rpc.method").as_deref(), Some("Publish"));
+    assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("0"));
+    let refused_span = spans.iter().find(|s| s.trace_id() == bad_trace_id).unwrap();
+    assert_eq!(
+        refused_span.attr("rpc.grpc.status_code").as_deref(),
+        Some("3"),
+        "{refused_span:?}"
+    );
 
     let mut attempts: Vec<&ReceivedSpan> = trace.iter().filter(|s| s.span.name == "POST").collect();
     attempts.sort_by_key(|s| s.attr("http.request.resend_count"));

@@ -193,6 +193,10 @@ pub struct DevArgs {
     /// Directory for the SQLite files.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
     pub data_dir: PathBuf,
+    /// Run both planes on this database instead of SQLite (`postgres://...`); their tables
+    /// and migration histories are distinct, so they can share one database.
+    #[arg(long, env = "SLUICE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Delays before each attempt, comma-separated.
     #[arg(
         long,
@@ -328,7 +332,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| DEV_ADMIN_KEY.to_owned());
     let internal_token = sluice_core::apikey::generate_api_key();
     let storage = StorageArgs {
-        database_url: None,
+        database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
     };
     let delivery = DeliveryArgs {
@@ -387,10 +391,20 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The host part of a database URL, for messages: never the credentials.
+fn url_host(url: &str) -> String {
+    url.rsplit_once('@')
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn print_banner(args: &DevArgs, admin_key: &str, data_dir: &Path) {
     let c = args.control_listen;
     println!(
-        "\nSluice dev is running (SQLite under {dir}).\n\
+        "\nSluice dev is running ({storage}).\n\
          \n  control plane  {c}   (workspaces, keys, event types, subscriptions, delivery log)\
          \n  data plane     {d}   (publish events)\
          \n  admin key      {admin_key}\
@@ -398,7 +412,10 @@ fn print_banner(args: &DevArgs, admin_key: &str, data_dir: &Path) {
          \n\nTry:\n  grpcurl -plaintext {c} list\
          \n  grpcurl -plaintext -H 'authorization: Bearer {admin_key}' \\\
          \n    -d '{{\"workspace\": {{\"display_name\": \"Tideflow\"}}}}' {c} sluice.control.v1.WorkspaceService/CreateWorkspace\n",
-        dir = data_dir.display(),
+        storage = match &args.database_url {
+            Some(url) => format!("PostgreSQL at {}", url_host(url)),
+            None => format!("SQLite under {}", data_dir.display()),
+        },
         d = args.data_listen,
     );
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::Router;
 
 /// The reflection services advertising `services` (fully-qualified names) plus health.
 pub(crate) fn reflection(
@@ -47,13 +46,74 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Records the gRPC status of each call on its server span (`rpc.grpc.status_code`, and
+/// `otel.status_code = ERROR` when it is not OK). The status is read from the response
+/// headers, where tonic puts it for calls that fail before any message; a response without
+/// it is OK at this point (a stream that fails later reports it in trailers, not seen here).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcStatusLayer;
+
+impl<S> tower::Layer<S> for GrpcStatusLayer {
+    type Service = GrpcStatus<S>;
+
+    fn layer(&self, inner: S) -> GrpcStatus<S> {
+        GrpcStatus(inner)
+    }
+}
+
+/// The service of [`GrpcStatusLayer`].
+#[derive(Clone, Debug)]
+pub struct GrpcStatus<S>(S);
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcStatus<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = self.0.call(request);
+        Box::pin(async move {
+            // Polled inside the server span, which tonic enters around this future.
+            let span = tracing::Span::current();
+            let result = response.await;
+            if let Ok(response) = &result {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(0);
+                span.record("rpc.grpc.status_code", code);
+                if code != 0 {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            result
+        })
+    }
+}
+
 /// A tonic server builder with the settings both planes share.
-pub(crate) fn builder() -> Server {
+pub(crate) fn builder()
+-> Server<tower::layer::util::Stack<GrpcStatusLayer, tower::layer::util::Identity>> {
     Server::builder()
         .trace_fn(crate::telemetry::grpc_server_span)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(GrpcStatusLayer)
 }
 
 /// Serves the control plane on `listener` until `shutdown` fires.
@@ -89,7 +149,7 @@ pub async fn serve_control(
         "sluice.control.v1.DeliveryService",
         "sluice.control.v1.DataPlaneService",
     ])?;
-    let router: Router = builder()
+    let router = builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
