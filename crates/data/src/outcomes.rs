@@ -153,7 +153,9 @@ async fn write_with_retries(shared: &Shared, batch: Vec<OutcomeEvent>, closing: 
 
 /// Writes one batch in one transaction. Returns whether an outbox row was added.
 async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
+    let started = std::time::Instant::now();
     let tx = shared.db.begin().await?;
+    tracing::debug!(events = batch.len(), wait_micros = started.elapsed().as_micros() as u64, "outcome batch: connection acquired");
     let mut report = ReportOutcomesRequest::default();
     let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
     let mut last_state: HashMap<&DeliveryKey, &AttemptRecord> = HashMap::new();
