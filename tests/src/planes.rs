@@ -250,6 +250,8 @@ pub enum Reply {
     Redirect(String),
     /// Never answer.
     Hang,
+    /// Answer this status after this many milliseconds.
+    Delayed(u16, u64),
 }
 
 /// One request a receiver got.
@@ -384,6 +386,10 @@ async fn receive(
         )
             .into_response(),
         Reply::Redirect(location) => (StatusCode::FOUND, [("location", location)]).into_response(),
+        Reply::Delayed(code, ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            StatusCode::from_u16(code).unwrap().into_response()
+        }
         Reply::Hang => {
             std::future::pending::<()>().await;
             StatusCode::OK.into_response()

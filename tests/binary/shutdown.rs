@@ -1,0 +1,135 @@
+//! Graceful shutdown of the real binary: SIGTERM while deliveries are in flight to a slow
+//! endpoint. The data plane must exit cleanly within its grace period, and after a restart
+//! every event it acked must still reach the receiver.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use sluice_proto::control::v1 as pb;
+use sluice_proto::data::v1 as dpb;
+use sluice_tests::planes::{Receiver, Reply};
+use sluice_tests::process::Deployment;
+use sluice_tests::{ADMIN_KEY, Bearer, Clients, TestDatabase, backends, create_workspace_with_key};
+
+const EVENTS: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_or_keeps_in_flight_work() {
+    for backend in backends() {
+        let control_db = TestDatabase::create(&backend).await;
+        let data_db = TestDatabase::create(&backend).await;
+        // Slow enough that a burst is still in flight when SIGTERM arrives.
+        let receiver = Receiver::start(Vec::new(), Reply::Delayed(200, 300)).await;
+        let mut deployment = Deployment::start(
+            &sluice_tests::sluice_bin!(),
+            &control_db.url,
+            &data_db.url,
+            &[
+                "--shutdown-grace-secs",
+                "1",
+                "--retry-schedule",
+                "0s,200ms,1s",
+                "--delivery-lease-secs",
+                "2",
+            ],
+            &[],
+        )
+        .await;
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", deployment.control.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let (_, key) =
+            create_workspace_with_key(Clients::new(channel.clone(), Some(ADMIN_KEY)), "shutdown")
+                .await;
+        Clients::new(channel, Some(&key))
+            .subscriptions
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(pb::Subscription {
+                    url: receiver.url("/slow"),
+                    filters: vec!["*".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let data =
+            tonic::transport::Channel::from_shared(format!("http://{}", deployment.data_addr()))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut ingest = dpb::ingest_service_client::IngestServiceClient::with_interceptor(
+            data,
+            Bearer(Some(format!("Bearer {key}").parse().unwrap())),
+        );
+        let mut acked = Vec::new();
+        while acked.len() < EVENTS {
+            let request = dpb::PublishRequest {
+                event_type: "call.handled".into(),
+                payload_json: format!(r#"{{"n":{}}}"#, acked.len()),
+                ..Default::default()
+            };
+            match ingest.publish(request).await {
+                Ok(r) if r.get_ref().delivery_count == 1 => acked.push(r.into_inner().message_id),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await, // config not there yet
+                Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(s) => panic!("publish failed: {s:?}"),
+            }
+        }
+        // Deliveries are in flight now (16 at a time, 300 ms each).
+        receiver.wait_for(1, Duration::from_secs(10)).await;
+        let started = Instant::now();
+        let clean = deployment.data.as_mut().unwrap().terminate();
+        let took = started.elapsed();
+        assert!(
+            clean,
+            "the data plane did not exit cleanly on SIGTERM; logs:\n{}",
+            deployment.logs()
+        );
+        println!(
+            "{backend:?}: SIGTERM to exit took {took:?}, {} POSTs received by then",
+            receiver.received().len()
+        );
+        deployment.data.take();
+
+        deployment.restart_data().await;
+        let wanted: HashSet<&String> = acked.iter().collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: HashSet<String> = receiver
+                .received()
+                .iter()
+                .map(|r| r.header("webhook-id").to_owned())
+                .collect();
+            let missing = wanted
+                .iter()
+                .filter(|id| !got.contains(id.as_str()))
+                .count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} acked events never arrived; logs:\n{}",
+                deployment.logs()
+            );
+            let n = receiver.received().len();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                receiver.wait_for(n + 1, Duration::from_secs(3)),
+            )
+            .await;
+        }
+        drop(deployment);
+        control_db.drop_database().await;
+        data_db.drop_database().await;
+    }
+}
