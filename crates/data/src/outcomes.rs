@@ -155,7 +155,11 @@ async fn write_with_retries(shared: &Shared, batch: Vec<OutcomeEvent>, closing: 
 async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
     let started = std::time::Instant::now();
     let tx = shared.db.begin().await?;
-    tracing::debug!(events = batch.len(), wait_micros = started.elapsed().as_micros() as u64, "outcome batch: connection acquired");
+    tracing::debug!(
+        events = batch.len(),
+        wait_micros = started.elapsed().as_micros() as u64,
+        "outcome batch: connection acquired"
+    );
     let mut report = ReportOutcomesRequest::default();
     let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
     let mut last_state: HashMap<&DeliveryKey, &AttemptRecord> = HashMap::new();

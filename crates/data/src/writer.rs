@@ -102,7 +102,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PublishJob>)
 async fn process(shared: &Arc<Shared>, jobs: Vec<PublishJob>) {
     let started = std::time::Instant::now();
     let written = write(shared, &jobs).await;
-    tracing::debug!(events = jobs.len(), micros = started.elapsed().as_micros() as u64, "publish batch written");
+    tracing::debug!(
+        events = jobs.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "publish batch written"
+    );
     match written {
         Ok(written) => finish(shared, jobs, written),
         // Another writer (a replica, or a racing batch) took an idempotency key between our
