@@ -249,11 +249,11 @@ async fn create_subscription_refuses_bad_input() {
         );
         invalid!(
             h,
-            "description with a newline",
+            "description with a control character",
             "subscription.description",
             c.subscriptions
                 .create_subscription(create(pb::Subscription {
-                    description: "a\nb".into(),
+                    description: "a\u{7}b".into(),
                     ..valid()
                 }))
         );

@@ -6,7 +6,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 use sluice_core::event::normalize_event_name;
-use sluice_core::validate::bounded_text;
+use sluice_core::validate::multiline_text;
 use sluice_proto::control::v1 as pb;
 use sluice_proto::json::struct_to_json;
 use sluice_store::control::event_type;
@@ -101,7 +101,7 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
         let name = v.check("event_type.name", normalize_event_name(&input.name));
         v.check(
             "event_type.description",
-            bounded_text(&input.description, MAX_DESCRIPTION),
+            multiline_text(&input.description, MAX_DESCRIPTION),
         );
         let version = version(&mut v, input.version);
         let json_schema = document(&mut v, "event_type.json_schema", &input.json_schema);
@@ -214,7 +214,7 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
         if has("description") {
             v.check(
                 "event_type.description",
-                bounded_text(&input.description, MAX_DESCRIPTION),
+                multiline_text(&input.description, MAX_DESCRIPTION),
             );
         }
         let version = if has("version") {

@@ -11,7 +11,7 @@ use sea_orm::{
 use sluice_core::event::{EventFilter, normalize_event_name};
 use sluice_core::ids::{IdKind, new_id};
 use sluice_core::signing::SigningSecret;
-use sluice_core::validate::{MAX_CUSTOM_HEADERS, bounded_text, custom_header, endpoint_url};
+use sluice_core::validate::{MAX_CUSTOM_HEADERS, custom_header, endpoint_url, multiline_text};
 use sluice_proto::control::v1 as pb;
 use sluice_proto::json::struct_to_json;
 use sluice_store::control::{event_type, subscription};
@@ -73,7 +73,7 @@ fn validate(
     if selected("description") {
         v.check(
             "subscription.description",
-            bounded_text(&input.description, MAX_DESCRIPTION),
+            multiline_text(&input.description, MAX_DESCRIPTION),
         );
         f.description = input.description.clone();
     }
@@ -507,7 +507,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .await?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        v.check("message", bounded_text(&r.message, MAX_DESCRIPTION));
+        v.check("message", multiline_text(&r.message, MAX_DESCRIPTION));
         v.finish()?;
         let message = if r.message.is_empty() {
             "disabled by a user".to_owned()

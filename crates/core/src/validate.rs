@@ -234,6 +234,38 @@ pub fn bounded_text(s: &str, max_bytes: usize) -> Result<(), TextError> {
     Ok(())
 }
 
+/// Like [`bounded_text`], for free text people write in several lines (descriptions):
+/// newlines and tabs are allowed, other control characters are not.
+pub fn multiline_text(s: &str, max_bytes: usize) -> Result<(), TextError> {
+    if s.len() > max_bytes {
+        return Err(TextError::TooLong {
+            len: s.len(),
+            max: max_bytes,
+        });
+    }
+    if let Some(ch) = s
+        .chars()
+        .find(|c| c.is_control() && *c != '\n' && *c != '\t')
+    {
+        return Err(TextError::ControlCharacter { ch });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod multiline_tests {
+    use super::{bounded_text, multiline_text};
+
+    #[test]
+    fn descriptions_may_span_lines_but_not_carry_other_controls() {
+        assert!(multiline_text("line one\nline two\twith a tab", 100).is_ok());
+        assert!(bounded_text("line one\nline two", 100).is_err());
+        assert!(multiline_text("bell\u{7}", 100).is_err());
+        assert!(multiline_text("carriage\r", 100).is_err());
+        assert!(multiline_text(&"x".repeat(101), 100).is_err());
+    }
+}
+
 /// RFC 9110 `tchar`.
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric()
