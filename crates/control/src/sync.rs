@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
@@ -76,36 +76,59 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
         let plane = self.0.clone();
         tokio::spawn(async move {
             loop {
-                let batch = tokio::select! {
+                let first = tokio::select! {
                     batch = inbound.next() => batch,
                     () = plane.inner.streams.cancelled() => break,
                 };
-                let Some(batch) = batch else { break };
-                let reply = match batch {
-                    Ok(batch) => {
-                        let batch_id = batch.batch_id;
-                        let span = tracing::info_span!(
-                            "store_outcomes",
-                            otel.name = "sluice.store_outcomes",
-                            otel.kind = "consumer",
-                            sluice.batch_id = batch_id,
-                            sluice.messages = batch.messages.len(),
-                            sluice.attempts = batch.attempts.len(),
-                        );
-                        crate::trace::set_parent(&span, &batch.traceparent);
-                        store_outcomes(&plane, batch)
-                            .instrument(span)
-                            .await
-                            .map(|()| pb::ReportOutcomesResponse { batch_id })
-                            .map_err(Status::from)
-                    }
-                    Err(status) => {
+                let mut batches = match first {
+                    Some(Ok(batch)) => vec![batch],
+                    Some(Err(status)) => {
                         tracing::debug!(%status, "outcome stream ended");
                         break;
                     }
+                    None => break,
                 };
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
+                // Batches already waiting are stored in the same transaction: a busy data
+                // plane costs a commit per group of batches, not per batch.
+                let mut ended = false;
+                while batches.len() < MAX_BATCHES_PER_COMMIT {
+                    match inbound.next().now_or_never() {
+                        Some(Some(Ok(batch))) => batches.push(batch),
+                        Some(Some(Err(_)) | None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let ids: Vec<u64> = batches.iter().map(|b| b.batch_id).collect();
+                let span = tracing::info_span!(
+                    "store_outcomes",
+                    otel.name = "sluice.store_outcomes",
+                    otel.kind = "consumer",
+                    sluice.batches = batches.len(),
+                    sluice.messages = batches.iter().map(|b| b.messages.len()).sum::<usize>(),
+                    sluice.attempts = batches.iter().map(|b| b.attempts.len()).sum::<usize>(),
+                );
+                crate::trace::set_parent(&span, &batches[0].traceparent);
+                match store_outcomes(&plane, batches).instrument(span).await {
+                    Ok(()) => {
+                        for batch_id in ids {
+                            if tx
+                                .send(Ok(pb::ReportOutcomesResponse { batch_id }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                }
+                if ended {
                     break;
                 }
             }
@@ -264,6 +287,9 @@ fn trigger_name(trigger: i32) -> &'static str {
     }
 }
 
+/// The most outcome batches stored in one transaction.
+const MAX_BATCHES_PER_COMMIT: usize = 64;
+
 /// Rows per multi-row statement: well under SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -273,8 +299,16 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// batch resent after a lost ack changes nothing.
 async fn store_outcomes(
     plane: &ControlPlane,
-    batch: pb::ReportOutcomesRequest,
+    batches: Vec<pb::ReportOutcomesRequest>,
 ) -> Result<(), ApiError> {
+    let mut batch = pb::ReportOutcomesRequest::default();
+    for b in batches {
+        batch.messages.extend(b.messages);
+        batch.attempts.extend(b.attempts);
+        batch
+            .disabled_subscriptions
+            .extend(b.disabled_subscriptions);
+    }
     let revision = plane
         .db()
         .transaction::<_, i64, ApiError>(|tx| {
