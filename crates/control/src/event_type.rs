@@ -26,7 +26,13 @@ pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 pub struct EventTypeApi(pub(crate) ControlPlane);
 
 fn document(v: &mut Violations, field: &str, s: &Option<prost_types::Struct>) -> Option<String> {
-    let json = struct_to_json(s.as_ref()?);
+    let json = match struct_to_json(s.as_ref()?) {
+        Ok(json) => json,
+        Err(e) => {
+            v.add(field, e.to_string());
+            return None;
+        }
+    };
     if json.len() > MAX_DOCUMENT_BYTES {
         v.add(
             field,

@@ -607,7 +607,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let event = event.unwrap_or_default();
         let row = self.find(&workspace_id, &r.id).await?;
         let payload_json = match &r.payload {
-            Some(p) => struct_to_json(p),
+            Some(p) => {
+                struct_to_json(p).map_err(|e| ApiError::invalid("payload", e.to_string()))?
+            }
             None => event_type::Entity::find_by_id((workspace_id.clone(), event.clone()))
                 .one(self.0.db())
                 .await

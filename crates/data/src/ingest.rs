@@ -25,10 +25,10 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{DataError, Violation};
-use crate::payload::struct_to_json;
 use crate::shared::Shared;
 use crate::time::ms_from_timestamp;
 use crate::writer::{NewMessage, PublishJob};
+use sluice_proto::json::struct_to_json;
 
 /// The longest idempotency key, in bytes.
 pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;

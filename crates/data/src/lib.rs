@@ -25,7 +25,6 @@ mod ingest;
 mod leader;
 mod metrics;
 mod outcomes;
-mod payload;
 mod queue;
 mod rate_limit;
 mod reporter;
