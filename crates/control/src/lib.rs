@@ -31,8 +31,8 @@ use tonic::transport::Channel;
 use crate::auth::Authenticator;
 use crate::error::{ApiError, ApiResult};
 
-/// What the control plane is told at start.
-#[derive(Clone, Debug)]
+/// What the control plane is told at start. Its `Debug` hides the secrets.
+#[derive(Clone)]
 pub struct ControlConfig {
     /// The key that manages workspaces. Never logged.
     pub admin_key: String,
@@ -43,6 +43,17 @@ pub struct ControlConfig {
     /// Where the data plane's `DispatchService` listens (`http://127.0.0.1:50052`), for
     /// test sends, retries and replays; `None` answers those with UNAVAILABLE.
     pub data_plane_endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("admin_key", &"<redacted>")
+            .field("internal_token", &"<redacted>")
+            .field("allow_http", &self.allow_http)
+            .field("data_plane_endpoint", &self.data_plane_endpoint)
+            .finish()
+    }
 }
 
 /// The control plane's shared state; cheap to clone into each service.
@@ -239,4 +250,19 @@ async fn latest_revision<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
         .await?
         .map(|c| c.revision)
         .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_debug_never_shows_the_secrets() {
+        let config = super::ControlConfig {
+            admin_key: "sk_admin_secret_value".into(),
+            internal_token: "internal_secret_value".into(),
+            allow_http: false,
+            data_plane_endpoint: None,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret_value"), "{shown}");
+    }
 }

@@ -71,8 +71,8 @@ const RETRY_QUEUE: usize = 16_384;
 /// attempts used up the grace period.
 const MIN_REPORT_FLUSH: Duration = Duration::from_secs(1);
 
-/// What the data plane is told at start.
-#[derive(Clone, Debug)]
+/// What the data plane is told at start. Its `Debug` hides the internal token.
+#[derive(Clone)]
 pub struct DataConfig {
     /// Sent as `authorization: Bearer <token>` to the control plane, and required on
     /// DispatchService calls. Never logged.
@@ -107,6 +107,21 @@ pub struct DataConfig {
     pub lease: Duration,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for DataConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataConfig")
+            .field("internal_token", &"<redacted>")
+            .field("control_endpoint", &self.control_endpoint)
+            .field("retry", &self.retry)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("sender", &self.sender)
+            .field("endpoint_concurrency", &self.endpoint_concurrency)
+            .field("lease", &self.lease)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for DataConfig {
