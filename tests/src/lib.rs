@@ -36,7 +36,15 @@ pub fn backends() -> Vec<Backend> {
     let mut all = vec![Backend::Sqlite];
     match std::env::var(POSTGRES_ENV) {
         Ok(url) if !url.is_empty() => all.push(Backend::Postgres(url)),
-        _ => eprintln!("SKIPPING the PostgreSQL run of this test: {POSTGRES_ENV} is not set"),
+        // Written to stderr directly, not with `eprintln!`, which the test runner captures
+        // and hides for passing tests: a skip must be seen.
+        _ => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPING the PostgreSQL run of this test: {POSTGRES_ENV} is not set"
+            );
+        }
     }
     all
 }
