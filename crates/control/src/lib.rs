@@ -13,7 +13,6 @@ pub mod event_type;
 pub mod page;
 pub mod subscription;
 pub mod sync;
-mod trace;
 pub mod workspace;
 
 use std::sync::Arc;
@@ -178,7 +177,7 @@ impl ControlPlane {
             .parse()
             .map_err(|_| ApiError::Internal("the internal token is not valid metadata".into()))?;
         request.metadata_mut().insert("authorization", value);
-        trace::inject_current(request.metadata_mut());
+        sluice_telemetry::inject_current(request.metadata_mut());
         request.set_timeout(std::time::Duration::from_secs(30));
         Ok(request)
     }

@@ -110,7 +110,7 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
                     sluice.messages = batches.iter().map(|b| b.messages.len()).sum::<usize>(),
                     sluice.attempts = batches.iter().map(|b| b.attempts.len()).sum::<usize>(),
                 );
-                crate::trace::set_parent(&span, &batches[0].traceparent);
+                sluice_telemetry::set_parent(&span, Some(&batches[0].traceparent), None);
                 match store_outcomes(&plane, batches).instrument(span).await {
                     Ok(()) => {
                         for batch_id in ids {

@@ -52,7 +52,7 @@ impl ControlClient {
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
-        crate::trace::inject_current(request.metadata_mut());
+        sluice_telemetry::inject_current(request.metadata_mut());
         request
     }
 }

@@ -122,7 +122,7 @@ impl DispatchService for DispatchApi {
             event_type,
             envelope: envelope.into(),
             // The test send is part of the control plane's SendTestEvent trace.
-            traceparent: crate::trace::headers_of(&tracing::Span::current()).map(|(p, _)| p),
+            traceparent: sluice_telemetry::span_headers(&tracing::Span::current()).map(|(p, _)| p),
             tracestate: None,
             create_ms: now.timestamp_millis(),
         };

@@ -345,7 +345,7 @@ pub(crate) async fn make_attempt(
         sluice.attempt_number = attempt_number,
         sluice.trigger = trigger.as_str_name(),
     );
-    crate::trace::set_parent(
+    sluice_telemetry::set_parent(
         &span,
         message.traceparent.as_deref(),
         message.tracestate.as_deref(),

@@ -302,7 +302,7 @@ async fn submit(
         sluice.event_type = %event.event_type,
         sluice.workspace_id = %key_workspace,
     );
-    let (traceparent, tracestate) = match crate::trace::headers_of(&span) {
+    let (traceparent, tracestate) = match sluice_telemetry::span_headers(&span) {
         Some((parent, state)) => (Some(parent), state),
         None => (trace.traceparent.clone(), trace.tracestate.clone()),
     };

@@ -31,7 +31,6 @@ mod reporter;
 mod scheduler;
 mod shared;
 mod time;
-mod trace;
 mod watcher;
 mod writer;
 

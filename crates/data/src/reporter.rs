@@ -190,7 +190,7 @@ async fn session(
                             sluice.messages = batch.messages.len(),
                             sluice.attempts = batch.attempts.len(),
                         );
-                        if let Some((parent, _)) = crate::trace::headers_of(&span) {
+                        if let Some((parent, _)) = sluice_telemetry::span_headers(&span) {
                             batch.traceparent = parent;
                         }
                         spans.insert(row.seq, span);

@@ -333,7 +333,7 @@ impl Sender {
         // The receiver continues the trace under this attempt's span when OpenTelemetry is
         // on; otherwise the stored context passes through. A malformed one is dropped rather
         // than failing a delivery over it.
-        let own = current_trace_context();
+        let own = sluice_telemetry::span_headers(&tracing::Span::current());
         let (traceparent, tracestate) = match &own {
             Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
             None => (request.traceparent, request.tracestate),
@@ -497,23 +497,6 @@ fn innermost_cause(chain: &[&(dyn StdError + 'static)]) -> String {
         .rev()
         .find(|e| !e.is::<reqwest::Error>())
         .map_or_else(|| "unknown error".to_owned(), |e| e.to_string())
-}
-
-/// The W3C trace context of the current span, when OpenTelemetry tracks it.
-fn current_trace_context() -> Option<(String, Option<String>)> {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let context = tracing::Span::current().context();
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = std::collections::HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
-    let parent = carrier.remove("traceparent")?;
-    Some((
-        parent,
-        carrier.remove("tracestate").filter(|s| !s.is_empty()),
-    ))
 }
 
 /// `url` as it may appear in telemetry: no user or password, every query value replaced,

@@ -213,23 +213,7 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         rpc.grpc.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(request.headers()))
-    });
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let _ = span.set_parent(parent);
+    let _ = span.set_parent(sluice_telemetry::context_from_headers(request.headers()));
     span
-}
-
-/// Reads W3C trace context from HTTP/2 headers (gRPC metadata).
-pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
-
-impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
 }

@@ -1,12 +1,17 @@
-//! W3C trace context between spans, stored messages and gRPC metadata. When OpenTelemetry
-//! export is off, spans carry no context and the publisher's own context passes through.
+//! W3C trace context (`traceparent`, `tracestate`) between `tracing` spans and the places
+//! it travels: stored with a message, in HTTP headers to receivers, in gRPC metadata between
+//! the planes. One place, so every crate propagates the same way. When OpenTelemetry export
+//! is off, spans carry no context: the functions then return `None` or do nothing, and
+//! callers pass the publisher's own context through.
 
+use opentelemetry::Context;
+use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// `span`'s W3C context as (traceparent, tracestate), when OpenTelemetry tracks it.
-pub(crate) fn headers_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
+pub fn span_headers(span: &tracing::Span) -> Option<(String, Option<String>)> {
     let context = span.context();
     if !context.span().span_context().is_valid() {
         return None;
@@ -20,13 +25,10 @@ pub(crate) fn headers_of(span: &tracing::Span) -> Option<(String, Option<String>
     ))
 }
 
-/// Makes `span` a child of a stored W3C context (no-op when there is none).
-pub(crate) fn set_parent(
-    span: &tracing::Span,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) {
-    let Some(traceparent) = traceparent else {
+/// Makes `span` a child of a stored W3C context; does nothing when there is none or it is
+/// not valid.
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    let Some(traceparent) = traceparent.filter(|t| !t.is_empty()) else {
         return;
     };
     let mut carrier = std::collections::HashMap::new();
@@ -41,8 +43,8 @@ pub(crate) fn set_parent(
 }
 
 /// Adds the current span's W3C context to outgoing gRPC metadata.
-pub(crate) fn inject_current(metadata: &mut MetadataMap) {
-    if let Some((parent, state)) = headers_of(&tracing::Span::current()) {
+pub fn inject_current(metadata: &mut MetadataMap) {
+    if let Some((parent, state)) = span_headers(&tracing::Span::current()) {
         for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
             if let (Some(value), Ok(key)) = (value, MetadataKey::from_bytes(name.as_bytes()))
                 && let Ok(value) = MetadataValue::try_from(value.as_str())
@@ -50,5 +52,22 @@ pub(crate) fn inject_current(metadata: &mut MetadataMap) {
                 metadata.insert(key, value);
             }
         }
+    }
+}
+
+/// The caller's W3C context from HTTP/2 headers (gRPC metadata).
+pub fn context_from_headers(headers: &http::HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
     }
 }
