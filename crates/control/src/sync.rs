@@ -313,7 +313,12 @@ async fn store_outcomes(
         .db()
         .transaction::<_, i64, ApiError>(|tx| {
             Box::pin(async move {
-                lock_config_writes(tx).await?;
+                // Only a disable changes config; plain outcome batches do not take the config
+                // lock, so several control-plane replicas store outcomes side by side. (On
+                // SQLite the one connection already serialises writers.)
+                if !batch.disabled_subscriptions.is_empty() {
+                    lock_config_writes(tx).await?;
+                }
                 store_messages(tx, &batch.messages).await?;
                 store_attempts(tx, &batch.attempts).await?;
                 let mut revision = 0;
