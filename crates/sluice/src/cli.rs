@@ -197,13 +197,9 @@ pub struct DevArgs {
     /// and migration histories are distinct, so they can share one database.
     #[arg(long, env = "SLUICE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Delays before each attempt, comma-separated.
-    #[arg(
-        long,
-        env = "SLUICE_RETRY_SCHEDULE",
-        default_value = "0s,5s,5m,30m,2h,5h,10h,10h"
-    )]
-    pub retry_schedule: String,
+    /// How the data plane delivers (dev always allows plain http and private addresses).
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// Flags of `sluice migrate`.
@@ -335,19 +331,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
     };
+    // Development: local receivers on http://127.0.0.1 must work.
     let delivery = DeliveryArgs {
         allow_http: true,
         allow_private_destinations: true,
-        egress_allow: Vec::new(),
-        retry_schedule: args.retry_schedule.clone(),
-        max_payload_bytes: 256 * 1024,
-        connect_timeout_ms: 5_000,
-        request_timeout_ms: 15_000,
-        endpoint_concurrency: 16,
-        disable_after_hours: 120,
-        disable_after_attempts: 0,
-        shutdown_grace_secs: 10,
-        delivery_lease_secs: 60,
+        ..args.delivery.clone()
     };
     let data_config = crate::dataplane::data_config(
         &delivery,
