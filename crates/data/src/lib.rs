@@ -24,6 +24,7 @@ mod error;
 mod ingest;
 mod leader;
 mod metrics;
+mod outbox;
 mod outcomes;
 mod queue;
 mod rate_limit;
@@ -238,9 +239,10 @@ impl DataPlane {
             publish_tx,
             outcome_tx,
             retry_tx,
-            outbox_written: Notify::new(),
+            outbox: outbox::Outbox::default(),
             scan_now: Notify::new(),
             shutdown,
+            publishes_drained: CancellationToken::new(),
             abort_attempts: CancellationToken::new(),
             outcomes_closing: CancellationToken::new(),
             reporter_flush: CancellationToken::new(),
@@ -262,8 +264,7 @@ impl DataPlane {
                 .outbox_depth
                 .store(rows as i64, std::sync::atomic::Ordering::Relaxed);
         }
-        let publish_writer = tokio::spawn(writer::run(Arc::clone(&shared), publish_rx));
-        let outcome_writer = tokio::spawn(outcomes::run(Arc::clone(&shared), outcome_rx));
+        let writer = tokio::spawn(writer::run(Arc::clone(&shared), publish_rx, outcome_rx));
         let timers = tokio::spawn(scheduler::run_timers(Arc::clone(&shared), retry_rx));
         // The first load of pending deliveries happens before start returns; if it fails
         // the scanner tries again within a second, so it does not stop the start.
@@ -276,8 +277,7 @@ impl DataPlane {
         tokio::spawn(coordinate_shutdown(
             Arc::clone(&shared),
             Tasks {
-                publish_writer,
-                outcome_writer,
+                writer,
                 timers,
                 scanner,
                 watcher,
@@ -326,8 +326,7 @@ impl DataPlane {
 }
 
 struct Tasks {
-    publish_writer: tokio::task::JoinHandle<()>,
-    outcome_writer: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
     timers: tokio::task::JoinHandle<()>,
     scanner: tokio::task::JoinHandle<()>,
     watcher: tokio::task::JoinHandle<()>,
@@ -342,7 +341,7 @@ async fn coordinate_shutdown(shared: Arc<Shared>, tasks: Tasks) {
     tracing::info!("data plane shutting down");
 
     // Publishes already queued are written and answered; new ones get UNAVAILABLE.
-    let _ = tasks.publish_writer.await;
+    shared.publishes_drained.cancelled().await;
     for task in [tasks.timers, tasks.scanner, tasks.watcher] {
         let _ = task.await;
     }
@@ -366,7 +365,7 @@ async fn coordinate_shutdown(shared: Arc<Shared>, tasks: Tasks) {
     }
 
     shared.outcomes_closing.cancel();
-    let _ = tasks.outcome_writer.await;
+    let _ = tasks.writer.await;
     if shared.postgres
         && let Err(err) = scheduler::release_all(&shared).await
     {

@@ -1,36 +1,25 @@
-//! The batching outcome writer: every attempt's outcome (the delivery row's new state and an
-//! outbox entry for the control plane) goes through one task that writes many outcomes per
-//! transaction, so a busy dispatcher costs a commit per batch, not per attempt.
+//! Attempt outcomes: what the dispatcher hands the writer after each attempt (the delivery
+//! row's new state, the failure streak, what the control plane is told) and how a batch of
+//! them is written inside the writer's transaction, grouped into few statements, so a busy
+//! dispatcher costs a statement per group of deliveries, not per attempt.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_proto::control::v1::{
     AttemptOutcome, ConfigSubscription, ReportOutcomesRequest, SubscriptionDisabled,
 };
-use sluice_store::data::{delivery, outbox, state};
-use sluice_store::now_ms;
-use tokio::sync::{mpsc, oneshot};
+use sluice_store::data::{delivery, state};
+use tokio::sync::oneshot;
 
-use crate::backoff::Backoff;
 use crate::config_copy::{set_state, upsert_subscription};
 use crate::decision::Streak;
 use crate::queue::DeliveryKey;
 use crate::shared::Shared;
 
-/// The most outcomes written in one transaction.
-const MAX_BATCH: usize = 1000;
-/// How often a failing write is retried during shutdown before its outcomes are given up
-/// (the deliveries then stay pending and are attempted again after the restart).
-const SHUTDOWN_WRITE_TRIES: u32 = 3;
 /// The `dp_state` name prefix of an endpoint's failure streak.
 pub(crate) const STREAK_STATE_PREFIX: &str = "endpoint_failing:";
 
@@ -81,86 +70,13 @@ pub(crate) enum StreakChange {
     Clear,
 }
 
-/// The writer's loop. Stops once `outcomes_closing` is cancelled and everything queued is
-/// written.
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<OutcomeEvent>) {
-    let mut closing = false;
-    loop {
-        let mut batch = Vec::new();
-        if closing {
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                return;
-            }
-        } else {
-            tokio::select! {
-                biased;
-                event = rx.recv() => match event {
-                    Some(event) => batch.push(event),
-                    None => return,
-                },
-                () = shared.outcomes_closing.cancelled() => {
-                    closing = true;
-                    continue;
-                }
-            }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
-                }
-            }
-        }
-        write_with_retries(&shared, batch, closing).await;
-    }
-}
-
-async fn write_with_retries(shared: &Shared, batch: Vec<OutcomeEvent>, closing: bool) {
-    let mut backoff = Backoff::new();
-    let mut tries = 0u32;
-    let wrote = loop {
-        tries += 1;
-        match write(shared, &batch).await {
-            Ok(wrote_outbox) => break wrote_outbox,
-            Err(err) => {
-                tracing::error!(error = %err, outcomes = batch.len(), "writing attempt outcomes failed; retrying");
-                if closing && tries >= SHUTDOWN_WRITE_TRIES {
-                    tracing::error!(
-                        outcomes = batch.len(),
-                        "giving up on these outcomes at shutdown; their deliveries stay pending"
-                    );
-                    break false;
-                }
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    };
-    if wrote {
-        shared.outbox_written.notify_one();
-    }
-    for event in batch {
-        if let OutcomeEvent::Flush(done) = event {
-            // The asker may have gone away; nothing to do then.
-            let _ = done.send(());
-        }
-    }
-}
-
-/// Writes one batch in one transaction. Returns whether an outbox row was added.
-async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
-    let started = std::time::Instant::now();
-    let tx = shared.db.begin().await?;
-    tracing::debug!(
-        events = batch.len(),
-        wait_micros = started.elapsed().as_micros() as u64,
-        "outcome batch: connection acquired"
-    );
-    let mut report = ReportOutcomesRequest::default();
+/// Applies a batch of outcome events inside the writer's transaction, and adds what the
+/// control plane must hear of them (attempts, disabled subscriptions) to `report`.
+pub(crate) async fn apply<C: ConnectionTrait>(
+    tx: &C,
+    batch: &[OutcomeEvent],
+    report: &mut ReportOutcomesRequest,
+) -> Result<(), DbErr> {
     let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
     let mut last_state: HashMap<&DeliveryKey, &AttemptRecord> = HashMap::new();
     let mut order: Vec<&DeliveryKey> = Vec::new();
@@ -179,7 +95,7 @@ async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
             }
             OutcomeEvent::Finished { key, status } => {
                 // Statements keep their order: attempts before this event are written first.
-                write_delivery_states(&tx, &order, &last_state).await?;
+                write_delivery_states(tx, &order, &last_state).await?;
                 order.clear();
                 last_state.clear();
                 delivery::Entity::update_many()
@@ -191,7 +107,7 @@ async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
                     .filter(delivery::Column::MessageId.eq(&key.message_id))
                     .filter(delivery::Column::SubscriptionId.eq(&key.subscription_id))
                     .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-                    .exec(&tx)
+                    .exec(tx)
                     .await?;
             }
             OutcomeEvent::Disabled(disabled) => {
@@ -199,34 +115,40 @@ async fn write(shared: &Shared, batch: &[OutcomeEvent]) -> Result<bool, DbErr> {
                     report: disabled,
                     config,
                 } = disabled.as_ref();
-                write_delivery_states(&tx, &order, &last_state).await?;
+                write_delivery_states(tx, &order, &last_state).await?;
                 order.clear();
                 last_state.clear();
-                fail_pending(&tx, &disabled.subscription_id).await?;
-                upsert_subscription(&tx, config).await?;
+                fail_pending(tx, &disabled.subscription_id).await?;
+                upsert_subscription(tx, config).await?;
                 streaks.insert(&disabled.subscription_id, StreakChange::Clear);
                 report.disabled_subscriptions.push(disabled.clone());
             }
             OutcomeEvent::Flush(_) => {}
         }
     }
-    write_delivery_states(&tx, &order, &last_state).await?;
+    write_delivery_states(tx, &order, &last_state).await?;
     for (subscription_id, change) in streaks {
         let name = format!("{STREAK_STATE_PREFIX}{subscription_id}");
         match change {
-            StreakChange::Set(streak) => set_state(&tx, &name, &streak.encode()).await?,
+            StreakChange::Set(streak) => set_state(tx, &name, &streak.encode()).await?,
             StreakChange::Clear => {
-                state::Entity::delete_by_id(name).exec(&tx).await?;
+                state::Entity::delete_by_id(name).exec(tx).await?;
             }
             StreakChange::Unchanged => {}
         }
     }
-    let wrote_outbox = !report.attempts.is_empty() || !report.disabled_subscriptions.is_empty();
-    if wrote_outbox {
-        insert_outbox(&tx, &report).await?;
+    Ok(())
+}
+
+/// Answers the `Flush` events of a batch: everything before them is committed (or, at the
+/// end of shutdown, given up).
+pub(crate) fn answer_flushes(batch: Vec<OutcomeEvent>) {
+    for event in batch {
+        if let OutcomeEvent::Flush(done) = event {
+            // The asker may have gone away; nothing to do then.
+            let _ = done.send(());
+        }
     }
-    tx.commit().await?;
-    Ok(wrote_outbox)
 }
 
 /// The new state of each delivery a batch of attempts touched, as one UPDATE per group of
@@ -310,24 +232,6 @@ async fn fail_pending<C: ConnectionTrait>(tx: &C, subscription_id: &str) -> Resu
         .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
         .exec(tx)
         .await?;
-    Ok(())
-}
-
-/// Adds one outbox row; its `seq` becomes the batch id when it is sent.
-pub(crate) async fn insert_outbox<C: ConnectionTrait>(
-    tx: &C,
-    report: &ReportOutcomesRequest,
-) -> Result<(), DbErr> {
-    outbox::Entity::insert(outbox::ActiveModel {
-        seq: NotSet,
-        body: Set(report.encode_to_vec()),
-        create_ms: Set(now_ms()),
-    })
-    .exec_without_returning(tx)
-    .await?;
-    crate::metrics::metrics()
-        .outbox_depth
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The outcome reporter: streams the outbox (messages accepted, attempt outcomes,
-//! subscriptions disabled) to the control plane's `ReportOutcomes`, oldest first, and deletes
-//! each row once the control plane acks its batch. Unacked rows are sent again after a
-//! reconnect; the control plane stores them idempotently, so a repeat is harmless.
+//! subscriptions disabled) to the control plane's `ReportOutcomes`, and has each row deleted
+//! once the control plane acks its batch. Batches come straight from the writer after its
+//! commit; the table is read after a reconnect, so unacked rows are sent again (the control
+//! plane stores them idempotently, so a repeat is harmless).
 //!
 //! Deliveries never wait for this: while the control plane is down the outbox grows and the
 //! reporter retries with backoff.
@@ -10,16 +11,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use prost::Message as _;
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use sluice_proto::control::v1::ReportOutcomesRequest;
-use sluice_store::data::outbox;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backoff::Backoff;
 use crate::leader::Leader;
+use crate::outbox;
 use crate::shared::Shared;
 
 /// Batches sent but not yet acked, at most: enough to keep the pipe full across a
@@ -127,7 +126,11 @@ async fn flush_over(shared: &Shared) -> bool {
     if Instant::now() >= deadline {
         return true;
     }
-    matches!(outbox::Entity::find().one(&shared.db).await, Ok(None))
+    outbox::delete_acked_now(&shared.db, &shared.outbox).await;
+    matches!(
+        outbox::read(&shared.db, &shared.outbox, &BTreeSet::new(), 1).await,
+        Ok(rows) if rows.is_empty()
+    )
 }
 
 async fn session(
@@ -154,13 +157,18 @@ async fn session(
         }
     };
 
-    // Rows sent on this stream and not yet acked. Rows are picked by "not sent yet" rather
-    // than "after the last seq sent": on PostgreSQL a lower seq can commit after a higher
-    // one, and it must not be skipped.
+    // Batches sent on this stream and not yet acked, by outbox seq. Rows are picked by "not
+    // sent yet" rather than "after the last seq sent": on PostgreSQL a lower seq can commit
+    // after a higher one, and it must not be skipped.
     let mut unacked: BTreeSet<i64> = BTreeSet::new();
     // One span per batch, open until the control plane acks it; its context travels in the
     // batch so the control plane's span storing it joins the same trace.
     let mut spans: std::collections::HashMap<i64, tracing::Span> = std::collections::HashMap::new();
+    // A new session reads the table until it has caught up (what an earlier session sent
+    // but never saw acked is there); after that the writer's in-memory feed is the source.
+    shared.outbox.clear_feed();
+    let mut read_table = true;
+    let mut last_read = Instant::now();
     let mut leader_checked = Instant::now();
     loop {
         if leader_checked.elapsed() >= LEADER_CHECK
@@ -172,29 +180,38 @@ async fn session(
                 return SessionEnd::Broken;
             }
         }
-        // Fill the window, oldest rows first.
+        // Fill the window: batches just committed first, then the table when it must be
+        // read (session start, a feed overflow, and once a second for rows other replicas
+        // wrote or anything missed).
         if unacked.len() < WINDOW {
-            match next_rows(shared, &unacked, WINDOW - unacked.len()).await {
+            let ready = shared.outbox.take_ready(WINDOW - unacked.len());
+            read_table |= ready.overflowed;
+            for batch in ready.batches {
+                let Ok(seq) = i64::try_from(batch.batch_id) else {
+                    continue;
+                };
+                if unacked.contains(&seq) || shared.outbox.is_acked(seq) {
+                    continue;
+                }
+                if !send(&requests, batch, seq, &mut spans).await {
+                    return SessionEnd::Broken;
+                }
+                unacked.insert(seq);
+            }
+        }
+        if unacked.len() < WINDOW && (read_table || last_read.elapsed() >= IDLE_CHECK) {
+            last_read = Instant::now();
+            let room = WINDOW - unacked.len();
+            match outbox::read(&shared.db, &shared.outbox, &unacked, room).await {
                 Ok(rows) => {
+                    read_table = rows.len() >= room;
                     for row in rows {
-                        let Some(mut batch) = decode(&row) else {
+                        let Some(batch) = outbox::decode(&row) else {
                             // Never sendable: drop it rather than block everything after it.
-                            delete(shared, &[row.seq]).await;
+                            forget(shared, row.seq).await;
                             continue;
                         };
-                        let span = tracing::info_span!(
-                            "report_outcomes",
-                            otel.name = "sluice.report_outcomes",
-                            otel.kind = "producer",
-                            sluice.batch_id = row.seq,
-                            sluice.messages = batch.messages.len(),
-                            sluice.attempts = batch.attempts.len(),
-                        );
-                        if let Some((parent, _)) = sluice_telemetry::span_headers(&span) {
-                            batch.traceparent = parent;
-                        }
-                        spans.insert(row.seq, span);
-                        if requests.send(batch).await.is_err() {
+                        if !send(&requests, batch, row.seq, &mut spans).await {
                             return SessionEnd::Broken;
                         }
                         unacked.insert(row.seq);
@@ -208,9 +225,13 @@ async fn session(
         }
         if unacked.is_empty() && shared.reporter_flush.is_cancelled() {
             // Flushing for shutdown: done when nothing is in flight and nothing is left.
-            match next_rows(shared, &unacked, 1).await {
+            outbox::delete_acked_now(&shared.db, &shared.outbox).await;
+            match outbox::read(&shared.db, &shared.outbox, &unacked, 1).await {
                 Ok(rows) if rows.is_empty() => return SessionEnd::Done,
-                Ok(_) => continue,
+                Ok(_) => {
+                    read_table = true;
+                    continue;
+                }
                 Err(_) => return SessionEnd::Broken,
             }
         }
@@ -221,7 +242,7 @@ async fn session(
                     let Ok(seq) = i64::try_from(ack.batch_id) else { continue };
                     spans.remove(&seq);
                     if unacked.remove(&seq) {
-                        delete(shared, &[seq]).await;
+                        forget(shared, seq).await;
                         backoff.reset();
                     }
                 }
@@ -231,7 +252,7 @@ async fn session(
                     return SessionEnd::Broken;
                 }
             },
-            () = shared.outbox_written.notified(), if unacked.len() < WINDOW => {}
+            () = shared.outbox.written.notified(), if unacked.len() < WINDOW => {}
             () = sleep(IDLE_CHECK) => {}
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 tracing::warn!(unacked = unacked.len(), "shutdown grace ended before the control plane acked every outcome; they are sent after the restart");
@@ -241,47 +262,34 @@ async fn session(
     }
 }
 
-/// The oldest outbox rows not in `sent`.
-async fn next_rows(
-    shared: &Shared,
-    sent: &BTreeSet<i64>,
-    limit: usize,
-) -> Result<Vec<outbox::Model>, DbErr> {
-    let mut query = outbox::Entity::find();
-    if !sent.is_empty() {
-        query = query.filter(outbox::Column::Seq.is_not_in(sent.iter().copied()));
+/// Sends one batch on the stream, in a span that stays open until its ack. False when the
+/// stream is gone.
+async fn send(
+    requests: &mpsc::Sender<ReportOutcomesRequest>,
+    mut batch: ReportOutcomesRequest,
+    seq: i64,
+    spans: &mut std::collections::HashMap<i64, tracing::Span>,
+) -> bool {
+    let span = tracing::info_span!(
+        "report_outcomes",
+        otel.name = "sluice.report_outcomes",
+        otel.kind = "producer",
+        sluice.batch_id = seq,
+        sluice.messages = batch.messages.len(),
+        sluice.attempts = batch.attempts.len(),
+    );
+    if let Some((parent, _)) = sluice_telemetry::span_headers(&span) {
+        batch.traceparent = parent;
     }
-    query
-        .order_by_asc(outbox::Column::Seq)
-        .limit(u64::try_from(limit).unwrap_or(1))
-        .all(&shared.db)
-        .await
+    spans.insert(seq, span);
+    requests.send(batch).await.is_ok()
 }
 
-fn decode(row: &outbox::Model) -> Option<ReportOutcomesRequest> {
-    match ReportOutcomesRequest::decode(row.body.as_slice()) {
-        Ok(mut batch) => {
-            batch.batch_id = u64::try_from(row.seq).ok()?;
-            Some(batch)
-        }
-        Err(err) => {
-            tracing::error!(seq = row.seq, error = %err, "outbox row does not decode; dropping it");
-            None
-        }
-    }
-}
-
-async fn delete(shared: &Shared, seqs: &[i64]) {
-    if let Err(err) = outbox::Entity::delete_many()
-        .filter(outbox::Column::Seq.is_in(seqs.to_vec()))
-        .exec(&shared.db)
-        .await
-    {
-        // It is sent again later; the control plane ignores the repeat.
-        tracing::error!(error = %err, "deleting acked outbox rows failed");
-    } else {
-        crate::metrics::metrics()
-            .outbox_depth
-            .fetch_sub(seqs.len() as i64, std::sync::atomic::Ordering::Relaxed);
+/// A row the control plane has (or that can never be sent): the writer deletes it with its
+/// next transaction; once the writer has stopped (shutdown), it is deleted here.
+async fn forget(shared: &Shared, seq: i64) {
+    shared.outbox.acked(seq);
+    if shared.reporter_flush.is_cancelled() {
+        outbox::delete_acked_now(&shared.db, &shared.outbox).await;
     }
 }

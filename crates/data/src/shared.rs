@@ -17,6 +17,7 @@ use crate::config_copy::ConfigCopy;
 use crate::control_client::ControlClient;
 use crate::decision::{RetryPolicy, Streak};
 use crate::dispatcher::Lanes;
+use crate::outbox::Outbox;
 use crate::outcomes::OutcomeEvent;
 use crate::queue::Held;
 use crate::scheduler::ScheduledRetry;
@@ -45,18 +46,22 @@ pub(crate) struct Shared {
     pub(crate) outcome_tx: mpsc::Sender<OutcomeEvent>,
     /// To the retry timers.
     pub(crate) retry_tx: mpsc::Sender<ScheduledRetry>,
-    /// Wakes the reporter when a new outbox row is committed.
-    pub(crate) outbox_written: Notify,
+    /// Committed outbox batches on their way to the reporter, and acked rows on their way
+    /// to deletion.
+    pub(crate) outbox: Outbox,
     /// Wakes the scanner ahead of its period (a replay queued work).
     pub(crate) scan_now: Notify,
     /// Cancelled by the binary: stop accepting work.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled once every publish queued before shutdown is written and answered.
+    pub(crate) publishes_drained: CancellationToken,
     /// Cancelled when the grace period ran out: abandon in-flight attempts (they stay
     /// pending in the database and are attempted again later).
     pub(crate) abort_attempts: CancellationToken,
     /// Cancelled once nothing produces outcomes any more: the writer drains and stops.
     pub(crate) outcomes_closing: CancellationToken,
-    /// Cancelled when the reporter should send what is left and stop.
+    /// Cancelled when the reporter should send what is left and stop (the writer has
+    /// stopped by then, so the reporter deletes acked rows itself).
     pub(crate) reporter_flush: CancellationToken,
     /// When the reporter must give up flushing.
     pub(crate) reporter_deadline: Mutex<Option<Instant>>,

@@ -1,7 +1,12 @@
-//! The group-commit writer of publishes: one task takes every event queued by `Publish` and
-//! `PublishStream`, writes all of them (messages, deliveries and one outbox row) in one
-//! transaction, answers each publisher, then hands the new deliveries straight to the
-//! dispatcher. Durability costs one commit per batch, however many publishers wait on it.
+//! The data plane's one writer of the hot path. One task takes every event queued by
+//! `Publish` and `PublishStream`, every attempt outcome queued by the dispatcher and every
+//! outbox row the control plane acked, and writes all of it in one transaction: messages
+//! and deliveries, the deliveries' new states, one outbox row for the control plane, and the
+//! deletion of acked rows. Then it answers each publisher, hands the new deliveries straight
+//! to the dispatcher and the outbox batch straight to the reporter.
+//!
+//! Durability costs one commit per cycle, however many publishers and attempts wait on it;
+//! while a commit is under way the next cycle's work piles up (group commit).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,17 +22,23 @@ use sluice_proto::data::v1::PublishResponse;
 use sluice_store::data::{delivery, message};
 use sluice_store::is_unique_violation;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
 
+use crate::backoff::Backoff;
 use crate::dispatcher;
 use crate::error::DataError;
-use crate::outcomes::insert_outbox;
+use crate::outbox;
+use crate::outcomes::{self, OutcomeEvent};
 use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
 use crate::scheduler::{MAX_HELD, ScheduledRetry};
 use crate::shared::Shared;
 use crate::time::{duration_ms, timestamp_from_ms};
 
-/// The most events committed together.
+/// The most events, and separately the most outcomes, committed together.
 const MAX_BATCH: usize = 1000;
+/// How often a failing outcome write is tried during shutdown before its outcomes are
+/// given up (the deliveries then stay pending and are attempted again after the restart).
+const SHUTDOWN_WRITE_TRIES: u32 = 3;
 /// Rows per INSERT statement, well under SQLite's and PostgreSQL's bound-parameter limits.
 const ROWS_PER_INSERT: usize = 1000;
 
@@ -64,63 +75,200 @@ enum Resolution {
     DuplicateOfJob(usize),
 }
 
-/// The writer's loop. After shutdown it still writes what is queued (those publishers are
-/// waiting and the write is quick), then stops.
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<PublishJob>) {
-    loop {
-        let mut batch = Vec::new();
-        tokio::select! {
-            biased;
-            job = rx.recv() => match job {
-                Some(job) => batch.push(job),
-                None => return,
-            },
-            () = shared.shutdown.cancelled() => {
-                rx.close();
-                while let Ok(job) = rx.try_recv() {
-                    batch.push(job);
-                    if batch.len() == MAX_BATCH {
-                        process(&shared, std::mem::take(&mut batch)).await;
-                    }
-                }
-                if !batch.is_empty() {
-                    process(&shared, batch).await;
-                }
-                return;
-            }
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        process(&shared, batch).await;
+/// Work for one transaction, as the loop gathered it.
+#[derive(Default)]
+struct Cycle {
+    publishes: Vec<PublishJob>,
+    outcomes: Vec<OutcomeEvent>,
+    /// Acked outbox rows to delete.
+    acked: Vec<i64>,
+}
+
+impl Cycle {
+    fn is_empty(&self) -> bool {
+        self.publishes.is_empty() && self.outcomes.is_empty() && self.acked.is_empty()
     }
 }
 
-async fn process(shared: &Arc<Shared>, jobs: Vec<PublishJob>) {
-    let started = std::time::Instant::now();
-    let written = write(shared, &jobs).await;
-    tracing::debug!(
-        events = jobs.len(),
-        micros = started.elapsed().as_micros() as u64,
-        "publish batch written"
-    );
-    match written {
-        Ok(written) => finish(shared, jobs, written),
-        // Another writer (a replica, or a racing batch) took an idempotency key between our
-        // check and our insert: redo each event alone, where the check then sees it.
-        Err(err) if is_unique_violation(&err) && jobs.len() > 1 => {
-            for job in jobs {
-                Box::pin(process(shared, vec![job])).await;
+/// The writer's loop, until shutdown is over: publishes queued when shutdown began are
+/// still written and answered (those publishers are waiting and the write is quick), then
+/// the publish queue is closed; outcomes are written until `outcomes_closing` and nothing
+/// is left.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut publishes: mpsc::Receiver<PublishJob>,
+    mut outcomes: mpsc::Receiver<OutcomeEvent>,
+) {
+    // However the loop ends, shutdown must not wait for publishes forever.
+    let _drained = shared.publishes_drained.clone().drop_guard();
+    let mut publishes_open = true;
+    let mut publishes_closed = false;
+    let mut closing = false;
+    // Outcomes whose write failed, tried again at `retry_at` (publishes never wait for them).
+    let mut carried: Vec<OutcomeEvent> = Vec::new();
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = Backoff::new();
+    let mut failures_while_closing = 0u32;
+    loop {
+        let mut cycle = Cycle::default();
+        let carried_due = !carried.is_empty() && retry_at.is_none_or(|at| at <= Instant::now());
+        if !carried_due {
+            if closing && !publishes_open && carried.is_empty() && outcomes.is_empty() {
+                return;
+            }
+            let acked_deadline = shared.outbox.acked_deadline();
+            tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled(), if !publishes_closed => {
+                    // Ingest refuses new events from now on; what is queued is still written.
+                    publishes.close();
+                    publishes_closed = true;
+                }
+                () = shared.outcomes_closing.cancelled(), if !closing => closing = true,
+                job = publishes.recv(), if publishes_open => match job {
+                    Some(job) => cycle.publishes.push(job),
+                    None => {
+                        publishes_open = false;
+                        shared.publishes_drained.cancel();
+                    }
+                },
+                event = outcomes.recv() => {
+                    // The senders live in `Shared`, so the channel never ends while we run.
+                    if let Some(event) = event {
+                        cycle.outcomes.push(event);
+                    }
+                }
+                () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if !carried.is_empty() => {}
+                () = shared.outbox.acked_waiting.notified(), if acked_deadline.is_none() => {}
+                () = sleep_until(acked_deadline.unwrap_or_else(Instant::now)), if acked_deadline.is_some() => {
+                    cycle.acked = shared.outbox.acked_rows(MAX_BATCH);
+                }
             }
         }
-        Err(err) if is_unique_violation(&err) => match write(shared, &jobs).await {
-            Ok(written) => finish(shared, jobs, written),
+        while publishes_open && cycle.publishes.len() < MAX_BATCH {
+            match publishes.try_recv() {
+                Ok(job) => cycle.publishes.push(job),
+                Err(_) => break,
+            }
+        }
+        if !carried.is_empty() && retry_at.is_none_or(|at| at <= Instant::now()) {
+            // Older outcomes first: statements keep the order of events.
+            carried.append(&mut cycle.outcomes);
+            cycle.outcomes = std::mem::take(&mut carried);
+        }
+        while cycle.outcomes.len() < MAX_BATCH {
+            match outcomes.try_recv() {
+                Ok(event) => cycle.outcomes.push(event),
+                Err(_) => break,
+            }
+        }
+        if cycle.is_empty() {
+            continue;
+        }
+        if cycle.acked.is_empty() {
+            // Acked rows ride along with the rest of the work.
+            cycle.acked = shared.outbox.acked_rows(MAX_BATCH);
+        }
+        match commit_cycle(&shared, cycle).await {
+            Ok(()) => {
+                backoff.reset();
+                retry_at = None;
+                failures_while_closing = 0;
+            }
+            Err((failed, retry_now)) => {
+                if closing {
+                    failures_while_closing += 1;
+                    if failures_while_closing >= SHUTDOWN_WRITE_TRIES {
+                        tracing::error!(
+                            outcomes = failed.len(),
+                            "giving up on these outcomes at shutdown; their deliveries stay pending"
+                        );
+                        outcomes::answer_flushes(failed);
+                        continue;
+                    }
+                }
+                carried = failed;
+                retry_at = (!retry_now).then(|| Instant::now() + backoff.next_delay());
+            }
+        }
+    }
+}
+
+/// Writes one cycle in one transaction and completes it: answers publishers, hands the
+/// new deliveries to the dispatcher and the outbox batch to the reporter. When the
+/// transaction fails, publishes are written again on their own (so they never wait on a
+/// failing outcome write) and the outcomes are returned, to be tried again (at once when
+/// the failure may have been the publishes').
+async fn commit_cycle(shared: &Arc<Shared>, cycle: Cycle) -> Result<(), (Vec<OutcomeEvent>, bool)> {
+    let started = std::time::Instant::now();
+    let written = write(shared, &cycle.publishes, &cycle.outcomes, &cycle.acked).await;
+    tracing::debug!(
+        events = cycle.publishes.len(),
+        outcomes = cycle.outcomes.len(),
+        acked = cycle.acked.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "write cycle committed"
+    );
+    let Cycle {
+        publishes,
+        outcomes: events,
+        acked,
+    } = cycle;
+    match written {
+        Ok(written) => {
+            shared.outbox.deleted(&acked);
+            if let Some(batch) = written.batch {
+                shared.outbox.committed(batch);
+            }
+            finish(shared, publishes, written.resolutions, written.lease_until);
+            outcomes::answer_flushes(events);
+            Ok(())
+        }
+        Err(err) if publishes.is_empty() => {
+            tracing::error!(error = %err, outcomes = events.len(), "writing attempt outcomes failed; retrying");
+            Err((events, false))
+        }
+        Err(err) => {
+            if !is_unique_violation(&err) {
+                tracing::warn!(error = %err, "writing a batch failed; writing its events on their own");
+            }
+            publish_alone(shared, publishes, err).await;
+            // The outcomes go again at once, with the next cycle.
+            Err((events, true))
+        }
+    }
+}
+
+/// Writes publishes without anything else, after a combined write failed with `err`.
+async fn publish_alone(shared: &Arc<Shared>, jobs: Vec<PublishJob>, err: DbErr) {
+    if !is_unique_violation(&err) {
+        match write(shared, &jobs, &[], &[]).await {
+            Ok(written) => {
+                if let Some(batch) = written.batch {
+                    shared.outbox.committed(batch);
+                }
+                finish(shared, jobs, written.resolutions, written.lease_until);
+            }
+            Err(err) if is_unique_violation(&err) => {
+                Box::pin(publish_alone(shared, jobs, err)).await
+            }
             Err(err) => fail(jobs, &err),
-        },
-        Err(err) => fail(jobs, &err),
+        }
+        return;
+    }
+    // Another writer (a replica, or a racing batch) took an idempotency key between our
+    // check and our insert: redo each event alone, where the check then sees it.
+    for job in jobs {
+        let jobs = vec![job];
+        match write(shared, &jobs, &[], &[]).await {
+            Ok(written) => {
+                if let Some(batch) = written.batch {
+                    shared.outbox.committed(batch);
+                }
+                finish(shared, jobs, written.resolutions, written.lease_until);
+            }
+            Err(err) => fail(jobs, &err),
+        }
     }
 }
 
@@ -135,17 +283,66 @@ fn fail(jobs: Vec<PublishJob>, err: &DbErr) {
     }
 }
 
-/// What a batch write did.
+/// What a write did.
 struct Written {
-    /// One per job, in order.
+    /// One per publish job, in order.
     resolutions: Vec<Resolution>,
     /// The lease the new deliveries got; `Some` means this process holds them and hands
     /// them to its dispatcher, `None` leaves them to the scanner.
     lease_until: Option<i64>,
+    /// The outbox batch committed, its `batch_id` set to the row's seq.
+    batch: Option<ReportOutcomesRequest>,
 }
 
-/// Resolves idempotency, then writes every new event in one transaction.
-async fn write(shared: &Shared, jobs: &[PublishJob]) -> Result<Written, DbErr> {
+/// Resolves idempotency, then writes in one transaction: the new events (messages and
+/// deliveries), the outcomes, one outbox row with everything the control plane must hear,
+/// and the deletion of outbox rows it acked.
+async fn write(
+    shared: &Shared,
+    jobs: &[PublishJob],
+    events: &[OutcomeEvent],
+    acked: &[i64],
+) -> Result<Written, DbErr> {
+    let resolutions = resolve(shared, jobs).await?;
+    let created: Vec<&PublishJob> = jobs
+        .iter()
+        .zip(&resolutions)
+        .filter(|(_, r)| matches!(r, Resolution::Created))
+        .map(|(job, _)| job)
+        .collect();
+    let lease_until = if created.is_empty() {
+        None
+    } else {
+        in_memory_lease(shared, &created)
+    };
+    let tx = shared.db.begin().await?;
+    let mut batch = ReportOutcomesRequest::default();
+    if !created.is_empty() {
+        insert_created(&tx, &created, lease_until, shared, &mut batch).await?;
+    }
+    outcomes::apply(&tx, events, &mut batch).await?;
+    let batch = if batch.messages.is_empty()
+        && batch.attempts.is_empty()
+        && batch.disabled_subscriptions.is_empty()
+    {
+        None
+    } else {
+        let seq = outbox::insert(&tx, &batch).await?;
+        batch.batch_id = u64::try_from(seq).unwrap_or_default();
+        Some(batch)
+    };
+    outbox::delete(&tx, acked).await?;
+    tx.commit().await?;
+    Ok(Written {
+        resolutions,
+        lease_until,
+        batch,
+    })
+}
+
+/// What each job is: new, or a repeat of an idempotency key already stored or earlier in
+/// the batch.
+async fn resolve(shared: &Shared, jobs: &[PublishJob]) -> Result<Vec<Resolution>, DbErr> {
     let existing = existing_keys(shared, jobs).await?;
     let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
     let mut resolutions = Vec::with_capacity(jobs.len());
@@ -169,27 +366,7 @@ async fn write(shared: &Shared, jobs: &[PublishJob]) -> Result<Written, DbErr> {
             resolutions.push(Resolution::Created);
         }
     }
-
-    let created: Vec<&PublishJob> = jobs
-        .iter()
-        .zip(&resolutions)
-        .filter(|(_, r)| matches!(r, Resolution::Created))
-        .map(|(job, _)| job)
-        .collect();
-    if created.is_empty() {
-        return Ok(Written {
-            resolutions,
-            lease_until: None,
-        });
-    }
-    let lease_until = in_memory_lease(shared, &created);
-    let tx = shared.db.begin().await?;
-    insert_created(&tx, &created, lease_until, shared).await?;
-    tx.commit().await?;
-    Ok(Written {
-        resolutions,
-        lease_until,
-    })
+    Ok(resolutions)
 }
 
 /// The lease new deliveries get: held by this process when it will dispatch them from
@@ -206,6 +383,7 @@ async fn insert_created(
     created: &[&PublishJob],
     lease_until: Option<i64>,
     shared: &Shared,
+    batch: &mut ReportOutcomesRequest,
 ) -> Result<(), DbErr> {
     let first_delay = shared
         .policy
@@ -255,20 +433,16 @@ async fn insert_created(
             .exec_without_returning(tx)
             .await?;
     }
-    let report = ReportOutcomesRequest {
-        messages: created
-            .iter()
-            .map(|job| MessageRecord {
-                id: job.message.id.clone(),
-                workspace_id: job.message.workspace_id.clone(),
-                event_type: job.message.event_type.clone(),
-                create_time: Some(timestamp_from_ms(job.message.create_ms)),
-                subscription_ids: job.subscription_ids.clone(),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    insert_outbox(tx, &report).await
+    batch
+        .messages
+        .extend(created.iter().map(|job| MessageRecord {
+            id: job.message.id.clone(),
+            workspace_id: job.message.workspace_id.clone(),
+            event_type: job.message.event_type.clone(),
+            create_time: Some(timestamp_from_ms(job.message.create_ms)),
+            subscription_ids: job.subscription_ids.clone(),
+        }));
+    Ok(())
 }
 
 /// The stored messages that already carry an idempotency key of this batch:
@@ -333,11 +507,12 @@ async fn existing_keys(
 }
 
 /// Answers every publisher, then hands the new deliveries to the dispatcher.
-fn finish(shared: &Arc<Shared>, jobs: Vec<PublishJob>, written: Written) {
-    let Written {
-        resolutions,
-        lease_until,
-    } = written;
+fn finish(
+    shared: &Arc<Shared>,
+    jobs: Vec<PublishJob>,
+    resolutions: Vec<Resolution>,
+    lease_until: Option<i64>,
+) {
     let answers: Vec<PublishResponse> = jobs
         .iter()
         .zip(&resolutions)
@@ -362,14 +537,6 @@ fn finish(shared: &Arc<Shared>, jobs: Vec<PublishJob>, written: Written) {
             },
         })
         .collect();
-    let created = resolutions
-        .iter()
-        .filter(|r| matches!(r, Resolution::Created))
-        .count();
-    if created > 0 {
-        shared.outbox_written.notify_one();
-    }
-
     let mut due_now = Vec::new();
     let mut later = Vec::new();
     let first_delay = shared

@@ -41,6 +41,9 @@ pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> 
         options
             .max_connections(1)
             .min_connections(1)
+            // A file on this machine: testing it before every use would only add a round
+            // trip to SQLite's thread per query.
+            .test_before_acquire(false)
             .map_sqlx_sqlite_opts(|opts| {
                 opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
