@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m0001_control_initial;
 mod m0001_data_initial;
+mod m0002_data_fanout;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -30,7 +31,10 @@ pub struct DataMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for DataMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_data_initial::Migration)]
+        vec![
+            Box::new(m0001_data_initial::Migration),
+            Box::new(m0002_data_fanout::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -15,7 +15,7 @@ use sluice_proto::data::v1::{
     RedeliverRequest, RedeliverResponse, ReplayRequest, ReplayResponse, SendTestRequest,
     SendTestResponse,
 };
-use sluice_store::data::{delivery, message};
+use sluice_store::data::{delivery, fanout, message};
 use sluice_store::now_ms;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -194,6 +194,14 @@ impl DispatchService for DispatchApi {
     }
 }
 
+/// What is known of a delivery before a manual attempt.
+struct Known {
+    pending: bool,
+    attempt_count: i32,
+    next_attempt_ms: i64,
+    first_failure_ms: Option<i64>,
+}
+
 /// One attempt of a stored delivery, now, whatever its status; recorded like any other.
 async fn redeliver(
     shared: &Arc<Shared>,
@@ -207,16 +215,49 @@ async fn redeliver(
     };
     // Outcomes still queued would make the row look older than it is.
     outcomes::flush(shared).await;
-    let row =
-        delivery::Entity::find_by_id((request.message_id.clone(), request.subscription_id.clone()))
-            .one(&shared.db)
-            .await?
-            .filter(|row| row.workspace_id == request.workspace_id)
-            .ok_or_else(not_found)?;
     let message = message::Entity::find_by_id(request.message_id.clone())
         .one(&shared.db)
         .await?
+        .filter(|message| message.workspace_id == request.workspace_id)
         .ok_or_else(not_found)?;
+    let row =
+        delivery::Entity::find_by_id((request.message_id.clone(), request.subscription_id.clone()))
+            .one(&shared.db)
+            .await?;
+    let known = match row {
+        Some(row) if row.workspace_id == request.workspace_id => Known {
+            pending: row.status == DeliveryStatus::Pending.as_str(),
+            attempt_count: row.attempt_count,
+            next_attempt_ms: row.next_attempt_ms,
+            first_failure_ms: row.first_failure_ms,
+        },
+        Some(_) => return Err(not_found()),
+        None => {
+            // A first attempt has no row of its own (see `fanout`): it is still to be made
+            // while its message's fan-out is open, and succeeded otherwise.
+            let matched = message
+                .subscription_ids
+                .as_deref()
+                .is_some_and(|ids| ids.split(',').any(|id| id == request.subscription_id));
+            if !matched {
+                return Err(not_found());
+            }
+            let pending = shared
+                .fanouts
+                .is_unconcluded(&message.id, &request.subscription_id)
+                || (!shared.fanouts.is_open(&message.id)
+                    && fanout::Entity::find_by_id(message.id.clone())
+                        .one(&shared.db)
+                        .await?
+                        .is_some());
+            Known {
+                pending,
+                attempt_count: i32::from(!pending),
+                next_attempt_ms: message.create_ms,
+                first_failure_ms: None,
+            }
+        }
+    };
     let snapshot = shared.copy.current();
     let subscription = snapshot
         .subscription(&request.subscription_id)
@@ -235,14 +276,15 @@ async fn redeliver(
     }
 
     let key = DeliveryKey {
-        message_id: row.message_id.clone(),
-        subscription_id: row.subscription_id.clone(),
+        message_id: request.message_id.clone(),
+        subscription_id: request.subscription_id.clone(),
     };
     // Withdraw any copy this process holds, so the manual attempt is not doubled by a
     // scheduled one; a pending delivery goes back to its schedule afterwards.
     let generation = shared.held.take_over(&key, 0);
+    let message_create_ms = message.create_ms;
     let message = StoredMessage::from_row(message);
-    let attempt_number = u32::try_from(row.attempt_count)
+    let attempt_number = u32::try_from(known.attempt_count)
         .unwrap_or(0)
         .saturating_add(1);
     let (attempt, result) = make_attempt(
@@ -260,7 +302,7 @@ async fn redeliver(
     let success = result.is_success();
     dispatcher::note_breaker(shared, &subscription.id, success);
     let (streak, persistent_failure) = note_endpoint_result(shared, &subscription.id, success, now);
-    let was_pending = row.status == DeliveryStatus::Pending.as_str();
+    let was_pending = known.pending;
     let status = if success {
         DeliveryStatus::Succeeded
     } else if was_pending && !result.is_gone() {
@@ -269,9 +311,11 @@ async fn redeliver(
     } else {
         DeliveryStatus::Failed
     };
-    let next_attempt = (status == DeliveryStatus::Pending).then_some(row.next_attempt_ms);
+    let next_attempt = (status == DeliveryStatus::Pending).then_some(known.next_attempt_ms);
     let record = AttemptRecord {
         key,
+        workspace_id: request.workspace_id.clone(),
+        message_create_ms,
         outcome: AttemptOutcome {
             attempt: Some(attempt.clone()),
             delivery_status: proto_status(status) as i32,
@@ -284,9 +328,9 @@ async fn redeliver(
         // Released, so the scanner takes a still-pending delivery up at its due time.
         lease_until_ms: None,
         first_failure_ms: if success {
-            row.first_failure_ms
+            known.first_failure_ms
         } else {
-            row.first_failure_ms.or(Some(now))
+            known.first_failure_ms.or(Some(now))
         },
         streak,
     };

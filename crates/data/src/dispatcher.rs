@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::breaker::{Breaker, Gate};
 use crate::config_copy::{Endpoint, Subscription};
 use crate::decision::{Next, Streak, after_attempt};
-use crate::outcomes::{AttemptRecord, Disabled, OutcomeEvent, StreakChange};
+use crate::outcomes::{AttemptRecord, Disabled, FinishedRecord, OutcomeEvent, StreakChange};
 use crate::queue::{DeliveryTask, StoredMessage};
 use crate::scheduler::ScheduledRetry;
 use crate::shared::Shared;
@@ -244,10 +244,12 @@ async fn finish_undelivered(shared: &Arc<Shared>, task: &DeliveryTask, status: D
     }
     shared.held.release(&task.key, task.generation);
     shared
-        .record(OutcomeEvent::Finished {
+        .record(OutcomeEvent::Finished(Box::new(FinishedRecord {
             key: task.key.clone(),
             status,
-        })
+            workspace_id: task.message.workspace_id.clone(),
+            create_ms: task.message.create_ms,
+        })))
         .await;
 }
 
@@ -471,6 +473,8 @@ async fn conclude(
     let key = task.key.clone();
     let record = AttemptRecord {
         key: key.clone(),
+        workspace_id: task.message.workspace_id.clone(),
+        message_create_ms: task.message.create_ms,
         outcome: AttemptOutcome {
             attempt: Some(attempt),
             delivery_status: proto_status(status) as i32,

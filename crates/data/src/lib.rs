@@ -21,6 +21,7 @@ mod decision;
 mod dispatch_service;
 mod dispatcher;
 mod error;
+mod fanout;
 mod ingest;
 mod leader;
 mod metrics;
@@ -44,7 +45,7 @@ use sluice_core::retry::RetrySchedule;
 use sluice_delivery::{Sender, SenderConfig};
 use sluice_proto::data::v1::dispatch_service_server::{DispatchService, DispatchServiceServer};
 use sluice_proto::data::v1::ingest_service_server::{IngestService, IngestServiceServer};
-use sluice_store::data::delivery;
+use sluice_store::data::{delivery, fanout as fanout_row};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -210,6 +211,14 @@ impl DataPlane {
                 .filter(delivery::Column::LeaseUntilMs.is_not_null())
                 .exec(&db)
                 .await?;
+            fanout_row::Entity::update_many()
+                .col_expr(
+                    fanout_row::Column::LeaseUntilMs,
+                    Expr::value(Option::<i64>::None),
+                )
+                .filter(fanout_row::Column::LeaseUntilMs.is_not_null())
+                .exec(&db)
+                .await?;
         }
         tracing::info!(
             revision = snapshot.revision,
@@ -240,6 +249,7 @@ impl DataPlane {
             outcome_tx,
             retry_tx,
             outbox: outbox::Outbox::default(),
+            fanouts: fanout::Fanouts::default(),
             scan_now: Notify::new(),
             shutdown,
             publishes_drained: CancellationToken::new(),

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_proto::control::v1::{
     AttemptOutcome, ConfigSubscription, ReportOutcomesRequest, SubscriptionDisabled,
@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::config_copy::{set_state, upsert_subscription};
 use crate::decision::Streak;
+use crate::fanout::{Fanouts, Plan};
 use crate::queue::DeliveryKey;
 use crate::shared::Shared;
 
@@ -28,10 +29,7 @@ pub(crate) enum OutcomeEvent {
     /// An attempt was made.
     Attempt(Box<AttemptRecord>),
     /// A delivery ended without an attempt (its subscription was deleted or disabled).
-    Finished {
-        key: DeliveryKey,
-        status: DeliveryStatus,
-    },
+    Finished(Box<FinishedRecord>),
     /// The data plane disabled a subscription: fail its pending deliveries, keep the local
     /// copy disabled, and tell the control plane.
     Disabled(Box<Disabled>),
@@ -47,9 +45,22 @@ pub(crate) struct Disabled {
     pub(crate) config: ConfigSubscription,
 }
 
+/// A delivery that ends without an attempt.
+pub(crate) struct FinishedRecord {
+    pub(crate) key: DeliveryKey,
+    pub(crate) status: DeliveryStatus,
+    /// The message's workspace and acceptance time, for a delivery row written now.
+    pub(crate) workspace_id: String,
+    pub(crate) create_ms: i64,
+}
+
 /// One attempt's effect on its delivery.
 pub(crate) struct AttemptRecord {
     pub(crate) key: DeliveryKey,
+    /// The message's workspace and acceptance time, for a delivery row written now (a first
+    /// attempt that failed).
+    pub(crate) workspace_id: String,
+    pub(crate) message_create_ms: i64,
     /// What the control plane is told.
     pub(crate) outcome: AttemptOutcome,
     pub(crate) status: DeliveryStatus,
@@ -71,53 +82,71 @@ pub(crate) enum StreakChange {
 }
 
 /// Applies a batch of outcome events inside the writer's transaction, and adds what the
-/// control plane must hear of them (attempts, disabled subscriptions) to `report`.
+/// control plane must hear of them (attempts, disabled subscriptions) to `report`. First
+/// attempts are concluded in `plan` (see `fanout`): one that succeeded writes nothing for
+/// its delivery, any other outcome writes the delivery's row.
 pub(crate) async fn apply<C: ConnectionTrait>(
     tx: &C,
+    fanouts: &Fanouts,
     batch: &[OutcomeEvent],
     report: &mut ReportOutcomesRequest,
+    plan: &mut Plan,
 ) -> Result<(), DbErr> {
     let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
-    let mut last_state: HashMap<&DeliveryKey, &AttemptRecord> = HashMap::new();
-    let mut order: Vec<&DeliveryKey> = Vec::new();
+    let mut rows = DeliveryRows::default();
     for event in batch {
         match event {
             OutcomeEvent::Attempt(record) => {
-                // Only the last state of a delivery in the batch matters; the rows are
-                // written below, grouped, a statement per group rather than per attempt.
-                if last_state.insert(&record.key, record).is_none() {
-                    order.push(&record.key);
-                }
                 report.attempts.push(record.outcome.clone());
                 if !matches!(record.streak, StreakChange::Unchanged) {
                     streaks.insert(&record.key.subscription_id, record.streak);
                 }
+                let first =
+                    plan.concludes(fanouts, &record.key.message_id, &record.key.subscription_id);
+                if !(first && record.status == DeliveryStatus::Succeeded) {
+                    rows.attempt(record);
+                }
             }
-            OutcomeEvent::Finished { key, status } => {
-                // Statements keep their order: attempts before this event are written first.
-                write_delivery_states(tx, &order, &last_state).await?;
-                order.clear();
-                last_state.clear();
-                delivery::Entity::update_many()
-                    .col_expr(delivery::Column::Status, Expr::value(status.as_str()))
-                    .col_expr(
-                        delivery::Column::LeaseUntilMs,
-                        Expr::value(Option::<i64>::None),
-                    )
-                    .filter(delivery::Column::MessageId.eq(&key.message_id))
-                    .filter(delivery::Column::SubscriptionId.eq(&key.subscription_id))
-                    .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-                    .exec(tx)
-                    .await?;
+            OutcomeEvent::Finished(finished) => {
+                let first = plan.concludes(
+                    fanouts,
+                    &finished.key.message_id,
+                    &finished.key.subscription_id,
+                );
+                if first {
+                    rows.finished(
+                        &finished.key,
+                        &finished.workspace_id,
+                        finished.create_ms,
+                        finished.status,
+                    );
+                } else {
+                    // Statements keep their order: attempts before this event are written
+                    // first, so a delivery pending before them ends now.
+                    rows.write(tx).await?;
+                    finish_pending(tx, &finished.key, finished.status).await?;
+                }
             }
             OutcomeEvent::Disabled(disabled) => {
                 let Disabled {
                     report: disabled,
                     config,
                 } = disabled.as_ref();
-                write_delivery_states(tx, &order, &last_state).await?;
-                order.clear();
-                last_state.clear();
+                // First attempts cut off by the disable end failed, with a row of their own.
+                for cut in fanouts.unconcluded_to(&disabled.subscription_id, plan) {
+                    let key = DeliveryKey {
+                        message_id: cut.message_id,
+                        subscription_id: disabled.subscription_id.clone(),
+                    };
+                    plan.concludes(fanouts, &key.message_id, &key.subscription_id);
+                    rows.finished(
+                        &key,
+                        &cut.workspace_id,
+                        cut.create_ms,
+                        DeliveryStatus::Failed,
+                    );
+                }
+                rows.write(tx).await?;
                 fail_pending(tx, &disabled.subscription_id).await?;
                 upsert_subscription(tx, config).await?;
                 streaks.insert(&disabled.subscription_id, StreakChange::Clear);
@@ -126,7 +155,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
             OutcomeEvent::Flush(_) => {}
         }
     }
-    write_delivery_states(tx, &order, &last_state).await?;
+    rows.write(tx).await?;
     for (subscription_id, change) in streaks {
         let name = format!("{STREAK_STATE_PREFIX}{subscription_id}");
         match change {
@@ -151,69 +180,123 @@ pub(crate) fn answer_flushes(batch: Vec<OutcomeEvent>) {
     }
 }
 
-/// The new state of each delivery a batch of attempts touched, as one UPDATE per group of
-/// deliveries of one subscription that end in the same state (on a busy endpoint: one
-/// statement for the whole batch).
-async fn write_delivery_states<C: ConnectionTrait>(
-    tx: &C,
-    order: &[&DeliveryKey],
-    last_state: &HashMap<&DeliveryKey, &AttemptRecord>,
-) -> Result<(), DbErr> {
-    type Group<'a> = (
-        &'a str,
-        &'static str,
-        u32,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-    );
-    let mut groups: Vec<(Group, Vec<String>)> = Vec::new();
-    let mut index: HashMap<Group, usize> = HashMap::new();
-    for key in order {
-        let Some(record) = last_state.get(key) else {
-            continue;
+/// Rows per multi-row statement: 9 values each, well under the bound-parameter limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Delivery rows to write, the last state of each delivery, in the order first seen.
+#[derive(Default)]
+struct DeliveryRows {
+    rows: Vec<delivery::ActiveModel>,
+    /// Whether each row sets `next_attempt_ms` (false: a stored row keeps its own).
+    sets_next: Vec<bool>,
+    index: HashMap<DeliveryKey, usize>,
+}
+
+impl DeliveryRows {
+    fn attempt(&mut self, record: &AttemptRecord) {
+        let row = delivery::ActiveModel {
+            message_id: Set(record.key.message_id.clone()),
+            subscription_id: Set(record.key.subscription_id.clone()),
+            workspace_id: Set(record.workspace_id.clone()),
+            status: Set(record.status.as_str().to_owned()),
+            attempt_count: Set(i32::try_from(record.attempt_count).unwrap_or(i32::MAX)),
+            // A new row with no schedule of its own is due from its creation.
+            next_attempt_ms: Set(record.next_attempt_ms.unwrap_or(record.message_create_ms)),
+            lease_until_ms: Set(record.lease_until_ms),
+            first_failure_ms: Set(record.first_failure_ms),
+            create_ms: Set(record.message_create_ms),
         };
-        let group: Group = (
-            key.subscription_id.as_str(),
-            record.status.as_str(),
-            record.attempt_count,
-            record.lease_until_ms,
-            record.first_failure_ms,
-            record.next_attempt_ms,
-        );
-        let at = *index.entry(group).or_insert_with(|| {
-            groups.push((group, Vec::new()));
-            groups.len() - 1
-        });
-        groups[at].1.push(key.message_id.clone());
+        self.put(&record.key, row, record.next_attempt_ms.is_some());
     }
-    for (
-        (subscription_id, status, attempt_count, lease_until_ms, first_failure_ms, next_attempt_ms),
-        ids,
-    ) in groups
-    {
-        for chunk in ids.chunks(500) {
-            let mut update = delivery::Entity::update_many()
-                .col_expr(delivery::Column::Status, Expr::value(status))
-                .col_expr(
-                    delivery::Column::AttemptCount,
-                    Expr::value(i32::try_from(attempt_count).unwrap_or(i32::MAX)),
-                )
-                .col_expr(delivery::Column::LeaseUntilMs, Expr::value(lease_until_ms))
-                .col_expr(
-                    delivery::Column::FirstFailureMs,
-                    Expr::value(first_failure_ms),
-                );
-            if let Some(next) = next_attempt_ms {
-                update = update.col_expr(delivery::Column::NextAttemptMs, Expr::value(next));
+
+    fn finished(
+        &mut self,
+        key: &DeliveryKey,
+        workspace_id: &str,
+        create_ms: i64,
+        status: DeliveryStatus,
+    ) {
+        let row = delivery::ActiveModel {
+            message_id: Set(key.message_id.clone()),
+            subscription_id: Set(key.subscription_id.clone()),
+            workspace_id: Set(workspace_id.to_owned()),
+            status: Set(status.as_str().to_owned()),
+            attempt_count: Set(0),
+            next_attempt_ms: Set(create_ms),
+            lease_until_ms: Set(None),
+            first_failure_ms: Set(None),
+            create_ms: Set(create_ms),
+        };
+        self.put(key, row, true);
+    }
+
+    fn put(&mut self, key: &DeliveryKey, row: delivery::ActiveModel, sets_next: bool) {
+        match self.index.get(key) {
+            Some(&at) => {
+                self.rows[at] = row;
+                self.sets_next[at] = sets_next;
             }
-            update
-                .filter(delivery::Column::SubscriptionId.eq(subscription_id))
-                .filter(delivery::Column::MessageId.is_in(chunk.iter().cloned()))
-                .exec(tx)
-                .await?;
+            None => {
+                self.index.insert(key.clone(), self.rows.len());
+                self.rows.push(row);
+                self.sets_next.push(sets_next);
+            }
         }
     }
+
+    /// Writes the rows (inserted, or updated where they exist) and starts over.
+    async fn write<C: ConnectionTrait>(&mut self, tx: &C) -> Result<(), DbErr> {
+        let rows = std::mem::take(&mut self.rows);
+        let sets_next = std::mem::take(&mut self.sets_next);
+        self.index.clear();
+        let (with_next, keeping_next): (Vec<_>, Vec<_>) =
+            rows.into_iter().zip(sets_next).partition(|(_, sets)| *sets);
+        for (group, next) in [(with_next, true), (keeping_next, false)] {
+            let group: Vec<delivery::ActiveModel> = group.into_iter().map(|(row, _)| row).collect();
+            for chunk in group.chunks(ROWS_PER_STATEMENT) {
+                let mut columns = vec![
+                    delivery::Column::Status,
+                    delivery::Column::AttemptCount,
+                    delivery::Column::LeaseUntilMs,
+                    delivery::Column::FirstFailureMs,
+                ];
+                if next {
+                    columns.push(delivery::Column::NextAttemptMs);
+                }
+                delivery::Entity::insert_many(chunk.to_vec())
+                    .on_conflict(
+                        OnConflict::columns([
+                            delivery::Column::MessageId,
+                            delivery::Column::SubscriptionId,
+                        ])
+                        .update_columns(columns)
+                        .to_owned(),
+                    )
+                    .exec_without_returning(tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ends a delivery that is still pending with `status`.
+async fn finish_pending<C: ConnectionTrait>(
+    tx: &C,
+    key: &DeliveryKey,
+    status: DeliveryStatus,
+) -> Result<(), DbErr> {
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value(status.as_str()))
+        .col_expr(
+            delivery::Column::LeaseUntilMs,
+            Expr::value(Option::<i64>::None),
+        )
+        .filter(delivery::Column::MessageId.eq(&key.message_id))
+        .filter(delivery::Column::SubscriptionId.eq(&key.subscription_id))
+        .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+        .exec(tx)
+        .await?;
     Ok(())
 }
 

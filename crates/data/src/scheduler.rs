@@ -13,18 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement, Value};
+use sea_orm::{
+    ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Statement, Value,
+};
 use sluice_core::outcome::DeliveryStatus;
-use sluice_proto::control::v1::AttemptTrigger;
-use sluice_store::data::{delivery, message};
+use sluice_proto::control::v1::{AttemptTrigger, MessageRecord};
+use sluice_store::data::{delivery, fanout, message};
 use sluice_store::now_ms;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use crate::dispatcher;
-use crate::outcomes::OutcomeEvent;
+use crate::outcomes::{FinishedRecord, OutcomeEvent};
 use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
 use crate::shared::Shared;
+use crate::time::timestamp_from_ms;
 
 /// How often the scanner looks for due deliveries nobody holds.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -104,14 +107,190 @@ pub(crate) async fn run_scanner(shared: Arc<Shared>) {
     }
 }
 
-/// Claims due deliveries until none are left or memory is full.
+/// Claims due deliveries and due first attempts until none are left or memory is full.
 pub(crate) async fn claim_all_due(shared: &Arc<Shared>) -> Result<(), DbErr> {
     loop {
         let claimed = claim_due(shared).await?;
         if claimed < CLAIM_BATCH || shared.shutdown.is_cancelled() {
+            break;
+        }
+    }
+    loop {
+        let claimed = claim_fanouts(shared).await?;
+        if claimed < CLAIM_BATCH || shared.shutdown.is_cancelled() {
             return Ok(());
         }
     }
+}
+
+/// One claim query for fan-outs (messages whose first attempts have not all concluded; see
+/// `fanout`) that are due and whose lease is free: after a restart, when memory was full at
+/// ingest, or when a replica died.
+async fn claim_fanouts(shared: &Arc<Shared>) -> Result<usize, DbErr> {
+    let room = MAX_HELD.saturating_sub(shared.held.len());
+    if room == 0 {
+        return Ok(0);
+    }
+    let limit = room.min(CLAIM_BATCH);
+    let now = now_ms();
+    let lease_until = now
+        .saturating_add(SCAN_LOOKAHEAD_MS)
+        .saturating_add(shared.lease_ms());
+    let backend = shared.db.get_database_backend();
+    let lock = if backend == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    // Message ids sort by creation, so the oldest messages come first.
+    let sql = format!(
+        "UPDATE dp_fanout SET lease_until_ms = {p1} \
+         WHERE message_id IN ( \
+           SELECT message_id FROM dp_fanout \
+           WHERE due_ms <= {p2} AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}) \
+           ORDER BY message_id LIMIT {p4}{lock}) \
+         RETURNING *",
+        p1 = placeholder(backend, 1),
+        p2 = placeholder(backend, 2),
+        p3 = placeholder(backend, 3),
+        p4 = placeholder(backend, 4),
+    );
+    let statement = Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            Value::from(lease_until),
+            Value::from(now.saturating_add(SCAN_LOOKAHEAD_MS)),
+            Value::from(now),
+            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ],
+    );
+    let rows = fanout::Entity::find()
+        .from_raw_sql(statement)
+        .all(&shared.db)
+        .await?;
+    let count = rows.len();
+    if count > 0 {
+        take_fanouts(shared, rows, lease_until).await?;
+    }
+    Ok(count)
+}
+
+/// Turns claimed fan-outs into held first attempts: each subscription of the message that
+/// has neither a delivery row nor a concluded first attempt here.
+async fn take_fanouts(
+    shared: &Arc<Shared>,
+    rows: Vec<fanout::Model>,
+    lease_until_ms: i64,
+) -> Result<(), DbErr> {
+    let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
+    let mut messages: HashMap<String, message::Model> = HashMap::with_capacity(ids.len());
+    let mut with_rows: HashSet<(String, String)> = HashSet::new();
+    for chunk in ids.chunks(LEASE_CHUNK) {
+        for row in message::Entity::find()
+            .filter(message::Column::Id.is_in(chunk.to_vec()))
+            .all(&shared.db)
+            .await?
+        {
+            messages.insert(row.id.clone(), row);
+        }
+        let stored: Vec<(String, String)> = delivery::Entity::find()
+            .select_only()
+            .column(delivery::Column::MessageId)
+            .column(delivery::Column::SubscriptionId)
+            .filter(delivery::Column::MessageId.is_in(chunk.to_vec()))
+            .into_tuple()
+            .all(&shared.db)
+            .await?;
+        with_rows.extend(stored);
+    }
+    let now = now_ms();
+    let mut due_now = Vec::new();
+    let mut finished = Vec::new();
+    for row in rows {
+        let Some(message) = messages.remove(&row.message_id) else {
+            tracing::error!(message_id = %row.message_id, "fan-out without its message; dropping it");
+            finished.push(row.message_id);
+            continue;
+        };
+        let remaining = match shared.fanouts.remaining(&message.id) {
+            Some(remaining) => remaining,
+            None => {
+                let matched: Vec<String> = message
+                    .subscription_ids
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let remaining: Vec<String> = matched
+                    .iter()
+                    .filter(|id| !with_rows.contains(&(message.id.clone(), (*id).clone())))
+                    .cloned()
+                    .collect();
+                if remaining.is_empty() {
+                    finished.push(message.id.clone());
+                    continue;
+                }
+                // Reported again at once: the control plane may never have heard of it (a
+                // repeat is harmless).
+                let record = MessageRecord {
+                    id: message.id.clone(),
+                    workspace_id: message.workspace_id.clone(),
+                    event_type: message.event_type.clone(),
+                    create_time: Some(timestamp_from_ms(message.create_ms)),
+                    subscription_ids: matched,
+                };
+                shared
+                    .fanouts
+                    .open(record, remaining.clone(), Duration::ZERO);
+                remaining
+            }
+        };
+        let stored = Arc::new(StoredMessage::from_row(message));
+        for subscription_id in remaining {
+            let key = DeliveryKey {
+                message_id: stored.id.clone(),
+                subscription_id,
+            };
+            let Some(generation) = shared.held.claim(&key, lease_until_ms) else {
+                continue;
+            };
+            let task = DeliveryTask {
+                key,
+                message: Arc::clone(&stored),
+                attempt_count: 0,
+                first_failure_ms: None,
+                trigger: AttemptTrigger::Scheduled,
+                generation,
+            };
+            if row.due_ms <= now {
+                due_now.push(task);
+            } else if shared
+                .retry_tx
+                .send(ScheduledRetry {
+                    due_ms: row.due_ms,
+                    task,
+                })
+                .await
+                .is_err()
+            {
+                // Timers stopped: shutting down, the fan-out stays in the database.
+                return Ok(());
+            }
+        }
+    }
+    dispatcher::enqueue(shared, due_now);
+    // Nothing is left to attempt for these (every delivery has its own row): no process
+    // has them open, so the scanner may end them.
+    for chunk in finished.chunks(LEASE_CHUNK) {
+        fanout::Entity::delete_many()
+            .filter(fanout::Column::MessageId.is_in(chunk.iter().cloned()))
+            .exec(&shared.db)
+            .await?;
+    }
+    Ok(())
 }
 
 /// One claim query: due (or nearly due) pending deliveries whose lease is free.
@@ -213,10 +392,12 @@ pub(crate) async fn take_rows(
             tracing::error!(message_id = %key.message_id, subscription_id = %key.subscription_id, "pending delivery without its message; cancelling it");
             shared.held.release(&key, generation);
             shared
-                .record(OutcomeEvent::Finished {
+                .record(OutcomeEvent::Finished(Box::new(FinishedRecord {
                     key,
                     status: DeliveryStatus::Cancelled,
-                })
+                    workspace_id: row.workspace_id,
+                    create_ms: row.create_ms,
+                })))
                 .await;
             continue;
         };
@@ -277,6 +458,17 @@ async fn set_leases(
             .entry(key.subscription_id.as_str())
             .or_default()
             .push(key.message_id.clone());
+    }
+    // First attempts are leased through their message's fan-out row.
+    let mut messages: Vec<String> = keys.iter().map(|k| k.message_id.clone()).collect();
+    messages.sort_unstable();
+    messages.dedup();
+    for chunk in messages.chunks(LEASE_CHUNK) {
+        fanout::Entity::update_many()
+            .col_expr(fanout::Column::LeaseUntilMs, Expr::value(lease_until_ms))
+            .filter(fanout::Column::MessageId.is_in(chunk.iter().cloned()))
+            .exec(&shared.db)
+            .await?;
     }
     for (subscription_id, message_ids) in by_subscription {
         for chunk in message_ids.chunks(LEASE_CHUNK) {

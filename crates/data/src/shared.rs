@@ -17,6 +17,7 @@ use crate::config_copy::ConfigCopy;
 use crate::control_client::ControlClient;
 use crate::decision::{RetryPolicy, Streak};
 use crate::dispatcher::Lanes;
+use crate::fanout::Fanouts;
 use crate::outbox::Outbox;
 use crate::outcomes::OutcomeEvent;
 use crate::queue::Held;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     /// Committed outbox batches on their way to the reporter, and acked rows on their way
     /// to deletion.
     pub(crate) outbox: Outbox,
+    /// Messages whose first attempts this process is making (see `fanout`).
+    pub(crate) fanouts: Fanouts,
     /// Wakes the scanner ahead of its period (a replay queued work).
     pub(crate) scan_now: Notify,
     /// Cancelled by the binary: stop accepting work.

@@ -13,13 +13,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
-use sluice_core::outcome::DeliveryStatus;
 use sluice_proto::control::v1::{MessageRecord, ReportOutcomesRequest};
 use sluice_proto::data::v1::PublishResponse;
-use sluice_store::data::{delivery, message};
+use sluice_store::data::{delivery, fanout, message};
 use sluice_store::is_unique_violation;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -27,6 +26,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::backoff::Backoff;
 use crate::dispatcher;
 use crate::error::DataError;
+use crate::fanout::{Plan, REPORT_DELAY};
 use crate::outbox;
 use crate::outcomes::{self, OutcomeEvent};
 use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
@@ -82,18 +82,26 @@ struct Cycle {
     outcomes: Vec<OutcomeEvent>,
     /// Acked outbox rows to delete.
     acked: Vec<i64>,
+    /// A message's record is due for the control plane.
+    reports_due: bool,
+    /// Report every message not yet reported (the last cycle of shutdown).
+    all_reports: bool,
 }
 
 impl Cycle {
     fn is_empty(&self) -> bool {
-        self.publishes.is_empty() && self.outcomes.is_empty() && self.acked.is_empty()
+        self.publishes.is_empty()
+            && self.outcomes.is_empty()
+            && self.acked.is_empty()
+            && !self.reports_due
+            && !self.all_reports
     }
 }
 
 /// The writer's loop, until shutdown is over: publishes queued when shutdown began are
 /// still written and answered (those publishers are waiting and the write is quick), then
 /// the publish queue is closed; outcomes are written until `outcomes_closing` and nothing
-/// is left.
+/// is left; a last cycle reports every message the control plane has not heard of yet.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut publishes: mpsc::Receiver<PublishJob>,
@@ -114,34 +122,45 @@ pub(crate) async fn run(
         let carried_due = !carried.is_empty() && retry_at.is_none_or(|at| at <= Instant::now());
         if !carried_due {
             if closing && !publishes_open && carried.is_empty() && outcomes.is_empty() {
-                return;
-            }
-            let acked_deadline = shared.outbox.acked_deadline();
-            tokio::select! {
-                biased;
-                () = shared.shutdown.cancelled(), if !publishes_closed => {
-                    // Ingest refuses new events from now on; what is queued is still written.
-                    publishes.close();
-                    publishes_closed = true;
+                if failures_while_closing >= SHUTDOWN_WRITE_TRIES
+                    || shared.fanouts.next_report_due().is_none()
+                {
+                    return;
                 }
-                () = shared.outcomes_closing.cancelled(), if !closing => closing = true,
-                job = publishes.recv(), if publishes_open => match job {
-                    Some(job) => cycle.publishes.push(job),
-                    None => {
-                        publishes_open = false;
-                        shared.publishes_drained.cancel();
+                cycle.all_reports = true;
+            } else {
+                let acked_deadline = shared.outbox.acked_deadline();
+                let report_due = shared.fanouts.next_report_due();
+                tokio::select! {
+                    biased;
+                    () = shared.shutdown.cancelled(), if !publishes_closed => {
+                        // Ingest refuses new events from now on; what is queued is still
+                        // written.
+                        publishes.close();
+                        publishes_closed = true;
                     }
-                },
-                event = outcomes.recv() => {
-                    // The senders live in `Shared`, so the channel never ends while we run.
-                    if let Some(event) = event {
-                        cycle.outcomes.push(event);
+                    () = shared.outcomes_closing.cancelled(), if !closing => closing = true,
+                    job = publishes.recv(), if publishes_open => match job {
+                        Some(job) => cycle.publishes.push(job),
+                        None => {
+                            publishes_open = false;
+                            shared.publishes_drained.cancel();
+                        }
+                    },
+                    event = outcomes.recv() => {
+                        // The senders live in `Shared`, so the channel never ends while we run.
+                        if let Some(event) = event {
+                            cycle.outcomes.push(event);
+                        }
                     }
-                }
-                () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if !carried.is_empty() => {}
-                () = shared.outbox.acked_waiting.notified(), if acked_deadline.is_none() => {}
-                () = sleep_until(acked_deadline.unwrap_or_else(Instant::now)), if acked_deadline.is_some() => {
-                    cycle.acked = shared.outbox.acked_rows(MAX_BATCH);
+                    () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if !carried.is_empty() => {}
+                    () = shared.outbox.acked_waiting.notified(), if acked_deadline.is_none() => {}
+                    () = sleep_until(acked_deadline.unwrap_or_else(Instant::now)), if acked_deadline.is_some() => {
+                        cycle.acked = shared.outbox.acked_rows(MAX_BATCH);
+                    }
+                    () = sleep_until(report_due.unwrap_or_else(Instant::now)), if report_due.is_some() => {
+                        cycle.reports_due = true;
+                    }
                 }
             }
         }
@@ -201,7 +220,14 @@ pub(crate) async fn run(
 /// the failure may have been the publishes').
 async fn commit_cycle(shared: &Arc<Shared>, cycle: Cycle) -> Result<(), (Vec<OutcomeEvent>, bool)> {
     let started = std::time::Instant::now();
-    let written = write(shared, &cycle.publishes, &cycle.outcomes, &cycle.acked).await;
+    let written = write(
+        shared,
+        &cycle.publishes,
+        &cycle.outcomes,
+        &cycle.acked,
+        cycle.all_reports,
+    )
+    .await;
     tracing::debug!(
         events = cycle.publishes.len(),
         outcomes = cycle.outcomes.len(),
@@ -213,14 +239,12 @@ async fn commit_cycle(shared: &Arc<Shared>, cycle: Cycle) -> Result<(), (Vec<Out
         publishes,
         outcomes: events,
         acked,
+        ..
     } = cycle;
     match written {
         Ok(written) => {
             shared.outbox.deleted(&acked);
-            if let Some(batch) = written.batch {
-                shared.outbox.committed(batch);
-            }
-            finish(shared, publishes, written.resolutions, written.lease_until);
+            completed(shared, publishes, written);
             outcomes::answer_flushes(events);
             Ok(())
         }
@@ -239,16 +263,27 @@ async fn commit_cycle(shared: &Arc<Shared>, cycle: Cycle) -> Result<(), (Vec<Out
     }
 }
 
+/// After a commit: open fan-outs move on, the batch goes to the reporter, publishers get
+/// their answers and the new deliveries go to the dispatcher.
+fn completed(shared: &Arc<Shared>, publishes: Vec<PublishJob>, written: Written) {
+    let Written {
+        resolutions,
+        lease_until,
+        batch,
+        plan,
+    } = written;
+    shared.fanouts.committed(plan);
+    if let Some(batch) = batch {
+        shared.outbox.committed(batch);
+    }
+    finish(shared, publishes, resolutions, lease_until);
+}
+
 /// Writes publishes without anything else, after a combined write failed with `err`.
 async fn publish_alone(shared: &Arc<Shared>, jobs: Vec<PublishJob>, err: DbErr) {
     if !is_unique_violation(&err) {
-        match write(shared, &jobs, &[], &[]).await {
-            Ok(written) => {
-                if let Some(batch) = written.batch {
-                    shared.outbox.committed(batch);
-                }
-                finish(shared, jobs, written.resolutions, written.lease_until);
-            }
+        match write(shared, &jobs, &[], &[], false).await {
+            Ok(written) => completed(shared, jobs, written),
             Err(err) if is_unique_violation(&err) => {
                 Box::pin(publish_alone(shared, jobs, err)).await
             }
@@ -260,13 +295,8 @@ async fn publish_alone(shared: &Arc<Shared>, jobs: Vec<PublishJob>, err: DbErr) 
     // check and our insert: redo each event alone, where the check then sees it.
     for job in jobs {
         let jobs = vec![job];
-        match write(shared, &jobs, &[], &[]).await {
-            Ok(written) => {
-                if let Some(batch) = written.batch {
-                    shared.outbox.committed(batch);
-                }
-                finish(shared, jobs, written.resolutions, written.lease_until);
-            }
+        match write(shared, &jobs, &[], &[], false).await {
+            Ok(written) => completed(shared, jobs, written),
             Err(err) => fail(jobs, &err),
         }
     }
@@ -292,16 +322,20 @@ struct Written {
     lease_until: Option<i64>,
     /// The outbox batch committed, its `batch_id` set to the row's seq.
     batch: Option<ReportOutcomesRequest>,
+    /// What the write did to open fan-outs, applied once committed.
+    plan: Plan,
 }
 
 /// Resolves idempotency, then writes in one transaction: the new events (messages and
-/// deliveries), the outcomes, one outbox row with everything the control plane must hear,
-/// and the deletion of outbox rows it acked.
+/// their fan-out rows), the outcomes, one outbox row with everything the control plane must
+/// hear, and the deletion of outbox rows it acked. `all_reports` reports every message not
+/// yet reported (shutdown), not only those due.
 async fn write(
     shared: &Shared,
     jobs: &[PublishJob],
     events: &[OutcomeEvent],
     acked: &[i64],
+    all_reports: bool,
 ) -> Result<Written, DbErr> {
     let resolutions = resolve(shared, jobs).await?;
     let created: Vec<&PublishJob> = jobs
@@ -320,7 +354,18 @@ async fn write(
     if !created.is_empty() {
         insert_created(&tx, &created, lease_until, shared, &mut batch).await?;
     }
-    outcomes::apply(&tx, events, &mut batch).await?;
+    let mut plan = Plan::default();
+    outcomes::apply(&tx, &shared.fanouts, events, &mut batch, &mut plan).await?;
+    // Messages whose first attempts all concluded go with those outcomes; so do those that
+    // waited long enough.
+    let records = shared.fanouts.finish_plan(&mut plan, all_reports);
+    batch.messages.extend(records);
+    for chunk in plan.finished.chunks(ROWS_PER_INSERT) {
+        fanout::Entity::delete_many()
+            .filter(fanout::Column::MessageId.is_in(chunk.iter().cloned()))
+            .exec(&tx)
+            .await?;
+    }
     let batch = if batch.messages.is_empty()
         && batch.attempts.is_empty()
         && batch.disabled_subscriptions.is_empty()
@@ -337,6 +382,7 @@ async fn write(
         resolutions,
         lease_until,
         batch,
+        plan,
     })
 }
 
@@ -378,18 +424,14 @@ fn in_memory_lease(shared: &Shared, created: &[&PublishJob]) -> Option<i64> {
         .then(|| sluice_store::now_ms().saturating_add(shared.lease_ms()))
 }
 
-async fn insert_created(
-    tx: &DatabaseTransaction,
+async fn insert_created<C: ConnectionTrait>(
+    tx: &C,
     created: &[&PublishJob],
     lease_until: Option<i64>,
     shared: &Shared,
     batch: &mut ReportOutcomesRequest,
 ) -> Result<(), DbErr> {
-    let first_delay = shared
-        .policy
-        .schedule
-        .delay_before_attempt(1)
-        .map_or(0, duration_ms);
+    let first_delay = first_delay_ms(shared);
     for chunk in created.chunks(ROWS_PER_INSERT) {
         message::Entity::insert_many(chunk.iter().map(|job| {
             let m = &job.message;
@@ -402,47 +444,55 @@ async fn insert_created(
                 traceparent: Set(m.traceparent.clone()),
                 tracestate: Set(m.tracestate.clone()),
                 create_ms: Set(m.create_ms),
+                subscription_ids: Set(Some(job.subscription_ids.join(","))),
             }
         }))
         .exec_without_returning(tx)
         .await?;
     }
-    let deliveries: Vec<delivery::ActiveModel> = created
+    // One fan-out row per message stands for all of its first attempts (see `fanout`).
+    let fanning_out: Vec<&&PublishJob> = created
         .iter()
-        .flat_map(|job| {
-            let m = &job.message;
-            job.subscription_ids
-                .iter()
-                .map(move |subscription_id| delivery::ActiveModel {
-                    message_id: Set(m.id.clone()),
-                    subscription_id: Set(subscription_id.clone()),
-                    workspace_id: Set(m.workspace_id.clone()),
-                    status: Set(DeliveryStatus::Pending.as_str().to_owned()),
-                    attempt_count: Set(0),
-                    next_attempt_ms: Set(m.create_ms.saturating_add(first_delay)),
-                    lease_until_ms: Set(lease_until),
-                    first_failure_ms: Set(None),
-                    create_ms: Set(m.create_ms),
-                })
-        })
+        .filter(|job| !job.subscription_ids.is_empty())
         .collect();
-    let mut deliveries = deliveries.into_iter().peekable();
-    while deliveries.peek().is_some() {
-        let chunk: Vec<delivery::ActiveModel> = deliveries.by_ref().take(ROWS_PER_INSERT).collect();
-        delivery::Entity::insert_many(chunk)
-            .exec_without_returning(tx)
-            .await?;
+    for chunk in fanning_out.chunks(ROWS_PER_INSERT) {
+        fanout::Entity::insert_many(chunk.iter().map(|job| fanout::ActiveModel {
+            message_id: Set(job.message.id.clone()),
+            due_ms: Set(job.message.create_ms.saturating_add(first_delay)),
+            lease_until_ms: Set(lease_until),
+        }))
+        .exec_without_returning(tx)
+        .await?;
     }
-    batch
-        .messages
-        .extend(created.iter().map(|job| MessageRecord {
-            id: job.message.id.clone(),
-            workspace_id: job.message.workspace_id.clone(),
-            event_type: job.message.event_type.clone(),
-            create_time: Some(timestamp_from_ms(job.message.create_ms)),
-            subscription_ids: job.subscription_ids.clone(),
-        }));
+    // The control plane hears of a message with its first attempts' outcomes, unless this
+    // process does not make them itself (no subscription, or left to the scanner).
+    batch.messages.extend(
+        created
+            .iter()
+            .filter(|job| job.subscription_ids.is_empty() || lease_until.is_none())
+            .map(|job| message_record(&job.message, &job.subscription_ids)),
+    );
     Ok(())
+}
+
+/// What the control plane is told of an accepted message.
+fn message_record(message: &NewMessage, subscription_ids: &[String]) -> MessageRecord {
+    MessageRecord {
+        id: message.id.clone(),
+        workspace_id: message.workspace_id.clone(),
+        event_type: message.event_type.clone(),
+        create_time: Some(timestamp_from_ms(message.create_ms)),
+        subscription_ids: subscription_ids.to_vec(),
+    }
+}
+
+/// The wait before first attempts, in milliseconds.
+fn first_delay_ms(shared: &Shared) -> i64 {
+    shared
+        .policy
+        .schedule
+        .delay_before_attempt(1)
+        .map_or(0, duration_ms)
 }
 
 /// The stored messages that already carry an idempotency key of this batch:
@@ -466,11 +516,12 @@ async fn existing_keys(
         .collect();
     let mut found = Vec::new();
     for chunk in keys.chunks(ROWS_PER_INSERT) {
-        let rows: Vec<(String, String, Option<String>)> = message::Entity::find()
+        let rows: Vec<MessageKey> = message::Entity::find()
             .select_only()
             .column(message::Column::Id)
             .column(message::Column::WorkspaceId)
             .column(message::Column::IdempotencyKey)
+            .column(message::Column::SubscriptionIds)
             .filter(message::Column::WorkspaceId.is_in(workspaces.iter().copied()))
             .filter(message::Column::IdempotencyKey.is_in(chunk.to_vec()))
             .into_tuple()
@@ -478,33 +529,48 @@ async fn existing_keys(
             .await?;
         found.extend(
             rows.into_iter()
-                .filter(|(_, workspace, _)| workspaces.contains(workspace.as_str()))
-                .filter_map(|(id, workspace, key)| Some((id, workspace, key?))),
+                .filter(|(_, workspace, _, _)| workspaces.contains(workspace.as_str())),
         );
     }
-    if found.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let ids: Vec<String> = found.iter().map(|(id, _, _)| id.clone()).collect();
-    let counts: HashMap<String, i64> = delivery::Entity::find()
-        .select_only()
-        .column(delivery::Column::MessageId)
-        .column_as(delivery::Column::SubscriptionId.count(), "n")
-        .filter(delivery::Column::MessageId.is_in(ids))
-        .group_by(delivery::Column::MessageId)
-        .into_tuple::<(String, i64)>()
-        .all(&shared.db)
-        .await?
-        .into_iter()
+    // Messages stored before fan-out rows existed have no subscription list: count their
+    // delivery rows instead.
+    let older: Vec<String> = found
+        .iter()
+        .filter(|(_, _, _, subscriptions)| subscriptions.is_none())
+        .map(|(id, _, _, _)| id.clone())
         .collect();
+    let counts: HashMap<String, i64> = if older.is_empty() {
+        HashMap::new()
+    } else {
+        delivery::Entity::find()
+            .select_only()
+            .column(delivery::Column::MessageId)
+            .column_as(delivery::Column::SubscriptionId.count(), "n")
+            .filter(delivery::Column::MessageId.is_in(older))
+            .group_by(delivery::Column::MessageId)
+            .into_tuple::<(String, i64)>()
+            .all(&shared.db)
+            .await?
+            .into_iter()
+            .collect()
+    };
     Ok(found
         .into_iter()
-        .map(|(id, workspace, key)| {
-            let count = counts.get(&id).copied().unwrap_or(0);
-            ((workspace, key), (id, u32::try_from(count).unwrap_or(0)))
+        .filter_map(|(id, workspace, key, subscriptions)| {
+            let count = match subscriptions {
+                Some(list) => list.split(',').filter(|s| !s.is_empty()).count(),
+                None => usize::try_from(counts.get(&id).copied().unwrap_or(0)).unwrap_or(0),
+            };
+            Some((
+                (workspace, key?),
+                (id, u32::try_from(count).unwrap_or(u32::MAX)),
+            ))
         })
         .collect())
 }
+
+/// A stored message's id, workspace, idempotency key and subscription list.
+type MessageKey = (String, String, Option<String>, Option<String>);
 
 /// Answers every publisher, then hands the new deliveries to the dispatcher.
 fn finish(
@@ -539,11 +605,7 @@ fn finish(
         .collect();
     let mut due_now = Vec::new();
     let mut later = Vec::new();
-    let first_delay = shared
-        .policy
-        .schedule
-        .delay_before_attempt(1)
-        .map_or(0, duration_ms);
+    let first_delay = first_delay_ms(shared);
     for ((job, resolution), answer) in jobs.into_iter().zip(&resolutions).zip(answers) {
         // The publisher may have gone away; the event is durable and is delivered anyway.
         if matches!(resolution, Resolution::Created) {
@@ -553,6 +615,15 @@ fn finish(
         let (Resolution::Created, Some(lease_until)) = (resolution, lease_until) else {
             continue;
         };
+        if job.subscription_ids.is_empty() {
+            continue;
+        }
+        // Opened before any attempt can conclude, so the writer sees each conclusion.
+        shared.fanouts.open(
+            message_record(&job.message, &job.subscription_ids),
+            job.subscription_ids.clone(),
+            REPORT_DELAY,
+        );
         let NewMessage {
             id,
             workspace_id,

@@ -98,10 +98,10 @@ async fn publish_delivers_a_signed_webhook() {
         plane.stop().await;
         let conn = db.connect().await;
         assert_eq!(count(&conn, "dp_messages").await, 1);
-        assert_eq!(
-            count(&conn, "dp_deliveries WHERE status = 'succeeded'").await,
-            1
-        );
+        // A first attempt that succeeds needs no delivery row, and its message's fan-out row
+        // went with it.
+        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        assert_eq!(count(&conn, "dp_fanout").await, 0);
         // Every outbox row was acked and deleted during the drain.
         assert_eq!(count(&conn, "dp_outbox").await, 0);
         control.stop();
@@ -298,26 +298,13 @@ async fn a_hanging_endpoint_does_not_delay_others() {
         ids.sort();
         assert_eq!(got, ids);
 
-        // Shutdown's grace ends with the slow attempt in flight: it is abandoned and its
-        // delivery stays pending for the next start.
+        // Shutdown's grace ends with the slow attempt in flight: it is abandoned, and the
+        // first attempts to the slow endpoint stay pending for the next start: each message
+        // keeps its fan-out row. The fast endpoint's succeeded and needed no rows.
         plane.stop().await;
         let conn = db.connect().await;
-        assert_eq!(
-            count(
-                &conn,
-                "dp_deliveries WHERE subscription_id = 'sub_slow' AND status = 'pending'"
-            )
-            .await,
-            5
-        );
-        assert_eq!(
-            count(
-                &conn,
-                "dp_deliveries WHERE subscription_id = 'sub_fast' AND status = 'succeeded'"
-            )
-            .await,
-            5
-        );
+        assert_eq!(count(&conn, "dp_fanout").await, 5);
+        assert_eq!(count(&conn, "dp_deliveries").await, 0);
         control.stop();
         db.cleanup().await;
     }
@@ -400,7 +387,9 @@ async fn idempotency_keys_dedupe() {
         plane.stop().await;
         let conn = db.connect().await;
         assert_eq!(count(&conn, "dp_messages").await, 3);
-        assert_eq!(count(&conn, "dp_deliveries").await, 2);
+        // Two first attempts, both succeeded: no delivery rows, no open fan-outs.
+        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        assert_eq!(count(&conn, "dp_fanout").await, 0);
         assert!(receiver.drain().is_empty(), "nothing delivered twice");
         control.stop();
         db.cleanup().await;
@@ -782,6 +771,88 @@ async fn scheduled_retries_survive_a_restart() {
         assert_eq!(attempt.attempt_number, 2);
         assert!(attempt.success);
         plane.stop().await;
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them() {
+    for backend in backends() {
+        let db = TestDb::new(&backend).await;
+        let mut receiver = Receiver::start().await;
+        let workspace = Workspace::new("wrk_1");
+        let (a, secret_a) = subscription("sub_a", &workspace.id, &receiver.url("/a"));
+        let (b, secret_b) = subscription("sub_b", &workspace.id, &receiver.url("/b"));
+        let mut control =
+            FakeControl::start(snapshot(vec![a, b], vec![workspace.key_config.clone()])).await;
+        let mut config = config(&control);
+        // First attempts wait two minutes: they are on timers when the plane stops.
+        config.retry = RetrySchedule::parse("2m,5s").unwrap();
+        let plane = RunningPlane::start(db.connect().await, config.clone()).await;
+        plane.wait_for_revision(1).await;
+        let mut ingest = plane.ingest().await;
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let response = ingest
+                .publish(authed(event(&format!(r#"{{"n":{n}}}"#)), &workspace.key))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(response.delivery_count, 2);
+            ids.push(response.message_id);
+        }
+        // No attempt has concluded, yet the control plane hears of every message (after
+        // the report delay) with both subscriptions.
+        for id in &ids {
+            let record = control.next_message(id).await;
+            assert_eq!(record.subscription_ids, ["sub_a", "sub_b"]);
+        }
+        plane.stop().await;
+        assert!(receiver.drain().is_empty());
+
+        // Each message kept one fan-out row for its two first attempts; made due now, they
+        // are found at the next start and made, once each.
+        let conn = db.connect().await;
+        assert_eq!(count(&conn, "dp_fanout").await, 3);
+        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        sea_orm::ConnectionTrait::execute_unprepared(&conn, "UPDATE dp_fanout SET due_ms = 0")
+            .await
+            .unwrap();
+        let plane = RunningPlane::start(conn, config).await;
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            let request = receiver.next().await;
+            let secret = if request.path == "/a" {
+                &secret_a
+            } else {
+                &secret_b
+            };
+            request.verify(secret).unwrap();
+            got.push((
+                request.path.clone(),
+                request.header("webhook-id").to_owned(),
+            ));
+        }
+        got.sort();
+        let mut want: Vec<(String, String)> = ids
+            .iter()
+            .flat_map(|id| [("/a".to_owned(), id.clone()), ("/b".to_owned(), id.clone())])
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        for id in &ids {
+            for _ in 0..2 {
+                let attempt = control.next_attempt(id).await.attempt.unwrap();
+                assert_eq!(attempt.attempt_number, 1);
+                assert!(attempt.success);
+            }
+        }
+        plane.stop().await;
+        let conn = db.connect().await;
+        assert_eq!(count(&conn, "dp_fanout").await, 0);
+        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        assert!(receiver.drain().is_empty(), "nothing delivered twice");
         control.stop();
         db.cleanup().await;
     }

@@ -16,6 +16,9 @@ pub struct Model {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub create_ms: i64,
+    /// The subscriptions the message matched at ingest, comma-separated; `None` on rows
+    /// written before fan-out rows existed (they have a delivery row per subscription).
+    pub subscription_ids: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod delivery;
+pub mod fanout;
 pub mod message;
 pub mod outbox;
 pub mod state;

@@ -1,0 +1,368 @@
+//! Fan-out: the first attempts of a message, tracked as one unit.
+//!
+//! A message's first attempt to each subscription it matched needs no delivery row of its
+//! own: the `dp_fanout` row written with the message stands for all of them until each has
+//! concluded. A first attempt that succeeds writes nothing for its delivery; one that fails
+//! (or cannot be made) gets its `dp_deliveries` row then, with its retry schedule. When the
+//! last one has concluded, the writer deletes the fan-out row in the same transaction. The
+//! hot path of a message thus costs two small writes however many subscriptions it has,
+//! where a row per delivery cost an insert and an update each.
+//!
+//! The control plane hears of the message (its `MessageRecord`) in the batch that carries
+//! the outcomes of its first attempts, so it can store each delivery once, in its final
+//! state. A message whose first attempts take longer than [`REPORT_DELAY`] is reported on its
+//! own then, so the delivery log never lags by more than that.
+//!
+//! Only the writer task concludes fan-outs. It decides inside its transaction which ones
+//! end (see [`Fanouts::plan`]) and applies that after the commit ([`Fanouts::committed`]), so
+//! memory never runs ahead of the database.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sluice_proto::control::v1::MessageRecord;
+use tokio::time::Instant;
+
+/// How long a message's record may wait for its first attempts before it is reported to the
+/// control plane on its own.
+pub(crate) const REPORT_DELAY: Duration = Duration::from_secs(1);
+
+/// The open fan-outs of this process.
+#[derive(Default)]
+pub(crate) struct Fanouts {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    open: HashMap<String, Open>,
+    /// Report deadlines of open fan-outs, in the order they were registered (so in deadline
+    /// order, [`REPORT_DELAY`] being fixed; recovered ones are due at once).
+    unreported: VecDeque<(Instant, String)>,
+}
+
+/// One message whose first attempts have not all concluded.
+struct Open {
+    /// What the control plane is told of the message.
+    record: MessageRecord,
+    /// Subscriptions whose first attempt has not concluded.
+    remaining: Vec<String>,
+    /// Whether `record` went into a committed outbox batch.
+    reported: bool,
+}
+
+/// What a write cycle does to the open fan-outs, decided inside its transaction.
+#[derive(Default)]
+pub(crate) struct Plan {
+    /// First attempts this cycle concludes.
+    concluded: HashSet<(String, String)>,
+    /// Fan-outs whose every first attempt has now concluded: their rows are deleted.
+    pub(crate) finished: Vec<String>,
+    /// Messages reported in this cycle's batch.
+    pub(crate) reported: Vec<String>,
+}
+
+impl Plan {
+    /// Whether the delivery `message_id` → `subscription_id` is a first attempt that
+    /// concludes now (it has no delivery row yet). Records the conclusion; true only once.
+    pub(crate) fn concludes(
+        &mut self,
+        fanouts: &Fanouts,
+        message_id: &str,
+        subscription_id: &str,
+    ) -> bool {
+        let open = fanouts
+            .lock()
+            .open
+            .get(message_id)
+            .is_some_and(|open| open.remaining.iter().any(|s| s == subscription_id));
+        open && self
+            .concluded
+            .insert((message_id.to_owned(), subscription_id.to_owned()))
+    }
+}
+
+/// A first attempt that has not concluded, for writing its delivery row when its
+/// subscription is disabled.
+pub(crate) struct Unconcluded {
+    pub(crate) message_id: String,
+    pub(crate) workspace_id: String,
+    pub(crate) create_ms: i64,
+}
+
+impl Fanouts {
+    /// Opens a fan-out for `record`, whose first attempts to `remaining` are about to be
+    /// made by this process. Its record is reported with them, or after `report_after`.
+    /// False (and nothing changes) when this process already has it open.
+    pub(crate) fn open(
+        &self,
+        record: MessageRecord,
+        remaining: Vec<String>,
+        report_after: Duration,
+    ) -> bool {
+        let mut inner = self.lock();
+        if inner.open.contains_key(&record.id) {
+            return false;
+        }
+        let id = record.id.clone();
+        inner
+            .unreported
+            .push_back((Instant::now() + report_after, id.clone()));
+        inner.open.insert(
+            id,
+            Open {
+                record,
+                remaining,
+                reported: false,
+            },
+        );
+        true
+    }
+
+    /// Whether this process has the fan-out of `message_id` open.
+    pub(crate) fn is_open(&self, message_id: &str) -> bool {
+        self.lock().open.contains_key(message_id)
+    }
+
+    /// Whether the first attempt `message_id` → `subscription_id` is still to conclude here.
+    pub(crate) fn is_unconcluded(&self, message_id: &str, subscription_id: &str) -> bool {
+        self.lock()
+            .open
+            .get(message_id)
+            .is_some_and(|open| open.remaining.iter().any(|s| s == subscription_id))
+    }
+
+    /// When the oldest unreported record is due, if any.
+    pub(crate) fn next_report_due(&self) -> Option<Instant> {
+        let mut inner = self.lock();
+        inner.prune_reported();
+        inner.unreported.front().map(|(due, _)| *due)
+    }
+
+    /// The first attempts to `subscription_id` not yet concluded (and not in `plan`).
+    pub(crate) fn unconcluded_to(&self, subscription_id: &str, plan: &Plan) -> Vec<Unconcluded> {
+        let inner = self.lock();
+        inner
+            .open
+            .iter()
+            .filter(|(id, open)| {
+                open.remaining.iter().any(|s| s == subscription_id)
+                    && !plan
+                        .concluded
+                        .contains(&((*id).clone(), subscription_id.to_owned()))
+            })
+            .map(|(id, open)| Unconcluded {
+                message_id: id.clone(),
+                workspace_id: open.record.workspace_id.clone(),
+                create_ms: open
+                    .record
+                    .create_time
+                    .as_ref()
+                    .and_then(crate::time::ms_from_timestamp)
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Completes `plan` once the cycle's outcomes are applied: which fan-outs finish, and
+    /// the records to report in this cycle's batch (those finishing, those past their
+    /// deadline, and at shutdown every unreported one).
+    pub(crate) fn finish_plan(&self, plan: &mut Plan, everything: bool) -> Vec<MessageRecord> {
+        let mut inner = self.lock();
+        let mut records = Vec::new();
+        let mut messages: Vec<&str> = plan.concluded.iter().map(|(m, _)| m.as_str()).collect();
+        messages.sort_unstable();
+        messages.dedup();
+        for message_id in messages {
+            let Some(open) = inner.open.get(message_id) else {
+                continue;
+            };
+            let done = open
+                .remaining
+                .iter()
+                .all(|s| plan.concluded.contains(&(message_id.to_owned(), s.clone())));
+            if done {
+                plan.finished.push(message_id.to_owned());
+                if !open.reported {
+                    records.push(open.record.clone());
+                    plan.reported.push(message_id.to_owned());
+                }
+            }
+        }
+        let now = Instant::now();
+        let Inner { open, unreported } = &mut *inner;
+        for (due, message_id) in unreported.iter() {
+            if !everything && *due > now {
+                break;
+            }
+            if let Some(open) = open.get(message_id)
+                && !open.reported
+                && !plan.reported.contains(message_id)
+            {
+                records.push(open.record.clone());
+                plan.reported.push(message_id.clone());
+            }
+        }
+        records
+    }
+
+    /// Applies a committed plan.
+    pub(crate) fn committed(&self, plan: Plan) {
+        let mut inner = self.lock();
+        for (message_id, subscription_id) in &plan.concluded {
+            if let Some(open) = inner.open.get_mut(message_id) {
+                open.remaining.retain(|s| s != subscription_id);
+            }
+        }
+        for message_id in &plan.reported {
+            if let Some(open) = inner.open.get_mut(message_id) {
+                open.reported = true;
+            }
+        }
+        for message_id in &plan.finished {
+            inner.open.remove(message_id);
+        }
+        inner.prune_reported();
+    }
+
+    /// The subscriptions whose first attempt is still to conclude, when the fan-out of
+    /// `message_id` is open here.
+    pub(crate) fn remaining(&self, message_id: &str) -> Option<Vec<String>> {
+        self.lock()
+            .open
+            .get(message_id)
+            .map(|open| open.remaining.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the maps consistent.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    /// Drops deadlines of fan-outs already reported or finished from the front.
+    fn prune_reported(&mut self) {
+        while let Some((_, id)) = self.unreported.front() {
+            match self.open.get(id) {
+                Some(open) if !open.reported => break,
+                _ => {
+                    self.unreported.pop_front();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, subs: &[&str]) -> MessageRecord {
+        MessageRecord {
+            id: id.to_owned(),
+            workspace_id: "wrk_1".to_owned(),
+            event_type: "a.b".to_owned(),
+            create_time: None,
+            subscription_ids: subs.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn open(fanouts: &Fanouts, id: &str, subs: &[&str], after: Duration) {
+        let subs_owned: Vec<String> = subs.iter().map(|s| (*s).to_owned()).collect();
+        assert!(fanouts.open(record(id, subs), subs_owned, after));
+    }
+
+    #[test]
+    fn a_fanout_finishes_with_its_last_first_attempt_and_is_reported_then() {
+        let fanouts = Fanouts::default();
+        open(&fanouts, "msg_1", &["sub_a", "sub_b"], REPORT_DELAY);
+        assert!(!fanouts.open(record("msg_1", &["sub_a"]), vec![], REPORT_DELAY));
+
+        // One of two concludes: nothing finishes, nothing is due for reporting yet.
+        let mut plan = Plan::default();
+        assert!(plan.concludes(&fanouts, "msg_1", "sub_a"));
+        assert!(
+            !plan.concludes(&fanouts, "msg_1", "sub_a"),
+            "concludes once"
+        );
+        assert!(
+            !plan.concludes(&fanouts, "msg_1", "sub_x"),
+            "not one of its first attempts"
+        );
+        assert!(fanouts.finish_plan(&mut plan, false).is_empty());
+        assert!(plan.finished.is_empty());
+        fanouts.committed(plan);
+        assert!(!fanouts.is_unconcluded("msg_1", "sub_a"));
+        assert!(fanouts.is_unconcluded("msg_1", "sub_b"));
+
+        // The last one: the fan-out finishes and its record goes with it.
+        let mut plan = Plan::default();
+        assert!(plan.concludes(&fanouts, "msg_1", "sub_b"));
+        let records = fanouts.finish_plan(&mut plan, false);
+        assert_eq!(records.len(), 1);
+        assert_eq!(plan.finished, ["msg_1"]);
+        fanouts.committed(plan);
+        assert!(!fanouts.is_open("msg_1"));
+        assert_eq!(fanouts.next_report_due(), None);
+    }
+
+    #[test]
+    fn a_slow_fanout_is_reported_once_at_its_deadline_and_a_failed_write_changes_nothing() {
+        let fanouts = Fanouts::default();
+        open(&fanouts, "msg_1", &["sub_a"], Duration::ZERO);
+        open(&fanouts, "msg_2", &["sub_a"], Duration::from_secs(3600));
+
+        // A plan that was never committed (the transaction failed) leaves no trace.
+        let mut plan = Plan::default();
+        assert!(plan.concludes(&fanouts, "msg_2", "sub_a"));
+        drop(plan);
+        assert!(fanouts.is_unconcluded("msg_2", "sub_a"));
+
+        let mut plan = Plan::default();
+        let records = fanouts.finish_plan(&mut plan, false);
+        assert_eq!(
+            records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["msg_1"]
+        );
+        assert!(plan.finished.is_empty());
+        fanouts.committed(plan);
+        assert!(fanouts.is_open("msg_1"), "reported, still open");
+
+        // Reported once only; at shutdown everything unreported goes.
+        let mut plan = Plan::default();
+        let records = fanouts.finish_plan(&mut plan, true);
+        assert_eq!(
+            records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["msg_2"]
+        );
+        fanouts.committed(plan);
+
+        // Finishing after the report does not report again.
+        let mut plan = Plan::default();
+        assert!(plan.concludes(&fanouts, "msg_1", "sub_a"));
+        assert!(fanouts.finish_plan(&mut plan, true).is_empty());
+        assert_eq!(plan.finished, ["msg_1"]);
+    }
+
+    #[test]
+    fn lists_the_first_attempts_a_disable_cuts_off() {
+        let fanouts = Fanouts::default();
+        open(&fanouts, "msg_1", &["sub_a", "sub_b"], REPORT_DELAY);
+        open(&fanouts, "msg_2", &["sub_b"], REPORT_DELAY);
+        let mut plan = Plan::default();
+        assert!(plan.concludes(&fanouts, "msg_2", "sub_b"));
+        let cut: Vec<String> = fanouts
+            .unconcluded_to("sub_b", &plan)
+            .into_iter()
+            .map(|u| u.message_id)
+            .collect();
+        assert_eq!(cut, ["msg_1"]);
+        assert_eq!(
+            fanouts.remaining("msg_1"),
+            Some(vec!["sub_a".to_owned(), "sub_b".to_owned()])
+        );
+        assert_eq!(fanouts.remaining("msg_3"), None);
+    }
+}
