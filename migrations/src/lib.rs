@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m0001_control_initial;
 mod m0001_data_initial;
+mod m0002_control_log_tables;
 mod m0002_data_fanout;
 
 /// Migrations of the control plane's database.
@@ -17,7 +18,10 @@ pub struct ControlMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for ControlMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_control_initial::Migration)]
+        vec![
+            Box::new(m0001_control_initial::Migration),
+            Box::new(m0002_control_log_tables::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

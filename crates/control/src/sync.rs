@@ -319,8 +319,7 @@ async fn store_outcomes(
                 if !batch.disabled_subscriptions.is_empty() {
                     lock_config_writes(tx).await?;
                 }
-                store_messages(tx, &batch.messages).await?;
-                store_attempts(tx, &batch.attempts).await?;
+                store_log(tx, &batch.messages, &batch.attempts).await?;
                 let mut revision = 0;
                 for d in &batch.disabled_subscriptions {
                     let Some(row) = subscription::Entity::find_by_id(d.subscription_id.clone())
@@ -358,36 +357,55 @@ async fn store_outcomes(
     Ok(())
 }
 
-/// Messages and their (pending) deliveries, ignoring those already stored.
-async fn store_messages<C: ConnectionTrait>(
+/// Stores a batch of the delivery log with a few multi-row statements whatever its size:
+/// the messages, the attempts not stored before, each delivery once in its latest state
+/// (a message's record usually arrives with its first attempts, so most deliveries are
+/// written once, already final), and each endpoint's health. Every statement leaves rows
+/// already there alone (or keeps the later state), so a batch resent after a lost ack
+/// changes nothing.
+async fn store_log<C: ConnectionTrait>(
     tx: &C,
     messages: &[pb::MessageRecord],
+    outcomes: &[pb::AttemptOutcome],
 ) -> Result<(), ApiError> {
+    // Messages, and what their deliveries look like before any attempt.
     let mut message_rows = Vec::with_capacity(messages.len());
-    let mut delivery_rows = Vec::new();
+    let mut deliveries: std::collections::HashMap<(&str, &str), delivery::ActiveModel> =
+        std::collections::HashMap::new();
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    let mut created: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     for m in messages {
         let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
+        created.insert(m.id.as_str(), create_ms);
         message_rows.push(message::ActiveModel {
             id: Set(m.id.clone()),
             workspace_id: Set(m.workspace_id.clone()),
             event_type: Set(m.event_type.clone()),
             create_ms: Set(create_ms),
-            delivery_count: Set(m.subscription_ids.len() as i32),
+            delivery_count: Set(i32::try_from(m.subscription_ids.len()).unwrap_or(i32::MAX)),
         });
         for sub in &m.subscription_ids {
-            delivery_rows.push(delivery::ActiveModel {
-                message_id: Set(m.id.clone()),
-                subscription_id: Set(sub.clone()),
-                workspace_id: Set(m.workspace_id.clone()),
-                event_type: Set(m.event_type.clone()),
-                status: Set("pending".into()),
-                attempt_count: Set(0),
-                last_attempt_ms: Set(None),
-                next_attempt_ms: Set(Some(create_ms)),
-                last_status_code: Set(0),
-                last_error_kind: Set(String::new()),
-                create_ms: Set(create_ms),
-            });
+            let key = (m.id.as_str(), sub.as_str());
+            if deliveries.contains_key(&key) {
+                continue;
+            }
+            order.push(key);
+            deliveries.insert(
+                key,
+                delivery::ActiveModel {
+                    message_id: Set(m.id.clone()),
+                    subscription_id: Set(sub.clone()),
+                    workspace_id: Set(m.workspace_id.clone()),
+                    event_type: Set(m.event_type.clone()),
+                    status: Set("pending".into()),
+                    attempt_count: Set(0),
+                    last_attempt_ms: Set(None),
+                    next_attempt_ms: Set(Some(create_ms)),
+                    last_status_code: Set(0),
+                    last_error_kind: Set(String::new()),
+                    create_ms: Set(create_ms),
+                },
+            );
         }
     }
     for chunk in message_rows.chunks(ROWS_PER_STATEMENT) {
@@ -401,161 +419,42 @@ async fn store_messages<C: ConnectionTrait>(
         )
         .await?;
     }
-    for chunk in delivery_rows.chunks(ROWS_PER_STATEMENT) {
-        insert_ignore(
-            tx,
-            sea_orm::Insert::<delivery::ActiveModel>::many(chunk.to_vec()).on_conflict(
-                OnConflict::columns([
-                    delivery::Column::MessageId,
-                    delivery::Column::SubscriptionId,
-                ])
-                .do_nothing()
-                .to_owned(),
-            ),
-        )
-        .await?;
-    }
-    Ok(())
-}
 
-/// Runs an insert (whose ON CONFLICT clause decides about existing rows) and returns the
-/// number of rows it wrote.
-async fn insert_ignore<C: ConnectionTrait, Q: sea_orm::QueryTrait>(
-    tx: &C,
-    insert: Q,
-) -> Result<u64, sea_orm::DbErr> {
-    let statement = insert.build(tx.get_database_backend());
-    Ok(tx.execute_raw(statement).await?.rows_affected())
-}
-
-/// One attempt, flattened for storage.
-struct NewAttempt<'a> {
-    attempt: &'a pb::Attempt,
-    outcome: &'a pb::AttemptOutcome,
-    attempt_ms: i64,
-}
-
-/// Attempt outcomes: the attempts not seen before are inserted, then each delivery takes the
-/// state of its latest attempt and each endpoint's health counts the new attempts.
-async fn store_attempts<C: ConnectionTrait>(
-    tx: &C,
-    outcomes: &[pb::AttemptOutcome],
-) -> Result<(), ApiError> {
-    let mut new: Vec<NewAttempt> = Vec::with_capacity(outcomes.len());
-    let mut seen_in_batch = std::collections::HashSet::new();
-    for outcome in outcomes {
-        if let Some(attempt) = &outcome.attempt
-            && seen_in_batch.insert(attempt.id.as_str())
-        {
-            let attempt_ms = attempt
-                .attempt_time
-                .as_ref()
-                .and_then(ms)
-                .unwrap_or_else(now_ms);
-            new.push(NewAttempt {
-                attempt,
-                outcome,
-                attempt_ms,
-            });
-        }
-    }
-    if new.is_empty() {
-        return Ok(());
-    }
-    // A resent batch: drop the attempts already stored, so nothing counts twice.
-    let mut stored = std::collections::HashSet::new();
-    for chunk in new.chunks(ROWS_PER_STATEMENT) {
-        let ids: Vec<String> = chunk.iter().map(|n| n.attempt.id.clone()).collect();
-        for row in attempt::Entity::find()
-            .select_only()
-            .column(attempt::Column::Id)
-            .filter(attempt::Column::Id.is_in(ids))
-            .into_tuple::<String>()
-            .all(tx)
-            .await?
-        {
-            stored.insert(row);
-        }
-    }
-    new.retain(|n| !stored.contains(&n.attempt.id));
-    if new.is_empty() {
-        return Ok(());
-    }
-    new.sort_by_key(|n| (n.attempt_ms, n.attempt.attempt_number));
-
-    let attempt_rows: Vec<attempt::ActiveModel> = new
-        .iter()
-        .map(|n| {
-            let a = n.attempt;
-            let latency_us = a
-                .latency
-                .as_ref()
-                .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
-                .unwrap_or(0);
-            attempt::ActiveModel {
-                id: Set(a.id.clone()),
-                workspace_id: Set(a.workspace_id.clone()),
-                message_id: Set(a.message_id.clone()),
-                subscription_id: Set(a.subscription_id.clone()),
-                event_type: Set(a.event_type.clone()),
-                attempt_number: Set(a.attempt_number as i32),
-                attempt_ms: Set(n.attempt_ms),
-                success: Set(a.success),
-                status_code: Set(a.status_code as i32),
-                error_kind: Set(a.error_kind.clone()),
-                error_message: Set(a.error_message.clone()),
-                latency_us: Set(latency_us),
-                response_excerpt: Set(a.response_excerpt.clone()),
-                trigger: Set(trigger_name(a.trigger).to_owned()),
-                url: Set(a.url.clone()),
-            }
-        })
-        .collect();
-    for chunk in attempt_rows.chunks(ROWS_PER_STATEMENT / 4) {
-        insert_ignore(
-            tx,
-            sea_orm::Insert::<attempt::ActiveModel>::many(chunk.to_vec()).on_conflict(
-                OnConflict::column(attempt::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            ),
-        )
-        .await?;
-    }
+    let new = store_new_attempts(tx, outcomes).await?;
 
     // Each delivery takes its latest attempt's state (attempts are sorted, so the last one
-    // of a key wins); a stored later attempt is never overwritten by an earlier one, since
-    // outcomes of different replicas may arrive out of order.
-    let mut latest: std::collections::HashMap<(&str, &str), &NewAttempt> =
-        std::collections::HashMap::new();
+    // of a key wins).
     for n in &new {
-        latest.insert(
-            (
-                n.attempt.message_id.as_str(),
-                n.attempt.subscription_id.as_str(),
-            ),
-            n,
-        );
-    }
-    let delivery_rows: Vec<delivery::ActiveModel> = latest
-        .values()
-        .map(|n| {
-            let a = n.attempt;
+        let a = n.attempt;
+        let key = (a.message_id.as_str(), a.subscription_id.as_str());
+        let create_ms = created.get(key.0).copied().unwrap_or(n.attempt_ms);
+        if !deliveries.contains_key(&key) {
+            order.push(key);
+        }
+        deliveries.insert(
+            key,
             delivery::ActiveModel {
                 message_id: Set(a.message_id.clone()),
                 subscription_id: Set(a.subscription_id.clone()),
                 workspace_id: Set(a.workspace_id.clone()),
                 event_type: Set(a.event_type.clone()),
                 status: Set(delivery_status_name(n.outcome.delivery_status).to_owned()),
-                attempt_count: Set(a.attempt_number as i32),
+                attempt_count: Set(i32::try_from(a.attempt_number).unwrap_or(i32::MAX)),
                 last_attempt_ms: Set(Some(n.attempt_ms)),
                 next_attempt_ms: Set(n.outcome.next_attempt_time.as_ref().and_then(ms)),
-                last_status_code: Set(a.status_code as i32),
+                last_status_code: Set(i32::try_from(a.status_code).unwrap_or(0)),
                 last_error_kind: Set(a.error_kind.clone()),
-                create_ms: Set(n.attempt_ms),
-            }
-        })
+                create_ms: Set(create_ms),
+            },
+        );
+    }
+    let delivery_rows: Vec<delivery::ActiveModel> = order
+        .iter()
+        .filter_map(|key| deliveries.remove(key))
         .collect();
+    // A stored row is replaced only by a state at least as late: outcomes of different
+    // replicas may arrive out of order, and a message's record (no attempt) never
+    // overwrites an attempt's state.
     for chunk in delivery_rows.chunks(ROWS_PER_STATEMENT / 2) {
         let newer = Expr::col((delivery::Entity, delivery::Column::LastAttemptMs))
             .is_null()
@@ -584,28 +483,119 @@ async fn store_attempts<C: ConnectionTrait>(
         )
         .await?;
     }
+    store_health(tx, &new).await
+}
 
-    // Endpoint health: per subscription, the failures since its last success.
+/// Runs an insert (whose ON CONFLICT clause decides about existing rows) and returns the
+/// number of rows it wrote.
+async fn insert_ignore<C: ConnectionTrait, Q: sea_orm::QueryTrait>(
+    tx: &C,
+    insert: Q,
+) -> Result<u64, sea_orm::DbErr> {
+    let statement = insert.build(tx.get_database_backend());
+    Ok(tx.execute_raw(statement).await?.rows_affected())
+}
+
+/// One attempt, flattened for storage.
+struct NewAttempt<'a> {
+    attempt: &'a pb::Attempt,
+    outcome: &'a pb::AttemptOutcome,
+    attempt_ms: i64,
+}
+
+/// Inserts the attempts not stored before and returns them, oldest first. The insert
+/// itself says which rows are new (`ON CONFLICT DO NOTHING RETURNING id`), so a resent
+/// batch counts nothing twice.
+async fn store_new_attempts<'a, C: ConnectionTrait>(
+    tx: &C,
+    outcomes: &'a [pb::AttemptOutcome],
+) -> Result<Vec<NewAttempt<'a>>, ApiError> {
+    let mut new: Vec<NewAttempt> = Vec::with_capacity(outcomes.len());
+    let mut seen_in_batch = std::collections::HashSet::new();
+    for outcome in outcomes {
+        if let Some(attempt) = &outcome.attempt
+            && seen_in_batch.insert(attempt.id.as_str())
+        {
+            let attempt_ms = attempt
+                .attempt_time
+                .as_ref()
+                .and_then(ms)
+                .unwrap_or_else(now_ms);
+            new.push(NewAttempt {
+                attempt,
+                outcome,
+                attempt_ms,
+            });
+        }
+    }
+    if new.is_empty() {
+        return Ok(new);
+    }
+    new.sort_by_key(|n| (n.attempt_ms, n.attempt.attempt_number));
+    let backend = tx.get_database_backend();
+    let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in new.chunks(ROWS_PER_STATEMENT / 4) {
+        let rows = chunk.iter().map(|n| {
+            let a = n.attempt;
+            let latency_us = a
+                .latency
+                .as_ref()
+                .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
+                .unwrap_or(0);
+            attempt::ActiveModel {
+                id: Set(a.id.clone()),
+                workspace_id: Set(a.workspace_id.clone()),
+                message_id: Set(a.message_id.clone()),
+                subscription_id: Set(a.subscription_id.clone()),
+                event_type: Set(a.event_type.clone()),
+                attempt_number: Set(i32::try_from(a.attempt_number).unwrap_or(i32::MAX)),
+                attempt_ms: Set(n.attempt_ms),
+                success: Set(a.success),
+                status_code: Set(i32::try_from(a.status_code).unwrap_or(0)),
+                error_kind: Set(a.error_kind.clone()),
+                error_message: Set(a.error_message.clone()),
+                latency_us: Set(latency_us),
+                response_excerpt: Set(a.response_excerpt.clone()),
+                trigger: Set(trigger_name(a.trigger).to_owned()),
+                url: Set(a.url.clone()),
+            }
+        });
+        let mut insert = sea_orm::QueryTrait::into_query(
+            sea_orm::Insert::<attempt::ActiveModel>::many(rows).on_conflict(
+                OnConflict::column(attempt::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            ),
+        );
+        insert.returning_col(attempt::Column::Id);
+        for row in tx.query_all_raw(backend.build(&insert)).await? {
+            inserted.insert(row.try_get::<String>("", "id")?);
+        }
+    }
+    new.retain(|n| inserted.contains(&n.attempt.id));
+    Ok(new)
+}
+
+/// Endpoint health: per subscription, the failures since its last success, in one
+/// statement for the whole batch.
+async fn store_health<C: ConnectionTrait>(tx: &C, new: &[NewAttempt<'_>]) -> Result<(), ApiError> {
     struct Health<'a> {
         workspace_id: &'a str,
         failures_after_success: i64,
-        had_success: bool,
         last_success_ms: Option<i64>,
         last_failure_ms: Option<i64>,
     }
     let mut health: std::collections::BTreeMap<&str, Health> = std::collections::BTreeMap::new();
-    for n in &new {
+    for n in new {
         let h = health
             .entry(n.attempt.subscription_id.as_str())
             .or_insert(Health {
                 workspace_id: &n.attempt.workspace_id,
                 failures_after_success: 0,
-                had_success: false,
                 last_success_ms: None,
                 last_failure_ms: None,
             });
         if n.attempt.success {
-            h.had_success = true;
             h.failures_after_success = 0;
             h.last_success_ms = Some(n.attempt_ms);
         } else {
@@ -613,16 +603,32 @@ async fn store_attempts<C: ConnectionTrait>(
             h.last_failure_ms = Some(n.attempt_ms);
         }
     }
-    for (subscription_id, h) in health {
-        // After a success the count restarts; otherwise the new failures add up.
-        let failures = if h.had_success {
-            Expr::cust("excluded.consecutive_failures")
-        } else {
-            Expr::cust("endpoint_health.consecutive_failures + excluded.consecutive_failures")
-        };
+    if health.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<endpoint_health::ActiveModel> = health
+        .into_iter()
+        .map(|(subscription_id, h)| endpoint_health::ActiveModel {
+            subscription_id: Set(subscription_id.to_owned()),
+            workspace_id: Set(h.workspace_id.to_owned()),
+            consecutive_failures: Set(h.failures_after_success),
+            last_success_ms: Set(h.last_success_ms),
+            last_failure_ms: Set(h.last_failure_ms),
+        })
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT / 5) {
+        // A batch with a success restarts the count (a success is its only way to carry
+        // last_success_ms); otherwise its failures add up.
         let mut on_conflict = OnConflict::column(endpoint_health::Column::SubscriptionId);
         on_conflict
-            .value(endpoint_health::Column::ConsecutiveFailures, failures)
+            .value(
+                endpoint_health::Column::ConsecutiveFailures,
+                Expr::cust(
+                    "CASE WHEN excluded.last_success_ms IS NULL \
+                     THEN endpoint_health.consecutive_failures + excluded.consecutive_failures \
+                     ELSE excluded.consecutive_failures END",
+                ),
+            )
             .value(
                 endpoint_health::Column::LastSuccessMs,
                 Expr::cust("COALESCE(excluded.last_success_ms, endpoint_health.last_success_ms)"),
@@ -633,14 +639,8 @@ async fn store_attempts<C: ConnectionTrait>(
             );
         insert_ignore(
             tx,
-            endpoint_health::Entity::insert(endpoint_health::ActiveModel {
-                subscription_id: Set(subscription_id.to_owned()),
-                workspace_id: Set(h.workspace_id.to_owned()),
-                consecutive_failures: Set(h.failures_after_success),
-                last_success_ms: Set(h.last_success_ms),
-                last_failure_ms: Set(h.last_failure_ms),
-            })
-            .on_conflict(on_conflict.to_owned()),
+            endpoint_health::Entity::insert_many(chunk.to_vec())
+                .on_conflict(on_conflict.to_owned()),
         )
         .await?;
     }

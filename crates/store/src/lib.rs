@@ -117,6 +117,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use sluice_migration::MigratorTrait as _;
 
     #[tokio::test]
     async fn migrations_run_on_sqlite_both_planes_in_one_file() {
@@ -127,6 +128,76 @@ mod tests {
         migrate(&db, Plane::Data).await.unwrap();
         // Running again is a no-op.
         migrate(&db, Plane::Control).await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn table_sql(db: &DatabaseConnection, table: &str) -> String {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Sqlite,
+            format!("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<String>("", "sql")
+        .unwrap()
+    }
+
+    async fn rows(db: &DatabaseConnection, table: &str) -> i64 {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Sqlite,
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn later_migrations_keep_the_rows_and_go_down_again() {
+        use sluice_migration::{ControlMigrator, DataMigrator};
+        let dir = std::env::temp_dir().join(format!("sluice-store-m2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = sqlite_url(&dir, Plane::Control);
+        let db = Database::connect(url.as_str()).await.unwrap();
+        ControlMigrator::up(&db, Some(1)).await.unwrap();
+        DataMigrator::up(&db, Some(1)).await.unwrap();
+        for sql in [
+            "INSERT INTO messages VALUES ('msg_1', 'wrk_1', 'a.b', 1, 1)",
+            "INSERT INTO deliveries VALUES ('msg_1', 'sub_1', 'wrk_1', 'a.b', 'pending', 0, NULL, 1, 0, '', 1)",
+            "INSERT INTO attempts VALUES ('att_1', 'wrk_1', 'msg_1', 'sub_1', 'a.b', 1, 1, 1, 200, '', '', 5, '', 'scheduled', 'https://x')",
+            "INSERT INTO dp_messages VALUES ('msg_1', 'wrk_1', 'a.b', x'7b7d', NULL, NULL, NULL, 1)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        ControlMigrator::up(&db, None).await.unwrap();
+        DataMigrator::up(&db, None).await.unwrap();
+        for table in ["messages", "deliveries", "attempts"] {
+            assert!(
+                table_sql(&db, table).await.ends_with("WITHOUT ROWID"),
+                "{table}"
+            );
+            assert_eq!(rows(&db, table).await, 1, "{table}");
+        }
+        assert_eq!(rows(&db, "dp_messages").await, 1);
+        assert_eq!(rows(&db, "dp_fanout").await, 0);
+
+        ControlMigrator::down(&db, Some(1)).await.unwrap();
+        DataMigrator::down(&db, Some(1)).await.unwrap();
+        for table in ["messages", "deliveries", "attempts"] {
+            assert!(
+                !table_sql(&db, table).await.contains("WITHOUT ROWID"),
+                "{table}"
+            );
+            assert_eq!(rows(&db, table).await, 1, "{table}");
+        }
+        assert!(
+            !table_sql(&db, "dp_messages")
+                .await
+                .contains("subscription_ids")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
