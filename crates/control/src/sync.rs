@@ -11,15 +11,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use sluice_proto::control::v1 as pb;
-use sluice_store::control::{
-    api_key, attempt, config_change, delivery, endpoint_health, message, subscription,
-};
+use sluice_store::control::{api_key, config_change, subscription};
+use std::collections::HashMap;
+
+use sluice_store::hot::{self, Session};
 use sluice_store::{lock_config_writes, now_ms};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -290,9 +290,6 @@ fn trigger_name(trigger: i32) -> &'static str {
 /// The most outcome batches stored in one transaction.
 const MAX_BATCHES_PER_COMMIT: usize = 64;
 
-/// Rows per multi-row statement: well under SQLite's 32,766 bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
-
 /// Stores one batch in one transaction, with a handful of multi-row statements whatever its
 /// size (a statement costs a round trip to the database, so per-attempt statements would
 /// dominate the cost of a busy data plane). Every insert ignores rows already there, so a
@@ -309,207 +306,100 @@ async fn store_outcomes(
             .disabled_subscriptions
             .extend(b.disabled_subscriptions);
     }
-    let revision = plane
-        .db()
-        .transaction::<_, i64, ApiError>(|tx| {
-            Box::pin(async move {
-                // Only a disable changes config; plain outcome batches do not take the config
-                // lock, so several control-plane replicas store outcomes side by side. (On
-                // SQLite the one connection already serialises writers.)
-                if !batch.disabled_subscriptions.is_empty() {
-                    lock_config_writes(tx).await?;
-                }
-                store_log(tx, &batch.messages, &batch.attempts).await?;
-                let mut revision = 0;
-                for d in &batch.disabled_subscriptions {
-                    let Some(row) = subscription::Entity::find_by_id(d.subscription_id.clone())
-                        .one(tx)
-                        .await?
-                    else {
-                        continue;
-                    };
-                    if !row.enabled {
-                        continue;
-                    }
-                    let workspace_id = row.workspace_id.clone();
-                    let mut row = row.into_active_model();
-                    let reason = pb::DisabledReason::try_from(d.reason)
-                        .unwrap_or(pb::DisabledReason::PersistentFailure);
-                    row.enabled = Set(false);
-                    row.disabled_reason = Set(Some(convert::reason_name(reason).to_owned()));
-                    row.disabled_message = Set(Some(d.message.clone()));
-                    row.disable_ms = Set(Some(
-                        d.disable_time.as_ref().and_then(ms).unwrap_or_else(now_ms),
-                    ));
-                    row.update_ms = Set(now_ms());
-                    row.update(tx).await?;
-                    crate::fail_pending_deliveries(tx, &d.subscription_id).await?;
-                    revision =
-                        record_change(tx, CHANGE_SUBSCRIPTION, &d.subscription_id, &workspace_id)
-                            .await?;
-                    tracing::warn!(subscription_id = %d.subscription_id, reason = convert::reason_name(reason), "subscription disabled by the data plane");
-                }
-                Ok(revision)
-            })
-        })
-        .await?;
-    plane.published(revision);
-    Ok(())
+    let session = Session::begin(plane.db()).await?;
+    match store_in(&session, &batch).await {
+        Ok((statements, revision)) => {
+            session.commit(statements).await?;
+            plane.published(revision);
+            Ok(())
+        }
+        Err(err) => {
+            session.rollback().await;
+            Err(err)
+        }
+    }
 }
 
-/// Stores a batch of the delivery log with a few multi-row statements whatever its size:
-/// the messages, the attempts not stored before, each delivery once in its latest state
+/// Everything of `store_outcomes` but the commit, which takes the returned statements
+/// along (one round trip on SQLite).
+async fn store_in(
+    session: &Session,
+    batch: &pb::ReportOutcomesRequest,
+) -> Result<(Vec<sea_orm::Statement>, i64), ApiError> {
+    // Only a disable changes config; plain outcome batches do not take the config lock,
+    // so several control-plane replicas store outcomes side by side. (On SQLite the one
+    // connection already serialises writers.)
+    if !batch.disabled_subscriptions.is_empty() {
+        lock_config_writes(session).await?;
+    }
+    let statements = store_log(session, &batch.messages, &batch.attempts).await?;
+    let mut revision = 0;
+    if batch.disabled_subscriptions.is_empty() {
+        return Ok((statements, revision));
+    }
+    // Rare: the log's statements go now, so the disables see them.
+    session.run(statements).await?;
+    for d in &batch.disabled_subscriptions {
+        let Some(row) = subscription::Entity::find_by_id(d.subscription_id.clone())
+            .one(session)
+            .await?
+        else {
+            continue;
+        };
+        if !row.enabled {
+            continue;
+        }
+        let workspace_id = row.workspace_id.clone();
+        let mut row = row.into_active_model();
+        let reason =
+            pb::DisabledReason::try_from(d.reason).unwrap_or(pb::DisabledReason::PersistentFailure);
+        row.enabled = Set(false);
+        row.disabled_reason = Set(Some(convert::reason_name(reason).to_owned()));
+        row.disabled_message = Set(Some(d.message.clone()));
+        row.disable_ms = Set(Some(
+            d.disable_time.as_ref().and_then(ms).unwrap_or_else(now_ms),
+        ));
+        row.update_ms = Set(now_ms());
+        row.update(session).await?;
+        crate::fail_pending_deliveries(session, &d.subscription_id).await?;
+        revision = record_change(
+            session,
+            CHANGE_SUBSCRIPTION,
+            &d.subscription_id,
+            &workspace_id,
+        )
+        .await?;
+        tracing::warn!(subscription_id = %d.subscription_id, reason = convert::reason_name(reason), "subscription disabled by the data plane");
+    }
+    Ok((Vec::new(), revision))
+}
+
+/// Stores a batch of the delivery log: the messages and the attempts not stored before go
+/// at once (the attempts insert says which rows are new, so a resent batch counts nothing
+/// twice); returned are the statements that write each delivery once in its latest state
 /// (a message's record usually arrives with its first attempts, so most deliveries are
-/// written once, already final), and each endpoint's health. Every statement leaves rows
-/// already there alone (or keeps the later state), so a batch resent after a lost ack
-/// changes nothing.
-async fn store_log<C: ConnectionTrait>(
-    tx: &C,
+/// written once, already final) and each endpoint's health, to go with the commit. Every
+/// statement leaves rows already there alone (or keeps the later state).
+async fn store_log(
+    session: &Session,
     messages: &[pb::MessageRecord],
     outcomes: &[pb::AttemptOutcome],
-) -> Result<(), ApiError> {
-    // Messages, and what their deliveries look like before any attempt.
+) -> Result<Vec<sea_orm::Statement>, ApiError> {
+    let backend = session.get_database_backend();
+    let mut created: HashMap<&str, i64> = HashMap::with_capacity(messages.len());
     let mut message_rows = Vec::with_capacity(messages.len());
-    let mut deliveries: std::collections::HashMap<(&str, &str), delivery::ActiveModel> =
-        std::collections::HashMap::new();
-    let mut order: Vec<(&str, &str)> = Vec::new();
-    let mut created: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     for m in messages {
         let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
         created.insert(m.id.as_str(), create_ms);
-        message_rows.push(message::ActiveModel {
-            id: Set(m.id.clone()),
-            workspace_id: Set(m.workspace_id.clone()),
-            event_type: Set(m.event_type.clone()),
-            create_ms: Set(create_ms),
-            delivery_count: Set(i32::try_from(m.subscription_ids.len()).unwrap_or(i32::MAX)),
+        message_rows.push(hot::control::MessageRow {
+            id: &m.id,
+            workspace_id: &m.workspace_id,
+            event_type: &m.event_type,
+            create_ms,
+            delivery_count: i64::try_from(m.subscription_ids.len()).unwrap_or(i64::MAX),
         });
-        for sub in &m.subscription_ids {
-            let key = (m.id.as_str(), sub.as_str());
-            if deliveries.contains_key(&key) {
-                continue;
-            }
-            order.push(key);
-            deliveries.insert(
-                key,
-                delivery::ActiveModel {
-                    message_id: Set(m.id.clone()),
-                    subscription_id: Set(sub.clone()),
-                    workspace_id: Set(m.workspace_id.clone()),
-                    event_type: Set(m.event_type.clone()),
-                    status: Set("pending".into()),
-                    attempt_count: Set(0),
-                    last_attempt_ms: Set(None),
-                    next_attempt_ms: Set(Some(create_ms)),
-                    last_status_code: Set(0),
-                    last_error_kind: Set(String::new()),
-                    create_ms: Set(create_ms),
-                },
-            );
-        }
-    }
-    for chunk in message_rows.chunks(ROWS_PER_STATEMENT) {
-        insert_ignore(
-            tx,
-            sea_orm::Insert::<message::ActiveModel>::many(chunk.to_vec()).on_conflict(
-                OnConflict::column(message::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            ),
-        )
-        .await?;
     }
 
-    let new = store_new_attempts(tx, outcomes).await?;
-
-    // Each delivery takes its latest attempt's state (attempts are sorted, so the last one
-    // of a key wins).
-    for n in &new {
-        let a = n.attempt;
-        let key = (a.message_id.as_str(), a.subscription_id.as_str());
-        let create_ms = created.get(key.0).copied().unwrap_or(n.attempt_ms);
-        if !deliveries.contains_key(&key) {
-            order.push(key);
-        }
-        deliveries.insert(
-            key,
-            delivery::ActiveModel {
-                message_id: Set(a.message_id.clone()),
-                subscription_id: Set(a.subscription_id.clone()),
-                workspace_id: Set(a.workspace_id.clone()),
-                event_type: Set(a.event_type.clone()),
-                status: Set(delivery_status_name(n.outcome.delivery_status).to_owned()),
-                attempt_count: Set(i32::try_from(a.attempt_number).unwrap_or(i32::MAX)),
-                last_attempt_ms: Set(Some(n.attempt_ms)),
-                next_attempt_ms: Set(n.outcome.next_attempt_time.as_ref().and_then(ms)),
-                last_status_code: Set(i32::try_from(a.status_code).unwrap_or(0)),
-                last_error_kind: Set(a.error_kind.clone()),
-                create_ms: Set(create_ms),
-            },
-        );
-    }
-    let delivery_rows: Vec<delivery::ActiveModel> = order
-        .iter()
-        .filter_map(|key| deliveries.remove(key))
-        .collect();
-    // A stored row is replaced only by a state at least as late: outcomes of different
-    // replicas may arrive out of order, and a message's record (no attempt) never
-    // overwrites an attempt's state.
-    for chunk in delivery_rows.chunks(ROWS_PER_STATEMENT / 2) {
-        let newer = Expr::col((delivery::Entity, delivery::Column::LastAttemptMs))
-            .is_null()
-            .or(
-                Expr::col((delivery::Entity, delivery::Column::LastAttemptMs))
-                    .lte(Expr::cust("excluded.last_attempt_ms")),
-            );
-        insert_ignore(
-            tx,
-            sea_orm::Insert::<delivery::ActiveModel>::many(chunk.to_vec()).on_conflict(
-                OnConflict::columns([
-                    delivery::Column::MessageId,
-                    delivery::Column::SubscriptionId,
-                ])
-                .update_columns([
-                    delivery::Column::Status,
-                    delivery::Column::AttemptCount,
-                    delivery::Column::LastAttemptMs,
-                    delivery::Column::NextAttemptMs,
-                    delivery::Column::LastStatusCode,
-                    delivery::Column::LastErrorKind,
-                ])
-                .action_and_where(newer)
-                .to_owned(),
-            ),
-        )
-        .await?;
-    }
-    store_health(tx, &new).await
-}
-
-/// Runs an insert (whose ON CONFLICT clause decides about existing rows) and returns the
-/// number of rows it wrote.
-async fn insert_ignore<C: ConnectionTrait, Q: sea_orm::QueryTrait>(
-    tx: &C,
-    insert: Q,
-) -> Result<u64, sea_orm::DbErr> {
-    let statement = insert.build(tx.get_database_backend());
-    Ok(tx.execute_raw(statement).await?.rows_affected())
-}
-
-/// One attempt, flattened for storage.
-struct NewAttempt<'a> {
-    attempt: &'a pb::Attempt,
-    outcome: &'a pb::AttemptOutcome,
-    attempt_ms: i64,
-}
-
-/// Inserts the attempts not stored before and returns them, oldest first. The insert
-/// itself says which rows are new (`ON CONFLICT DO NOTHING RETURNING id`), so a resent
-/// batch counts nothing twice.
-async fn store_new_attempts<'a, C: ConnectionTrait>(
-    tx: &C,
-    outcomes: &'a [pb::AttemptOutcome],
-) -> Result<Vec<NewAttempt<'a>>, ApiError> {
     let mut new: Vec<NewAttempt> = Vec::with_capacity(outcomes.len());
     let mut seen_in_batch = std::collections::HashSet::new();
     for outcome in outcomes {
@@ -528,121 +418,146 @@ async fn store_new_attempts<'a, C: ConnectionTrait>(
             });
         }
     }
-    if new.is_empty() {
-        return Ok(new);
-    }
     new.sort_by_key(|n| (n.attempt_ms, n.attempt.attempt_number));
-    let backend = tx.get_database_backend();
-    let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for chunk in new.chunks(ROWS_PER_STATEMENT / 4) {
-        let rows = chunk.iter().map(|n| {
+    let attempt_rows: Vec<hot::control::AttemptRow> = new
+        .iter()
+        .map(|n| {
             let a = n.attempt;
-            let latency_us = a
-                .latency
-                .as_ref()
-                .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
-                .unwrap_or(0);
-            attempt::ActiveModel {
-                id: Set(a.id.clone()),
-                workspace_id: Set(a.workspace_id.clone()),
-                message_id: Set(a.message_id.clone()),
-                subscription_id: Set(a.subscription_id.clone()),
-                event_type: Set(a.event_type.clone()),
-                attempt_number: Set(i32::try_from(a.attempt_number).unwrap_or(i32::MAX)),
-                attempt_ms: Set(n.attempt_ms),
-                success: Set(a.success),
-                status_code: Set(i32::try_from(a.status_code).unwrap_or(0)),
-                error_kind: Set(a.error_kind.clone()),
-                error_message: Set(a.error_message.clone()),
-                latency_us: Set(latency_us),
-                response_excerpt: Set(a.response_excerpt.clone()),
-                trigger: Set(trigger_name(a.trigger).to_owned()),
-                url: Set(a.url.clone()),
+            hot::control::AttemptRow {
+                id: &a.id,
+                workspace_id: &a.workspace_id,
+                message_id: &a.message_id,
+                subscription_id: &a.subscription_id,
+                event_type: &a.event_type,
+                attempt_number: i64::from(a.attempt_number),
+                attempt_ms: n.attempt_ms,
+                success: a.success,
+                status_code: i64::from(a.status_code),
+                error_kind: &a.error_kind,
+                error_message: &a.error_message,
+                latency_us: a
+                    .latency
+                    .as_ref()
+                    .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
+                    .unwrap_or(0),
+                response_excerpt: &a.response_excerpt,
+                trigger: trigger_name(a.trigger),
+                url: &a.url,
             }
-        });
-        let mut insert = sea_orm::QueryTrait::into_query(
-            sea_orm::Insert::<attempt::ActiveModel>::many(rows).on_conflict(
-                OnConflict::column(attempt::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            ),
-        );
-        insert.returning_col(attempt::Column::Id);
-        for row in tx.query_all_raw(backend.build(&insert)).await? {
-            inserted.insert(row.try_get::<String>("", "id")?);
+        })
+        .collect();
+    let mut first = Vec::with_capacity(2);
+    if !message_rows.is_empty() {
+        first.push(hot::control::insert_messages(backend, &message_rows));
+    }
+    if !attempt_rows.is_empty() {
+        first.push(hot::control::insert_attempts(backend, &attempt_rows));
+    }
+    let inserted: std::collections::HashSet<String> = session
+        .run(first)
+        .await?
+        .into_iter()
+        .filter_map(|row| row.try_get::<String>("", "id").ok())
+        .collect();
+    new.retain(|n| inserted.contains(&n.attempt.id));
+
+    // Deliveries: as the messages describe them, then each takes its latest new attempt's
+    // state (attempts are sorted, so the last one of a key wins).
+    let mut deliveries: HashMap<(&str, &str), hot::control::DeliveryRow> = HashMap::new();
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    for m in messages {
+        let create_ms = created.get(m.id.as_str()).copied().unwrap_or_default();
+        for sub in &m.subscription_ids {
+            let key = (m.id.as_str(), sub.as_str());
+            if deliveries.contains_key(&key) {
+                continue;
+            }
+            order.push(key);
+            deliveries.insert(
+                key,
+                hot::control::DeliveryRow {
+                    message_id: &m.id,
+                    subscription_id: sub,
+                    workspace_id: &m.workspace_id,
+                    event_type: &m.event_type,
+                    status: "pending",
+                    attempt_count: 0,
+                    last_attempt_ms: None,
+                    next_attempt_ms: Some(create_ms),
+                    last_status_code: 0,
+                    last_error_kind: "",
+                    create_ms,
+                },
+            );
         }
     }
-    new.retain(|n| inserted.contains(&n.attempt.id));
-    Ok(new)
+    for n in &new {
+        let a = n.attempt;
+        let key = (a.message_id.as_str(), a.subscription_id.as_str());
+        if !deliveries.contains_key(&key) {
+            order.push(key);
+        }
+        deliveries.insert(
+            key,
+            hot::control::DeliveryRow {
+                message_id: &a.message_id,
+                subscription_id: &a.subscription_id,
+                workspace_id: &a.workspace_id,
+                event_type: &a.event_type,
+                status: delivery_status_name(n.outcome.delivery_status),
+                attempt_count: i64::from(a.attempt_number),
+                last_attempt_ms: Some(n.attempt_ms),
+                next_attempt_ms: n.outcome.next_attempt_time.as_ref().and_then(ms),
+                last_status_code: i64::from(a.status_code),
+                last_error_kind: &a.error_kind,
+                create_ms: created.get(key.0).copied().unwrap_or(n.attempt_ms),
+            },
+        );
+    }
+    let delivery_rows: Vec<hot::control::DeliveryRow> = order
+        .iter()
+        .filter_map(|key| deliveries.remove(key))
+        .collect();
+    let mut statements = Vec::with_capacity(2);
+    if !delivery_rows.is_empty() {
+        statements.push(hot::control::upsert_deliveries(backend, &delivery_rows));
+    }
+    let health = health_rows(&new);
+    if !health.is_empty() {
+        statements.push(hot::control::upsert_health(backend, &health));
+    }
+    Ok(statements)
 }
 
-/// Endpoint health: per subscription, the failures since its last success, in one
-/// statement for the whole batch.
-async fn store_health<C: ConnectionTrait>(tx: &C, new: &[NewAttempt<'_>]) -> Result<(), ApiError> {
-    struct Health<'a> {
-        workspace_id: &'a str,
-        failures_after_success: i64,
-        last_success_ms: Option<i64>,
-        last_failure_ms: Option<i64>,
-    }
-    let mut health: std::collections::BTreeMap<&str, Health> = std::collections::BTreeMap::new();
+/// One attempt, flattened for storage.
+struct NewAttempt<'a> {
+    attempt: &'a pb::Attempt,
+    outcome: &'a pb::AttemptOutcome,
+    attempt_ms: i64,
+}
+
+/// Endpoint health: per subscription, the failures since its last success.
+fn health_rows<'a>(new: &'a [NewAttempt<'a>]) -> Vec<hot::control::HealthRow<'a>> {
+    let mut health: std::collections::BTreeMap<&str, hot::control::HealthRow> =
+        std::collections::BTreeMap::new();
     for n in new {
-        let h = health
-            .entry(n.attempt.subscription_id.as_str())
-            .or_insert(Health {
-                workspace_id: &n.attempt.workspace_id,
-                failures_after_success: 0,
-                last_success_ms: None,
-                last_failure_ms: None,
-            });
+        let h =
+            health
+                .entry(n.attempt.subscription_id.as_str())
+                .or_insert(hot::control::HealthRow {
+                    subscription_id: &n.attempt.subscription_id,
+                    workspace_id: &n.attempt.workspace_id,
+                    consecutive_failures: 0,
+                    last_success_ms: None,
+                    last_failure_ms: None,
+                });
         if n.attempt.success {
-            h.failures_after_success = 0;
+            h.consecutive_failures = 0;
             h.last_success_ms = Some(n.attempt_ms);
         } else {
-            h.failures_after_success += 1;
+            h.consecutive_failures += 1;
             h.last_failure_ms = Some(n.attempt_ms);
         }
     }
-    if health.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<endpoint_health::ActiveModel> = health
-        .into_iter()
-        .map(|(subscription_id, h)| endpoint_health::ActiveModel {
-            subscription_id: Set(subscription_id.to_owned()),
-            workspace_id: Set(h.workspace_id.to_owned()),
-            consecutive_failures: Set(h.failures_after_success),
-            last_success_ms: Set(h.last_success_ms),
-            last_failure_ms: Set(h.last_failure_ms),
-        })
-        .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT / 5) {
-        // A batch with a success restarts the count (a success is its only way to carry
-        // last_success_ms); otherwise its failures add up.
-        let mut on_conflict = OnConflict::column(endpoint_health::Column::SubscriptionId);
-        on_conflict
-            .value(
-                endpoint_health::Column::ConsecutiveFailures,
-                Expr::cust(
-                    "CASE WHEN excluded.last_success_ms IS NULL \
-                     THEN endpoint_health.consecutive_failures + excluded.consecutive_failures \
-                     ELSE excluded.consecutive_failures END",
-                ),
-            )
-            .value(
-                endpoint_health::Column::LastSuccessMs,
-                Expr::cust("COALESCE(excluded.last_success_ms, endpoint_health.last_success_ms)"),
-            )
-            .value(
-                endpoint_health::Column::LastFailureMs,
-                Expr::cust("COALESCE(excluded.last_failure_ms, endpoint_health.last_failure_ms)"),
-            );
-        insert_ignore(
-            tx,
-            endpoint_health::Entity::insert_many(chunk.to_vec())
-                .on_conflict(on_conflict.to_owned()),
-        )
-        .await?;
-    }
-    Ok(())
+    health.into_values().collect()
 }

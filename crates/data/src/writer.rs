@@ -12,13 +12,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
-};
+use prost::Message as _;
+use sea_orm::{ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Statement};
 use sluice_proto::control::v1::{MessageRecord, ReportOutcomesRequest};
 use sluice_proto::data::v1::PublishResponse;
-use sluice_store::data::{delivery, fanout, message};
+use sluice_store::data::{delivery, message};
+use sluice_store::hot::{self, Session};
 use sluice_store::is_unique_violation;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -349,35 +348,65 @@ async fn write(
     } else {
         in_memory_lease(shared, &created)
     };
-    let tx = shared.db.begin().await?;
+    let backend = shared.db.get_database_backend();
+    let session = Session::begin(&shared.db).await?;
     let mut batch = ReportOutcomesRequest::default();
-    if !created.is_empty() {
-        insert_created(&tx, &created, lease_until, shared, &mut batch).await?;
-    }
+    // Outcomes first: their rare writes (a failed delivery's row, a disabled subscription)
+    // go through sea-orm on the session now; the rest of the cycle is sent below, with
+    // the commit, in as few round trips as the database allows.
     let mut plan = Plan::default();
-    outcomes::apply(&tx, &shared.fanouts, events, &mut batch, &mut plan).await?;
+    if let Err(err) =
+        outcomes::apply(&session, &shared.fanouts, events, &mut batch, &mut plan).await
+    {
+        session.rollback().await;
+        return Err(err);
+    }
+    let mut statements = Vec::new();
+    if !created.is_empty() {
+        insert_created(
+            backend,
+            &created,
+            lease_until,
+            shared,
+            &mut batch,
+            &mut statements,
+        );
+    }
     // Messages whose first attempts all concluded go with those outcomes; so do those that
     // waited long enough.
     let records = shared.fanouts.finish_plan(&mut plan, all_reports);
     batch.messages.extend(records);
-    for chunk in plan.finished.chunks(ROWS_PER_INSERT) {
-        fanout::Entity::delete_many()
-            .filter(fanout::Column::MessageId.is_in(chunk.iter().cloned()))
-            .exec(&tx)
-            .await?;
+    if !plan.finished.is_empty() {
+        statements.push(hot::data::delete_fanouts(
+            backend,
+            plan.finished.iter().map(String::as_str),
+        ));
     }
-    let batch = if batch.messages.is_empty()
+    let reporting = !(batch.messages.is_empty()
         && batch.attempts.is_empty()
-        && batch.disabled_subscriptions.is_empty()
-    {
-        None
-    } else {
-        let seq = outbox::insert(&tx, &batch).await?;
+        && batch.disabled_subscriptions.is_empty());
+    if reporting {
+        statements.push(hot::data::insert_outbox(
+            backend,
+            batch.encode_to_vec(),
+            sluice_store::now_ms(),
+        ));
+    }
+    if !acked.is_empty() {
+        statements.push(hot::data::delete_outbox(backend, acked));
+    }
+    let rows = session.commit(statements).await?;
+    let batch = if reporting {
+        let seq = rows
+            .iter()
+            .find_map(|row| row.try_get::<i64>("", "seq").ok())
+            .ok_or_else(|| DbErr::Custom("the outbox insert returned no seq".to_owned()))?;
+        outbox::inserted();
         batch.batch_id = u64::try_from(seq).unwrap_or_default();
         Some(batch)
+    } else {
+        None
     };
-    outbox::delete(&tx, acked).await?;
-    tx.commit().await?;
     Ok(Written {
         resolutions,
         lease_until,
@@ -424,45 +453,53 @@ fn in_memory_lease(shared: &Shared, created: &[&PublishJob]) -> Option<i64> {
         .then(|| sluice_store::now_ms().saturating_add(shared.lease_ms()))
 }
 
-async fn insert_created<C: ConnectionTrait>(
-    tx: &C,
+/// The statements that store new events: their messages and their fan-out rows.
+fn insert_created(
+    backend: DbBackend,
     created: &[&PublishJob],
     lease_until: Option<i64>,
     shared: &Shared,
     batch: &mut ReportOutcomesRequest,
-) -> Result<(), DbErr> {
+    statements: &mut Vec<Statement>,
+) {
     let first_delay = first_delay_ms(shared);
-    for chunk in created.chunks(ROWS_PER_INSERT) {
-        message::Entity::insert_many(chunk.iter().map(|job| {
+    let subscription_lists: Vec<String> = created
+        .iter()
+        .map(|job| job.subscription_ids.join(","))
+        .collect();
+    let rows: Vec<hot::data::MessageRow> = created
+        .iter()
+        .zip(&subscription_lists)
+        .map(|(job, subscriptions)| {
             let m = &job.message;
-            message::ActiveModel {
-                id: Set(m.id.clone()),
-                workspace_id: Set(m.workspace_id.clone()),
-                event_type: Set(m.event_type.clone()),
-                envelope: Set(m.envelope.to_vec()),
-                idempotency_key: Set(m.idempotency_key.clone()),
-                traceparent: Set(m.traceparent.clone()),
-                tracestate: Set(m.tracestate.clone()),
-                create_ms: Set(m.create_ms),
-                subscription_ids: Set(Some(job.subscription_ids.join(","))),
+            hot::data::MessageRow {
+                id: &m.id,
+                workspace_id: &m.workspace_id,
+                event_type: &m.event_type,
+                envelope: &m.envelope,
+                idempotency_key: m.idempotency_key.as_deref(),
+                traceparent: m.traceparent.as_deref(),
+                tracestate: m.tracestate.as_deref(),
+                create_ms: m.create_ms,
+                subscription_ids: subscriptions,
             }
-        }))
-        .exec_without_returning(tx)
-        .await?;
-    }
+        })
+        .collect();
+    statements.push(hot::data::insert_messages(backend, &rows));
     // One fan-out row per message stands for all of its first attempts (see `fanout`).
-    let fanning_out: Vec<&&PublishJob> = created
+    let fanouts: Vec<(&str, i64, Option<i64>)> = created
         .iter()
         .filter(|job| !job.subscription_ids.is_empty())
+        .map(|job| {
+            (
+                job.message.id.as_str(),
+                job.message.create_ms.saturating_add(first_delay),
+                lease_until,
+            )
+        })
         .collect();
-    for chunk in fanning_out.chunks(ROWS_PER_INSERT) {
-        fanout::Entity::insert_many(chunk.iter().map(|job| fanout::ActiveModel {
-            message_id: Set(job.message.id.clone()),
-            due_ms: Set(job.message.create_ms.saturating_add(first_delay)),
-            lease_until_ms: Set(lease_until),
-        }))
-        .exec_without_returning(tx)
-        .await?;
+    if !fanouts.is_empty() {
+        statements.push(hot::data::insert_fanouts(backend, &fanouts));
     }
     // The control plane hears of a message with its first attempts' outcomes, unless this
     // process does not make them itself (no subscription, or left to the scanner).
@@ -472,7 +509,6 @@ async fn insert_created<C: ConnectionTrait>(
             .filter(|job| job.subscription_ids.is_empty() || lease_until.is_none())
             .map(|job| message_record(&job.message, &job.subscription_ids)),
     );
-    Ok(())
 }
 
 /// What the control plane is told of an accepted message.

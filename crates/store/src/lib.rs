@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod data;
+pub mod hot;
 
 use std::time::Duration;
 
@@ -117,7 +118,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use sluice_migration::MigratorTrait as _;
 
     #[tokio::test]
     async fn migrations_run_on_sqlite_both_planes_in_one_file() {

@@ -1,0 +1,893 @@
+//! The hot path's writes: one round trip per write cycle where the database allows it, and
+//! statements whose SQL never changes.
+//!
+//! The data plane's writer and the control plane's outcome intake write many rows per
+//! transaction, many times a second. Going through sea-orm's query builder for them cost
+//! more than the database's own work: every statement is built and its values copied
+//! several times, and a multi-row `INSERT` with a different row count is a different
+//! statement for SQLite to prepare. Here the rows of a statement travel as one JSON
+//! parameter (`json_each` on SQLite, `json_array_elements` on PostgreSQL), so each
+//! statement has one fixed SQL text, prepared once and cached by the driver; and on SQLite
+//! a whole cycle (`BEGIN`, the statements, `COMMIT`) is sent to its connection's thread as
+//! one multi-statement query instead of one hand-off per statement.
+//!
+//! [`Session`] is a transaction on one pooled connection that runs such statements and,
+//! implementing sea-orm's `ConnectionTrait`, any sea-orm query too, so the rare writes of a
+//! cycle (a failed delivery's row, a disabled subscription) keep using the entities.
+
+use std::sync::Arc;
+
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{self, Postgres, Sqlite};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
+    Statement, Value, Values,
+};
+use sea_query_sqlx::SqlxValues;
+use tokio::sync::Mutex;
+
+/// A transaction on one connection, for the hot path. Finish it with [`Session::commit`]
+/// or [`Session::rollback`]; a session dropped in the middle closes its connection (a
+/// SQLite transaction cannot be rolled back from a destructor).
+pub struct Session {
+    backend: DbBackend,
+    inner: Mutex<Inner>,
+}
+
+enum Inner {
+    Sqlite {
+        conn: Option<PoolConnection<Sqlite>>,
+        /// `BEGIN` has been sent.
+        begun: bool,
+    },
+    Postgres {
+        tx: Option<sqlx::Transaction<'static, Postgres>>,
+    },
+}
+
+fn exec_err(err: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
+}
+
+fn finished() -> DbErr {
+    DbErr::Custom("the session has already ended".to_owned())
+}
+
+fn query(stmt: Statement) -> (String, SqlxValues) {
+    (
+        stmt.sql,
+        SqlxValues(stmt.values.unwrap_or(Values(Vec::new()))),
+    )
+}
+
+impl Session {
+    /// Takes a connection from the pool (and on PostgreSQL begins the transaction; on
+    /// SQLite `BEGIN` goes with the first statements).
+    pub async fn begin(db: &DatabaseConnection) -> Result<Session, DbErr> {
+        let backend = db.get_database_backend();
+        let inner = match backend {
+            DbBackend::Sqlite => Inner::Sqlite {
+                conn: Some(
+                    db.get_sqlite_connection_pool()
+                        .acquire()
+                        .await
+                        .map_err(exec_err)?,
+                ),
+                begun: false,
+            },
+            DbBackend::Postgres => Inner::Postgres {
+                tx: Some(
+                    db.get_postgres_connection_pool()
+                        .begin()
+                        .await
+                        .map_err(exec_err)?,
+                ),
+            },
+            other => {
+                return Err(DbErr::Custom(format!("{other:?} is not supported")));
+            }
+        };
+        Ok(Session {
+            backend,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Runs `statements` in order and returns the rows they return (every statement's, in
+    /// order). On an error the transaction is rolled back and the session ends.
+    pub async fn run(&self, statements: Vec<Statement>) -> Result<Vec<QueryResult>, DbErr> {
+        self.send(statements, false).await
+    }
+
+    /// Runs `statements`, then commits.
+    pub async fn commit(self, statements: Vec<Statement>) -> Result<Vec<QueryResult>, DbErr> {
+        self.send(statements, true).await
+    }
+
+    /// Rolls back what was sent and gives the connection back.
+    pub async fn rollback(mut self) {
+        match self.inner.get_mut() {
+            Inner::Sqlite { conn, begun } => {
+                if let Some(mut c) = conn.take()
+                    && *begun
+                    && sqlx::raw_sql("ROLLBACK").execute(&mut *c).await.is_err()
+                {
+                    c.close_on_drop();
+                }
+            }
+            Inner::Postgres { tx } => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.rollback().await;
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        statements: Vec<Statement>,
+        commit: bool,
+    ) -> Result<Vec<QueryResult>, DbErr> {
+        let mut inner = self.inner.lock().await;
+        match &mut *inner {
+            Inner::Sqlite { conn, begun } => {
+                let Some(c) = conn.as_mut() else {
+                    return Err(finished());
+                };
+                if statements.is_empty() && !commit {
+                    return Ok(Vec::new());
+                }
+                if statements.is_empty() && !*begun {
+                    // Nothing was written: nothing to commit.
+                    *conn = None;
+                    return Ok(Vec::new());
+                }
+                let mut sql = String::new();
+                let mut values = Vec::new();
+                if !*begun {
+                    sql.push_str("BEGIN;\n");
+                }
+                for statement in statements {
+                    sql.push_str(&statement.sql);
+                    sql.push_str(";\n");
+                    if let Some(v) = statement.values {
+                        values.extend(v.0);
+                    }
+                }
+                if commit {
+                    sql.push_str("COMMIT");
+                }
+                *begun = true;
+                let result = sqlx::query_with(sqlx::AssertSqlSafe(sql), SqlxValues(Values(values)))
+                    .fetch_all(&mut **c)
+                    .await;
+                match result {
+                    Ok(rows) => {
+                        if commit {
+                            *conn = None;
+                        }
+                        Ok(rows.into_iter().map(QueryResult::from).collect())
+                    }
+                    Err(err) => {
+                        // The statements before the failing one (and BEGIN) took effect.
+                        if let Some(mut c) = conn.take()
+                            && sqlx::raw_sql("ROLLBACK").execute(&mut *c).await.is_err()
+                        {
+                            c.close_on_drop();
+                        }
+                        Err(exec_err(err))
+                    }
+                }
+            }
+            Inner::Postgres { tx } => {
+                let Some(t) = tx.as_mut() else {
+                    return Err(finished());
+                };
+                let mut rows = Vec::new();
+                for statement in statements {
+                    let (sql, values) = query(statement);
+                    match sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+                        .fetch_all(&mut **t)
+                        .await
+                    {
+                        Ok(got) => rows.extend(got.into_iter().map(QueryResult::from)),
+                        Err(err) => {
+                            if let Some(t) = tx.take() {
+                                let _ = t.rollback().await;
+                            }
+                            return Err(exec_err(err));
+                        }
+                    }
+                }
+                if commit && let Some(t) = tx.take() {
+                    t.commit().await.map_err(exec_err)?;
+                }
+                Ok(rows)
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Inner::Sqlite {
+            conn: Some(c),
+            begun: true,
+        } = self.inner.get_mut()
+        {
+            // Abandoned mid-transaction: the connection must not go back to the pool
+            // with the transaction open.
+            c.close_on_drop();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Session {
+    fn get_database_backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        let mut inner = self.inner.lock().await;
+        let result = match &mut *inner {
+            Inner::Sqlite { conn, begun } => {
+                let Some(c) = conn.as_mut() else {
+                    return Err(finished());
+                };
+                if !*begun {
+                    sqlx::raw_sql("BEGIN")
+                        .execute(&mut **c)
+                        .await
+                        .map_err(exec_err)?;
+                    *begun = true;
+                }
+                let (sql, values) = query(stmt);
+                sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+                    .execute(&mut **c)
+                    .await
+                    .map(ExecResult::from)
+            }
+            Inner::Postgres { tx } => {
+                let Some(t) = tx.as_mut() else {
+                    return Err(finished());
+                };
+                let (sql, values) = query(stmt);
+                sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+                    .execute(&mut **t)
+                    .await
+                    .map(ExecResult::from)
+            }
+        };
+        result.map_err(exec_err)
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.execute_raw(Statement::from_string(self.backend, sql.to_owned()))
+            .await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        Ok(self.query_all_raw(stmt).await?.into_iter().next())
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.run(vec![stmt]).await
+    }
+}
+
+/// Rows for a statement's JSON parameter: `[[field, ...], ...]`, built without
+/// intermediate values.
+#[derive(Debug)]
+pub struct JsonRows {
+    buf: String,
+    rows: usize,
+    fields: usize,
+}
+
+impl Default for JsonRows {
+    fn default() -> Self {
+        JsonRows {
+            buf: String::from("["),
+            rows: 0,
+            fields: 0,
+        }
+    }
+}
+
+impl JsonRows {
+    /// Starts a row; the fields pushed next belong to it.
+    pub fn row(&mut self) -> &mut Self {
+        if self.rows > 0 {
+            self.buf.push_str("],");
+        }
+        self.buf.push('[');
+        self.rows += 1;
+        self.fields = 0;
+        self
+    }
+
+    fn comma(&mut self) {
+        if self.fields > 0 {
+            self.buf.push(',');
+        }
+        self.fields += 1;
+    }
+
+    /// A string field, JSON-escaped.
+    pub fn str(&mut self, value: &str) -> &mut Self {
+        self.comma();
+        push_json_string(&mut self.buf, value);
+        self
+    }
+
+    /// A string field or `null`.
+    pub fn opt_str(&mut self, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => self.str(v),
+            None => self.null(),
+        }
+    }
+
+    /// An integer field.
+    pub fn int(&mut self, value: i64) -> &mut Self {
+        self.comma();
+        use std::fmt::Write as _;
+        let _ = write!(self.buf, "{value}");
+        self
+    }
+
+    /// An integer field or `null`.
+    pub fn opt_int(&mut self, value: Option<i64>) -> &mut Self {
+        match value {
+            Some(v) => self.int(v),
+            None => self.null(),
+        }
+    }
+
+    /// A boolean field.
+    pub fn bool(&mut self, value: bool) -> &mut Self {
+        self.comma();
+        self.buf.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    fn null(&mut self) -> &mut Self {
+        self.comma();
+        self.buf.push_str("null");
+        self
+    }
+
+    /// How many rows were started.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row was started.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The JSON text.
+    pub fn finish(mut self) -> String {
+        if self.rows > 0 {
+            self.buf.push(']');
+        }
+        self.buf.push(']');
+        self.buf
+    }
+}
+
+/// A JSON array of strings.
+pub fn json_strings<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    let mut buf = String::from("[");
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(',');
+        }
+        push_json_string(&mut buf, value);
+    }
+    buf.push(']');
+    buf
+}
+
+/// A JSON array of integers.
+pub fn json_ints(values: impl IntoIterator<Item = i64>) -> String {
+    use std::fmt::Write as _;
+    let mut buf = String::from("[");
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(',');
+        }
+        let _ = write!(buf, "{value}");
+    }
+    buf.push(']');
+    buf
+}
+
+/// Appends `value` as a JSON string: quotes, backslashes and control characters escaped,
+/// everything else as is (JSON text is UTF-8).
+fn push_json_string(buf: &mut String, value: &str) {
+    buf.reserve(value.len() + 2);
+    buf.push('"');
+    let mut start = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        buf.push_str(&value[start..i]);
+        if escape.is_empty() {
+            use std::fmt::Write as _;
+            let _ = write!(buf, "\\u{byte:04x}");
+        } else {
+            buf.push_str(escape);
+        }
+        start = i + 1;
+    }
+    buf.push_str(&value[start..]);
+    buf.push('"');
+}
+
+/// `?` on SQLite (positional across the statements of a multi-statement query), `$n` on
+/// PostgreSQL (each statement is sent alone).
+fn param(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    }
+}
+
+/// The rows of a JSON parameter as a relation `e` whose column `r` is one row (an array):
+/// `e.r ->> 0` is its first field as text (SQLite gives numbers as numbers).
+fn rows_from(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("json_array_elements(${n}::json) AS e(r)"),
+        _ => "(SELECT value AS r FROM jsonb_each(?)) AS e".to_owned(),
+    }
+}
+
+/// The elements of a JSON array parameter of scalars, as a subquery.
+fn elements(backend: DbBackend, n: usize, pg_type: &str) -> String {
+    match backend {
+        DbBackend::Postgres => {
+            format!("SELECT x::{pg_type} FROM json_array_elements_text(${n}::json) AS t(x)")
+        }
+        _ => "SELECT value FROM json_each(?)".to_owned(),
+    }
+}
+
+/// Field `i` of a JSON row, as SQL of type `pg_type` (SQLite needs no cast).
+fn field(backend: DbBackend, i: usize, pg_type: &str) -> String {
+    match backend {
+        DbBackend::Postgres => format!("(e.r ->> {i})::{pg_type}"),
+        _ => format!("e.r ->> {i}"),
+    }
+}
+
+/// The data plane's hot statements.
+pub mod data {
+    use super::*;
+
+    /// A new `dp_messages` row.
+    pub struct MessageRow<'a> {
+        pub id: &'a str,
+        pub workspace_id: &'a str,
+        pub event_type: &'a str,
+        pub envelope: &'a [u8],
+        pub idempotency_key: Option<&'a str>,
+        pub traceparent: Option<&'a str>,
+        pub tracestate: Option<&'a str>,
+        pub create_ms: i64,
+        /// Comma-separated.
+        pub subscription_ids: &'a str,
+    }
+
+    /// Inserts messages. The envelopes travel as one blob (SQLite: cut out with `substr`)
+    /// or one `bytea[]` (PostgreSQL), not inside the JSON, so they are neither escaped nor
+    /// parsed.
+    pub fn insert_messages(backend: DbBackend, rows: &[MessageRow<'_>]) -> Statement {
+        let mut json = JsonRows::default();
+        let mut offset = 1i64;
+        for row in rows {
+            json.row()
+                .str(row.id)
+                .str(row.workspace_id)
+                .str(row.event_type)
+                .opt_str(row.idempotency_key)
+                .opt_str(row.traceparent)
+                .opt_str(row.tracestate)
+                .int(row.create_ms)
+                .str(row.subscription_ids)
+                .int(offset)
+                .int(i64::try_from(row.envelope.len()).unwrap_or(i64::MAX));
+            offset = offset.saturating_add(i64::try_from(row.envelope.len()).unwrap_or(0));
+        }
+        let f = |i, t| field(backend, i, t);
+        let columns = "id, workspace_id, event_type, envelope, idempotency_key, traceparent, \
+                       tracestate, create_ms, subscription_ids";
+        match backend {
+            DbBackend::Postgres => {
+                let sql = format!(
+                    "INSERT INTO dp_messages ({columns}) \
+                     SELECT {}, {}, {}, b.envelope, {}, {}, {}, {}, {} \
+                     FROM json_array_elements($1::json) WITH ORDINALITY AS e(r, n) \
+                     JOIN unnest($2::bytea[]) WITH ORDINALITY AS b(envelope, n) USING (n)",
+                    f(0, "text"),
+                    f(1, "text"),
+                    f(2, "text"),
+                    f(3, "text"),
+                    f(4, "text"),
+                    f(5, "text"),
+                    f(6, "bigint"),
+                    f(7, "text"),
+                );
+                let envelopes: Vec<Value> = rows
+                    .iter()
+                    .map(|r| Value::Bytes(Some(r.envelope.to_vec())))
+                    .collect();
+                Statement::from_sql_and_values(
+                    backend,
+                    sql,
+                    [
+                        Value::String(Some(json.finish())),
+                        Value::Array(
+                            sea_orm::sea_query::ArrayType::Bytes,
+                            Some(Box::new(envelopes)),
+                        ),
+                    ],
+                )
+            }
+            _ => {
+                let mut blob = Vec::with_capacity(rows.iter().map(|r| r.envelope.len()).sum());
+                for row in rows {
+                    blob.extend_from_slice(row.envelope);
+                }
+                let sql = format!(
+                    "INSERT INTO dp_messages ({columns}) \
+                     SELECT {}, {}, {}, substr(?, {}, {}), {}, {}, {}, {}, {} FROM {}",
+                    f(0, ""),
+                    f(1, ""),
+                    f(2, ""),
+                    f(8, ""),
+                    f(9, ""),
+                    f(3, ""),
+                    f(4, ""),
+                    f(5, ""),
+                    f(6, ""),
+                    f(7, ""),
+                    rows_from(backend, 0),
+                );
+                // The blob comes first: its `?` precedes json_each's in the SQL.
+                Statement::from_sql_and_values(
+                    backend,
+                    sql,
+                    [Value::Bytes(Some(blob)), Value::String(Some(json.finish()))],
+                )
+            }
+        }
+    }
+
+    /// Inserts fan-out rows: (message id, due, lease).
+    pub fn insert_fanouts(backend: DbBackend, rows: &[(&str, i64, Option<i64>)]) -> Statement {
+        let mut json = JsonRows::default();
+        for (id, due, lease) in rows {
+            json.row().str(id).int(*due).opt_int(*lease);
+        }
+        let sql = format!(
+            "INSERT INTO dp_fanout (message_id, due_ms, lease_until_ms) \
+             SELECT {}, {}, {} FROM {}",
+            field(backend, 0, "text"),
+            field(backend, 1, "bigint"),
+            field(backend, 2, "bigint"),
+            rows_from(backend, 1),
+        );
+        Statement::from_sql_and_values(backend, sql, [Value::String(Some(json.finish()))])
+    }
+
+    /// Deletes the fan-out rows of these messages.
+    pub fn delete_fanouts<'a>(
+        backend: DbBackend,
+        message_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Statement {
+        let sql = format!(
+            "DELETE FROM dp_fanout WHERE message_id IN ({})",
+            elements(backend, 1, "text")
+        );
+        Statement::from_sql_and_values(
+            backend,
+            sql,
+            [Value::String(Some(json_strings(message_ids)))],
+        )
+    }
+
+    /// Adds an outbox row; returns its `seq` as a row.
+    pub fn insert_outbox(backend: DbBackend, body: Vec<u8>, create_ms: i64) -> Statement {
+        let sql = format!(
+            "INSERT INTO dp_outbox (body, create_ms) VALUES ({}, {}) RETURNING seq",
+            param(backend, 1),
+            param(backend, 2)
+        );
+        Statement::from_sql_and_values(
+            backend,
+            sql,
+            [Value::Bytes(Some(body)), Value::BigInt(Some(create_ms))],
+        )
+    }
+
+    /// Deletes outbox rows.
+    pub fn delete_outbox(backend: DbBackend, seqs: &[i64]) -> Statement {
+        let sql = format!(
+            "DELETE FROM dp_outbox WHERE seq IN ({})",
+            elements(backend, 1, "bigint")
+        );
+        Statement::from_sql_and_values(
+            backend,
+            sql,
+            [Value::String(Some(json_ints(seqs.iter().copied())))],
+        )
+    }
+}
+
+/// The control plane's delivery-log statements.
+pub mod control {
+    use super::*;
+
+    /// A `messages` row.
+    pub struct MessageRow<'a> {
+        pub id: &'a str,
+        pub workspace_id: &'a str,
+        pub event_type: &'a str,
+        pub create_ms: i64,
+        pub delivery_count: i64,
+    }
+
+    /// An `attempts` row.
+    pub struct AttemptRow<'a> {
+        pub id: &'a str,
+        pub workspace_id: &'a str,
+        pub message_id: &'a str,
+        pub subscription_id: &'a str,
+        pub event_type: &'a str,
+        pub attempt_number: i64,
+        pub attempt_ms: i64,
+        pub success: bool,
+        pub status_code: i64,
+        pub error_kind: &'a str,
+        pub error_message: &'a str,
+        pub latency_us: i64,
+        pub response_excerpt: &'a str,
+        pub trigger: &'a str,
+        pub url: &'a str,
+    }
+
+    /// A `deliveries` row.
+    pub struct DeliveryRow<'a> {
+        pub message_id: &'a str,
+        pub subscription_id: &'a str,
+        pub workspace_id: &'a str,
+        pub event_type: &'a str,
+        pub status: &'a str,
+        pub attempt_count: i64,
+        pub last_attempt_ms: Option<i64>,
+        pub next_attempt_ms: Option<i64>,
+        pub last_status_code: i64,
+        pub last_error_kind: &'a str,
+        pub create_ms: i64,
+    }
+
+    /// An `endpoint_health` row: what a batch of attempts adds.
+    pub struct HealthRow<'a> {
+        pub subscription_id: &'a str,
+        pub workspace_id: &'a str,
+        /// Failures after the batch's last success (all of them if it had none).
+        pub consecutive_failures: i64,
+        /// Set if and only if the batch had a success.
+        pub last_success_ms: Option<i64>,
+        pub last_failure_ms: Option<i64>,
+    }
+
+    fn insert(
+        backend: DbBackend,
+        table: &str,
+        columns: &[(&str, &str)],
+        json: String,
+        tail: &str,
+    ) -> Statement {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let fields: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, pg_type))| field(backend, i, pg_type))
+            .collect();
+        // `WHERE true` keeps SQLite from reading ON CONFLICT as a join's ON.
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {} WHERE true {tail}",
+            names.join(", "),
+            fields.join(", "),
+            rows_from(backend, 1),
+        );
+        Statement::from_sql_and_values(backend, sql, [Value::String(Some(json))])
+    }
+
+    /// Inserts messages, leaving those already stored.
+    pub fn insert_messages(backend: DbBackend, rows: &[MessageRow<'_>]) -> Statement {
+        let mut json = JsonRows::default();
+        for r in rows {
+            json.row()
+                .str(r.id)
+                .str(r.workspace_id)
+                .str(r.event_type)
+                .int(r.create_ms)
+                .int(r.delivery_count);
+        }
+        insert(
+            backend,
+            "messages",
+            &[
+                ("id", "text"),
+                ("workspace_id", "text"),
+                ("event_type", "text"),
+                ("create_ms", "bigint"),
+                ("delivery_count", "integer"),
+            ],
+            json.finish(),
+            "ON CONFLICT (id) DO NOTHING",
+        )
+    }
+
+    /// Inserts attempts, leaving those already stored; returns the `id` of each row it
+    /// inserted, so a resent batch is recognised.
+    pub fn insert_attempts(backend: DbBackend, rows: &[AttemptRow<'_>]) -> Statement {
+        let mut json = JsonRows::default();
+        for r in rows {
+            json.row()
+                .str(r.id)
+                .str(r.workspace_id)
+                .str(r.message_id)
+                .str(r.subscription_id)
+                .str(r.event_type)
+                .int(r.attempt_number)
+                .int(r.attempt_ms)
+                .bool(r.success)
+                .int(r.status_code)
+                .str(r.error_kind)
+                .str(r.error_message)
+                .int(r.latency_us)
+                .str(r.response_excerpt)
+                .str(r.trigger)
+                .str(r.url);
+        }
+        insert(
+            backend,
+            "attempts",
+            &[
+                ("id", "text"),
+                ("workspace_id", "text"),
+                ("message_id", "text"),
+                ("subscription_id", "text"),
+                ("event_type", "text"),
+                ("attempt_number", "integer"),
+                ("attempt_ms", "bigint"),
+                ("success", "boolean"),
+                ("status_code", "integer"),
+                ("error_kind", "text"),
+                ("error_message", "text"),
+                ("latency_us", "bigint"),
+                ("response_excerpt", "text"),
+                ("trigger", "text"),
+                ("url", "text"),
+            ],
+            json.finish(),
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+    }
+
+    /// Inserts deliveries or updates them, but a stored row only takes a state at least as
+    /// late as its own: outcomes of different replicas may arrive out of order, and a row
+    /// without an attempt never overwrites one with.
+    pub fn upsert_deliveries(backend: DbBackend, rows: &[DeliveryRow<'_>]) -> Statement {
+        let mut json = JsonRows::default();
+        for r in rows {
+            json.row()
+                .str(r.message_id)
+                .str(r.subscription_id)
+                .str(r.workspace_id)
+                .str(r.event_type)
+                .str(r.status)
+                .int(r.attempt_count)
+                .opt_int(r.last_attempt_ms)
+                .opt_int(r.next_attempt_ms)
+                .int(r.last_status_code)
+                .str(r.last_error_kind)
+                .int(r.create_ms);
+        }
+        insert(
+            backend,
+            "deliveries",
+            &[
+                ("message_id", "text"),
+                ("subscription_id", "text"),
+                ("workspace_id", "text"),
+                ("event_type", "text"),
+                ("status", "text"),
+                ("attempt_count", "integer"),
+                ("last_attempt_ms", "bigint"),
+                ("next_attempt_ms", "bigint"),
+                ("last_status_code", "integer"),
+                ("last_error_kind", "text"),
+                ("create_ms", "bigint"),
+            ],
+            json.finish(),
+            "ON CONFLICT (message_id, subscription_id) DO UPDATE SET \
+               status = excluded.status, attempt_count = excluded.attempt_count, \
+               last_attempt_ms = excluded.last_attempt_ms, \
+               next_attempt_ms = excluded.next_attempt_ms, \
+               last_status_code = excluded.last_status_code, \
+               last_error_kind = excluded.last_error_kind \
+             WHERE deliveries.last_attempt_ms IS NULL \
+               OR deliveries.last_attempt_ms <= excluded.last_attempt_ms",
+        )
+    }
+
+    /// Adds a batch's attempts to each endpoint's health: a batch with a success restarts
+    /// the failure count, one without adds its failures to it.
+    pub fn upsert_health(backend: DbBackend, rows: &[HealthRow<'_>]) -> Statement {
+        let mut json = JsonRows::default();
+        for r in rows {
+            json.row()
+                .str(r.subscription_id)
+                .str(r.workspace_id)
+                .int(r.consecutive_failures)
+                .opt_int(r.last_success_ms)
+                .opt_int(r.last_failure_ms);
+        }
+        insert(
+            backend,
+            "endpoint_health",
+            &[
+                ("subscription_id", "text"),
+                ("workspace_id", "text"),
+                ("consecutive_failures", "bigint"),
+                ("last_success_ms", "bigint"),
+                ("last_failure_ms", "bigint"),
+            ],
+            json.finish(),
+            "ON CONFLICT (subscription_id) DO UPDATE SET \
+               consecutive_failures = CASE WHEN excluded.last_success_ms IS NULL \
+                 THEN endpoint_health.consecutive_failures + excluded.consecutive_failures \
+                 ELSE excluded.consecutive_failures END, \
+               last_success_ms = COALESCE(excluded.last_success_ms, endpoint_health.last_success_ms), \
+               last_failure_ms = COALESCE(excluded.last_failure_ms, endpoint_health.last_failure_ms)",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_rows_escape_what_json_needs() {
+        let mut rows = JsonRows::default();
+        rows.row()
+            .str("a\"b\\c\nd\u{1}é")
+            .int(-5)
+            .opt_int(None)
+            .opt_str(Some(""))
+            .bool(true);
+        rows.row().str("x");
+        let json = rows.finish();
+        assert_eq!(json, r#"[["a\"b\\c\nd\u0001é",-5,null,"",true],["x"]]"#);
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(parsed[0][0], "a\"b\\c\nd\u{1}é");
+        assert_eq!(JsonRows::default().finish(), "[]");
+        assert_eq!(json_strings(["a", "b\""]), r#"["a","b\""]"#);
+        assert_eq!(json_ints([1, -2]), "[1,-2]");
+    }
+}

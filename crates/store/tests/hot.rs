@@ -1,0 +1,444 @@
+//! The hot path's statements and sessions on real SQLite and PostgreSQL: what goes in
+//! comes back byte for byte, a failed session leaves nothing behind and its connection
+//! usable, a resent log batch changes nothing.
+
+#![allow(clippy::unwrap_used)]
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait};
+use sluice_store::hot::{self, Session};
+use sluice_store::{Plane, data, is_unique_violation};
+
+/// A fresh database for one test on each backend: SQLite always, PostgreSQL when
+/// `SLUICE_TEST_DATABASE_URL` names a server (said visibly when it does not).
+struct Fresh {
+    url: String,
+    dir: Option<std::path::PathBuf>,
+    postgres: Option<(String, String)>,
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), next_number())
+}
+
+/// A per-process counter, so two tests of one run never share a name.
+fn next_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn fresh_databases() -> Vec<Fresh> {
+    let dir = std::env::temp_dir().join(unique("sluice-hot"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut all = vec![Fresh {
+        url: sluice_store::sqlite_url(&dir, Plane::Data),
+        dir: Some(dir),
+        postgres: None,
+    }];
+    match std::env::var("SLUICE_TEST_DATABASE_URL") {
+        Ok(server) if !server.is_empty() => {
+            let name = unique("sluice_hot");
+            let admin = Database::connect(server.as_str()).await.unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            let base = server.split('?').next().unwrap_or(&server);
+            let (root, _) = base.rsplit_once('/').unwrap();
+            let query = server
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
+            all.push(Fresh {
+                url: format!("{root}/{name}{query}"),
+                dir: None,
+                postgres: Some((server, name)),
+            });
+        }
+        _ => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPING the PostgreSQL run of this test: SLUICE_TEST_DATABASE_URL is not set"
+            );
+        }
+    }
+    all
+}
+
+impl Fresh {
+    async fn open(&self, plane: Plane) -> DatabaseConnection {
+        sluice_store::open(&self.url, plane).await.unwrap()
+    }
+
+    async fn remove(self) {
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some((server, name)) = self.postgres
+            && let Ok(admin) = Database::connect(server.as_str()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+            let _ = admin.close().await;
+        }
+    }
+}
+
+fn message<'a>(id: &'a str, envelope: &'a [u8], key: Option<&'a str>) -> hot::data::MessageRow<'a> {
+    hot::data::MessageRow {
+        id,
+        workspace_id: "wrk_1",
+        event_type: "conversation.created",
+        envelope,
+        idempotency_key: key,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        tracestate: None,
+        create_ms: 1_700_000_000_123,
+        subscription_ids: "sub_a,sub_b",
+    }
+}
+
+#[tokio::test]
+async fn a_data_cycle_stores_exactly_what_it_was_given() {
+    for fresh in fresh_databases().await {
+        let db = fresh.open(Plane::Data).await;
+        let backend = db.get_database_backend();
+        let tricky = "quote \" backslash \\ newline \n tab \t nul-ish \u{1} é 🚀";
+        let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let rows = [
+            message("msg_1", br#"{"a":"b \" c"}"#, Some(tricky)),
+            message("msg_2", b"", None),
+            message("msg_3", &big, None),
+        ];
+        let session = Session::begin(&db).await.unwrap();
+        let returned = session
+            .commit(vec![
+                hot::data::insert_messages(backend, &rows),
+                hot::data::insert_fanouts(
+                    backend,
+                    &[
+                        ("msg_1", 10, Some(20)),
+                        ("msg_2", 11, None),
+                        ("msg_3", 12, None),
+                    ],
+                ),
+                hot::data::delete_fanouts(backend, ["msg_2", "msg_404"]),
+                hot::data::insert_outbox(backend, vec![1, 2, 3], 99),
+            ])
+            .await
+            .unwrap();
+        let seq: i64 = returned[0].try_get("", "seq").unwrap();
+
+        let stored = data::message::Entity::find().all(&db).await.unwrap();
+        assert_eq!(stored.len(), 3);
+        for (row, want) in stored.iter().zip(&rows) {
+            assert_eq!(row.id, want.id);
+            assert_eq!(row.envelope, want.envelope, "{} on {backend:?}", want.id);
+            assert_eq!(row.idempotency_key.as_deref(), want.idempotency_key);
+            assert_eq!(row.traceparent.as_deref(), want.traceparent);
+            assert_eq!(row.tracestate, None);
+            assert_eq!(row.create_ms, want.create_ms);
+            assert_eq!(row.subscription_ids.as_deref(), Some("sub_a,sub_b"));
+        }
+        let fanouts = data::fanout::Entity::find().all(&db).await.unwrap();
+        let fanouts: Vec<(String, i64, Option<i64>)> = fanouts
+            .into_iter()
+            .map(|f| (f.message_id, f.due_ms, f.lease_until_ms))
+            .collect();
+        assert_eq!(
+            fanouts,
+            [
+                ("msg_1".to_owned(), 10, Some(20)),
+                ("msg_3".to_owned(), 12, None)
+            ]
+        );
+        let outbox = data::outbox::Entity::find().all(&db).await.unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(
+            (outbox[0].seq, outbox[0].body.clone()),
+            (seq, vec![1, 2, 3])
+        );
+
+        // Deleting acked rows, in the next cycle.
+        let session = Session::begin(&db).await.unwrap();
+        session
+            .commit(vec![hot::data::delete_outbox(backend, &[seq, seq + 100])])
+            .await
+            .unwrap();
+        assert!(
+            data::outbox::Entity::find()
+                .all(&db)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        db.close().await.unwrap();
+        fresh.remove().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
+    for fresh in fresh_databases().await {
+        let db = fresh.open(Plane::Data).await;
+        let backend = db.get_database_backend();
+        let first = [message("msg_1", b"{}", Some("order-1"))];
+        let session = Session::begin(&db).await.unwrap();
+        session
+            .commit(vec![hot::data::insert_messages(backend, &first)])
+            .await
+            .unwrap();
+
+        // A sea-orm write through the session, then a statement that breaks the
+        // idempotency key's uniqueness: the commit fails, as a unique violation, and the
+        // earlier write of the session is gone too.
+        let session = Session::begin(&db).await.unwrap();
+        data::fanout::Entity::insert(data::fanout::ActiveModel {
+            message_id: sea_orm::Set("msg_9".to_owned()),
+            due_ms: sea_orm::Set(1),
+            lease_until_ms: sea_orm::Set(None),
+        })
+        .exec_without_returning(&session)
+        .await
+        .unwrap();
+        let again = [message("msg_2", b"{}", Some("order-1"))];
+        let err = session
+            .commit(vec![hot::data::insert_messages(backend, &again)])
+            .await
+            .unwrap_err();
+        assert!(is_unique_violation(&err), "{err:?} on {backend:?}");
+        assert_eq!(
+            data::message::Entity::find().all(&db).await.unwrap().len(),
+            1
+        );
+        assert!(
+            data::fanout::Entity::find()
+                .all(&db)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // An explicit rollback, then the (single, on SQLite) connection works as before.
+        let session = Session::begin(&db).await.unwrap();
+        session
+            .run(vec![hot::data::insert_fanouts(
+                backend,
+                &[("msg_8", 1, None)],
+            )])
+            .await
+            .unwrap();
+        session.rollback().await;
+        let session = Session::begin(&db).await.unwrap();
+        session
+            .commit(vec![hot::data::insert_fanouts(
+                backend,
+                &[("msg_7", 1, None)],
+            )])
+            .await
+            .unwrap();
+        let left: Vec<String> = data::fanout::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.message_id)
+            .collect();
+        assert_eq!(left, ["msg_7"]);
+        db.close().await.unwrap();
+        fresh.remove().await;
+    }
+}
+
+fn attempt<'a>(id: &'a str, ms: i64, success: bool) -> hot::control::AttemptRow<'a> {
+    hot::control::AttemptRow {
+        id,
+        workspace_id: "wrk_1",
+        message_id: "msg_1",
+        subscription_id: "sub_a",
+        event_type: "a.b",
+        attempt_number: 1,
+        attempt_ms: ms,
+        success,
+        status_code: if success { 200 } else { 500 },
+        error_kind: if success { "" } else { "http_status" },
+        error_message: "HTTP 500 \"oops\"",
+        latency_us: 1234,
+        response_excerpt: "{\"ok\":false}\n",
+        trigger: "scheduled",
+        url: "https://example.com/hook?x=1",
+    }
+}
+
+fn delivery<'a>(status: &'a str, last: Option<i64>) -> hot::control::DeliveryRow<'a> {
+    hot::control::DeliveryRow {
+        message_id: "msg_1",
+        subscription_id: "sub_a",
+        workspace_id: "wrk_1",
+        event_type: "a.b",
+        status,
+        attempt_count: i64::from(last.is_some()),
+        last_attempt_ms: last,
+        next_attempt_ms: None,
+        last_status_code: 0,
+        last_error_kind: "",
+        create_ms: 1,
+    }
+}
+
+async fn one_i64(db: &DatabaseConnection, sql: &str) -> i64 {
+    db.query_one_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get_by_index::<i64>(0)
+    .unwrap()
+}
+
+#[tokio::test]
+async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
+    for fresh in fresh_databases().await {
+        let db = fresh.open(Plane::Control).await;
+        let backend = db.get_database_backend();
+        let ids = |rows: Vec<sea_orm::QueryResult>| -> Vec<String> {
+            let mut ids: Vec<String> = rows
+                .into_iter()
+                .map(|r| r.try_get("", "id").unwrap())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let session = Session::begin(&db).await.unwrap();
+        let first = session
+            .run(vec![
+                hot::control::insert_messages(
+                    backend,
+                    &[hot::control::MessageRow {
+                        id: "msg_1",
+                        workspace_id: "wrk_1",
+                        event_type: "a.b",
+                        create_ms: 1,
+                        delivery_count: 1,
+                    }],
+                ),
+                hot::control::insert_attempts(
+                    backend,
+                    &[attempt("att_1", 10, false), attempt("att_2", 20, true)],
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(ids(first), ["att_1", "att_2"]);
+        session
+            .commit(vec![
+                hot::control::upsert_deliveries(backend, &[delivery("succeeded", Some(20))]),
+                hot::control::upsert_health(
+                    backend,
+                    &[hot::control::HealthRow {
+                        subscription_id: "sub_a",
+                        workspace_id: "wrk_1",
+                        consecutive_failures: 2,
+                        last_success_ms: None,
+                        last_failure_ms: Some(20),
+                    }],
+                ),
+            ])
+            .await
+            .unwrap();
+
+        // The same batch again: no attempt is new, and a state older than the stored one
+        // (or one without an attempt) changes nothing.
+        let session = Session::begin(&db).await.unwrap();
+        let again = session
+            .run(vec![hot::control::insert_attempts(
+                backend,
+                &[attempt("att_1", 10, false), attempt("att_3", 30, false)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(ids(again), ["att_3"]);
+        session
+            .commit(vec![
+                hot::control::upsert_deliveries(backend, &[delivery("failed", Some(15))]),
+                hot::control::upsert_deliveries(backend, &[delivery("pending", None)]),
+                hot::control::upsert_health(
+                    backend,
+                    &[hot::control::HealthRow {
+                        subscription_id: "sub_a",
+                        workspace_id: "wrk_1",
+                        consecutive_failures: 1,
+                        last_success_ms: None,
+                        last_failure_ms: Some(30),
+                    }],
+                ),
+            ])
+            .await
+            .unwrap();
+        let status = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                backend,
+                "SELECT status FROM deliveries".to_owned(),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<String>(0)
+            .unwrap();
+        assert_eq!(status, "succeeded");
+        assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM attempts").await, 3);
+        assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM messages").await, 1);
+        let message = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                backend,
+                "SELECT error_message, response_excerpt, url FROM attempts WHERE id = 'att_1'"
+                    .to_owned(),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            message.try_get::<String>("", "error_message").unwrap(),
+            "HTTP 500 \"oops\""
+        );
+        assert_eq!(
+            message.try_get::<String>("", "response_excerpt").unwrap(),
+            "{\"ok\":false}\n"
+        );
+        // Failures add up until a success restarts the count.
+        assert_eq!(
+            one_i64(&db, "SELECT consecutive_failures FROM endpoint_health").await,
+            3
+        );
+        let session = Session::begin(&db).await.unwrap();
+        session
+            .commit(vec![hot::control::upsert_health(
+                backend,
+                &[hot::control::HealthRow {
+                    subscription_id: "sub_a",
+                    workspace_id: "wrk_1",
+                    consecutive_failures: 0,
+                    last_success_ms: Some(40),
+                    last_failure_ms: None,
+                }],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            one_i64(&db, "SELECT consecutive_failures FROM endpoint_health").await,
+            0
+        );
+        assert_eq!(
+            one_i64(&db, "SELECT last_failure_ms FROM endpoint_health").await,
+            30
+        );
+        assert!(matches!(backend, DbBackend::Sqlite | DbBackend::Postgres));
+        db.close().await.unwrap();
+        fresh.remove().await;
+    }
+}
