@@ -134,26 +134,16 @@ pub fn init(
         }
     };
     // Log lines are events only: the fmt layer would otherwise format the fields of every
-    // span (four per delivered event) just in case a log line inside it wants them, and
-    // with export off, spans nobody wants cost nothing.
-    let log_filter = filter.and(filter_fn(|metadata| metadata.is_event()));
-    let registry = tracing_subscriber::registry().with(otel_layer);
-    let result = match args.log_format {
-        LogFormat::Plain => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(log_filter),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr)
-                    .with_filter(log_filter),
-            )
-            .try_init(),
+    // span (four per delivered event) just in case a log line inside it wants them. With
+    // export off no layer wants spans, so none is created at all (an absent `Option` layer
+    // would still say it wants everything).
+    let result = match otel_layer {
+        Some(otel) => with_logs(
+            tracing_subscriber::registry().with(otel),
+            args.log_format,
+            filter,
+        ),
+        None => with_logs(tracing_subscriber::registry(), args.log_format, filter),
     };
     if let Err(e) = result {
         eprintln!("sluice: logging was already set up: {e}");
@@ -162,6 +152,40 @@ pub fn init(
         tracing::info!(%endpoint, "exporting traces and metrics over OTLP");
     }
     Ok(telemetry)
+}
+
+/// Installs `subscriber` with the log layer on top, which sees the events `filter` lets
+/// through and no span.
+fn with_logs<S>(
+    subscriber: S,
+    format: LogFormat,
+    filter: EnvFilter,
+) -> Result<(), tracing_subscriber::util::TryInitError>
+where
+    S: tracing::Subscriber
+        + for<'a> tracing_subscriber::registry::LookupSpan<'a>
+        + Send
+        + Sync
+        + 'static,
+{
+    let log_filter = filter.and(filter_fn(|metadata| metadata.is_event()));
+    match format {
+        LogFormat::Plain => subscriber
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter),
+            )
+            .try_init(),
+        LogFormat::Json => subscriber
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter),
+            )
+            .try_init(),
+    }
 }
 
 /// The sampler the flags name; `None` leaves the SDK's choice (which reads `OTEL_TRACES_SAMPLER`).
