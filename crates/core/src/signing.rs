@@ -130,11 +130,22 @@ pub enum VerifyError {
 
 /// One signature, `v1,<base64>`, over `{msg_id}.{timestamp}.{body}`.
 pub fn sign(secret: &SigningSecret, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let tag = tag(secret, msg_id, timestamp, body).finalize().into_bytes();
     let mut out = String::with_capacity(VERSION_PREFIX.len() + 44);
-    out.push_str(VERSION_PREFIX);
-    STANDARD.encode_string(tag, &mut out);
+    push_signature(&mut out, secret, msg_id, timestamp, body);
     out
+}
+
+/// Appends one signature to `out`.
+fn push_signature(
+    out: &mut String,
+    secret: &SigningSecret,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) {
+    let tag = tag(secret, msg_id, timestamp, body).finalize().into_bytes();
+    out.push_str(VERSION_PREFIX);
+    STANDARD.encode_string(tag, out);
 }
 
 /// The `webhook-signature` header value: one signature per secret, separated by spaces, so
@@ -150,7 +161,7 @@ pub fn signature_header(
         if i > 0 {
             out.push(' ');
         }
-        out.push_str(&sign(secret, msg_id, timestamp, body));
+        push_signature(&mut out, secret, msg_id, timestamp, body);
     }
     out
 }
@@ -221,10 +232,32 @@ fn tag(secret: &SigningSecret, msg_id: &str, timestamp: i64, body: &[u8]) -> Hma
     let mut mac = secret.mac();
     mac.update(msg_id.as_bytes());
     mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
+    // Formatted on the stack: this runs for every attempt.
+    let mut digits = [0u8; 20];
+    mac.update(decimal(timestamp, &mut digits));
     mac.update(b".");
     mac.update(body);
     mac
+}
+
+/// `n` in decimal, written into `buf` (20 bytes hold any i64).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let negative = n < 0;
+    let mut rest = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if negative {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
 }
 
 #[cfg(test)]
@@ -245,6 +278,14 @@ mod tests {
 
     fn spec_secret() -> SigningSecret {
         SigningSecret::parse(SPEC_SECRET).unwrap()
+    }
+
+    #[test]
+    fn timestamps_are_written_in_decimal() {
+        for n in [0, 7, 10, 1_705_314_600, -1, -45, i64::MAX, i64::MIN] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes(), "{n}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sluice_core::event::EventFilter;
 use sluice_core::signing::SigningSecret;
+use sluice_delivery::CustomHeaders;
 use sluice_proto::control::v1::{
     ConfigApiKey, ConfigSubscription, DestinationType, WatchConfigResponse,
 };
@@ -31,8 +32,8 @@ pub(crate) struct Endpoint {
     pub(crate) url: Url,
     /// Slack incoming webhooks get a formatted message, unsigned.
     pub(crate) slack: bool,
-    /// Custom headers, sorted by name so requests are reproducible.
-    pub(crate) headers: Vec<(String, String)>,
+    /// Custom headers, parsed once, sorted by name so requests are reproducible.
+    pub(crate) custom_headers: CustomHeaders,
     /// Current secret first, then older ones still within their grace period.
     secrets: Vec<Secret>,
 }
@@ -76,10 +77,11 @@ impl Endpoint {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers.sort();
+        let custom_headers = CustomHeaders::new(&headers);
         Ok(Endpoint {
             url,
             slack,
-            headers,
+            custom_headers,
             secrets,
         })
     }
@@ -522,8 +524,12 @@ mod tests {
             snapshot.matching("wrk_2", "conversation.created").count(),
             0
         );
-        let headers = &snapshot.subscription("sub_a").unwrap().endpoint.headers;
-        assert_eq!(headers[0].0, "x-a");
+        let headers = &snapshot
+            .subscription("sub_a")
+            .unwrap()
+            .endpoint
+            .custom_headers;
+        assert_eq!(headers.names().next(), Some("x-a"));
 
         let changed = snapshot.apply(&[WatchConfigResponse {
             revision: 8,

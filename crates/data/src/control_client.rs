@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes};
+use sluice_proto::control::v1::ReportOutcomesResponse;
 use sluice_proto::control::v1::data_plane_service_client::DataPlaneServiceClient;
 use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -46,6 +48,33 @@ impl ControlClient {
         DataPlaneServiceClient::new(self.channel.clone())
     }
 
+    /// `ReportOutcomes` with batches already encoded: the writer encodes each batch once,
+    /// for its outbox row, and the same bytes go on the wire (the generated client would
+    /// want the message back as a struct, to encode it again).
+    pub(crate) async fn report_outcomes(
+        &self,
+        batches: impl tokio_stream::Stream<Item = EncodedBatch> + Send + 'static,
+    ) -> Result<tonic::Response<tonic::Streaming<ReportOutcomesResponse>>, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("control plane not ready: {e}")))?;
+        let mut request = self.request(batches);
+        request.extensions_mut().insert(tonic::GrpcMethod::new(
+            "sluice.control.v1.DataPlaneService",
+            "ReportOutcomes",
+        ));
+        let path = http::uri::PathAndQuery::from_static(
+            "/sluice.control.v1.DataPlaneService/ReportOutcomes",
+        );
+        grpc.streaming(
+            request,
+            path,
+            tonic_prost::ProstCodec::<EncodedBatch, ReportOutcomesResponse>::default(),
+        )
+        .await
+    }
+
     /// `message` as a request carrying the internal token.
     pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
@@ -67,4 +96,88 @@ pub(crate) fn bearer(token: &str) -> Result<MetadataValue<Ascii>, DataError> {
         .map_err(|_| DataError::Config("internal_token must be printable ASCII".to_owned()))?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// A `ReportOutcomesRequest` whose messages, attempts and disables are already encoded
+/// (`body`, as stored in the outbox row), with the fields set at sending appended: a
+/// protobuf message may carry its fields in any order, so the bytes are never rebuilt.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EncodedBatch {
+    pub(crate) body: Bytes,
+    /// Field 1.
+    pub(crate) batch_id: u64,
+    /// Field 5.
+    pub(crate) traceparent: String,
+}
+
+impl prost::Message for EncodedBatch {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.body);
+        if self.batch_id != 0 {
+            prost::encoding::uint64::encode(1, &self.batch_id, buf);
+        }
+        if !self.traceparent.is_empty() {
+            prost::encoding::string::encode(5, &self.traceparent, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever sent, never received; anything read is skipped.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.body.len()
+            + if self.batch_id != 0 {
+                prost::encoding::uint64::encoded_len(1, &self.batch_id)
+            } else {
+                0
+            }
+            + if self.traceparent.is_empty() {
+                0
+            } else {
+                prost::encoding::string::encoded_len(5, &self.traceparent)
+            }
+    }
+
+    fn clear(&mut self) {
+        *self = EncodedBatch::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use prost::Message as _;
+    use sluice_proto::control::v1::{MessageRecord, ReportOutcomesRequest};
+
+    use super::EncodedBatch;
+
+    #[test]
+    fn an_encoded_batch_decodes_as_the_request() {
+        let message = MessageRecord {
+            id: "msg_1".into(),
+            ..Default::default()
+        };
+        let mut body = Vec::new();
+        prost::encoding::message::encode(2, &message, &mut body);
+        let batch = EncodedBatch {
+            body: body.into(),
+            batch_id: 42,
+            traceparent: "00-ab-cd-01".into(),
+        };
+        let bytes = batch.encode_to_vec();
+        assert_eq!(bytes.len(), batch.encoded_len());
+        let decoded = ReportOutcomesRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.batch_id, 42);
+        assert_eq!(decoded.traceparent, "00-ab-cd-01");
+        assert_eq!(decoded.messages, [message]);
+    }
 }

@@ -330,7 +330,7 @@ pub(crate) async fn make_attempt(
         msg_id: &message.id,
         body,
         secrets: &secrets,
-        headers: &endpoint.headers,
+        headers: &endpoint.custom_headers,
         traceparent: message.traceparent.as_deref(),
         tracestate: message.tracestate.as_deref(),
         resend_count: attempt_number.saturating_sub(1),

@@ -167,13 +167,19 @@ impl Fanouts {
 
     /// Completes `plan` once the cycle's outcomes are applied: which fan-outs finish, and
     /// the records to report in this cycle's batch (those finishing, those past their
-    /// deadline, and at shutdown every unreported one).
-    pub(crate) fn finish_plan(&self, plan: &mut Plan, everything: bool) -> Vec<MessageRecord> {
+    /// deadline, and at shutdown every unreported one), each handed to `report`.
+    pub(crate) fn finish_plan(
+        &self,
+        plan: &mut Plan,
+        everything: bool,
+        mut report: impl FnMut(&MessageRecord),
+    ) {
         let mut inner = self.lock();
-        let mut records = Vec::new();
         let mut messages: Vec<&str> = plan.concluded.iter().map(|(m, _)| m.as_str()).collect();
         messages.sort_unstable();
         messages.dedup();
+        let mut finished = Vec::new();
+        let mut reported = Vec::new();
         for message_id in messages {
             let Some(open) = inner.open.get(message_id) else {
                 continue;
@@ -183,10 +189,10 @@ impl Fanouts {
                 .iter()
                 .all(|s| plan.concluded.contains(&(message_id.to_owned(), s.clone())));
             if done {
-                plan.finished.push(message_id.to_owned());
+                finished.push(message_id.to_owned());
                 if !open.reported {
-                    records.push(open.record.clone());
-                    plan.reported.push(message_id.to_owned());
+                    report(&open.record);
+                    reported.push(message_id.to_owned());
                 }
             }
         }
@@ -198,13 +204,14 @@ impl Fanouts {
             }
             if let Some(open) = open.get(message_id)
                 && !open.reported
-                && !plan.reported.contains(message_id)
+                && !reported.contains(message_id)
             {
-                records.push(open.record.clone());
-                plan.reported.push(message_id.clone());
+                report(&open.record);
+                reported.push(message_id.clone());
             }
         }
-        records
+        plan.finished.extend(finished);
+        plan.reported.extend(reported);
     }
 
     /// Applies a committed plan.
@@ -269,6 +276,13 @@ mod tests {
         }
     }
 
+    /// The ids `finish_plan` reports.
+    fn reported(fanouts: &Fanouts, plan: &mut Plan, everything: bool) -> Vec<String> {
+        let mut ids = Vec::new();
+        fanouts.finish_plan(plan, everything, |record| ids.push(record.id.clone()));
+        ids
+    }
+
     fn open(fanouts: &Fanouts, id: &str, subs: &[&str], after: Duration) {
         let subs_owned: Vec<String> = subs.iter().map(|s| (*s).to_owned()).collect();
         assert!(fanouts.open(record(id, subs), subs_owned, after));
@@ -291,7 +305,7 @@ mod tests {
             !plan.concludes(&fanouts, "msg_1", "sub_x"),
             "not one of its first attempts"
         );
-        assert!(fanouts.finish_plan(&mut plan, false).is_empty());
+        assert!(reported(&fanouts, &mut plan, false).is_empty());
         assert!(plan.finished.is_empty());
         fanouts.committed(plan);
         assert!(!fanouts.is_unconcluded("msg_1", "sub_a"));
@@ -300,8 +314,7 @@ mod tests {
         // The last one: the fan-out finishes and its record goes with it.
         let mut plan = Plan::default();
         assert!(plan.concludes(&fanouts, "msg_1", "sub_b"));
-        let records = fanouts.finish_plan(&mut plan, false);
-        assert_eq!(records.len(), 1);
+        assert_eq!(reported(&fanouts, &mut plan, false), ["msg_1"]);
         assert_eq!(plan.finished, ["msg_1"]);
         fanouts.committed(plan);
         assert!(!fanouts.is_open("msg_1"));
@@ -321,28 +334,20 @@ mod tests {
         assert!(fanouts.is_unconcluded("msg_2", "sub_a"));
 
         let mut plan = Plan::default();
-        let records = fanouts.finish_plan(&mut plan, false);
-        assert_eq!(
-            records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["msg_1"]
-        );
+        assert_eq!(reported(&fanouts, &mut plan, false), ["msg_1"]);
         assert!(plan.finished.is_empty());
         fanouts.committed(plan);
         assert!(fanouts.is_open("msg_1"), "reported, still open");
 
         // Reported once only; at shutdown everything unreported goes.
         let mut plan = Plan::default();
-        let records = fanouts.finish_plan(&mut plan, true);
-        assert_eq!(
-            records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["msg_2"]
-        );
+        assert_eq!(reported(&fanouts, &mut plan, true), ["msg_2"]);
         fanouts.committed(plan);
 
         // Finishing after the report does not report again.
         let mut plan = Plan::default();
         assert!(plan.concludes(&fanouts, "msg_1", "sub_a"));
-        assert!(fanouts.finish_plan(&mut plan, true).is_empty());
+        assert!(reported(&fanouts, &mut plan, true).is_empty());
         assert_eq!(plan.finished, ["msg_1"]);
     }
 

@@ -16,11 +16,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message as _;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
-use sluice_proto::control::v1::ReportOutcomesRequest;
+use sluice_proto::control::v1::{
+    AttemptOutcome, MessageRecord, ReportOutcomesRequest, SubscriptionDisabled,
+};
 use sluice_store::data::outbox;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -49,8 +52,8 @@ pub(crate) struct Outbox {
 
 #[derive(Default)]
 struct Inner {
-    /// Committed batches, oldest first, with their row's `seq` as `batch_id`.
-    feed: VecDeque<ReportOutcomesRequest>,
+    /// Committed batches, oldest first.
+    feed: VecDeque<Committed>,
     /// Some committed batch did not fit in `feed`: the reporter must read the table.
     overflowed: bool,
     /// Acked by the control plane, not yet deleted by a committed transaction.
@@ -59,16 +62,67 @@ struct Inner {
     acked_since: Option<Instant>,
 }
 
+/// A committed outbox row: what the control plane is told, encoded once.
+#[derive(Clone, Debug)]
+pub(crate) struct Committed {
+    pub(crate) seq: i64,
+    /// The row's body: the encoded fields of a `ReportOutcomesRequest` but its batch id and
+    /// traceparent (set when it is sent).
+    pub(crate) body: Bytes,
+    /// How many messages and attempts it reports, for the reporter's span.
+    pub(crate) messages: usize,
+    pub(crate) attempts: usize,
+}
+
+/// The body of an outbox row under construction: each record is encoded as it comes, from
+/// a reference, so nothing is copied into a request struct first.
+#[derive(Default)]
+pub(crate) struct ReportBody {
+    buf: Vec<u8>,
+    pub(crate) messages: usize,
+    pub(crate) attempts: usize,
+    disabled: usize,
+}
+
+impl ReportBody {
+    /// Field 2 of `ReportOutcomesRequest`.
+    pub(crate) fn message(&mut self, record: &MessageRecord) {
+        prost::encoding::message::encode(2, record, &mut self.buf);
+        self.messages += 1;
+    }
+
+    /// Field 3.
+    pub(crate) fn attempt(&mut self, outcome: &AttemptOutcome) {
+        prost::encoding::message::encode(3, outcome, &mut self.buf);
+        self.attempts += 1;
+    }
+
+    /// Field 4.
+    pub(crate) fn disabled(&mut self, disabled: &SubscriptionDisabled) {
+        prost::encoding::message::encode(4, disabled, &mut self.buf);
+        self.disabled += 1;
+    }
+
+    /// Whether there is nothing to tell.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages == 0 && self.attempts == 0 && self.disabled == 0
+    }
+
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
 /// What the reporter takes from the feed.
 pub(crate) struct Ready {
-    pub(crate) batches: Vec<ReportOutcomesRequest>,
+    pub(crate) batches: Vec<Committed>,
     /// Some batches are only in the table.
     pub(crate) overflowed: bool,
 }
 
 impl Outbox {
-    /// Hands a committed batch (its `batch_id` set to the row's seq) to the reporter.
-    pub(crate) fn committed(&self, batch: ReportOutcomesRequest) {
+    /// Hands a committed row to the reporter.
+    pub(crate) fn committed(&self, batch: Committed) {
         {
             let mut inner = self.lock();
             if inner.feed.len() < FEED_CAPACITY {
@@ -192,14 +246,16 @@ pub(crate) async fn read<C: ConnectionTrait>(
         .collect())
 }
 
-/// Decodes a row into the batch to send, its seq as the batch id; `None` for a row that
-/// can never be sent.
-pub(crate) fn decode(row: &outbox::Model) -> Option<ReportOutcomesRequest> {
+/// A row read back from the table, checked to decode (a row that never will is dropped
+/// rather than sent for ever); `None` for such a row.
+pub(crate) fn decode(row: outbox::Model) -> Option<Committed> {
     match ReportOutcomesRequest::decode(row.body.as_slice()) {
-        Ok(mut batch) => {
-            batch.batch_id = u64::try_from(row.seq).ok()?;
-            Some(batch)
-        }
+        Ok(batch) => Some(Committed {
+            seq: row.seq,
+            body: Bytes::from(row.body),
+            messages: batch.messages.len(),
+            attempts: batch.attempts.len(),
+        }),
         Err(err) => {
             tracing::error!(seq = row.seq, error = %err, "outbox row does not decode; dropping it");
             None

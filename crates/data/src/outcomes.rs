@@ -9,15 +9,14 @@ use std::time::Duration;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sluice_core::outcome::DeliveryStatus;
-use sluice_proto::control::v1::{
-    AttemptOutcome, ConfigSubscription, ReportOutcomesRequest, SubscriptionDisabled,
-};
+use sluice_proto::control::v1::{AttemptOutcome, ConfigSubscription, SubscriptionDisabled};
 use sluice_store::data::{delivery, state};
 use tokio::sync::oneshot;
 
 use crate::config_copy::{set_state, upsert_subscription};
 use crate::decision::Streak;
 use crate::fanout::{Fanouts, Plan};
+use crate::outbox::ReportBody;
 use crate::queue::DeliveryKey;
 use crate::shared::Shared;
 
@@ -89,7 +88,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
     tx: &C,
     fanouts: &Fanouts,
     batch: &[OutcomeEvent],
-    report: &mut ReportOutcomesRequest,
+    report: &mut ReportBody,
     plan: &mut Plan,
 ) -> Result<(), DbErr> {
     let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
@@ -97,7 +96,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
     for event in batch {
         match event {
             OutcomeEvent::Attempt(record) => {
-                report.attempts.push(record.outcome.clone());
+                report.attempt(&record.outcome);
                 if !matches!(record.streak, StreakChange::Unchanged) {
                     streaks.insert(&record.key.subscription_id, record.streak);
                 }
@@ -150,7 +149,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
                 fail_pending(tx, &disabled.subscription_id).await?;
                 upsert_subscription(tx, config).await?;
                 streaks.insert(&disabled.subscription_id, StreakChange::Clear);
-                report.disabled_subscriptions.push(disabled.clone());
+                report.disabled(disabled);
             }
             OutcomeEvent::Flush(_) => {}
         }

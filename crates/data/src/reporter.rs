@@ -11,14 +11,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use sluice_proto::control::v1::ReportOutcomesRequest;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backoff::Backoff;
+use crate::control_client::EncodedBatch;
 use crate::leader::Leader;
-use crate::outbox;
+use crate::outbox::{self, Committed};
 use crate::shared::Shared;
 
 /// Batches sent but not yet acked, at most: enough to keep the pipe full across a
@@ -138,11 +138,10 @@ async fn session(
     backoff: &mut Backoff,
     mut leader: Option<&mut Leader>,
 ) -> SessionEnd {
-    let (requests, outgoing) = mpsc::channel::<ReportOutcomesRequest>(WINDOW);
-    let mut client = shared.control.client();
+    let (requests, outgoing) = mpsc::channel::<EncodedBatch>(WINDOW);
     let deadline = flush_deadline(shared);
     let opened = tokio::select! {
-        opened = client.report_outcomes(shared.control.request(ReceiverStream::new(outgoing))) => opened,
+        opened = shared.control.report_outcomes(ReceiverStream::new(outgoing)) => opened,
         () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return SessionEnd::Done,
     };
     let mut acks = match opened {
@@ -187,13 +186,11 @@ async fn session(
             let ready = shared.outbox.take_ready(WINDOW - unacked.len());
             read_table |= ready.overflowed;
             for batch in ready.batches {
-                let Ok(seq) = i64::try_from(batch.batch_id) else {
-                    continue;
-                };
+                let seq = batch.seq;
                 if unacked.contains(&seq) || shared.outbox.is_acked(seq) {
                     continue;
                 }
-                if !send(&requests, batch, seq, &mut spans).await {
+                if !send(&requests, batch, &mut spans).await {
                     return SessionEnd::Broken;
                 }
                 unacked.insert(seq);
@@ -206,15 +203,16 @@ async fn session(
                 Ok(rows) => {
                     read_table = rows.len() >= room;
                     for row in rows {
-                        let Some(batch) = outbox::decode(&row) else {
+                        let seq = row.seq;
+                        let Some(batch) = outbox::decode(row) else {
                             // Never sendable: drop it rather than block everything after it.
-                            forget(shared, row.seq).await;
+                            forget(shared, seq).await;
                             continue;
                         };
-                        if !send(&requests, batch, row.seq, &mut spans).await {
+                        if !send(&requests, batch, &mut spans).await {
                             return SessionEnd::Broken;
                         }
-                        unacked.insert(row.seq);
+                        unacked.insert(seq);
                     }
                 }
                 Err(err) => {
@@ -265,24 +263,30 @@ async fn session(
 /// Sends one batch on the stream, in a span that stays open until its ack. False when the
 /// stream is gone.
 async fn send(
-    requests: &mpsc::Sender<ReportOutcomesRequest>,
-    mut batch: ReportOutcomesRequest,
-    seq: i64,
+    requests: &mpsc::Sender<EncodedBatch>,
+    batch: Committed,
     spans: &mut std::collections::HashMap<i64, tracing::Span>,
 ) -> bool {
     let span = tracing::info_span!(
         "report_outcomes",
         otel.name = "sluice.report_outcomes",
         otel.kind = "producer",
-        sluice.batch_id = seq,
-        sluice.messages = batch.messages.len(),
-        sluice.attempts = batch.attempts.len(),
+        sluice.batch_id = batch.seq,
+        sluice.messages = batch.messages,
+        sluice.attempts = batch.attempts,
     );
-    if let Some((parent, _)) = sluice_telemetry::span_headers(&span) {
-        batch.traceparent = parent;
-    }
-    spans.insert(seq, span);
-    requests.send(batch).await.is_ok()
+    let traceparent = sluice_telemetry::span_headers(&span)
+        .map(|(parent, _)| parent)
+        .unwrap_or_default();
+    spans.insert(batch.seq, span);
+    requests
+        .send(EncodedBatch {
+            body: batch.body,
+            batch_id: u64::try_from(batch.seq).unwrap_or_default(),
+            traceparent,
+        })
+        .await
+        .is_ok()
 }
 
 /// A row the control plane has (or that can never be sent): the writer deletes it with its

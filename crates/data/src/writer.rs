@@ -12,9 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use prost::Message as _;
 use sea_orm::{ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Statement};
-use sluice_proto::control::v1::{MessageRecord, ReportOutcomesRequest};
+use sluice_proto::control::v1::MessageRecord;
 use sluice_proto::data::v1::PublishResponse;
 use sluice_store::data::{delivery, message};
 use sluice_store::hot::{self, Session};
@@ -26,7 +25,7 @@ use crate::backoff::Backoff;
 use crate::dispatcher;
 use crate::error::DataError;
 use crate::fanout::{Plan, REPORT_DELAY};
-use crate::outbox;
+use crate::outbox::{self, Committed, ReportBody};
 use crate::outcomes::{self, OutcomeEvent};
 use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
 use crate::scheduler::{MAX_HELD, ScheduledRetry};
@@ -319,8 +318,8 @@ struct Written {
     /// The lease the new deliveries got; `Some` means this process holds them and hands
     /// them to its dispatcher, `None` leaves them to the scanner.
     lease_until: Option<i64>,
-    /// The outbox batch committed, its `batch_id` set to the row's seq.
-    batch: Option<ReportOutcomesRequest>,
+    /// The outbox row committed.
+    batch: Option<Committed>,
     /// What the write did to open fan-outs, applied once committed.
     plan: Plan,
 }
@@ -350,13 +349,13 @@ async fn write(
     };
     let backend = shared.db.get_database_backend();
     let session = Session::begin(&shared.db).await?;
-    let mut batch = ReportOutcomesRequest::default();
+    let mut report = ReportBody::default();
     // Outcomes first: their rare writes (a failed delivery's row, a disabled subscription)
     // go through sea-orm on the session now; the rest of the cycle is sent below, with
     // the commit, in as few round trips as the database allows.
     let mut plan = Plan::default();
     if let Err(err) =
-        outcomes::apply(&session, &shared.fanouts, events, &mut batch, &mut plan).await
+        outcomes::apply(&session, &shared.fanouts, events, &mut report, &mut plan).await
     {
         session.rollback().await;
         return Err(err);
@@ -368,27 +367,28 @@ async fn write(
             &created,
             lease_until,
             shared,
-            &mut batch,
+            &mut report,
             &mut statements,
         );
     }
     // Messages whose first attempts all concluded go with those outcomes; so do those that
     // waited long enough.
-    let records = shared.fanouts.finish_plan(&mut plan, all_reports);
-    batch.messages.extend(records);
+    shared
+        .fanouts
+        .finish_plan(&mut plan, all_reports, |record| report.message(record));
     if !plan.finished.is_empty() {
         statements.push(hot::data::delete_fanouts(
             backend,
             plan.finished.iter().map(String::as_str),
         ));
     }
-    let reporting = !(batch.messages.is_empty()
-        && batch.attempts.is_empty()
-        && batch.disabled_subscriptions.is_empty());
+    let reporting = !report.is_empty();
+    let (messages, attempts) = (report.messages, report.attempts);
+    let body = Bytes::from(report.into_bytes());
     if reporting {
         statements.push(hot::data::insert_outbox(
             backend,
-            batch.encode_to_vec(),
+            body.to_vec(),
             sluice_store::now_ms(),
         ));
     }
@@ -402,8 +402,12 @@ async fn write(
             .find_map(|row| row.try_get::<i64>("", "seq").ok())
             .ok_or_else(|| DbErr::Custom("the outbox insert returned no seq".to_owned()))?;
         outbox::inserted();
-        batch.batch_id = u64::try_from(seq).unwrap_or_default();
-        Some(batch)
+        Some(Committed {
+            seq,
+            body,
+            messages,
+            attempts,
+        })
     } else {
         None
     };
@@ -459,7 +463,7 @@ fn insert_created(
     created: &[&PublishJob],
     lease_until: Option<i64>,
     shared: &Shared,
-    batch: &mut ReportOutcomesRequest,
+    report: &mut ReportBody,
     statements: &mut Vec<Statement>,
 ) {
     let first_delay = first_delay_ms(shared);
@@ -503,12 +507,12 @@ fn insert_created(
     }
     // The control plane hears of a message with its first attempts' outcomes, unless this
     // process does not make them itself (no subscription, or left to the scanner).
-    batch.messages.extend(
-        created
-            .iter()
-            .filter(|job| job.subscription_ids.is_empty() || lease_until.is_none())
-            .map(|job| message_record(&job.message, &job.subscription_ids)),
-    );
+    for job in created
+        .iter()
+        .filter(|job| job.subscription_ids.is_empty() || lease_until.is_none())
+    {
+        report.message(&message_record(&job.message, &job.subscription_ids));
+    }
 }
 
 /// What the control plane is told of an accepted message.

@@ -24,7 +24,9 @@ mod slack;
 
 pub use config::{DEFAULT_USER_AGENT, SenderConfig};
 pub use egress::EgressDenied;
-pub use sender::{AttemptResult, DeliveryRequest, Sender, SenderBuildError, redacted_url};
+pub use sender::{
+    AttemptResult, CustomHeaders, DeliveryRequest, Sender, SenderBuildError, redacted_url,
+};
 pub use slack::slack_message;
 
 /// Re-exported so callers can match on [`AttemptResult::error_kind`] without naming core.

@@ -45,6 +45,58 @@ const RESERVED_HEADERS: &[&str] = &[
     "tracestate",
 ];
 
+/// A subscription's custom headers, parsed and checked once (not on every attempt).
+/// Names Sluice sets itself are dropped, with a warning; a name or value that is not a
+/// valid header fails each attempt with the reason, which never quotes the value (custom
+/// headers often carry credentials).
+#[derive(Clone, Debug)]
+pub struct CustomHeaders {
+    parsed: Result<Vec<(HeaderName, HeaderValue)>, String>,
+}
+
+impl Default for CustomHeaders {
+    fn default() -> Self {
+        CustomHeaders {
+            parsed: Ok(Vec::new()),
+        }
+    }
+}
+
+impl CustomHeaders {
+    /// Parses `(name, value)` pairs, in order.
+    pub fn new(pairs: &[(String, String)]) -> CustomHeaders {
+        let mut headers = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            let Ok(header_name) = HeaderName::from_bytes(name.as_bytes()) else {
+                return CustomHeaders {
+                    parsed: Err(format!(
+                        "custom header name {name:?} is not a valid header name"
+                    )),
+                };
+            };
+            if RESERVED_HEADERS.contains(&header_name.as_str()) {
+                tracing::warn!(header = %header_name, "custom header would override a header Sluice sets; dropped");
+                continue;
+            }
+            let Ok(mut header_value) = HeaderValue::from_str(value) else {
+                return CustomHeaders {
+                    parsed: Err(format!("custom header {header_name} has an invalid value")),
+                };
+            };
+            header_value.set_sensitive(true);
+            headers.push((header_name, header_value));
+        }
+        CustomHeaders {
+            parsed: Ok(headers),
+        }
+    }
+
+    /// The names sent, in order (none when the headers are unusable).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.parsed.iter().flatten().map(|(name, _)| name.as_str())
+    }
+}
+
 /// The sender could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum SenderBuildError {
@@ -92,8 +144,8 @@ pub struct DeliveryRequest<'a> {
     /// Signing secrets; empty sends the request unsigned (Slack incoming webhooks), several
     /// sign it once per secret during a rotation.
     pub secrets: &'a [&'a SigningSecret],
-    /// The subscription's custom headers, already validated.
-    pub headers: &'a [(String, String)],
+    /// The subscription's custom headers, parsed once per subscription.
+    pub headers: &'a CustomHeaders,
     /// W3C `traceparent` of the attempt's span, when tracing is on.
     pub traceparent: Option<&'a str>,
     /// W3C `tracestate` to go with it.
@@ -323,7 +375,8 @@ impl Sender {
         if !request.secrets.is_empty() {
             let signatures =
                 signature_header(request.secrets, request.msg_id, timestamp, &request.body);
-            let mut value = HeaderValue::from_str(&signatures)
+            // The header takes the string's buffer; nothing is copied.
+            let mut value = HeaderValue::from_maybe_shared(Bytes::from(signatures))
                 .map_err(|_| "the signature is not a valid header value".to_owned())?;
             // Keeps the signature out of any debug output of the request.
             value.set_sensitive(true);
@@ -348,18 +401,13 @@ impl Sender {
                 }
             }
         }
-        for (name, value) in request.headers {
-            let header_name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("custom header name {name:?} is not a valid header name"))?;
-            if RESERVED_HEADERS.contains(&header_name.as_str()) {
-                tracing::warn!(header = %header_name, "custom header would override a header Sluice sets; dropped");
-                continue;
+        match &request.headers.parsed {
+            Ok(custom) => {
+                for (name, value) in custom {
+                    headers.append(name.clone(), value.clone());
+                }
             }
-            // The value is not quoted: custom headers often carry credentials.
-            let mut header_value = HeaderValue::from_str(value)
-                .map_err(|_| format!("custom header {header_name} has an invalid value"))?;
-            header_value.set_sensitive(true);
-            headers.append(header_name, header_value);
+            Err(message) => return Err(message.clone()),
         }
         Ok(headers)
     }

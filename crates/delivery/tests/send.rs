@@ -14,8 +14,8 @@ use axum::routing::any;
 use sluice_core::egress::AllowList;
 use sluice_core::signing::{SigningSecret, verify};
 use sluice_delivery::{
-    AttemptErrorKind, AttemptResult, DEFAULT_USER_AGENT, DeliveryRequest, Sender, SenderConfig,
-    slack_message,
+    AttemptErrorKind, AttemptResult, CustomHeaders, DEFAULT_USER_AGENT, DeliveryRequest, Sender,
+    SenderConfig, slack_message,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -112,7 +112,7 @@ async fn send_to(
             msg_id: "msg_test",
             body: Bytes::from_static(BODY.as_bytes()),
             secrets,
-            headers,
+            headers: &CustomHeaders::new(headers),
             traceparent: None,
             tracestate: None,
             resend_count: 0,
@@ -151,7 +151,7 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
             msg_id: "msg_test",
             body: Bytes::from_static(BODY.as_bytes()),
             secrets: &[&secret],
-            headers: &custom,
+            headers: &CustomHeaders::new(&custom),
             traceparent: Some(traceparent),
             tracestate: Some("vendor=1"),
             resend_count: 0,
@@ -258,7 +258,7 @@ async fn unsigned_slack_message() {
             msg_id: "msg_test",
             body: Bytes::from(body),
             secrets: &[],
-            headers: &[],
+            headers: &CustomHeaders::default(),
             traceparent: None,
             tracestate: None,
             resend_count: 0,
