@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::{FutureExt, Stream};
+use futures::Stream;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -88,17 +88,24 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
                     }
                     None => break,
                 };
-                // Batches already waiting are stored in the same transaction: a busy data
-                // plane costs a commit per group of batches, not per batch.
+                // Batches that arrive within STORE_LINGER are stored in the same
+                // transaction: a busy data plane costs a commit per group of batches, not
+                // per batch, and a commit's fixed cost (the sync, the pages every insert
+                // touches) is shared by more rows.
                 let mut ended = false;
-                while batches.len() < MAX_BATCHES_PER_COMMIT {
-                    match inbound.next().now_or_never() {
-                        Some(Some(Ok(batch))) => batches.push(batch),
-                        Some(Some(Err(_)) | None) => {
+                let linger = tokio::time::Instant::now() + STORE_LINGER;
+                let mut attempts: usize = batches[0].attempts.len();
+                while batches.len() < MAX_BATCHES_PER_COMMIT && attempts < MAX_ATTEMPTS_PER_COMMIT {
+                    match tokio::time::timeout_at(linger, inbound.next()).await {
+                        Ok(Some(Ok(batch))) => {
+                            attempts += batch.attempts.len();
+                            batches.push(batch);
+                        }
+                        Ok(Some(Err(_)) | None) => {
                             ended = true;
                             break;
                         }
-                        None => break,
+                        Err(_) => break,
                     }
                 }
                 let ids: Vec<u64> = batches.iter().map(|b| b.batch_id).collect();
@@ -111,7 +118,19 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
                     sluice.attempts = batches.iter().map(|b| b.attempts.len()).sum::<usize>(),
                 );
                 sluice_telemetry::set_parent(&span, Some(&batches[0].traceparent), None);
-                match store_outcomes(&plane, batches).instrument(span).await {
+                let started = std::time::Instant::now();
+                let counts = (
+                    batches.len(),
+                    batches.iter().map(|b| b.attempts.len()).sum::<usize>(),
+                );
+                let stored = store_outcomes(&plane, batches).instrument(span).await;
+                tracing::debug!(
+                    batches = counts.0,
+                    attempts = counts.1,
+                    micros = started.elapsed().as_micros() as u64,
+                    "outcome batches stored"
+                );
+                match stored {
                     Ok(()) => {
                         for batch_id in ids {
                             if tx
@@ -289,6 +308,12 @@ fn trigger_name(trigger: i32) -> &'static str {
 
 /// The most outcome batches stored in one transaction.
 const MAX_BATCHES_PER_COMMIT: usize = 64;
+/// Attempts beyond which a transaction is stored without waiting for more batches.
+const MAX_ATTEMPTS_PER_COMMIT: usize = 4000;
+/// How long outcome batches wait for others to share their transaction. The delivery log
+/// lags by this much more; the data plane holds the batches until they are acked, so
+/// nothing is at risk meanwhile.
+const STORE_LINGER: Duration = Duration::from_millis(10);
 
 /// Stores one batch in one transaction, with a handful of multi-row statements whatever its
 /// size (a statement costs a round trip to the database, so per-attempt statements would

@@ -42,10 +42,49 @@ struct Inner {
     unreported: VecDeque<(Instant, String)>,
 }
 
+/// A message's record for the control plane (`MessageRecord`), encoded once when the
+/// message is accepted.
+#[derive(Clone, Debug)]
+pub(crate) struct Record {
+    bytes: Vec<u8>,
+}
+
+impl Record {
+    /// Encodes a record from its parts, copying nothing but into the encoding.
+    pub(crate) fn encode(
+        id: &String,
+        workspace_id: &String,
+        event_type: &String,
+        create_ms: i64,
+        subscription_ids: &[String],
+    ) -> Record {
+        use prost::encoding;
+        let time = crate::time::timestamp_from_ms(create_ms);
+        let mut bytes = Vec::with_capacity(
+            id.len() + workspace_id.len() + event_type.len() + 16 + subscription_ids.len() * 32,
+        );
+        encoding::string::encode(1, id, &mut bytes);
+        encoding::string::encode(2, workspace_id, &mut bytes);
+        encoding::string::encode(3, event_type, &mut bytes);
+        encoding::message::encode(4, &time, &mut bytes);
+        encoding::string::encode_repeated(5, subscription_ids, &mut bytes);
+        Record { bytes }
+    }
+
+    /// The encoded `MessageRecord`.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn decode(&self) -> Option<MessageRecord> {
+        prost::Message::decode(self.bytes.as_slice()).ok()
+    }
+}
+
 /// One message whose first attempts have not all concluded.
 struct Open {
     /// What the control plane is told of the message.
-    record: MessageRecord,
+    record: Record,
     /// Subscriptions whose first attempt has not concluded.
     remaining: Vec<String>,
     /// Whether `record` went into a committed outbox batch.
@@ -97,15 +136,16 @@ impl Fanouts {
     /// False (and nothing changes) when this process already has it open.
     pub(crate) fn open(
         &self,
-        record: MessageRecord,
+        id: &str,
+        record: Record,
         remaining: Vec<String>,
         report_after: Duration,
     ) -> bool {
         let mut inner = self.lock();
-        if inner.open.contains_key(&record.id) {
+        if inner.open.contains_key(id) {
             return false;
         }
-        let id = record.id.clone();
+        let id = id.to_owned();
         inner
             .unreported
             .push_back((Instant::now() + report_after, id.clone()));
@@ -152,15 +192,18 @@ impl Fanouts {
                         .concluded
                         .contains(&((*id).clone(), subscription_id.to_owned()))
             })
-            .map(|(id, open)| Unconcluded {
-                message_id: id.clone(),
-                workspace_id: open.record.workspace_id.clone(),
-                create_ms: open
-                    .record
-                    .create_time
-                    .as_ref()
-                    .and_then(crate::time::ms_from_timestamp)
-                    .unwrap_or_default(),
+            .map(|(id, open)| {
+                // Rare (a subscription was disabled): the record is decoded for its parts.
+                let record = open.record.decode().unwrap_or_default();
+                Unconcluded {
+                    message_id: id.clone(),
+                    workspace_id: record.workspace_id,
+                    create_ms: record
+                        .create_time
+                        .as_ref()
+                        .and_then(crate::time::ms_from_timestamp)
+                        .unwrap_or_default(),
+                }
             })
             .collect()
     }
@@ -172,7 +215,7 @@ impl Fanouts {
         &self,
         plan: &mut Plan,
         everything: bool,
-        mut report: impl FnMut(&MessageRecord),
+        mut report: impl FnMut(&str, &Record),
     ) {
         let mut inner = self.lock();
         let mut messages: Vec<&str> = plan.concluded.iter().map(|(m, _)| m.as_str()).collect();
@@ -191,7 +234,7 @@ impl Fanouts {
             if done {
                 finished.push(message_id.to_owned());
                 if !open.reported {
-                    report(&open.record);
+                    report(message_id, &open.record);
                     reported.push(message_id.to_owned());
                 }
             }
@@ -206,7 +249,7 @@ impl Fanouts {
                 && !open.reported
                 && !reported.contains(message_id)
             {
-                report(&open.record);
+                report(message_id, &open.record);
                 reported.push(message_id.clone());
             }
         }
@@ -266,33 +309,58 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn record(id: &str, subs: &[&str]) -> MessageRecord {
-        MessageRecord {
-            id: id.to_owned(),
-            workspace_id: "wrk_1".to_owned(),
-            event_type: "a.b".to_owned(),
-            create_time: None,
-            subscription_ids: subs.iter().map(|s| (*s).to_owned()).collect(),
-        }
+    fn record(id: &str, subs: &[&str]) -> Record {
+        let subs: Vec<String> = subs.iter().map(|s| (*s).to_owned()).collect();
+        Record::encode(
+            &id.to_owned(),
+            &"wrk_1".to_owned(),
+            &"a.b".to_owned(),
+            5,
+            &subs,
+        )
+    }
+
+    #[test]
+    fn a_record_encodes_as_prost_would() {
+        let subs = vec!["sub_a".to_owned(), "sub_b".to_owned()];
+        let record = Record::encode(
+            &"msg_1".to_owned(),
+            &"wrk_1".to_owned(),
+            &"a.b".to_owned(),
+            1_700_000_000_123,
+            &subs,
+        );
+        let want = MessageRecord {
+            id: "msg_1".into(),
+            workspace_id: "wrk_1".into(),
+            event_type: "a.b".into(),
+            create_time: Some(crate::time::timestamp_from_ms(1_700_000_000_123)),
+            subscription_ids: subs,
+        };
+        assert_eq!(
+            record.bytes(),
+            prost::Message::encode_to_vec(&want).as_slice()
+        );
+        assert_eq!(record.decode(), Some(want));
     }
 
     /// The ids `finish_plan` reports.
     fn reported(fanouts: &Fanouts, plan: &mut Plan, everything: bool) -> Vec<String> {
         let mut ids = Vec::new();
-        fanouts.finish_plan(plan, everything, |record| ids.push(record.id.clone()));
+        fanouts.finish_plan(plan, everything, |id, _| ids.push(id.to_owned()));
         ids
     }
 
     fn open(fanouts: &Fanouts, id: &str, subs: &[&str], after: Duration) {
         let subs_owned: Vec<String> = subs.iter().map(|s| (*s).to_owned()).collect();
-        assert!(fanouts.open(record(id, subs), subs_owned, after));
+        assert!(fanouts.open(id, record(id, subs), subs_owned, after));
     }
 
     #[test]
     fn a_fanout_finishes_with_its_last_first_attempt_and_is_reported_then() {
         let fanouts = Fanouts::default();
         open(&fanouts, "msg_1", &["sub_a", "sub_b"], REPORT_DELAY);
-        assert!(!fanouts.open(record("msg_1", &["sub_a"]), vec![], REPORT_DELAY));
+        assert!(!fanouts.open("msg_1", record("msg_1", &["sub_a"]), vec![], REPORT_DELAY));
 
         // One of two concludes: nothing finishes, nothing is due for reporting yet.
         let mut plan = Plan::default();

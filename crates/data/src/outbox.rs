@@ -21,13 +21,12 @@ use prost::Message as _;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
-use sluice_proto::control::v1::{
-    AttemptOutcome, MessageRecord, ReportOutcomesRequest, SubscriptionDisabled,
-};
+use sluice_proto::control::v1::{AttemptOutcome, ReportOutcomesRequest, SubscriptionDisabled};
 use sluice_store::data::outbox;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::fanout::Record;
 use crate::metrics::metrics;
 
 /// Committed batches waiting in memory for the reporter, at most. Beyond it (the control
@@ -85,9 +84,13 @@ pub(crate) struct ReportBody {
 }
 
 impl ReportBody {
-    /// Field 2 of `ReportOutcomesRequest`.
-    pub(crate) fn message(&mut self, record: &MessageRecord) {
-        prost::encoding::message::encode(2, record, &mut self.buf);
+    /// Field 2 of `ReportOutcomesRequest`, already encoded.
+    pub(crate) fn message(&mut self, record: &Record) {
+        use prost::encoding;
+        let bytes = record.bytes();
+        encoding::encode_key(2, encoding::WireType::LengthDelimited, &mut self.buf);
+        encoding::encode_varint(bytes.len() as u64, &mut self.buf);
+        self.buf.extend_from_slice(bytes);
         self.messages += 1;
     }
 

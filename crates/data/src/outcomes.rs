@@ -36,6 +36,13 @@ pub(crate) enum OutcomeEvent {
     Flush(oneshot::Sender<()>),
 }
 
+impl OutcomeEvent {
+    /// Whether someone waits for this event's commit.
+    pub(crate) fn is_flush(&self) -> bool {
+        matches!(self, OutcomeEvent::Flush(_))
+    }
+}
+
 /// A subscription the data plane disabled.
 pub(crate) struct Disabled {
     /// What the control plane is told.

@@ -17,17 +17,17 @@ use sea_orm::{
     ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Statement, Value,
 };
 use sluice_core::outcome::DeliveryStatus;
-use sluice_proto::control::v1::{AttemptTrigger, MessageRecord};
+use sluice_proto::control::v1::AttemptTrigger;
 use sluice_store::data::{delivery, fanout, message};
 use sluice_store::now_ms;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use crate::dispatcher;
+use crate::fanout::Record;
 use crate::outcomes::{FinishedRecord, OutcomeEvent};
 use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
 use crate::shared::Shared;
-use crate::time::timestamp_from_ms;
 
 /// How often the scanner looks for due deliveries nobody holds.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -235,16 +235,16 @@ async fn take_fanouts(
                 }
                 // Reported again at once: the control plane may never have heard of it (a
                 // repeat is harmless).
-                let record = MessageRecord {
-                    id: message.id.clone(),
-                    workspace_id: message.workspace_id.clone(),
-                    event_type: message.event_type.clone(),
-                    create_time: Some(timestamp_from_ms(message.create_ms)),
-                    subscription_ids: matched,
-                };
+                let record = Record::encode(
+                    &message.id,
+                    &message.workspace_id,
+                    &message.event_type,
+                    message.create_ms,
+                    &matched,
+                );
                 shared
                     .fanouts
-                    .open(record, remaining.clone(), Duration::ZERO);
+                    .open(&message.id, record, remaining.clone(), Duration::ZERO);
                 remaining
             }
         };

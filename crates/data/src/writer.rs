@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sea_orm::{ColumnTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Statement};
-use sluice_proto::control::v1::MessageRecord;
 use sluice_proto::data::v1::PublishResponse;
 use sluice_store::data::{delivery, message};
 use sluice_store::hot::{self, Session};
@@ -24,16 +23,18 @@ use tokio::time::{Instant, sleep_until};
 use crate::backoff::Backoff;
 use crate::dispatcher;
 use crate::error::DataError;
-use crate::fanout::{Plan, REPORT_DELAY};
+use crate::fanout::{Plan, REPORT_DELAY, Record};
 use crate::outbox::{self, Committed, ReportBody};
 use crate::outcomes::{self, OutcomeEvent};
 use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
 use crate::scheduler::{MAX_HELD, ScheduledRetry};
 use crate::shared::Shared;
-use crate::time::{duration_ms, timestamp_from_ms};
+use crate::time::duration_ms;
 
 /// The most events, and separately the most outcomes, committed together.
 const MAX_BATCH: usize = 1000;
+/// How long a cycle of outcomes alone waits for publishes to share its commit.
+const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// How often a failing outcome write is tried during shutdown before its outcomes are
 /// given up (the deliveries then stay pending and are attempted again after the restart).
 const SHUTDOWN_WRITE_TRIES: u32 = 3;
@@ -179,6 +180,20 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
+        if cycle.publishes.is_empty()
+            && !cycle.outcomes.is_empty()
+            && !closing
+            && publishes_open
+            && !cycle.outcomes.iter().any(OutcomeEvent::is_flush)
+        {
+            linger(&mut cycle, &mut publishes, &mut outcomes).await;
+            while cycle.publishes.len() < MAX_BATCH {
+                match publishes.try_recv() {
+                    Ok(job) => cycle.publishes.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
         if cycle.is_empty() {
             continue;
         }
@@ -207,6 +222,39 @@ pub(crate) async fn run(
                 carried = failed;
                 retry_at = (!retry_now).then(|| Instant::now() + backoff.next_delay());
             }
+        }
+    }
+}
+
+/// Lets a cycle of outcomes alone wait up to [`OUTCOME_LINGER`] for more work, so that it
+/// shares the next publishes' commit (publishes are answered only after theirs; outcomes
+/// need no hurry). Ends at the first publish, at a `Flush`, or when the cycle is full.
+async fn linger(
+    cycle: &mut Cycle,
+    publishes: &mut mpsc::Receiver<PublishJob>,
+    outcomes: &mut mpsc::Receiver<OutcomeEvent>,
+) {
+    let until = Instant::now() + OUTCOME_LINGER;
+    while cycle.outcomes.len() < MAX_BATCH {
+        tokio::select! {
+            biased;
+            job = publishes.recv() => {
+                if let Some(job) = job {
+                    cycle.publishes.push(job);
+                }
+                return;
+            }
+            event = outcomes.recv() => match event {
+                Some(event) => {
+                    let flush = event.is_flush();
+                    cycle.outcomes.push(event);
+                    if flush {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            () = sleep_until(until) => return,
         }
     }
 }
@@ -375,7 +423,7 @@ async fn write(
     // waited long enough.
     shared
         .fanouts
-        .finish_plan(&mut plan, all_reports, |record| report.message(record));
+        .finish_plan(&mut plan, all_reports, |_, record| report.message(record));
     if !plan.finished.is_empty() {
         statements.push(hot::data::delete_fanouts(
             backend,
@@ -516,14 +564,14 @@ fn insert_created(
 }
 
 /// What the control plane is told of an accepted message.
-fn message_record(message: &NewMessage, subscription_ids: &[String]) -> MessageRecord {
-    MessageRecord {
-        id: message.id.clone(),
-        workspace_id: message.workspace_id.clone(),
-        event_type: message.event_type.clone(),
-        create_time: Some(timestamp_from_ms(message.create_ms)),
-        subscription_ids: subscription_ids.to_vec(),
-    }
+fn message_record(message: &NewMessage, subscription_ids: &[String]) -> Record {
+    Record::encode(
+        &message.id,
+        &message.workspace_id,
+        &message.event_type,
+        message.create_ms,
+        subscription_ids,
+    )
 }
 
 /// The wait before first attempts, in milliseconds.
@@ -660,6 +708,7 @@ fn finish(
         }
         // Opened before any attempt can conclude, so the writer sees each conclusion.
         shared.fanouts.open(
+            &job.message.id,
             message_record(&job.message, &job.subscription_ids),
             job.subscription_ids.clone(),
             REPORT_DELAY,

@@ -230,6 +230,10 @@ impl Sender {
             // Total: connect, request, response head and the body reads in `read_capped`.
             .timeout(config.request_timeout)
             .pool_max_idle_per_host(config.max_idle_per_host)
+            // Sluice's own schedule retries failed attempts, each a POST the log records.
+            // reqwest's transparent retry of refused HTTP/2 streams would also clone every
+            // request (headers and all) in case it is needed.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(user_agent.clone())
             // HTTP/2 is negotiated by ALPN on TLS; plain http stays HTTP/1.1 (no prior
             // knowledge), which every receiver understands.
