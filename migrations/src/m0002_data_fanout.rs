@@ -3,6 +3,9 @@
 //! subscriptions it matched (`dp_messages.subscription_ids`) so those attempts can be
 //! recovered after a restart. A delivery gets its own row only once its first attempt
 //! failed or could not be made.
+//!
+//! The idempotency index becomes partial: most messages have no key, and an index entry
+//! per message for a NULL that can never conflict was one more b-tree insert each.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -47,10 +50,11 @@ impl MigrationTrait for Migration {
             )
             .await?;
         }
-        Ok(())
+        partial_idempotency_index(m, true).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        partial_idempotency_index(m, false).await?;
         m.drop_table(Table::drop().table("dp_fanout").to_owned())
             .await?;
         m.alter_table(
@@ -61,4 +65,22 @@ impl MigrationTrait for Migration {
         )
         .await
     }
+}
+
+/// Recreates the idempotency index over messages with a key only (`partial`), or over all.
+async fn partial_idempotency_index(m: &SchemaManager<'_>, partial: bool) -> Result<(), DbErr> {
+    let db = m.get_connection();
+    db.execute_unprepared("DROP INDEX idx_dp_messages_idempotency")
+        .await?;
+    let filter = if partial {
+        " WHERE idempotency_key IS NOT NULL"
+    } else {
+        ""
+    };
+    db.execute_unprepared(&format!(
+        "CREATE UNIQUE INDEX idx_dp_messages_idempotency \
+         ON dp_messages (workspace_id, idempotency_key){filter}"
+    ))
+    .await?;
+    Ok(())
 }

@@ -443,7 +443,8 @@ async fn write(
     if !acked.is_empty() {
         statements.push(hot::data::delete_outbox(backend, acked));
     }
-    let rows = session.commit(statements).await?;
+    // Independent: the fan-outs and outbox rows deleted were committed by earlier cycles.
+    let rows = session.commit_independent(statements).await?;
     let batch = if reporting {
         let seq = rows
             .iter()

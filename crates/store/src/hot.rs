@@ -41,7 +41,10 @@ enum Inner {
         begun: bool,
     },
     Postgres {
+        pool: sqlx::PgPool,
+        /// Begun by the first statement that cannot go alone (see [`Session::commit`]).
         tx: Option<sqlx::Transaction<'static, Postgres>>,
+        done: bool,
     },
 }
 
@@ -61,8 +64,9 @@ fn query(stmt: Statement) -> (String, SqlxValues) {
 }
 
 impl Session {
-    /// Takes a connection from the pool (and on PostgreSQL begins the transaction; on
-    /// SQLite `BEGIN` goes with the first statements).
+    /// Takes a connection from the pool (SQLite; `BEGIN` goes with the first statements), or
+    /// nothing yet (PostgreSQL: the transaction begins with the first statement sent, so a
+    /// session whose only statements are its commit's can send them as one).
     pub async fn begin(db: &DatabaseConnection) -> Result<Session, DbErr> {
         let backend = db.get_database_backend();
         let inner = match backend {
@@ -76,12 +80,9 @@ impl Session {
                 begun: false,
             },
             DbBackend::Postgres => Inner::Postgres {
-                tx: Some(
-                    db.get_postgres_connection_pool()
-                        .begin()
-                        .await
-                        .map_err(exec_err)?,
-                ),
+                pool: db.get_postgres_connection_pool().clone(),
+                tx: None,
+                done: false,
             },
             other => {
                 return Err(DbErr::Custom(format!("{other:?} is not supported")));
@@ -96,12 +97,22 @@ impl Session {
     /// Runs `statements` in order and returns the rows they return (every statement's, in
     /// order). On an error the transaction is rolled back and the session ends.
     pub async fn run(&self, statements: Vec<Statement>) -> Result<Vec<QueryResult>, DbErr> {
-        self.send(statements, false).await
+        self.send(statements, false, false).await
     }
 
-    /// Runs `statements`, then commits.
+    /// Runs `statements` in order, then commits.
     pub async fn commit(self, statements: Vec<Statement>) -> Result<Vec<QueryResult>, DbErr> {
-        self.send(statements, true).await
+        self.send(statements, true, false).await
+    }
+
+    /// Like [`Session::commit`], for statements that do not depend on each other's effects
+    /// (no two touch the same rows): PostgreSQL may then run them as one statement, when
+    /// nothing was sent before them and at most one returns rows.
+    pub async fn commit_independent(
+        self,
+        statements: Vec<Statement>,
+    ) -> Result<Vec<QueryResult>, DbErr> {
+        self.send(statements, true, true).await
     }
 
     /// Rolls back what was sent and gives the connection back.
@@ -115,7 +126,8 @@ impl Session {
                     c.close_on_drop();
                 }
             }
-            Inner::Postgres { tx } => {
+            Inner::Postgres { tx, done, .. } => {
+                *done = true;
                 if let Some(tx) = tx.take() {
                     let _ = tx.rollback().await;
                 }
@@ -127,6 +139,7 @@ impl Session {
         &self,
         statements: Vec<Statement>,
         commit: bool,
+        independent: bool,
     ) -> Result<Vec<QueryResult>, DbErr> {
         let mut inner = self.inner.lock().await;
         match &mut *inner {
@@ -179,9 +192,28 @@ impl Session {
                     }
                 }
             }
-            Inner::Postgres { tx } => {
-                let Some(t) = tx.as_mut() else {
+            Inner::Postgres { pool, tx, done } => {
+                if *done {
                     return Err(finished());
+                }
+                if commit && independent && tx.is_none() && combinable(&statements) {
+                    // Nothing sent yet: the statements can go as one, which PostgreSQL runs
+                    // atomically without a transaction of our own (one round trip, no
+                    // BEGIN or COMMIT).
+                    *done = true;
+                    let Some(statement) = combine(statements) else {
+                        return Ok(Vec::new());
+                    };
+                    let (sql, values) = query(statement);
+                    return sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+                        .fetch_all(&*pool)
+                        .await
+                        .map(|rows| rows.into_iter().map(QueryResult::from).collect())
+                        .map_err(exec_err);
+                }
+                let t = match tx {
+                    Some(t) => t,
+                    None => tx.insert(pool.begin().await.map_err(exec_err)?),
                 };
                 let mut rows = Vec::new();
                 for statement in statements {
@@ -192,6 +224,7 @@ impl Session {
                     {
                         Ok(got) => rows.extend(got.into_iter().map(QueryResult::from)),
                         Err(err) => {
+                            *done = true;
                             if let Some(t) = tx.take() {
                                 let _ = t.rollback().await;
                             }
@@ -199,13 +232,93 @@ impl Session {
                         }
                     }
                 }
-                if commit && let Some(t) = tx.take() {
-                    t.commit().await.map_err(exec_err)?;
+                if commit {
+                    *done = true;
+                    if let Some(t) = tx.take() {
+                        t.commit().await.map_err(exec_err)?;
+                    }
                 }
                 Ok(rows)
             }
         }
     }
+}
+
+/// PostgreSQL statements as one: `WITH s1 AS (...), s2 AS (...) SELECT * FROM sN`, where
+/// sN is the one statement that returns rows (if any; statements in `WITH` run whether
+/// or not the query reads them). They all see the database as it was before any of them,
+/// which is fine for the hot path's statements: no two touch the same rows. More than one
+/// statement returning rows cannot be combined (see [`combinable`]); `None` for none.
+fn combine(statements: Vec<Statement>) -> Option<Statement> {
+    if statements.len() <= 1 {
+        return statements.into_iter().next();
+    }
+    let returning: Vec<usize> = statements
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| returns_rows(s))
+        .map(|(i, _)| i)
+        .collect();
+    let mut sql = String::from("WITH ");
+    let mut values = Vec::new();
+    for (i, statement) in statements.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        use std::fmt::Write as _;
+        let _ = write!(sql, "s{i} AS (");
+        renumber(&mut sql, &statement.sql, values.len());
+        sql.push(')');
+        if let Some(v) = statement.values {
+            values.extend(v.0);
+        }
+    }
+    match returning.first() {
+        Some(i) => {
+            use std::fmt::Write as _;
+            let _ = write!(sql, " SELECT * FROM s{i}");
+        }
+        None => sql.push_str(" SELECT 1 WHERE false"),
+    }
+    Some(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+}
+
+/// Whether `combine` can join these: at most one of them returns rows.
+fn combinable(statements: &[Statement]) -> bool {
+    statements.iter().filter(|s| returns_rows(s)).count() <= 1
+}
+
+fn returns_rows(statement: &Statement) -> bool {
+    statement.sql.contains(" RETURNING ") || statement.sql.starts_with("SELECT")
+}
+
+/// Appends `sql` with each `$n` placeholder shifted by `offset`.
+fn renumber(out: &mut String, sql: &str, offset: usize) {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            let start = i + 1;
+            let mut end = start;
+            while end < bytes.len() && bytes[end].is_ascii_digit() {
+                end += 1;
+            }
+            let n: usize = sql[start..end].parse().unwrap_or(0);
+            out.push_str(&sql[copied..i]);
+            use std::fmt::Write as _;
+            let _ = write!(out, "${}", n + offset);
+            copied = end;
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&sql[copied..]);
 }
 
 impl Drop for Session {
@@ -248,9 +361,13 @@ impl ConnectionTrait for Session {
                     .await
                     .map(ExecResult::from)
             }
-            Inner::Postgres { tx } => {
-                let Some(t) = tx.as_mut() else {
+            Inner::Postgres { pool, tx, done } => {
+                if *done {
                     return Err(finished());
+                }
+                let t = match tx {
+                    Some(t) => t,
+                    None => tx.insert(pool.begin().await.map_err(exec_err)?),
                 };
                 let (sql, values) = query(stmt);
                 sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
@@ -870,7 +987,45 @@ pub mod control {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    #[test]
+    fn postgres_statements_combine_with_their_placeholders_shifted() {
+        let s = |sql: &str, n: i64| {
+            Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                (0..n).map(|i| Value::BigInt(Some(i))),
+            )
+        };
+        let combined = combine(vec![
+            s("INSERT INTO a SELECT $1, $2", 2),
+            s("DELETE FROM b WHERE x = $1", 1),
+            s("INSERT INTO c VALUES ($1) RETURNING seq", 1),
+        ])
+        .unwrap();
+        assert_eq!(
+            combined.sql,
+            "WITH s0 AS (INSERT INTO a SELECT $1, $2), s1 AS (DELETE FROM b WHERE x = $3), \
+             s2 AS (INSERT INTO c VALUES ($4) RETURNING seq) SELECT * FROM s2"
+        );
+        assert_eq!(combined.values.unwrap().0.len(), 4);
+        let none = combine(vec![s("DELETE FROM a", 0), s("DELETE FROM b WHERE $1", 1)]).unwrap();
+        assert!(none.sql.ends_with(" SELECT 1 WHERE false"), "{}", none.sql);
+        assert!(!combinable(&[
+            s("INSERT INTO a VALUES (1) RETURNING x", 0),
+            s("INSERT INTO b VALUES (1) RETURNING y", 0)
+        ]));
+        assert!(combinable(&[
+            s("DELETE FROM a", 0),
+            s("INSERT INTO b VALUES (1) RETURNING y", 0)
+        ]));
+        let mut out = String::new();
+        renumber(&mut out, "$10::json, $2, 'a$'", 5);
+        assert_eq!(out, "$15::json, $7, 'a$'");
+    }
 
     #[test]
     fn json_rows_escape_what_json_needs() {

@@ -33,7 +33,8 @@ pub enum Plane {
 /// as a 40 ms p99 on publish acks in `sluice bench`. Every query must therefore run on the
 /// transaction it is inside, never on a second connection.
 pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> {
-    let mut options = ConnectOptions::new(url.to_owned());
+    let url = postgres_without_loopback_tls(url);
+    let mut options = ConnectOptions::new(url.clone());
     options
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
@@ -52,11 +53,56 @@ pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> 
                     .foreign_keys(false)
             });
     } else {
-        options.max_connections(16).min_connections(1);
+        options
+            .max_connections(16)
+            .min_connections(1)
+            // A connection that was used in the last half minute is not pinged first: the
+            // ping is a round trip per transaction on the hot path.
+            .test_before_acquire_if_idle_for(Duration::from_secs(30));
     }
     let db = Database::connect(options).await?;
     migrate(&db, plane).await?;
     Ok(db)
+}
+
+/// A PostgreSQL URL to a loopback address with no `sslmode` gets `sslmode=disable`.
+///
+/// TLS to a server on the same machine protects nothing (the traffic never leaves it), and
+/// with sqlx 0.9.0 it is very slow: sqlx no longer sets `TCP_NODELAY` (transact-rs/sqlx
+/// #4335, fixed upstream but not released), and its TLS writes come in several small
+/// records, so every round trip waits out the peer's delayed ACK (40 ms). `sslmode=prefer`
+/// (the default) negotiates TLS whenever the server offers it. An explicit `sslmode` is
+/// always kept, and so is everything else of the URL.
+pub fn postgres_without_loopback_tls(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return url.to_owned();
+    }
+    let loopback = match parsed.host() {
+        // `postgres:` is not a special scheme to the URL parser: an IP comes back as a name.
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let chosen = parsed
+        .query_pairs()
+        .any(|(k, _)| k == "sslmode" || k == "host");
+    if !loopback || chosen {
+        return url.to_owned();
+    }
+    let mut rewritten = parsed;
+    rewritten
+        .query_pairs_mut()
+        .append_pair("sslmode", "disable");
+    rewritten.to_string()
 }
 
 /// Applies the pending migrations of `plane`.
@@ -118,6 +164,41 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn loopback_postgres_goes_without_tls_unless_asked() {
+        let cases = [
+            (
+                "postgres://u@127.0.0.1:5432/db",
+                "postgres://u@127.0.0.1:5432/db?sslmode=disable",
+            ),
+            (
+                "postgresql://u:p@localhost/db?application_name=x",
+                "postgresql://u:p@localhost/db?application_name=x&sslmode=disable",
+            ),
+            (
+                "postgres://u@[::1]/db",
+                "postgres://u@[::1]/db?sslmode=disable",
+            ),
+            // Chosen explicitly, remote, a socket, or not PostgreSQL: unchanged.
+            (
+                "postgres://u@127.0.0.1/db?sslmode=require",
+                "postgres://u@127.0.0.1/db?sslmode=require",
+            ),
+            (
+                "postgres://u@db.example.com/db",
+                "postgres://u@db.example.com/db",
+            ),
+            (
+                "postgres://u@localhost/db?host=/var/run/postgresql",
+                "postgres://u@localhost/db?host=/var/run/postgresql",
+            ),
+            ("sqlite://x.db?mode=rwc", "sqlite://x.db?mode=rwc"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(postgres_without_loopback_tls(given), want, "{given}");
+        }
+    }
 
     #[tokio::test]
     async fn migrations_run_on_sqlite_both_planes_in_one_file() {
