@@ -444,6 +444,27 @@ async fn store_log(
         }
     }
     new.sort_by_key(|n| (n.attempt_ms, n.attempt.attempt_number));
+    // The messages, and which attempts were stored before (a batch resent after a lost
+    // ack): those count for nothing again.
+    let mut first = Vec::with_capacity(2);
+    if !message_rows.is_empty() {
+        first.push(hot::control::insert_messages(backend, &message_rows));
+    }
+    if !new.is_empty() {
+        first.push(hot::control::existing_attempts(
+            backend,
+            new.iter().map(|n| n.attempt.id.as_str()),
+        ));
+    }
+    let stored: std::collections::HashSet<String> = session
+        .run(first)
+        .await?
+        .into_iter()
+        .filter_map(|row| row.try_get::<String>("", "id").ok())
+        .collect();
+    if !stored.is_empty() {
+        new.retain(|n| !stored.contains(&n.attempt.id));
+    }
     let attempt_rows: Vec<hot::control::AttemptRow> = new
         .iter()
         .map(|n| {
@@ -471,20 +492,10 @@ async fn store_log(
             }
         })
         .collect();
-    let mut first = Vec::with_capacity(2);
-    if !message_rows.is_empty() {
-        first.push(hot::control::insert_messages(backend, &message_rows));
-    }
+    let mut statements = Vec::with_capacity(3);
     if !attempt_rows.is_empty() {
-        first.push(hot::control::insert_attempts(backend, &attempt_rows));
+        statements.push(hot::control::insert_attempts(backend, &attempt_rows));
     }
-    let inserted: std::collections::HashSet<String> = session
-        .run(first)
-        .await?
-        .into_iter()
-        .filter_map(|row| row.try_get::<String>("", "id").ok())
-        .collect();
-    new.retain(|n| inserted.contains(&n.attempt.id));
 
     // Deliveries: as the messages describe them, then each takes its latest new attempt's
     // state (attempts are sorted, so the last one of a key wins).
@@ -543,7 +554,6 @@ async fn store_log(
         .iter()
         .filter_map(|key| deliveries.remove(key))
         .collect();
-    let mut statements = Vec::with_capacity(2);
     if !delivery_rows.is_empty() {
         statements.push(hot::control::upsert_deliveries(backend, &delivery_rows));
     }

@@ -858,8 +858,22 @@ pub mod control {
         )
     }
 
-    /// Inserts attempts, leaving those already stored; returns the `id` of each row it
-    /// inserted, so a resent batch is recognised.
+    /// The ids among `ids` of attempts already stored (a batch sent again after a lost
+    /// ack), as rows with column `id`. Asking first returns only the repeats, where
+    /// `INSERT ... RETURNING` would return every new row, which on SQLite is a hand-off
+    /// between threads per row.
+    pub fn existing_attempts<'a>(
+        backend: DbBackend,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Statement {
+        let sql = format!(
+            "SELECT id FROM attempts WHERE id IN ({})",
+            elements(backend, 1, "text")
+        );
+        Statement::from_sql_and_values(backend, sql, [Value::String(Some(json_strings(ids)))])
+    }
+
+    /// Inserts attempts, leaving those already stored.
     pub fn insert_attempts(backend: DbBackend, rows: &[AttemptRow<'_>]) -> Statement {
         let mut json = JsonRows::default();
         for r in rows {
@@ -901,7 +915,7 @@ pub mod control {
                 ("url", "text"),
             ],
             json.finish(),
-            "ON CONFLICT (id) DO NOTHING RETURNING id",
+            "ON CONFLICT (id) DO NOTHING",
         )
     }
 
