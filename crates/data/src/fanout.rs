@@ -18,6 +18,8 @@
 //! memory never runs ahead of the database.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use foldhash::fast::RandomState;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -36,7 +38,8 @@ pub(crate) struct Fanouts {
 
 #[derive(Default)]
 struct Inner {
-    open: HashMap<String, Open>,
+    /// By message id (ids are ours, so a fast hash needs no protection from chosen keys).
+    open: HashMap<String, Open, RandomState>,
     /// Report deadlines of open fan-outs, in the order they were registered (so in deadline
     /// order, [`REPORT_DELAY`] being fixed; recovered ones are due at once).
     unreported: VecDeque<(Instant, String)>,
@@ -95,7 +98,7 @@ struct Open {
 #[derive(Default)]
 pub(crate) struct Plan {
     /// First attempts this cycle concludes.
-    concluded: HashSet<(String, String)>,
+    concluded: HashSet<(String, String), RandomState>,
     /// Fan-outs whose every first attempt has now concluded: their rows are deleted.
     pub(crate) finished: Vec<String>,
     /// Messages reported in this cycle's batch.

@@ -7,6 +7,8 @@
 //! the generation and a copy still sitting in a lane or on a timer is dropped unseen.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -70,7 +72,8 @@ pub(crate) struct Held {
 #[derive(Default)]
 struct HeldInner {
     next_generation: u64,
-    claims: HashMap<DeliveryKey, Claim>,
+    /// Keys are ours (message and subscription ids), so a fast hash is safe.
+    claims: HashMap<DeliveryKey, Claim, RandomState>,
 }
 
 #[derive(Clone, Copy, Debug)]
