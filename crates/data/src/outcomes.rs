@@ -1,7 +1,8 @@
 //! Attempt outcomes: what the dispatcher hands the writer after each attempt (the delivery
 //! row's new state, the failure streak, what the control plane is told) and how a batch of
-//! them is written inside the writer's transaction, grouped into few statements, so a busy
-//! dispatcher costs a statement per group of deliveries, not per attempt.
+//! them is written inside the writer's transaction. A first attempt that succeeds writes
+//! nothing of its own (its message's fan-out row covers it, see `fanout`); the other rows
+//! of a batch go in one multi-row statement.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,12 +1,14 @@
 //! The data plane's one writer of the hot path. One task takes every event queued by
 //! `Publish` and `PublishStream`, every attempt outcome queued by the dispatcher and every
 //! outbox row the control plane acked, and writes all of it in one transaction: messages
-//! and deliveries, the deliveries' new states, one outbox row for the control plane, and the
-//! deletion of acked rows. Then it answers each publisher, hands the new deliveries straight
-//! to the dispatcher and the outbox batch straight to the reporter.
+//! and their fan-out rows, what the outcomes change, one outbox row for the control plane,
+//! and the deletion of acked rows (through `sluice_store::hot`: one round trip on SQLite).
+//! Then it answers each publisher, hands the new deliveries straight to the dispatcher and
+//! the outbox row straight to the reporter.
 //!
 //! Durability costs one commit per cycle, however many publishers and attempts wait on it;
-//! while a commit is under way the next cycle's work piles up (group commit).
+//! while a commit is under way the next cycle's work piles up (group commit). A cycle of
+//! outcomes alone waits a little for publishes to share their commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
