@@ -7,11 +7,10 @@
 //! the generation and a copy still sitting in a lane or on a timer is dropped unseen.
 
 use std::collections::HashMap;
-
-use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use sluice_proto::control::v1::AttemptTrigger;
 
 /// One message to one subscription: the primary key of `dp_deliveries`.
@@ -60,6 +59,33 @@ pub(crate) struct DeliveryTask {
     pub(crate) trigger: AttemptTrigger,
     /// This claim's generation in the [`Held`] registry.
     pub(crate) generation: u64,
+}
+
+/// Claims the first attempts of `message` to `subscription_ids` for this process, leaving
+/// out any it already holds, as tasks ready for the dispatcher or a timer.
+pub(crate) fn first_attempts(
+    held: &Held,
+    message: &Arc<StoredMessage>,
+    subscription_ids: impl IntoIterator<Item = String>,
+    lease_until_ms: i64,
+) -> impl Iterator<Item = DeliveryTask> {
+    subscription_ids
+        .into_iter()
+        .filter_map(move |subscription_id| {
+            let key = DeliveryKey {
+                message_id: message.id.clone(),
+                subscription_id,
+            };
+            let generation = held.claim(&key, lease_until_ms)?;
+            Some(DeliveryTask {
+                key,
+                message: Arc::clone(message),
+                attempt_count: 0,
+                first_failure_ms: None,
+                trigger: AttemptTrigger::Scheduled,
+                generation,
+            })
+        })
 }
 
 /// The deliveries this process holds, so the scanner does not load one twice and a

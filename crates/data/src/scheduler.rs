@@ -26,7 +26,7 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use crate::dispatcher;
 use crate::fanout::Record;
 use crate::outcomes::{FinishedRecord, OutcomeEvent};
-use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
+use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage, first_attempts};
 use crate::shared::Shared;
 
 /// How often the scanner looks for due deliveries nobody holds.
@@ -123,24 +123,52 @@ pub(crate) async fn claim_all_due(shared: &Arc<Shared>) -> Result<(), DbErr> {
     }
 }
 
+/// What one claim query may take: how many rows (memory has room for), the lease they get,
+/// and the row-locking clause (PostgreSQL replicas skip rows another is claiming).
+struct ClaimWindow {
+    limit: usize,
+    now: i64,
+    lease_until: i64,
+    backend: DbBackend,
+    lock: &'static str,
+}
+
+/// `None` when memory holds all it may.
+fn claim_window(shared: &Shared) -> Option<ClaimWindow> {
+    let room = MAX_HELD.saturating_sub(shared.held.len());
+    if room == 0 {
+        return None;
+    }
+    let now = now_ms();
+    let backend = shared.db.get_database_backend();
+    Some(ClaimWindow {
+        limit: room.min(CLAIM_BATCH),
+        now,
+        lease_until: now
+            .saturating_add(SCAN_LOOKAHEAD_MS)
+            .saturating_add(shared.lease_ms()),
+        backend,
+        lock: if backend == DbBackend::Postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        },
+    })
+}
+
 /// One claim query for fan-outs (messages whose first attempts have not all concluded; see
 /// `fanout`) that are due and whose lease is free: after a restart, when memory was full at
 /// ingest, or when a replica died.
 async fn claim_fanouts(shared: &Arc<Shared>) -> Result<usize, DbErr> {
-    let room = MAX_HELD.saturating_sub(shared.held.len());
-    if room == 0 {
+    let Some(ClaimWindow {
+        limit,
+        now,
+        lease_until,
+        backend,
+        lock,
+    }) = claim_window(shared)
+    else {
         return Ok(0);
-    }
-    let limit = room.min(CLAIM_BATCH);
-    let now = now_ms();
-    let lease_until = now
-        .saturating_add(SCAN_LOOKAHEAD_MS)
-        .saturating_add(shared.lease_ms());
-    let backend = shared.db.get_database_backend();
-    let lock = if backend == DbBackend::Postgres {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
     };
     // Message ids sort by creation, so the oldest messages come first.
     let sql = format!(
@@ -249,22 +277,7 @@ async fn take_fanouts(
             }
         };
         let stored = Arc::new(StoredMessage::from_row(message));
-        for subscription_id in remaining {
-            let key = DeliveryKey {
-                message_id: stored.id.clone(),
-                subscription_id,
-            };
-            let Some(generation) = shared.held.claim(&key, lease_until_ms) else {
-                continue;
-            };
-            let task = DeliveryTask {
-                key,
-                message: Arc::clone(&stored),
-                attempt_count: 0,
-                first_failure_ms: None,
-                trigger: AttemptTrigger::Scheduled,
-                generation,
-            };
+        for task in first_attempts(&shared.held, &stored, remaining, lease_until_ms) {
             if row.due_ms <= now {
                 due_now.push(task);
             } else if shared
@@ -295,20 +308,15 @@ async fn take_fanouts(
 
 /// One claim query: due (or nearly due) pending deliveries whose lease is free.
 async fn claim_due(shared: &Arc<Shared>) -> Result<usize, DbErr> {
-    let room = MAX_HELD.saturating_sub(shared.held.len());
-    if room == 0 {
+    let Some(ClaimWindow {
+        limit,
+        now,
+        lease_until,
+        backend,
+        lock,
+    }) = claim_window(shared)
+    else {
         return Ok(0);
-    }
-    let limit = room.min(CLAIM_BATCH);
-    let now = now_ms();
-    let lease_until = now
-        .saturating_add(SCAN_LOOKAHEAD_MS)
-        .saturating_add(shared.lease_ms());
-    let backend = shared.db.get_database_backend();
-    let lock = if backend == DbBackend::Postgres {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
     };
     let sql = format!(
         "UPDATE dp_deliveries SET lease_until_ms = {p1} \

@@ -28,7 +28,7 @@ use crate::error::DataError;
 use crate::fanout::{Plan, REPORT_DELAY, Record};
 use crate::outbox::{self, Committed, ReportBody};
 use crate::outcomes::{self, OutcomeEvent};
-use crate::queue::{DeliveryKey, DeliveryTask, StoredMessage};
+use crate::queue::{StoredMessage, first_attempts};
 use crate::scheduler::{MAX_HELD, ScheduledRetry};
 use crate::shared::Shared;
 use crate::time::duration_ms;
@@ -735,22 +735,7 @@ fn finish(
             tracestate,
             create_ms,
         });
-        for subscription_id in job.subscription_ids {
-            let key = DeliveryKey {
-                message_id: message.id.clone(),
-                subscription_id,
-            };
-            let Some(generation) = shared.held.claim(&key, lease_until) else {
-                continue;
-            };
-            let task = DeliveryTask {
-                key,
-                message: Arc::clone(&message),
-                attempt_count: 0,
-                first_failure_ms: None,
-                trigger: sluice_proto::control::v1::AttemptTrigger::Scheduled,
-                generation,
-            };
+        for task in first_attempts(&shared.held, &message, job.subscription_ids, lease_until) {
             if first_delay == 0 {
                 due_now.push(task);
             } else {
