@@ -278,17 +278,7 @@ async fn take_fanouts(
         };
         let stored = Arc::new(StoredMessage::from_row(message));
         for task in first_attempts(&shared.held, &stored, remaining, lease_until_ms) {
-            if row.due_ms <= now {
-                due_now.push(task);
-            } else if shared
-                .retry_tx
-                .send(ScheduledRetry {
-                    due_ms: row.due_ms,
-                    task,
-                })
-                .await
-                .is_err()
-            {
+            if !route(shared, task, row.due_ms, now, &mut due_now).await {
                 // Timers stopped: shutting down, the fan-out stays in the database.
                 return Ok(());
             }
@@ -417,23 +407,33 @@ pub(crate) async fn take_rows(
             trigger,
             generation,
         };
-        if row.next_attempt_ms <= now {
-            due_now.push(task);
-        } else if shared
-            .retry_tx
-            .send(ScheduledRetry {
-                due_ms: row.next_attempt_ms,
-                task,
-            })
-            .await
-            .is_err()
-        {
+        if !route(shared, task, row.next_attempt_ms, now, &mut due_now).await {
             // Timers stopped: shutting down, the row stays pending.
             return Ok(());
         }
     }
     dispatcher::enqueue(shared, due_now);
     Ok(())
+}
+
+/// Puts a claimed task with its lane's work (`due_now`) or on a timer; false when the
+/// timers have stopped (shutdown).
+async fn route(
+    shared: &Shared,
+    task: DeliveryTask,
+    due_ms: i64,
+    now: i64,
+    due_now: &mut Vec<DeliveryTask>,
+) -> bool {
+    if due_ms <= now {
+        due_now.push(task);
+        return true;
+    }
+    shared
+        .retry_tx
+        .send(ScheduledRetry { due_ms, task })
+        .await
+        .is_ok()
 }
 
 /// Extends the leases of held deliveries that would otherwise run out, so another replica
