@@ -365,14 +365,19 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     .context("opening the data database")?;
     let plane = sluice_control::ControlPlane::new(control_db, control_config).await?;
     print_banner(&args, &admin_key, &args.data_dir);
+    // The control plane stops after the data plane has drained, so the outcomes of the
+    // last attempts still reach the delivery log instead of waiting in the outbox for the
+    // next start.
+    let control_shutdown = tokio_util::sync::CancellationToken::new();
     let control = tokio::spawn(crate::server::serve_control(
         control_listener,
         plane,
-        shutdown.clone(),
+        control_shutdown.clone(),
     ));
     let data =
         crate::dataplane::run_data(data_listener, data_db, data_config, shutdown.clone()).await;
     shutdown.cancel();
+    control_shutdown.cancel();
     control.await.context("control plane task")??;
     data?;
     tracing::info!("sluice dev stopped");
