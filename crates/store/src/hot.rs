@@ -475,16 +475,6 @@ impl JsonRows {
         self
     }
 
-    /// How many rows were started.
-    pub fn len(&self) -> usize {
-        self.rows
-    }
-
-    /// Whether no row was started.
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
     /// The JSON text.
     pub fn finish(mut self) -> String {
         if self.rows > 0 {

@@ -289,6 +289,21 @@ fn delivery<'a>(status: &'a str, last: Option<i64>) -> hot::control::DeliveryRow
     }
 }
 
+/// What a batch adds to `sub_a`'s health.
+fn health(
+    consecutive_failures: i64,
+    last_success_ms: Option<i64>,
+    last_failure_ms: Option<i64>,
+) -> hot::control::HealthRow<'static> {
+    hot::control::HealthRow {
+        subscription_id: "sub_a",
+        workspace_id: "wrk_1",
+        consecutive_failures,
+        last_success_ms,
+        last_failure_ms,
+    }
+}
+
 async fn one_i64(db: &DatabaseConnection, sql: &str) -> i64 {
     db.query_one_raw(sea_orm::Statement::from_string(
         db.get_database_backend(),
@@ -339,16 +354,7 @@ async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
         session
             .commit(vec![
                 hot::control::upsert_deliveries(backend, &[delivery("succeeded", Some(20))]),
-                hot::control::upsert_health(
-                    backend,
-                    &[hot::control::HealthRow {
-                        subscription_id: "sub_a",
-                        workspace_id: "wrk_1",
-                        consecutive_failures: 2,
-                        last_success_ms: None,
-                        last_failure_ms: Some(20),
-                    }],
-                ),
+                hot::control::upsert_health(backend, &[health(2, None, Some(20))]),
             ])
             .await
             .unwrap();
@@ -371,16 +377,7 @@ async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
             .commit(vec![
                 hot::control::upsert_deliveries(backend, &[delivery("failed", Some(15))]),
                 hot::control::upsert_deliveries(backend, &[delivery("pending", None)]),
-                hot::control::upsert_health(
-                    backend,
-                    &[hot::control::HealthRow {
-                        subscription_id: "sub_a",
-                        workspace_id: "wrk_1",
-                        consecutive_failures: 1,
-                        last_success_ms: None,
-                        last_failure_ms: Some(30),
-                    }],
-                ),
+                hot::control::upsert_health(backend, &[health(1, None, Some(30))]),
             ])
             .await
             .unwrap();
@@ -423,13 +420,7 @@ async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
         session
             .commit(vec![hot::control::upsert_health(
                 backend,
-                &[hot::control::HealthRow {
-                    subscription_id: "sub_a",
-                    workspace_id: "wrk_1",
-                    consecutive_failures: 0,
-                    last_success_ms: Some(40),
-                    last_failure_ms: None,
-                }],
+                &[health(0, Some(40), None)],
             )])
             .await
             .unwrap();
