@@ -7,9 +7,11 @@
 //!
 //! Outcomes: each batch is stored in one transaction, idempotent by attempt id, then acked.
 
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
 use futures::Stream;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
@@ -17,8 +19,6 @@ use sea_orm::{
 };
 use sluice_proto::control::v1 as pb;
 use sluice_store::control::{api_key, config_change, subscription};
-use std::collections::HashMap;
-
 use sluice_store::hot::{self, Session};
 use sluice_store::{lock_config_writes, now_ms};
 use tokio::sync::mpsc;
@@ -40,6 +40,10 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// The `DataPlaneService` implementation.
 pub struct DataPlaneApi(pub(crate) ControlPlane);
+
+/// Maps of one batch, keyed by Sluice's own ids: no need for SipHash's flood resistance.
+type FastMap<K, V> = HashMap<K, V, RandomState>;
+type FastSet<T> = HashSet<T, RandomState>;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchConfigResponse, Status>> + Send>>;
 type OutcomeStream = Pin<Box<dyn Stream<Item = Result<pb::ReportOutcomesResponse, Status>> + Send>>;
@@ -411,7 +415,8 @@ async fn store_log(
     outcomes: &[pb::AttemptOutcome],
 ) -> Result<Vec<sea_orm::Statement>, ApiError> {
     let backend = session.get_database_backend();
-    let mut created: HashMap<&str, i64> = HashMap::with_capacity(messages.len());
+    let mut created: FastMap<&str, i64> =
+        FastMap::with_capacity_and_hasher(messages.len(), RandomState::default());
     let mut message_rows = Vec::with_capacity(messages.len());
     for m in messages {
         let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);
@@ -426,7 +431,7 @@ async fn store_log(
     }
 
     let mut new: Vec<NewAttempt> = Vec::with_capacity(outcomes.len());
-    let mut seen_in_batch = std::collections::HashSet::new();
+    let mut seen_in_batch = FastSet::default();
     for outcome in outcomes {
         if let Some(attempt) = &outcome.attempt
             && seen_in_batch.insert(attempt.id.as_str())
@@ -456,7 +461,7 @@ async fn store_log(
             new.iter().map(|n| n.attempt.id.as_str()),
         ));
     }
-    let stored: std::collections::HashSet<String> = session
+    let stored: FastSet<String> = session
         .run(first)
         .await?
         .into_iter()
@@ -499,7 +504,7 @@ async fn store_log(
 
     // Deliveries: as the messages describe them, then each takes its latest new attempt's
     // state (attempts are sorted, so the last one of a key wins).
-    let mut deliveries: HashMap<(&str, &str), hot::control::DeliveryRow> = HashMap::new();
+    let mut deliveries: FastMap<(&str, &str), hot::control::DeliveryRow> = FastMap::default();
     let mut order: Vec<(&str, &str)> = Vec::new();
     for m in messages {
         let create_ms = created.get(m.id.as_str()).copied().unwrap_or_default();

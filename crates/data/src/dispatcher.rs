@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use sluice_core::ids::{IdKind, new_id};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_delivery::{AttemptResult, DeliveryRequest, slack_message};
@@ -39,7 +40,7 @@ pub(crate) const IN_MEMORY_RETRY_HORIZON: Duration = Duration::from_secs(60);
 /// Every lane, by subscription id.
 #[derive(Default)]
 pub(crate) struct Lanes {
-    map: Mutex<HashMap<String, Arc<Lane>>>,
+    map: Mutex<HashMap<String, Arc<Lane>, RandomState>>,
 }
 
 impl Lanes {
@@ -47,7 +48,7 @@ impl Lanes {
         self.lock().get(subscription_id).cloned()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Lane>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Lane>, RandomState>> {
         // Inserting is the only mutation; a poisoned map is still a valid map.
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -86,15 +87,20 @@ pub(crate) fn enqueue(shared: &Arc<Shared>, tasks: impl IntoIterator<Item = Deli
         // They are pending in the database; the next start (or another replica) sends them.
         return;
     }
-    let mut by_subscription: HashMap<String, Vec<DeliveryTask>> = HashMap::new();
+    // Tasks are grouped by lane with a scan of the few lanes seen so far (a message has a
+    // handful of subscriptions), so no key is copied per task.
+    let mut by_lane: Vec<(Arc<Lane>, Vec<DeliveryTask>)> = Vec::new();
     for task in tasks {
-        by_subscription
-            .entry(task.key.subscription_id.clone())
-            .or_default()
-            .push(task);
+        let subscription_id = task.key.subscription_id.as_str();
+        match by_lane
+            .iter_mut()
+            .find(|(lane, _)| lane.subscription_id == subscription_id)
+        {
+            Some((_, queued)) => queued.push(task),
+            None => by_lane.push((lane(shared, subscription_id), vec![task])),
+        }
     }
-    for (subscription_id, tasks) in by_subscription {
-        let lane = lane(shared, &subscription_id);
+    for (lane, tasks) in by_lane {
         lane.queue().extend(tasks);
         lane.wake.notify_one();
     }

@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     pub(crate) held: Held,
     pub(crate) lanes: Lanes,
     /// Each endpoint's current run of failures, for disabling persistently failing ones.
-    pub(crate) streaks: Mutex<HashMap<String, Streak>>,
+    pub(crate) streaks: Mutex<HashMap<String, Streak, foldhash::fast::RandomState>>,
     /// To the group-commit writer of publishes.
     pub(crate) publish_tx: mpsc::Sender<PublishJob>,
     /// To the batching writer of attempt outcomes.
@@ -92,7 +92,9 @@ impl Shared {
         }
     }
 
-    pub(crate) fn streaks(&self) -> MutexGuard<'_, HashMap<String, Streak>> {
+    pub(crate) fn streaks(
+        &self,
+    ) -> MutexGuard<'_, HashMap<String, Streak, foldhash::fast::RandomState>> {
         // The map is consistent after every statement, so a poisoned lock is still usable.
         self.streaks.lock().unwrap_or_else(PoisonError::into_inner)
     }
