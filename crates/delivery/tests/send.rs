@@ -183,6 +183,8 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
     assert_eq!(header(h, "tracestate"), "vendor=1");
     assert_eq!(header(h, "x-tenant"), "acme");
     assert_eq!(header(h, "authorization"), "Bearer custom-token");
+    // reqwest's default, once.
+    assert_eq!(h.get_all("accept").iter().collect::<Vec<_>>(), ["*/*"]);
 
     let now = chrono::Utc::now().timestamp();
     verify(
@@ -207,6 +209,20 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
             300,
         )
         .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_custom_accept_header_replaces_the_default() {
+    let mut receiver = Receiver::start(status(StatusCode::OK, "")).await;
+    let sender = local_sender(|_| {});
+    let custom = [("Accept".to_owned(), "application/json".to_owned())];
+    let result = send_to(&sender, &receiver.url("/"), &[], &custom).await;
+    assert!(result.is_success(), "{result:?}");
+    let got = receiver.next().await;
+    assert_eq!(
+        got.headers.get_all("accept").iter().collect::<Vec<_>>(),
+        ["application/json"]
     );
 }
 
