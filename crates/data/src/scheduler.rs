@@ -126,8 +126,11 @@ pub(crate) async fn claim_all_due(shared: &Arc<Shared>) -> Result<(), DbErr> {
 /// What one claim query may take: how many rows (memory has room for), the lease they get,
 /// and the row-locking clause (PostgreSQL replicas skip rows another is claiming).
 struct ClaimWindow {
-    limit: usize,
+    /// Rows at most, as the query's `LIMIT`.
+    limit: i64,
     now: i64,
+    /// Rows due by this are taken (the scan looks a little ahead).
+    due_by: i64,
     lease_until: i64,
     backend: DbBackend,
     lock: &'static str,
@@ -140,13 +143,13 @@ fn claim_window(shared: &Shared) -> Option<ClaimWindow> {
         return None;
     }
     let now = now_ms();
+    let due_by = now.saturating_add(SCAN_LOOKAHEAD_MS);
     let backend = shared.db.get_database_backend();
     Some(ClaimWindow {
-        limit: room.min(CLAIM_BATCH),
+        limit: i64::try_from(room.min(CLAIM_BATCH)).unwrap_or(i64::MAX),
         now,
-        lease_until: now
-            .saturating_add(SCAN_LOOKAHEAD_MS)
-            .saturating_add(shared.lease_ms()),
+        due_by,
+        lease_until: due_by.saturating_add(shared.lease_ms()),
         backend,
         lock: if backend == DbBackend::Postgres {
             " FOR UPDATE SKIP LOCKED"
@@ -160,16 +163,10 @@ fn claim_window(shared: &Shared) -> Option<ClaimWindow> {
 /// `fanout`) that are due and whose lease is free: after a restart, when memory was full at
 /// ingest, or when a replica died.
 async fn claim_fanouts(shared: &Arc<Shared>) -> Result<usize, DbErr> {
-    let Some(ClaimWindow {
-        limit,
-        now,
-        lease_until,
-        backend,
-        lock,
-    }) = claim_window(shared)
-    else {
+    let Some(window) = claim_window(shared) else {
         return Ok(0);
     };
+    let (backend, lock) = (window.backend, window.lock);
     // Message ids sort by creation, so the oldest messages come first.
     let sql = format!(
         "UPDATE dp_fanout SET lease_until_ms = {p1} \
@@ -187,10 +184,10 @@ async fn claim_fanouts(shared: &Arc<Shared>) -> Result<usize, DbErr> {
         backend,
         sql,
         [
-            Value::from(lease_until),
-            Value::from(now.saturating_add(SCAN_LOOKAHEAD_MS)),
-            Value::from(now),
-            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+            Value::from(window.lease_until),
+            Value::from(window.due_by),
+            Value::from(window.now),
+            Value::from(window.limit),
         ],
     );
     let rows = fanout::Entity::find()
@@ -199,7 +196,7 @@ async fn claim_fanouts(shared: &Arc<Shared>) -> Result<usize, DbErr> {
         .await?;
     let count = rows.len();
     if count > 0 {
-        take_fanouts(shared, rows, lease_until).await?;
+        take_fanouts(shared, rows, window.lease_until).await?;
     }
     Ok(count)
 }
@@ -298,16 +295,10 @@ async fn take_fanouts(
 
 /// One claim query: due (or nearly due) pending deliveries whose lease is free.
 async fn claim_due(shared: &Arc<Shared>) -> Result<usize, DbErr> {
-    let Some(ClaimWindow {
-        limit,
-        now,
-        lease_until,
-        backend,
-        lock,
-    }) = claim_window(shared)
-    else {
+    let Some(window) = claim_window(shared) else {
         return Ok(0);
     };
+    let (backend, lock) = (window.backend, window.lock);
     let sql = format!(
         "UPDATE dp_deliveries SET lease_until_ms = {p1} \
          WHERE (message_id, subscription_id) IN ( \
@@ -326,11 +317,11 @@ async fn claim_due(shared: &Arc<Shared>) -> Result<usize, DbErr> {
         backend,
         sql,
         [
-            Value::from(lease_until),
+            Value::from(window.lease_until),
             Value::from(DeliveryStatus::Pending.as_str()),
-            Value::from(now.saturating_add(SCAN_LOOKAHEAD_MS)),
-            Value::from(now),
-            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+            Value::from(window.due_by),
+            Value::from(window.now),
+            Value::from(window.limit),
         ],
     );
     let rows = delivery::Entity::find()
@@ -339,7 +330,7 @@ async fn claim_due(shared: &Arc<Shared>) -> Result<usize, DbErr> {
         .await?;
     let count = rows.len();
     if count > 0 {
-        take_rows(shared, rows, AttemptTrigger::Scheduled, lease_until).await?;
+        take_rows(shared, rows, AttemptTrigger::Scheduled, window.lease_until).await?;
     }
     Ok(count)
 }
