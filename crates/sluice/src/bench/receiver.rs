@@ -1,26 +1,31 @@
-//! The bench's own webhook receiver: axum (hyper) on a loopback port, HTTP/1.1 keep-alive
-//! and h2c (prior knowledge) both, answering at once (or after a delay) with 200, or 500 for
-//! a chosen fraction. It notes when each `webhook-id` arrives on each subscription's path.
+//! The bench's own webhook receiver: hyper on a loopback port, HTTP/1.1 keep-alive and h2c
+//! (prior knowledge) both, answering at once (or after a delay) with 200, or 500 for a
+//! chosen fraction. It notes when each `webhook-id` arrives on each subscription's path.
 //!
+//! It shares the machine with the planes it measures, so it is kept lean: hyper's
+//! connection handling and nothing else (no router, no extractors copying the headers).
 //! Arrivals go into a map sharded by message id, each shard behind its own mutex, so
 //! concurrent deliveries rarely wait for each other; the counters the progress bar and the
-//! completion check read are atomics.
+//! completion check read are atomics, and the run's end is signalled, not polled for.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::convert::Infallible;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::serve::ListenerExt as _;
+use bytes::Bytes;
+use foldhash::fast::RandomState;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// Shards of the arrival map; a power of two.
@@ -39,7 +44,7 @@ pub(crate) struct PairRecord {
     pub(crate) after_ok: u32,
 }
 
-type Shard = HashMap<Box<str>, Vec<PairRecord>>;
+type Shard = HashMap<Box<str>, Vec<PairRecord>, RandomState>;
 
 /// The receiver's shared state.
 pub(crate) struct Receiver {
@@ -55,6 +60,9 @@ pub(crate) struct Receiver {
     missing_id: AtomicU64,
     /// Failure injection is on (off during the warm-up).
     inject: AtomicBool,
+    /// `distinct` the bench waits for; `reached` is notified when it gets there.
+    target: AtomicU64,
+    reached: Notify,
     delay: Duration,
     failure_rate: f64,
 }
@@ -71,13 +79,17 @@ pub(crate) struct Counters {
 impl Receiver {
     fn new(delay: Duration, failure_rate: f64) -> Receiver {
         Receiver {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
             distinct: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             missing_id: AtomicU64::new(0),
             inject: AtomicBool::new(false),
+            target: AtomicU64::new(u64::MAX),
+            reached: Notify::new(),
             delay,
             failure_rate,
         }
@@ -93,6 +105,19 @@ impl Receiver {
     /// Turns the `--receiver-failure-rate` injection on (after the warm-up).
     pub(crate) fn start_injecting(&self) {
         self.inject.store(true, Ordering::Release);
+    }
+
+    /// Waits until `distinct` pairs have arrived, or until `timeout` passes; true when they
+    /// have. Only the bench's one waiting task calls it.
+    pub(crate) async fn wait_for_distinct(&self, distinct: u64, timeout: Duration) -> bool {
+        self.target.store(distinct, Ordering::Release);
+        // An arrival between the store and this check notifies; `notify_one` keeps the
+        // permit for the `notified` below, so no wake-up is lost.
+        if self.distinct.load(Ordering::Acquire) >= distinct {
+            return true;
+        }
+        let _ = tokio::time::timeout(timeout, self.reached.notified()).await;
+        self.distinct.load(Ordering::Acquire) >= distinct
     }
 
     /// The counters now.
@@ -143,7 +168,10 @@ impl Receiver {
                     first_ok: ok.then_some(at),
                     after_ok: 0,
                 });
-                self.distinct.fetch_add(1, Ordering::AcqRel);
+                let distinct = self.distinct.fetch_add(1, Ordering::AcqRel) + 1;
+                if distinct == self.target.load(Ordering::Acquire) {
+                    self.reached.notify_one();
+                }
             }
         }
     }
@@ -169,33 +197,70 @@ pub(crate) async fn start(delay: Duration, failure_rate: f64) -> anyhow::Result<
         .context("cannot bind the bench receiver on 127.0.0.1")?;
     let addr = listener.local_addr()?;
     let state = Arc::new(Receiver::new(delay, failure_rate));
-    let app = Router::new()
-        .route("/hook/{sub}", post(hook))
-        .with_state(state.clone());
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "bench receiver stopped");
-        }
-    });
+    let task = tokio::spawn(serve(listener, Arc::clone(&state)));
     Ok(RunningReceiver { state, addr, task })
 }
 
-async fn hook(
-    State(state): State<Arc<Receiver>>,
-    Path(sub): Path<u32>,
-    headers: HeaderMap,
-    // Read the body so that the connection stays reusable.
-    _body: Bytes,
-) -> StatusCode {
-    let at = Instant::now();
+/// Accepts connections until the task is aborted, one task per connection.
+async fn serve(listener: TcpListener, state: Arc<Receiver>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors, most likely: let connections close, then go on.
+                tracing::warn!(error = %e, "bench receiver cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let connection = builder
+            .serve_connection(
+                TokioIo::new(tcp),
+                hyper::service::service_fn(move |request| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(hook(&state, request).await) }
+                }),
+            )
+            .into_owned();
+        tokio::spawn(async move {
+            // A sender that hangs up mid-request is no concern of the bench's.
+            let _ = connection.await;
+        });
+    }
+}
+
+/// `POST /hook/<subscription index>`.
+async fn hook(state: &Receiver, request: Request<Incoming>) -> Response<Empty<Bytes>> {
+    let sub = request
+        .uri()
+        .path()
+        .strip_prefix("/hook/")
+        .and_then(|index| index.parse::<u32>().ok());
+    let Some(sub) = sub else {
+        return answer(StatusCode::NOT_FOUND);
+    };
+    if request.method() != Method::POST {
+        return answer(StatusCode::METHOD_NOT_ALLOWED);
+    }
     state.requests.fetch_add(1, Ordering::AcqRel);
     let fail = state.failure_rate > 0.0
         && state.inject.load(Ordering::Acquire)
         && rand::random::<f64>() < state.failure_rate;
-    match headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+    let (parts, body) = request.into_parts();
+    // Read the body to its end (the request has arrived then), so that the connection
+    // stays reusable.
+    if body.collect().await.is_err() {
+        return answer(StatusCode::BAD_REQUEST);
+    }
+    let at = Instant::now();
+    match parts
+        .headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(id) => state.record(id, sub, at, !fail),
         None => {
             state.missing_id.fetch_add(1, Ordering::AcqRel);
@@ -206,10 +271,16 @@ async fn hook(
     }
     if fail {
         state.failed.fetch_add(1, Ordering::AcqRel);
-        StatusCode::INTERNAL_SERVER_ERROR
+        answer(StatusCode::INTERNAL_SERVER_ERROR)
     } else {
-        StatusCode::OK
+        answer(StatusCode::OK)
     }
+}
+
+fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = status;
+    response
 }
 
 #[cfg(test)]
