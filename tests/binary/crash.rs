@@ -12,9 +12,7 @@ use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_tests::planes::Receiver;
 use sluice_tests::process::Deployment;
-use sluice_tests::{
-    ADMIN_KEY, Backend, Bearer, Clients, TestDatabase, backends, create_workspace_with_key,
-};
+use sluice_tests::{Backend, TestDatabase, backends};
 use tokio_stream::StreamExt;
 
 const EVENTS: u64 = 2_000;
@@ -47,16 +45,10 @@ async fn run(backend: &Backend) {
     .await;
 
     // A workspace, a key and a subscription to everything, through the control plane.
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", deployment.control.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let (_, key) =
-        create_workspace_with_key(Clients::new(channel.clone(), Some(ADMIN_KEY)), "crash").await;
-    let mut clients = Clients::new(channel, Some(&key));
-    clients
+    let (_, key) = deployment.workspace_with_key("crash").await;
+    deployment
+        .clients(Some(&key))
+        .await
         .subscriptions
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(pb::Subscription {
@@ -70,7 +62,7 @@ async fn run(backend: &Backend) {
         .unwrap();
 
     // Warm-up: once one event arrives, the data plane has the subscription.
-    let mut ingest = publisher(deployment.data_addr(), &key).await;
+    let mut ingest = deployment.publisher(&key).await;
     let warmup = loop {
         match ingest.publish(event(0)).await {
             Ok(r) if r.get_ref().delivery_count == 1 => break r.into_inner().message_id,
@@ -144,7 +136,7 @@ async fn run(backend: &Backend) {
 
     // Restart; publish the rest so the burst reaches 2,000 events in all.
     deployment.restart_data().await;
-    let mut ingest = publisher(deployment.data_addr(), &key).await;
+    let mut ingest = deployment.publisher(&key).await;
     let mut sequence = next;
     while (acked.len() as u64) < EVENTS + 1 {
         let r = ingest.publish(event(sequence)).await.unwrap().into_inner();
@@ -193,21 +185,6 @@ async fn run(backend: &Backend) {
     drop(deployment);
     control_db.drop_database().await;
     data_db.drop_database().await;
-}
-
-async fn publisher(
-    addr: std::net::SocketAddr,
-    key: &str,
-) -> dpb::ingest_service_client::IngestServiceClient<sluice_tests::Intercepted> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    dpb::ingest_service_client::IngestServiceClient::with_interceptor(
-        channel,
-        Bearer(Some(format!("Bearer {key}").parse().unwrap())),
-    )
 }
 
 fn event(n: u64) -> dpb::PublishRequest {

@@ -13,7 +13,7 @@ use sluice_proto::data::v1 as dpb;
 use sluice_tests::otlp::{OtlpCollector, ReceivedSpan};
 use sluice_tests::planes::{Receiver, Reply};
 use sluice_tests::process::Deployment;
-use sluice_tests::{ADMIN_KEY, Bearer, Clients, TestDatabase, backends, create_workspace_with_key};
+use sluice_tests::{ADMIN_KEY, TestDatabase, backends};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_publisher_to_receiver() {
@@ -37,15 +37,8 @@ async fn one_trace_from_publisher_to_receiver() {
     )
     .await;
 
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", deployment.control.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let (_, key) =
-        create_workspace_with_key(Clients::new(channel.clone(), Some(ADMIN_KEY)), "otel").await;
-    let mut clients = Clients::new(channel, Some(&key));
+    let (_, key) = deployment.workspace_with_key("otel").await;
+    let mut clients = deployment.clients(Some(&key)).await;
     let created = clients
         .subscriptions
         .create_subscription(pb::CreateSubscriptionRequest {
@@ -61,15 +54,7 @@ async fn one_trace_from_publisher_to_receiver() {
         .into_inner();
     let secret = created.secret;
 
-    let data = tonic::transport::Channel::from_shared(format!("http://{}", deployment.data_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut ingest = dpb::ingest_service_client::IngestServiceClient::with_interceptor(
-        data,
-        Bearer(Some(format!("Bearer {key}").parse().unwrap())),
-    );
+    let mut ingest = deployment.publisher(&key).await;
     // Wait until the data plane has the key and the subscription (from the watch stream).
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let message_id = loop {

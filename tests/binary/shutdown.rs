@@ -11,7 +11,7 @@ use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_tests::planes::{Receiver, Reply};
 use sluice_tests::process::Deployment;
-use sluice_tests::{ADMIN_KEY, Bearer, Clients, TestDatabase, backends, create_workspace_with_key};
+use sluice_tests::{TestDatabase, backends};
 
 const EVENTS: usize = 100;
 
@@ -37,16 +37,10 @@ async fn sigterm_finishes_or_keeps_in_flight_work() {
             &[],
         )
         .await;
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://{}", deployment.control.addr))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-        let (_, key) =
-            create_workspace_with_key(Clients::new(channel.clone(), Some(ADMIN_KEY)), "shutdown")
-                .await;
-        Clients::new(channel, Some(&key))
+        let (_, key) = deployment.workspace_with_key("shutdown").await;
+        deployment
+            .clients(Some(&key))
+            .await
             .subscriptions
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(pb::Subscription {
@@ -58,16 +52,7 @@ async fn sigterm_finishes_or_keeps_in_flight_work() {
             })
             .await
             .unwrap();
-        let data =
-            tonic::transport::Channel::from_shared(format!("http://{}", deployment.data_addr()))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-        let mut ingest = dpb::ingest_service_client::IngestServiceClient::with_interceptor(
-            data,
-            Bearer(Some(format!("Bearer {key}").parse().unwrap())),
-        );
+        let mut ingest = deployment.publisher(&key).await;
         let mut acked = Vec::new();
         while acked.len() < EVENTS {
             let request = dpb::PublishRequest {

@@ -174,11 +174,7 @@ impl ControlHarness {
 
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        connect(self.addr).await
     }
 
     /// Clients of every public service, authenticated with `key` (none when `None`).
@@ -214,6 +210,26 @@ impl tonic::service::Interceptor for Bearer {
         }
         Ok(request)
     }
+}
+
+/// A plain-text gRPC channel to `addr`, connected.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// An ingest client of the data plane at `addr`, publishing with `key`.
+pub async fn ingest_client(
+    addr: SocketAddr,
+    key: &str,
+) -> sluice_proto::data::v1::ingest_service_client::IngestServiceClient<Intercepted> {
+    sluice_proto::data::v1::ingest_service_client::IngestServiceClient::with_interceptor(
+        connect(addr).await,
+        Bearer(Some(format!("Bearer {key}").parse().unwrap())),
+    )
 }
 
 /// A channel with the bearer interceptor.

@@ -17,9 +17,8 @@ use sluice_proto::data::v1 as dpb;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
-use crate::{ADMIN_KEY, Backend, Bearer, Clients, INTERNAL_TOKEN, Intercepted, TestDatabase};
+use crate::{ADMIN_KEY, Backend, Clients, INTERNAL_TOKEN, Intercepted, TestDatabase};
 
 /// Knobs of a test deployment.
 #[derive(Clone, Debug)]
@@ -153,12 +152,7 @@ impl Planes {
 
     /// Control-plane clients with `key`.
     pub async fn clients(&self, key: Option<&str>) -> Clients {
-        let channel = Channel::from_shared(format!("http://{}", self.control_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Clients::new(channel, key)
+        Clients::new(crate::connect(self.control_addr).await, key)
     }
 
     /// An ingest client publishing with `key`.
@@ -166,15 +160,7 @@ impl Planes {
         &self,
         key: &str,
     ) -> dpb::ingest_service_client::IngestServiceClient<Intercepted> {
-        let channel = Channel::from_shared(format!("http://{}", self.data_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        dpb::ingest_service_client::IngestServiceClient::with_interceptor(
-            channel,
-            Bearer(Some(format!("Bearer {key}").parse().unwrap())),
-        )
+        crate::ingest_client(self.data_addr, key).await
     }
 
     /// Creates a workspace and a key for it; returns (workspace id, key).

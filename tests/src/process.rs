@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{ADMIN_KEY, INTERNAL_TOKEN};
+use crate::{ADMIN_KEY, Clients, INTERNAL_TOKEN, Intercepted};
 
 /// A free loopback address (bound, then released).
 pub fn free_addr() -> SocketAddr {
@@ -214,6 +214,24 @@ impl Deployment {
     /// The data plane's address.
     pub fn data_addr(&self) -> SocketAddr {
         self.data_addr
+    }
+
+    /// Control-plane clients with `key`.
+    pub async fn clients(&self, key: Option<&str>) -> Clients {
+        Clients::new(crate::connect(self.control.addr).await, key)
+    }
+
+    /// Creates a workspace and a key for it; returns (workspace id, key).
+    pub async fn workspace_with_key(&self, name: &str) -> (String, String) {
+        crate::create_workspace_with_key(self.clients(Some(ADMIN_KEY)).await, name).await
+    }
+
+    /// An ingest client of the data plane publishing with `key`.
+    pub async fn publisher(
+        &self,
+        key: &str,
+    ) -> sluice_proto::data::v1::ingest_service_client::IngestServiceClient<Intercepted> {
+        crate::ingest_client(self.data_addr, key).await
     }
 
     /// Starts the data plane again (same flags, database and address).
