@@ -38,3 +38,42 @@ fn bench_delivers_every_event_once() {
     assert_eq!(field("timed_out"), false, "{report}");
     assert_eq!(field("backend"), "sqlite", "{report}");
 }
+
+#[test]
+fn http_baseline_posts_every_request() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "--http-baseline", "--events", "500", "--json"])
+        .output()
+        .expect("the sluice binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "sluice bench --http-baseline failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+    assert_eq!(report["http_baseline"], true, "{report}");
+    assert_eq!(report["posts"], 500, "{report}");
+    assert!(
+        report["posts_per_second"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+}
+
+#[test]
+fn http_baseline_refuses_a_database_url() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "--http-baseline",
+            "--database-url",
+            "postgres://127.0.0.1/x",
+        ])
+        .output()
+        .expect("the sluice binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--database-url"), "{stderr}");
+}

@@ -16,6 +16,7 @@
 //! under way then is not counted. Peak RSS is `VmHWM` of `/proc/<pid>/status`, over the
 //! process's whole life (start-up and warm-up included).
 
+mod baseline;
 mod child;
 mod publisher;
 mod receiver;
@@ -107,6 +108,11 @@ pub struct BenchArgs {
     /// when the bench fails, for its log).
     #[arg(long)]
     pub keep_data_dir: bool,
+    /// Measure only the machine's loopback HTTP ceiling: reqwest POSTs --events bodies of
+    /// --payload-bytes to the bench's receiver, --concurrency at a time, with no plane
+    /// started. Run it beside a bench of the planes to see how fast the machine was.
+    #[arg(long, conflicts_with_all = ["control", "database_url", "rate", "subscriptions", "receiver_delay_ms", "receiver_failure_rate"])]
+    pub http_baseline: bool,
 }
 
 impl BenchArgs {
@@ -231,6 +237,15 @@ impl Planes {
 /// Runs the bench: prints the report, and fails when it timed out or the stream broke.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
+    if args.http_baseline {
+        let measured = baseline::run(&args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&measured)?);
+        } else {
+            print!("{}", measured.table());
+        }
+        return Ok(());
+    }
     let say = |msg: &str| {
         if !args.json {
             eprintln!("{msg}");
