@@ -110,10 +110,11 @@ impl Receiver {
     /// Waits until `distinct` pairs have arrived, or until `timeout` passes; true when they
     /// have. Only the bench's one waiting task calls it.
     pub(crate) async fn wait_for_distinct(&self, distinct: u64, timeout: Duration) -> bool {
-        self.target.store(distinct, Ordering::Release);
-        // An arrival between the store and this check notifies; `notify_one` keeps the
+        self.target.store(distinct, Ordering::SeqCst);
+        // Either this load sees the arrival that reaches `distinct`, or that arrival's load
+        // of `target` sees this store (both SeqCst) and notifies; `notify_one` keeps the
         // permit for the `notified` below, so no wake-up is lost.
-        if self.distinct.load(Ordering::Acquire) >= distinct {
+        if self.distinct.load(Ordering::SeqCst) >= distinct {
             return true;
         }
         let _ = tokio::time::timeout(timeout, self.reached.notified()).await;
@@ -168,8 +169,8 @@ impl Receiver {
                     first_ok: ok.then_some(at),
                     after_ok: 0,
                 });
-                let distinct = self.distinct.fetch_add(1, Ordering::AcqRel) + 1;
-                if distinct == self.target.load(Ordering::Acquire) {
+                let distinct = self.distinct.fetch_add(1, Ordering::SeqCst) + 1;
+                if distinct == self.target.load(Ordering::SeqCst) {
                     self.reached.notify_one();
                 }
             }
