@@ -30,14 +30,15 @@ fn event(payload: &str) -> PublishRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_delivers_a_signed_webhook() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        let workspace = Workspace::new("wrk_1");
-        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let mut control =
-            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
-        plane.wait_for_revision(1).await;
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            secret,
+            mut control,
+            plane,
+            ..
+        } = OneHook::start(&backend, &[], |_| {}).await;
 
         let mut request = authed(
             PublishRequest {
@@ -112,15 +113,14 @@ async fn publish_delivers_a_signed_webhook() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_until_success() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[500, 500, 200]);
-        let workspace = Workspace::new("wrk_1");
-        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let mut control =
-            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
-        plane.wait_for_revision(1).await;
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            mut control,
+            plane,
+            ..
+        } = OneHook::start(&backend, &[500, 500, 200], |_| {}).await;
 
         let response = plane
             .ingest()
@@ -171,15 +171,14 @@ async fn failures_are_retried_until_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_subscription() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[410]);
-        let workspace = Workspace::new("wrk_1");
-        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let mut control =
-            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
-        plane.wait_for_revision(1).await;
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            mut control,
+            plane,
+            ..
+        } = OneHook::start(&backend, &[410], |_| {}).await;
         let mut ingest = plane.ingest().await;
 
         let first = ingest
@@ -218,18 +217,18 @@ async fn gone_disables_the_subscription() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_failure_disables_the_subscription() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[500; 10]);
-        let workspace = Workspace::new("wrk_1");
-        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let mut control =
-            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let mut config = config(&control);
-        config.retry = RetrySchedule::parse("0s,10ms,10ms,10ms,10ms,10ms").unwrap();
-        config.disable_after_failed_attempts = Some(3);
-        let plane = RunningPlane::start(db.connect().await, config).await;
-        plane.wait_for_revision(1).await;
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            mut control,
+            plane,
+            ..
+        } = OneHook::start(&backend, &[500; 10], |config| {
+            config.retry = RetrySchedule::parse("0s,10ms,10ms,10ms,10ms,10ms").unwrap();
+            config.disable_after_failed_attempts = Some(3);
+        })
+        .await;
 
         let response = plane
             .ingest()
@@ -537,14 +536,15 @@ async fn invalid_publishes_are_refused_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_stream_acks_every_event() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        let workspace = Workspace::new("wrk_1");
-        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let control =
-            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
-        plane.wait_for_revision(1).await;
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            secret,
+            control,
+            plane,
+            ..
+        } = OneHook::start(&backend, &[], |_| {}).await;
 
         const EVENTS: u64 = 200;
         let requests: Vec<PublishStreamRequest> = (0..EVENTS)
@@ -729,18 +729,19 @@ async fn outcomes_wait_for_the_control_plane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_retries_survive_a_restart() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[503]);
-        let workspace = Workspace::new("wrk_1");
-        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let mut control =
-            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let mut config = config(&control);
-        // The retry is far enough out to wait in the database, not in memory.
-        config.retry = RetrySchedule::parse("0s,2m").unwrap();
-        let plane = RunningPlane::start(db.connect().await, config.clone()).await;
-        plane.wait_for_revision(1).await;
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            secret,
+            mut control,
+            config,
+            plane,
+        } = OneHook::start(&backend, &[503], |config| {
+            // The retry is far enough out to wait in the database, not in memory.
+            config.retry = RetrySchedule::parse("0s,2m").unwrap();
+        })
+        .await;
         let response = plane
             .ingest()
             .await

@@ -586,6 +586,50 @@ pub fn config(control: &FakeControl) -> DataConfig {
     }
 }
 
+/// The most common set-up: workspace `wrk_1` with one subscription `sub_1` at `/hook` of a
+/// fresh receiver that first answers `replies` (then 200), the fake control plane serving
+/// them, and a data plane on `db` running `config` as `tweak` changes it, with the
+/// subscription in effect.
+pub struct OneHook {
+    pub db: TestDb,
+    pub receiver: Receiver,
+    pub workspace: Workspace,
+    pub secret: SigningSecret,
+    pub control: FakeControl,
+    /// What the plane was started with, to start it again.
+    pub config: DataConfig,
+    pub plane: RunningPlane,
+}
+
+impl OneHook {
+    pub async fn start(
+        backend: &Backend,
+        replies: &[u16],
+        tweak: impl FnOnce(&mut DataConfig),
+    ) -> OneHook {
+        let db = TestDb::new(backend).await;
+        let receiver = Receiver::start().await;
+        receiver.respond(replies);
+        let workspace = Workspace::new("wrk_1");
+        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
+        let control =
+            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
+        let mut config = config(&control);
+        tweak(&mut config);
+        let plane = RunningPlane::start(db.connect().await, config.clone()).await;
+        plane.wait_for_revision(1).await;
+        OneHook {
+            db,
+            receiver,
+            workspace,
+            secret,
+            control,
+            config,
+            plane,
+        }
+    }
+}
+
 /// The data plane behind a real tonic server on 127.0.0.1:0.
 pub struct RunningPlane {
     pub plane: DataPlane,
