@@ -7,11 +7,10 @@
 //!
 //! Outcomes: each batch is stored in one transaction, idempotent by attempt id, then acked.
 
-use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
 
-use foldhash::fast::RandomState;
+use foldhash::{HashMap as FastMap, HashMapExt as _, HashSet as FastSet};
 use futures::Stream;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
@@ -40,10 +39,6 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// The `DataPlaneService` implementation.
 pub struct DataPlaneApi(pub(crate) ControlPlane);
-
-/// Maps of one batch, keyed by Sluice's own ids: no need for SipHash's flood resistance.
-type FastMap<K, V> = HashMap<K, V, RandomState>;
-type FastSet<T> = HashSet<T, RandomState>;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchConfigResponse, Status>> + Send>>;
 type OutcomeStream = Pin<Box<dyn Stream<Item = Result<pb::ReportOutcomesResponse, Status>> + Send>>;
@@ -415,8 +410,8 @@ async fn store_log(
     outcomes: &[pb::AttemptOutcome],
 ) -> Result<Vec<sea_orm::Statement>, ApiError> {
     let backend = session.get_database_backend();
-    let mut created: FastMap<&str, i64> =
-        FastMap::with_capacity_and_hasher(messages.len(), RandomState::default());
+    // The batch's maps are keyed by Sluice's own ids: no need for SipHash's flood resistance.
+    let mut created: FastMap<&str, i64> = FastMap::with_capacity(messages.len());
     let mut message_rows = Vec::with_capacity(messages.len());
     for m in messages {
         let create_ms = m.create_time.as_ref().and_then(ms).unwrap_or_else(now_ms);

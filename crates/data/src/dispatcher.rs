@@ -6,12 +6,11 @@
 //! an endpoint. After each attempt the retry policy decides what happens next, the outcome
 //! goes to the batching outcome writer, and a near retry is put on a timer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foldhash::fast::RandomState;
 use sluice_core::ids::{IdKind, new_id};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_delivery::{AttemptResult, DeliveryRequest, slack_message};
@@ -40,7 +39,7 @@ pub(crate) const IN_MEMORY_RETRY_HORIZON: Duration = Duration::from_secs(60);
 /// Every lane, by subscription id.
 #[derive(Default)]
 pub(crate) struct Lanes {
-    map: Mutex<HashMap<String, Arc<Lane>, RandomState>>,
+    map: Mutex<foldhash::HashMap<String, Arc<Lane>>>,
 }
 
 impl Lanes {
@@ -48,7 +47,7 @@ impl Lanes {
         self.lock().get(subscription_id).cloned()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Lane>, RandomState>> {
+    fn lock(&self) -> MutexGuard<'_, foldhash::HashMap<String, Arc<Lane>>> {
         // Inserting is the only mutation; a poisoned map is still a valid map.
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }

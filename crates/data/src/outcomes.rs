@@ -343,7 +343,7 @@ pub(crate) async fn flush(shared: &Shared) {
 /// Loads every persisted failure streak.
 pub(crate) async fn load_streaks<C: ConnectionTrait>(
     db: &C,
-) -> Result<HashMap<String, Streak, foldhash::fast::RandomState>, DbErr> {
+) -> Result<foldhash::HashMap<String, Streak>, DbErr> {
     let rows = state::Entity::find()
         .filter(state::Column::Name.starts_with(STREAK_STATE_PREFIX))
         .all(db)

@@ -2,7 +2,6 @@
 //! sender, the queues between tasks and the shutdown signals. One `Arc<Shared>` is cloned
 //! into each task and service.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sea_orm::DatabaseConnection;
@@ -40,7 +39,7 @@ pub(crate) struct Shared {
     pub(crate) held: Held,
     pub(crate) lanes: Lanes,
     /// Each endpoint's current run of failures, for disabling persistently failing ones.
-    pub(crate) streaks: Mutex<HashMap<String, Streak, foldhash::fast::RandomState>>,
+    pub(crate) streaks: Mutex<foldhash::HashMap<String, Streak>>,
     /// To the group-commit writer of publishes.
     pub(crate) publish_tx: mpsc::Sender<PublishJob>,
     /// To the batching writer of attempt outcomes.
@@ -92,9 +91,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn streaks(
-        &self,
-    ) -> MutexGuard<'_, HashMap<String, Streak, foldhash::fast::RandomState>> {
+    pub(crate) fn streaks(&self) -> MutexGuard<'_, foldhash::HashMap<String, Streak>> {
         // The map is consistent after every statement, so a poisoned lock is still usable.
         self.streaks.lock().unwrap_or_else(PoisonError::into_inner)
     }

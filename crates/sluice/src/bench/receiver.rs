@@ -8,7 +8,6 @@
 //! concurrent deliveries rarely wait for each other; the counters the progress bar and the
 //! completion check read are atomics, and the run's end is signalled, not polled for.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
@@ -44,7 +43,7 @@ pub(crate) struct PairRecord {
     pub(crate) after_ok: u32,
 }
 
-type Shard = HashMap<Box<str>, Vec<PairRecord>, RandomState>;
+type Shard = foldhash::HashMap<Box<str>, Vec<PairRecord>>;
 
 /// The receiver's shared state.
 pub(crate) struct Receiver {
@@ -79,9 +78,7 @@ pub(crate) struct Counters {
 impl Receiver {
     fn new(delay: Duration, failure_rate: f64) -> Receiver {
         Receiver {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::default(),
             distinct: AtomicU64::new(0),
             requests: AtomicU64::new(0),
