@@ -11,6 +11,7 @@ mod m0001_control_initial;
 mod m0001_data_initial;
 mod m0002_control_log_tables;
 mod m0002_data_fanout;
+mod m0003_control_log_keys;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for ControlMigrator {
         vec![
             Box::new(m0001_control_initial::Migration),
             Box::new(m0002_control_log_tables::Migration),
+            Box::new(m0003_control_log_keys::Migration),
         ]
     }
 

@@ -49,17 +49,47 @@ pub(crate) async fn rebuild(
     table: &str,
     without_rowid: bool,
 ) -> Result<(), DbErr> {
-    let db = m.get_connection();
-    let read = |sql: String| Statement::from_string(DbBackend::Sqlite, sql);
-    let create = db
-        .query_one_raw(read(format!(
+    let create = m
+        .get_connection()
+        .query_one_raw(sqlite(format!(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
         )))
         .await?
         .ok_or_else(|| DbErr::Migration(format!("table {table} not found")))?
         .try_get::<String>("", "sql")?;
+    let body = create
+        .trim_end()
+        .trim_end_matches("WITHOUT ROWID")
+        .trim_end();
+    let quoted = format!("\"{table}\"");
+    let Some(at) = body.find(&quoted) else {
+        return Err(DbErr::Migration(format!(
+            "unexpected definition of {table}: {create}"
+        )));
+    };
+    let (head, tail) = (&body[..at], &body[at + quoted.len()..]);
+    replace_table(m, table, |temporary| {
+        let mut new = format!("{head}{temporary}{tail}");
+        if without_rowid {
+            new.push_str(" WITHOUT ROWID");
+        }
+        new
+    })
+    .await
+}
+
+/// Swaps a SQLite table for a new definition of it with the same columns in the same
+/// order: `create` gets the temporary table's quoted name and returns its `CREATE TABLE`;
+/// the rows are copied over, the old table dropped, the new one renamed and the old one's
+/// indexes made again.
+pub(crate) async fn replace_table(
+    m: &SchemaManager<'_>,
+    table: &str,
+    create: impl FnOnce(&str) -> String,
+) -> Result<(), DbErr> {
+    let db = m.get_connection();
     let indexes: Vec<String> = db
-        .query_all_raw(read(format!(
+        .query_all_raw(sqlite(format!(
             "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = '{table}' \
              AND sql IS NOT NULL"
         )))
@@ -67,22 +97,9 @@ pub(crate) async fn rebuild(
         .into_iter()
         .map(|row| row.try_get::<String>("", "sql"))
         .collect::<Result<_, _>>()?;
-    let body = create
-        .trim_end()
-        .trim_end_matches("WITHOUT ROWID")
-        .trim_end();
     let quoted = format!("\"{table}\"");
     let temporary = format!("\"{table}_rebuild\"");
-    let Some(at) = body.find(&quoted) else {
-        return Err(DbErr::Migration(format!(
-            "unexpected definition of {table}: {create}"
-        )));
-    };
-    let mut new = format!("{}{temporary}{}", &body[..at], &body[at + quoted.len()..]);
-    if without_rowid {
-        new.push_str(" WITHOUT ROWID");
-    }
-    db.execute_unprepared(&new).await?;
+    db.execute_unprepared(&create(&temporary)).await?;
     db.execute_unprepared(&format!("INSERT INTO {temporary} SELECT * FROM {quoted}"))
         .await?;
     db.execute_unprepared(&format!("DROP TABLE {quoted}"))
@@ -93,4 +110,9 @@ pub(crate) async fn rebuild(
         db.execute_unprepared(&index).await?;
     }
     Ok(())
+}
+
+/// A statement of SQL text for SQLite.
+pub(crate) fn sqlite(sql: String) -> Statement {
+    Statement::from_string(DbBackend::Sqlite, sql)
 }

@@ -224,6 +224,7 @@ pub(crate) async fn record_change<C: ConnectionTrait>(
 /// to report).
 pub(crate) async fn fail_pending_deliveries<C: ConnectionTrait>(
     tx: &C,
+    workspace_id: &str,
     subscription_id: &str,
 ) -> Result<(), DbErr> {
     use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
@@ -234,6 +235,9 @@ pub(crate) async fn fail_pending_deliveries<C: ConnectionTrait>(
             delivery::Column::NextAttemptMs,
             Expr::value(Option::<i64>::None),
         )
+        // The workspace first: the (workspace_id, subscription_id, status) index finds the
+        // rows, where the subscription alone would read the whole log.
+        .filter(delivery::Column::WorkspaceId.eq(workspace_id))
         .filter(delivery::Column::SubscriptionId.eq(subscription_id))
         .filter(delivery::Column::Status.eq("pending"))
         .exec(tx)

@@ -197,7 +197,7 @@ impl SubscriptionApi {
                     let row = row.update(tx).await?;
                     if !row.enabled {
                         // Nothing more is delivered: what was pending ends failed in the log.
-                        crate::fail_pending_deliveries(tx, &row.id).await?;
+                        crate::fail_pending_deliveries(tx, &row.workspace_id, &row.id).await?;
                     }
                     let revision =
                         record_change(tx, CHANGE_SUBSCRIPTION, &row.id, &row.workspace_id).await?;
@@ -464,7 +464,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                     subscription::Entity::delete_by_id(row.id.clone())
                         .exec(tx)
                         .await?;
-                    crate::fail_pending_deliveries(tx, &row.id).await?;
+                    crate::fail_pending_deliveries(tx, &row.workspace_id, &row.id).await?;
                     Ok(record_change(tx, CHANGE_SUBSCRIPTION, &row.id, &row.workspace_id).await?)
                 })
             })

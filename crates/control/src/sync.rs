@@ -385,7 +385,7 @@ async fn store_in(
         ));
         row.update_ms = Set(now_ms());
         row.update(session).await?;
-        crate::fail_pending_deliveries(session, &d.subscription_id).await?;
+        crate::fail_pending_deliveries(session, &workspace_id, &d.subscription_id).await?;
         revision = record_change(
             session,
             CHANGE_SUBSCRIPTION,

@@ -844,7 +844,7 @@ pub mod control {
                 ("delivery_count", "integer"),
             ],
             json.finish(),
-            "ON CONFLICT (id) DO NOTHING",
+            "ON CONFLICT (workspace_id, id) DO NOTHING",
         )
     }
 
@@ -945,7 +945,7 @@ pub mod control {
                 ("create_ms", "bigint"),
             ],
             json.finish(),
-            "ON CONFLICT (message_id, subscription_id) DO UPDATE SET \
+            "ON CONFLICT (workspace_id, message_id, subscription_id) DO UPDATE SET \
                status = excluded.status, attempt_count = excluded.attempt_count, \
                last_attempt_ms = excluded.last_attempt_ms, \
                next_attempt_ms = excluded.next_attempt_ms, \

@@ -437,3 +437,97 @@ async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
         fresh.remove().await;
     }
 }
+
+/// The delivery log's indexes, by name: what the keys migration drops and brings back.
+async fn log_indexes(db: &DatabaseConnection) -> Vec<String> {
+    let sql = match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL \
+             AND tbl_name IN ('messages', 'deliveries') ORDER BY name"
+        }
+        _ => {
+            "SELECT indexname AS name FROM pg_indexes WHERE tablename IN ('messages', 'deliveries') \
+             AND indexname LIKE 'idx_%' ORDER BY indexname"
+        }
+    };
+    db.query_all_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r.try_get::<String>("", "name").unwrap())
+    .collect()
+}
+
+#[tokio::test]
+async fn the_log_keys_migration_keeps_the_rows_and_goes_down_again() {
+    use sluice_migration::{ControlMigrator, MigratorTrait};
+    for fresh in fresh_databases().await {
+        let db = Database::connect(fresh.url.as_str()).await.unwrap();
+        let backend = db.get_database_backend();
+        ControlMigrator::up(&db, Some(2)).await.unwrap();
+        for sql in [
+            "INSERT INTO messages VALUES ('msg_1', 'wrk_1', 'a.b', 1, 1)",
+            "INSERT INTO deliveries VALUES ('msg_1', 'sub_a', 'wrk_1', 'a.b', 'pending', 0, NULL, 1, 0, '', 1)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        let before = log_indexes(&db).await;
+        assert_eq!(
+            before,
+            [
+                "idx_deliveries_workspace_id_message_id",
+                "idx_deliveries_workspace_id_subscription_id_status",
+                "idx_messages_workspace_id_id"
+            ]
+        );
+
+        ControlMigrator::up(&db, None).await.unwrap();
+        assert_eq!(
+            log_indexes(&db).await,
+            ["idx_deliveries_workspace_id_subscription_id_status"],
+            "the keys replace the other two"
+        );
+        // The hot path's upserts name the new keys: the same message and a later state of
+        // the delivery land on the rows already there.
+        let session = Session::begin(&db).await.unwrap();
+        session
+            .commit(vec![
+                hot::control::insert_messages(
+                    backend,
+                    &[hot::control::MessageRow {
+                        id: "msg_1",
+                        workspace_id: "wrk_1",
+                        event_type: "a.b",
+                        create_ms: 1,
+                        delivery_count: 1,
+                    }],
+                ),
+                hot::control::upsert_deliveries(backend, &[delivery("succeeded", Some(20))]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM messages").await, 1);
+        assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM deliveries").await, 1);
+        assert_eq!(
+            one_i64(&db, "SELECT CAST(attempt_count AS BIGINT) FROM deliveries").await,
+            1,
+            "the upsert updated the stored row"
+        );
+        // A duplicate key is refused, so the keys are real.
+        let duplicate = db
+            .execute_unprepared("INSERT INTO messages VALUES ('msg_1', 'wrk_1', 'a.b', 2, 1)")
+            .await
+            .unwrap_err();
+        assert!(is_unique_violation(&duplicate), "{duplicate}");
+
+        ControlMigrator::down(&db, Some(1)).await.unwrap();
+        assert_eq!(log_indexes(&db).await, before);
+        assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM messages").await, 1);
+        assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM deliveries").await, 1);
+        db.close().await.unwrap();
+        fresh.remove().await;
+    }
+}

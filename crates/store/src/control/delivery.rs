@@ -9,6 +9,9 @@ pub struct Model {
     pub message_id: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub subscription_id: String,
+    /// The key is (workspace_id, message_id, subscription_id): every read names the
+    /// workspace.
+    #[sea_orm(primary_key, auto_increment = false)]
     pub workspace_id: String,
     pub event_type: String,
     pub status: String,

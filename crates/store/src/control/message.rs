@@ -7,6 +7,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
+    /// The key is (workspace_id, id): every read names the workspace.
+    #[sea_orm(primary_key, auto_increment = false)]
     pub workspace_id: String,
     pub event_type: String,
     pub create_ms: i64,
