@@ -21,6 +21,15 @@ pub enum Plane {
     Data,
 }
 
+/// The page size of a new SQLite database (a database made before keeps its own: WAL mode
+/// cannot change it). 16 KiB instead of SQLite's 4 KiB: a commit of the hot path writes a
+/// frame (a 24-byte header and a page, two `pwrite`s) per page it changed, and a
+/// checkpoint reads and writes each page again, so larger pages mean a quarter of the
+/// system calls for the same rows; in `sluice bench` that was 15-19% more deliveries/s and
+/// 7-10% less CPU per delivery than 4 KiB, where 32 and 64 KiB were slower again (each
+/// commit rewrites whole pages that are mostly unchanged).
+pub const SQLITE_PAGE_SIZE: u32 = 16 * 1024;
+
 /// Opens a pool to `url` (`sqlite://path?mode=rwc` or `postgres://...`) and brings the
 /// schema of `plane` up to date.
 ///
@@ -51,6 +60,13 @@ pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> 
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(false)
+                    // Temporary storage in memory: above all the statement journal, which
+                    // a multi-row insert inside a transaction keeps to undo itself alone
+                    // and which past 64 KiB went to a file in /var/tmp that was created,
+                    // written and unlinked several times a second under load (the delivery
+                    // log's batches). Its size is bounded by the pages one statement touches.
+                    .pragma("temp_store", "memory")
+                    .page_size(SQLITE_PAGE_SIZE)
             });
     } else {
         options
@@ -209,6 +225,30 @@ mod tests {
         migrate(&db, Plane::Data).await.unwrap();
         // Running again is a no-op.
         migrate(&db, Plane::Control).await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_new_sqlite_database_gets_large_pages_and_temporary_storage_in_memory() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-pages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = open(&sqlite_url(&dir, Plane::Data), Plane::Data)
+            .await
+            .unwrap();
+        let pragma = async |name: &str| {
+            db.query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                format!("PRAGMA {name}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap()
+        };
+        assert_eq!(pragma("page_size").await, i64::from(SQLITE_PAGE_SIZE));
+        assert_eq!(pragma("temp_store").await, 2, "2 is MEMORY");
+        db.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
