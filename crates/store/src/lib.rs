@@ -235,19 +235,11 @@ mod tests {
         let db = open(&sqlite_url(&dir, Plane::Data), Plane::Data)
             .await
             .unwrap();
-        let pragma = async |name: &str| {
-            db.query_one_raw(sea_orm::Statement::from_string(
-                DbBackend::Sqlite,
-                format!("PRAGMA {name}"),
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index::<i64>(0)
-            .unwrap()
-        };
-        assert_eq!(pragma("page_size").await, i64::from(SQLITE_PAGE_SIZE));
-        assert_eq!(pragma("temp_store").await, 2, "2 is MEMORY");
+        assert_eq!(
+            scalar(&db, "PRAGMA page_size").await,
+            i64::from(SQLITE_PAGE_SIZE)
+        );
+        assert_eq!(scalar(&db, "PRAGMA temp_store").await, 2, "2 is MEMORY");
         db.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -264,16 +256,21 @@ mod tests {
         .unwrap()
     }
 
-    async fn rows(db: &DatabaseConnection, table: &str) -> i64 {
+    /// The one integer `sql` answers.
+    async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
         db.query_one_raw(sea_orm::Statement::from_string(
             DbBackend::Sqlite,
-            format!("SELECT COUNT(*) AS n FROM {table}"),
+            sql.to_owned(),
         ))
         .await
         .unwrap()
         .unwrap()
-        .try_get::<i64>("", "n")
+        .try_get_by_index::<i64>(0)
         .unwrap()
+    }
+
+    async fn rows(db: &DatabaseConnection, table: &str) -> i64 {
+        scalar(db, &format!("SELECT COUNT(*) FROM {table}")).await
     }
 
     #[tokio::test]

@@ -273,6 +273,17 @@ fn attempt<'a>(id: &'a str, ms: i64, success: bool) -> hot::control::AttemptRow<
     }
 }
 
+/// The log's record of `msg_1`.
+fn log_message() -> hot::control::MessageRow<'static> {
+    hot::control::MessageRow {
+        id: "msg_1",
+        workspace_id: "wrk_1",
+        event_type: "a.b",
+        create_ms: 1,
+        delivery_count: 1,
+    }
+}
+
 fn delivery<'a>(status: &'a str, last: Option<i64>) -> hot::control::DeliveryRow<'a> {
     hot::control::DeliveryRow {
         message_id: "msg_1",
@@ -332,16 +343,7 @@ async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
         let session = Session::begin(&db).await.unwrap();
         let first = session
             .run(vec![
-                hot::control::insert_messages(
-                    backend,
-                    &[hot::control::MessageRow {
-                        id: "msg_1",
-                        workspace_id: "wrk_1",
-                        event_type: "a.b",
-                        create_ms: 1,
-                        delivery_count: 1,
-                    }],
-                ),
+                hot::control::insert_messages(backend, &[log_message()]),
                 hot::control::existing_attempts(backend, ["att_1", "att_2"]),
                 hot::control::insert_attempts(
                     backend,
@@ -495,16 +497,7 @@ async fn the_log_keys_migration_keeps_the_rows_and_goes_down_again() {
         let session = Session::begin(&db).await.unwrap();
         session
             .commit(vec![
-                hot::control::insert_messages(
-                    backend,
-                    &[hot::control::MessageRow {
-                        id: "msg_1",
-                        workspace_id: "wrk_1",
-                        event_type: "a.b",
-                        create_ms: 1,
-                        delivery_count: 1,
-                    }],
-                ),
+                hot::control::insert_messages(backend, &[log_message()]),
                 hot::control::upsert_deliveries(backend, &[delivery("succeeded", Some(20))]),
             ])
             .await
