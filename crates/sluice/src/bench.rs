@@ -110,7 +110,8 @@ pub struct BenchArgs {
     pub keep_data_dir: bool,
     /// Measure only the machine's loopback HTTP ceiling: reqwest POSTs --events bodies of
     /// --payload-bytes to the bench's receiver, --concurrency at a time, with no plane
-    /// started. Run it beside a bench of the planes to see how fast the machine was.
+    /// started. Run it beside a bench of the planes to see how fast the machine's loopback
+    /// HTTP was (it does not measure the disk, which the planes also wait on).
     #[arg(long, conflicts_with_all = ["control", "database_url", "rate", "subscriptions", "receiver_delay_ms", "receiver_failure_rate"])]
     pub http_baseline: bool,
 }

@@ -4,8 +4,9 @@
 //! (each with a `webhook-id`, so the receiver does the same work as in a real run).
 //!
 //! VMs of the same kind differ, and one VM differs from hour to hour; this figure, taken
-//! beside a run of the planes, says how fast the machine was then. The reference
-//! machine did about 60,000 POST/s here.
+//! beside a run of the planes, says how fast the machine's loopback HTTP was then. It is
+//! not a yardstick for the planes as a whole: they also wait on the disk (`fsync`), which
+//! it does not touch. The reference machine did about 60,000 POST/s here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
