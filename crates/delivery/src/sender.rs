@@ -369,8 +369,20 @@ impl Sender {
             Ok(custom) => custom,
             Err(message) => return Err(message.clone()),
         };
-        // Room for every header without regrowing: the eight below and the custom ones.
-        let mut headers = HeaderMap::with_capacity(8 + custom.len());
+        // Room for every header without regrowing: the ten below and the custom ones.
+        let mut headers = HeaderMap::with_capacity(10 + custom.len());
+        // `host` and `content-length`, as hyper would add them to an HTTP/1.1 request
+        // (`host[:port]`, the port only when not the scheme's default). Set here, they are
+        // in the map before reqwest clones it for hyper; the clone has no spare room, so
+        // hyper inserting them would grow (reallocate and copy) every request's map. Over
+        // HTTP/2, `host` equals `:authority`, which RFC 9113 (8.3.1) allows.
+        if let Some(host) = host_header(request.url) {
+            headers.insert(header::HOST, host);
+        }
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(request.body.len()),
+        );
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -493,6 +505,18 @@ impl Sender {
 
 /// `Retry-After` is only meaningful on 429 and 503 (RFC 9110 §10.2.3 and RFC 6585 §4);
 /// elsewhere it is ignored so a stray header cannot postpone retries.
+/// The `host` header of a request to `url`: its host, and its port unless it is the
+/// scheme's default (the URL parser drops a default port, so `port()` is only ever another
+/// one). `None` for a URL without a host, which the send then refuses as hyper would.
+fn host_header(url: &Url) -> Option<HeaderValue> {
+    let host = url.host_str()?;
+    let value = match url.port() {
+        Some(port) => HeaderValue::from_maybe_shared(Bytes::from(format!("{host}:{port}"))),
+        None => HeaderValue::from_str(host),
+    };
+    value.ok()
+}
+
 fn retry_after(status: &StatusCode, headers: &HeaderMap) -> Option<Duration> {
     if *status != StatusCode::TOO_MANY_REQUESTS && *status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
@@ -595,6 +619,34 @@ mod redaction_tests {
         for (input, want) in cases {
             let url = url::Url::parse(input).expect("valid url");
             assert_eq!(redacted_url(&url), want, "{input}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod host_header_tests {
+    use super::host_header;
+
+    #[test]
+    fn the_port_is_named_only_when_it_is_not_the_default() {
+        let cases = [
+            ("https://example.com/hook", Some("example.com")),
+            ("https://example.com:443/hook", Some("example.com")),
+            ("http://example.com:80/", Some("example.com")),
+            ("https://example.com:8443/hook", Some("example.com:8443")),
+            ("http://127.0.0.1:9000/hook", Some("127.0.0.1:9000")),
+            ("http://[::1]:8080/", Some("[::1]:8080")),
+            ("https://user:pw@example.com/hook", Some("example.com")),
+            ("https://BÜCHER.example/", Some("xn--bcher-kva.example")),
+        ];
+        for (input, want) in cases {
+            let url = url::Url::parse(input).expect("valid url");
+            let got = host_header(&url);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().expect("ascii")),
+                want,
+                "{input}"
+            );
         }
     }
 }

@@ -143,6 +143,8 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
         ("Authorization".to_owned(), "Bearer custom-token".to_owned()),
         // Reserved names are never overridden by custom headers.
         ("webhook-id".to_owned(), "forged".to_owned()),
+        ("Host".to_owned(), "forged.example".to_owned()),
+        ("Content-Length".to_owned(), "1".to_owned()),
     ];
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let result = sender
@@ -185,6 +187,17 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
     assert_eq!(header(h, "authorization"), "Bearer custom-token");
     // reqwest's default, once.
     assert_eq!(h.get_all("accept").iter().collect::<Vec<_>>(), ["*/*"]);
+    // Set by the sender before hyper would (host:port, as hyper writes it), each once.
+    let host = format!("127.0.0.1:{}", receiver.addr.port());
+    assert_eq!(
+        h.get_all("host").iter().collect::<Vec<_>>(),
+        [host.as_str()]
+    );
+    let length = BODY.len().to_string();
+    assert_eq!(
+        h.get_all("content-length").iter().collect::<Vec<_>>(),
+        [length.as_str()]
+    );
 
     let now = chrono::Utc::now().timestamp();
     verify(
