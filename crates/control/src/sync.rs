@@ -6,6 +6,8 @@
 //! commits at once and poll every second for other replicas' commits.
 //!
 //! Outcomes: each batch is stored in one transaction, idempotent by attempt id, then acked.
+//! A batch marked `first_send` was never sent before, so it is stored without first asking
+//! which of its attempts are stored already.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -322,6 +324,8 @@ async fn store_outcomes(
     plane: &ControlPlane,
     batches: Vec<pb::ReportOutcomesRequest>,
 ) -> Result<(), ApiError> {
+    // Checked for repeats unless every batch says it was never sent before.
+    let first_send = batches.iter().all(|b| b.first_send);
     let mut batch = pb::ReportOutcomesRequest::default();
     for b in batches {
         batch.messages.extend(b.messages);
@@ -331,9 +335,11 @@ async fn store_outcomes(
             .extend(b.disabled_subscriptions);
     }
     let session = Session::begin(plane.db()).await?;
-    match store_in(&session, &batch).await {
+    match store_in(&session, &batch, first_send).await {
         Ok((statements, revision)) => {
-            session.commit(statements).await?;
+            // Each statement writes its own table, so PostgreSQL may send them as one when
+            // nothing went before them (a first send).
+            session.commit_independent(statements).await?;
             plane.published(revision);
             Ok(())
         }
@@ -349,6 +355,7 @@ async fn store_outcomes(
 async fn store_in(
     session: &Session,
     batch: &pb::ReportOutcomesRequest,
+    first_send: bool,
 ) -> Result<(Vec<sea_orm::Statement>, i64), ApiError> {
     // Only a disable changes config; plain outcome batches do not take the config lock,
     // so several control-plane replicas store outcomes side by side. (On SQLite the one
@@ -356,7 +363,7 @@ async fn store_in(
     if !batch.disabled_subscriptions.is_empty() {
         lock_config_writes(session).await?;
     }
-    let statements = store_log(session, &batch.messages, &batch.attempts).await?;
+    let statements = store_log(session, &batch.messages, &batch.attempts, first_send).await?;
     let mut revision = 0;
     if batch.disabled_subscriptions.is_empty() {
         return Ok((statements, revision));
@@ -398,16 +405,18 @@ async fn store_in(
     Ok((Vec::new(), revision))
 }
 
-/// Stores a batch of the delivery log: the messages and the attempts not stored before go
-/// at once (the attempts insert says which rows are new, so a resent batch counts nothing
-/// twice); returned are the statements that write each delivery once in its latest state
-/// (a message's record usually arrives with its first attempts, so most deliveries are
-/// written once, already final) and each endpoint's health, to go with the commit. Every
-/// statement leaves rows already there alone (or keeps the later state).
+/// The statements that store a batch of the delivery log, to go with the commit: the
+/// messages, the attempts not stored before, each delivery once in its latest state (a
+/// message's record usually arrives with its first attempts, so most deliveries are written
+/// once, already final) and each endpoint's health. Unless the batch is a `first_send`,
+/// which attempts are stored already is asked first (a batch resent after a lost ack), so
+/// a resent batch counts nothing twice in the health. Every statement leaves rows already
+/// there alone (or keeps the later state).
 async fn store_log(
     session: &Session,
     messages: &[pb::MessageRecord],
     outcomes: &[pb::AttemptOutcome],
+    first_send: bool,
 ) -> Result<Vec<sea_orm::Statement>, ApiError> {
     let backend = session.get_database_backend();
     // The batch's maps are keyed by Sluice's own ids: no need for SipHash's flood resistance.
@@ -444,26 +453,26 @@ async fn store_log(
         }
     }
     new.sort_by_key(|n| (n.attempt_ms, n.attempt.attempt_number));
-    // The messages, and which attempts were stored before (a batch resent after a lost
-    // ack): those count for nothing again.
-    let mut first = Vec::with_capacity(2);
+    let mut statements = Vec::with_capacity(5);
     if !message_rows.is_empty() {
-        first.push(hot::control::insert_messages(backend, &message_rows));
+        statements.push(hot::control::insert_messages(backend, &message_rows));
     }
-    if !new.is_empty() {
-        first.push(hot::control::existing_attempts(
+    if !first_send && !new.is_empty() {
+        // Which attempts were stored before (the batch was sent before and its ack lost):
+        // those count for nothing again. The messages go in the same round trip.
+        statements.push(hot::control::existing_attempts(
             backend,
             new.iter().map(|n| n.attempt.id.as_str()),
         ));
-    }
-    let stored: FastSet<String> = session
-        .run(first)
-        .await?
-        .into_iter()
-        .filter_map(|row| row.try_get::<String>("", "id").ok())
-        .collect();
-    if !stored.is_empty() {
-        new.retain(|n| !stored.contains(&n.attempt.id));
+        let stored: FastSet<String> = session
+            .run(std::mem::take(&mut statements))
+            .await?
+            .into_iter()
+            .filter_map(|row| row.try_get::<String>("", "id").ok())
+            .collect();
+        if !stored.is_empty() {
+            new.retain(|n| !stored.contains(&n.attempt.id));
+        }
     }
     let attempt_rows: Vec<hot::control::AttemptRow> = new
         .iter()
@@ -492,7 +501,6 @@ async fn store_log(
             }
         })
         .collect();
-    let mut statements = Vec::with_capacity(3);
     if !attempt_rows.is_empty() {
         statements.push(hot::control::insert_attempts(backend, &attempt_rows));
     }

@@ -108,6 +108,8 @@ pub(crate) struct EncodedBatch {
     pub(crate) batch_id: u64,
     /// Field 5.
     pub(crate) traceparent: String,
+    /// Field 6.
+    pub(crate) first_send: bool,
 }
 
 impl prost::Message for EncodedBatch {
@@ -118,6 +120,9 @@ impl prost::Message for EncodedBatch {
         }
         if !self.traceparent.is_empty() {
             prost::encoding::string::encode(5, &self.traceparent, buf);
+        }
+        if self.first_send {
+            prost::encoding::bool::encode(6, &self.first_send, buf);
         }
     }
 
@@ -144,6 +149,11 @@ impl prost::Message for EncodedBatch {
             } else {
                 prost::encoding::string::encoded_len(5, &self.traceparent)
             }
+            + if self.first_send {
+                prost::encoding::bool::encoded_len(6, &self.first_send)
+            } else {
+                0
+            }
     }
 
     fn clear(&mut self) {
@@ -168,16 +178,20 @@ mod tests {
         };
         let mut body = Vec::new();
         prost::encoding::message::encode(2, &message, &mut body);
-        let batch = EncodedBatch {
-            body: body.into(),
-            batch_id: 42,
-            traceparent: "00-ab-cd-01".into(),
-        };
-        let bytes = batch.encode_to_vec();
-        assert_eq!(bytes.len(), batch.encoded_len());
-        let decoded = ReportOutcomesRequest::decode(bytes.as_slice()).unwrap();
-        assert_eq!(decoded.batch_id, 42);
-        assert_eq!(decoded.traceparent, "00-ab-cd-01");
-        assert_eq!(decoded.messages, [message]);
+        for first_send in [false, true] {
+            let batch = EncodedBatch {
+                body: body.clone().into(),
+                batch_id: 42,
+                traceparent: "00-ab-cd-01".into(),
+                first_send,
+            };
+            let bytes = batch.encode_to_vec();
+            assert_eq!(bytes.len(), batch.encoded_len());
+            let decoded = ReportOutcomesRequest::decode(bytes.as_slice()).unwrap();
+            assert_eq!(decoded.batch_id, 42);
+            assert_eq!(decoded.traceparent, "00-ab-cd-01");
+            assert_eq!(decoded.messages, std::slice::from_ref(&message));
+            assert_eq!(decoded.first_send, first_send);
+        }
     }
 }

@@ -249,6 +249,19 @@ pub(crate) async fn read<C: ConnectionTrait>(
         .collect())
 }
 
+/// The highest `seq` in the table (0 when it is empty): every row committed so far is at
+/// or below it (on PostgreSQL a lower `seq` may still commit later, never a higher one
+/// earlier).
+pub(crate) async fn last_seq<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
+    let last: Option<Option<i64>> = outbox::Entity::find()
+        .select_only()
+        .column_as(outbox::Column::Seq.max(), "last")
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(last.flatten().unwrap_or(0))
+}
+
 /// A row read back from the table, checked to decode (a row that never will is dropped
 /// rather than sent for ever); `None` for such a row.
 pub(crate) fn decode(row: outbox::Model) -> Option<Committed> {

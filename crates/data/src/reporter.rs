@@ -166,6 +166,16 @@ async fn session(
     // A new session reads the table until it has caught up (what an earlier session sent
     // but never saw acked is there); after that the writer's in-memory feed is the source.
     shared.outbox.clear_feed();
+    // Batches at or below this seq may have been sent before (by an earlier session, another
+    // replica, or this session's reads of the table); one above it that comes from the
+    // feed never was, and says so, so the control plane skips its check for repeats.
+    let mut sent_floor = match outbox::last_seq(&shared.db).await {
+        Ok(seq) => seq,
+        Err(err) => {
+            tracing::error!(error = %err, "reading the outbox failed");
+            return SessionEnd::Broken;
+        }
+    };
     let mut read_table = true;
     let mut last_read = Instant::now();
     let mut leader_checked = Instant::now();
@@ -190,7 +200,9 @@ async fn session(
                 if unacked.contains(&seq) || shared.outbox.is_acked(seq) {
                     continue;
                 }
-                if !send(&requests, batch, &mut spans).await {
+                let first_send = seq > sent_floor;
+                sent_floor = sent_floor.max(seq);
+                if !send(&requests, batch, first_send, &mut spans).await {
                     return SessionEnd::Broken;
                 }
                 unacked.insert(seq);
@@ -209,7 +221,8 @@ async fn session(
                             forget(shared, seq).await;
                             continue;
                         };
-                        if !send(&requests, batch, &mut spans).await {
+                        sent_floor = sent_floor.max(seq);
+                        if !send(&requests, batch, false, &mut spans).await {
                             return SessionEnd::Broken;
                         }
                         unacked.insert(seq);
@@ -265,6 +278,7 @@ async fn session(
 async fn send(
     requests: &mpsc::Sender<EncodedBatch>,
     batch: Committed,
+    first_send: bool,
     spans: &mut std::collections::HashMap<i64, tracing::Span>,
 ) -> bool {
     let span = tracing::info_span!(
@@ -284,6 +298,7 @@ async fn send(
             body: batch.body,
             batch_id: u64::try_from(batch.seq).unwrap_or_default(),
             traceparent,
+            first_send,
         })
         .await
         .is_ok()

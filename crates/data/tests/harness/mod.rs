@@ -428,6 +428,9 @@ impl FakeControl {
                 .expect("the control plane got no matching report in time")
                 .expect("control plane stopped");
             let mut found = None;
+            // A batch the data plane says it never sent before must not repeat anything:
+            // the real control plane stores such a batch without looking for repeats.
+            let first_send = batch.first_send;
             let reports = batch
                 .messages
                 .into_iter()
@@ -453,9 +456,11 @@ impl FakeControl {
                         format!("disabled {} {:?}", d.subscription_id, d.disable_time)
                     }
                 };
-                if !self.ids.insert(id) {
+                if self.ids.contains(&id) {
+                    assert!(!first_send, "a batch marked first_send repeated {id}");
                     continue;
                 }
+                self.ids.insert(id);
                 if found.is_none()
                     && let Some(value) = pick(&report)
                 {

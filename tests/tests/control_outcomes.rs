@@ -1,0 +1,227 @@
+//! The control plane's outcome intake (`DataPlaneService.ReportOutcomes`) as the data plane
+//! drives it: a batch sent for the first time is stored whole in one go, and a batch sent
+//! again after a lost ack (never marked `first_send`) counts nothing twice: not its
+//! attempts, not the endpoint's failures.
+
+#![allow(clippy::unwrap_used)]
+
+mod control_common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use control_common::*;
+use sluice_core::ids::{IdKind, new_id};
+use sluice_proto::control::v1 as pb;
+use sluice_tests::{Bearer, ControlHarness, INTERNAL_TOKEN, backends};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn now() -> prost_types::Timestamp {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap(),
+        nanos: 0,
+    }
+}
+
+/// One stream to the outcome intake, as the data plane opens it.
+struct Reporter {
+    requests: mpsc::Sender<pb::ReportOutcomesRequest>,
+    acks: tonic::Streaming<pb::ReportOutcomesResponse>,
+}
+
+impl Reporter {
+    async fn open(h: &ControlHarness) -> Reporter {
+        let mut client = pb::data_plane_service_client::DataPlaneServiceClient::with_interceptor(
+            h.channel().await,
+            Bearer(Some(format!("Bearer {INTERNAL_TOKEN}").parse().unwrap())),
+        );
+        let (requests, rx) = mpsc::channel(4);
+        let acks = client
+            .report_outcomes(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Reporter { requests, acks }
+    }
+
+    /// Sends `batch` and waits for its ack: once acked, it is stored.
+    async fn report(&mut self, batch: pb::ReportOutcomesRequest) {
+        let id = batch.batch_id;
+        self.requests.send(batch).await.unwrap();
+        let ack = self.acks.message().await.unwrap().unwrap();
+        assert_eq!(ack.batch_id, id);
+    }
+}
+
+/// A failed first attempt of `message` to `subscription`, with a retry scheduled.
+fn failed_attempt(
+    message: &pb::MessageRecord,
+    subscription_id: &str,
+    number: u32,
+) -> pb::AttemptOutcome {
+    pb::AttemptOutcome {
+        attempt: Some(pb::Attempt {
+            id: new_id(IdKind::Attempt),
+            message_id: message.id.clone(),
+            subscription_id: subscription_id.to_owned(),
+            workspace_id: message.workspace_id.clone(),
+            event_type: message.event_type.clone(),
+            attempt_number: number,
+            attempt_time: Some(now()),
+            success: false,
+            status_code: 500,
+            error_kind: "http_status".into(),
+            error_message: "HTTP 500 Internal Server Error".into(),
+            latency: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 2_000_000,
+            }),
+            response_excerpt: "boom".into(),
+            trigger: pb::AttemptTrigger::Scheduled as i32,
+            url: "http://127.0.0.1:9/x".into(),
+        }),
+        delivery_status: pb::DeliveryStatus::Pending as i32,
+        next_attempt_time: Some(now()),
+        retry_delay: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_send_is_stored_whole_and_a_resent_batch_counts_nothing_twice() {
+    for backend in backends() {
+        let h = ControlHarness::start(&backend, true, None).await;
+        let (workspace_id, key) = h.workspace_with_key("Tideflow").await;
+        let mut clients = h.clients(Some(&key)).await;
+        let (sub, _) = create_subscription(
+            &mut clients,
+            &workspace_id,
+            new_subscription("http://127.0.0.1:9/x", &["*"]),
+        )
+        .await;
+        let message = pb::MessageRecord {
+            id: new_id(IdKind::Message),
+            workspace_id: workspace_id.clone(),
+            event_type: "conversation.created".into(),
+            create_time: Some(now()),
+            subscription_ids: vec![sub.id.clone()],
+        };
+        let first = pb::ReportOutcomesRequest {
+            batch_id: 1,
+            messages: vec![message.clone()],
+            attempts: vec![failed_attempt(&message, &sub.id, 1)],
+            first_send: true,
+            ..Default::default()
+        };
+        let mut reporter = Reporter::open(&h).await;
+        reporter.report(first.clone()).await;
+
+        let health = |clients: &mut sluice_tests::Clients| {
+            let mut deliveries = clients.deliveries.clone();
+            let id = sub.id.clone();
+            let workspace_id = workspace_id.clone();
+            async move {
+                deliveries
+                    .get_endpoint_health(pb::GetEndpointHealthRequest {
+                        workspace_id,
+                        subscription_id: id,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        };
+        let attempts = |clients: &mut sluice_tests::Clients| {
+            let mut deliveries = clients.deliveries.clone();
+            let workspace_id = workspace_id.clone();
+            async move {
+                deliveries
+                    .list_attempts(pb::ListAttemptsRequest {
+                        workspace_id,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .attempts
+            }
+        };
+
+        // The first send: message, attempt, delivery and health, all in one commit.
+        let got = health(&mut clients).await;
+        assert_eq!(got.consecutive_failures, 1, "{got:?}");
+        assert_eq!(
+            (got.attempts_24h, got.pending_deliveries),
+            (1, 1),
+            "{got:?}"
+        );
+        let logged = attempts(&mut clients).await;
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(logged[0].id, first.attempts[0].attempt.as_ref().unwrap().id);
+        assert_eq!(
+            (logged[0].status_code, logged[0].response_excerpt.as_str()),
+            (500, "boom")
+        );
+        let messages = clients
+            .deliveries
+            .list_messages(pb::ListMessagesRequest {
+                workspace_id: workspace_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0].id, message.id);
+
+        // The same batch again, as after a lost ack (a reconnect reads it back from the
+        // outbox, so it is not a first send): nothing counts twice.
+        let mut reporter = Reporter::open(&h).await;
+        reporter
+            .report(pb::ReportOutcomesRequest {
+                batch_id: 2,
+                first_send: false,
+                ..first.clone()
+            })
+            .await;
+        let got = health(&mut clients).await;
+        assert_eq!(
+            got.consecutive_failures, 1,
+            "the repeat counted again: {got:?}"
+        );
+        assert_eq!(attempts(&mut clients).await.len(), 1);
+
+        // A new failure still counts.
+        reporter
+            .report(pb::ReportOutcomesRequest {
+                batch_id: 3,
+                attempts: vec![failed_attempt(&message, &sub.id, 2)],
+                first_send: true,
+                ..Default::default()
+            })
+            .await;
+        let got = health(&mut clients).await;
+        assert_eq!(got.consecutive_failures, 2, "{got:?}");
+        assert_eq!(
+            (got.attempts_24h, got.pending_deliveries),
+            (2, 1),
+            "{got:?}"
+        );
+        let deliveries = clients
+            .deliveries
+            .list_deliveries(pb::ListDeliveriesRequest {
+                workspace_id: workspace_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+        assert_eq!(deliveries[0].attempt_count, 2, "{deliveries:?}");
+
+        drop(reporter);
+        h.stop().await;
+    }
+}
