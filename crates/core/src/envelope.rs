@@ -92,23 +92,29 @@ pub fn validate_payload(json: &str, max_bytes: usize) -> Result<(), PayloadError
 pub const MAX_PAYLOAD_DEPTH: usize = 64;
 
 /// Whether syntactically valid JSON nests objects and arrays more than `max` levels deep.
+/// Strings are skipped to their closing quote with `memchr` (most of a payload's bytes are
+/// usually inside strings), so only the bytes between them are looked at one by one.
 fn nests_deeper_than(json: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = json.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            // To the closing quote: the next quote or backslash, past what a backslash
+            // escapes, until an unescaped quote (or the end, for an unclosed string).
+            b'"' => loop {
+                match memchr::memchr2(b'"', b'\\', json.get(i..).unwrap_or_default()) {
+                    Some(at) if json[i + at] == b'"' => {
+                        i += at + 1;
+                        break;
+                    }
+                    Some(at) => i += at + 2,
+                    None => {
+                        i = json.len();
+                        break;
+                    }
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -344,6 +350,32 @@ mod tests {
             assert!(
                 matches!(validate_payload(json, 1024), Err(PayloadError::NotJson(_))),
                 "input {json:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_inside_strings_does_not_count() {
+        let cases = [
+            (r#"{"a":"[[[[{{"}"#, 1, false),
+            (r#"{"a":"\"[[[["}"#, 1, false),
+            // An escaped backslash just before the closing quote: the string ends there.
+            (r#"{"a":"\\","b":[[1]]}"#, 2, true),
+            (r#"{"a":"\\","b":[[1]]}"#, 3, false),
+            (r#"{"a":"x\\\"]]","b":[{"c":"\\\\"}]}"#, 3, false),
+            (r#"{"a":"x\\\"]]","b":[{"c":"\\\\"}]}"#, 2, true),
+            (r#"[["\\"],[["]"]]]"#, 2, true),
+            (r#"[["\\"],[["]"]]]"#, 3, false),
+        ];
+        for (json, max, want) in cases {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(json).is_ok(),
+                "{json}"
+            );
+            assert_eq!(
+                nests_deeper_than(json.as_bytes(), max),
+                want,
+                "{json} at {max}"
             );
         }
     }
