@@ -1123,3 +1123,36 @@ async fn shutdown_refuses_new_publishes() {
         db.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_ack_is_lost_is_sent_again_and_not_as_a_first_send() {
+    for backend in backends() {
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            mut control,
+            plane,
+            ..
+        } = OneHook::start(&backend, &[], |_| {}).await;
+        // Stored by the control plane, but its ack never arrives: the stream ends.
+        control.lose_next_acks(1);
+        let response = plane
+            .ingest()
+            .await
+            .publish(authed(event("{}"), &workspace.key))
+            .await
+            .unwrap()
+            .into_inner();
+        receiver.next().await;
+        let outcome = control.next_attempt(&response.message_id).await;
+        let attempt_id = outcome.attempt.unwrap().id;
+        // After the reconnect the row is read back from the outbox and sent again; the
+        // control plane must check it for repeats, so it may not say first_send.
+        let first_send = control.repeat_of_attempt(&attempt_id).await;
+        assert!(!first_send);
+        plane.stop().await;
+        control.stop();
+        db.cleanup().await;
+    }
+}

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -287,6 +287,9 @@ struct ControlState {
     pieces: Mutex<Vec<WatchConfigResponse>>,
     changes: broadcast::Sender<WatchConfigResponse>,
     reports: mpsc::UnboundedSender<ReportOutcomesRequest>,
+    /// Batches still to take in without an ack, ending their stream, as when a connection
+    /// breaks after the control plane stored a batch but before its ack arrived.
+    lose_acks: AtomicUsize,
 }
 
 /// A control-plane peer: serves a configuration and records outcome batches.
@@ -298,6 +301,8 @@ pub struct FakeControl {
     /// Attempt and message ids already taken in, so a resent batch is ignored the way the
     /// real control plane ignores it.
     ids: std::collections::HashSet<String>,
+    /// Ids that came again, each with the `first_send` of the batch that repeated it.
+    repeats: Vec<(String, bool)>,
     shutdown: CancellationToken,
 }
 
@@ -358,6 +363,13 @@ impl DataPlaneService for ControlApi {
             while let Ok(Some(batch)) = inbound.message().await {
                 let batch_id = batch.batch_id;
                 let _ = state.reports.send(batch);
+                let lost = state
+                    .lose_acks
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if lost {
+                    return;
+                }
                 if tx
                     .send(Ok(ReportOutcomesResponse { batch_id }))
                     .await
@@ -386,6 +398,7 @@ impl FakeControl {
             pieces: Mutex::new(snapshot),
             changes: broadcast::channel(64).0,
             reports: reports_tx,
+            lose_acks: AtomicUsize::new(0),
         });
         let shutdown = CancellationToken::new();
         let server = Server::builder()
@@ -401,8 +414,14 @@ impl FakeControl {
             reports,
             seen: VecDeque::new(),
             ids: std::collections::HashSet::new(),
+            repeats: Vec::new(),
             shutdown,
         }
+    }
+
+    /// The next `n` batches are taken in (stored) but never acked: each ends its stream.
+    pub fn lose_next_acks(&self, n: usize) {
+        self.state.lose_acks.store(n, Ordering::SeqCst);
     }
 
     pub fn endpoint(&self) -> String {
@@ -423,56 +442,72 @@ impl FakeControl {
         }
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let batch = tokio::time::timeout_at(deadline, self.reports.recv())
-                .await
-                .expect("the control plane got no matching report in time")
-                .expect("control plane stopped");
-            let mut found = None;
-            // A batch the data plane says it never sent before must not repeat anything:
-            // the real control plane stores such a batch without looking for repeats.
-            let first_send = batch.first_send;
-            let reports = batch
-                .messages
-                .into_iter()
-                .map(Report::Message)
-                .chain(batch.attempts.into_iter().map(Report::Attempt))
-                .chain(
-                    batch
-                        .disabled_subscriptions
-                        .into_iter()
-                        .map(Report::Disabled),
-                );
-            for report in reports {
-                let id = match &report {
-                    Report::Message(m) => format!("message {}", m.id),
-                    Report::Attempt(a) => format!(
-                        "attempt {}",
-                        a.attempt
-                            .as_ref()
-                            .map(|a| a.id.as_str())
-                            .unwrap_or_default()
-                    ),
-                    Report::Disabled(d) => {
-                        format!("disabled {} {:?}", d.subscription_id, d.disable_time)
-                    }
-                };
-                if self.ids.contains(&id) {
-                    assert!(!first_send, "a batch marked first_send repeated {id}");
-                    continue;
-                }
-                self.ids.insert(id);
-                if found.is_none()
-                    && let Some(value) = pick(&report)
-                {
-                    found = Some(value);
-                    continue;
-                }
-                self.seen.push_back(report);
-            }
-            if let Some(value) = found {
+            if let Some(value) = self.take_in_batch(deadline, &mut pick).await {
                 return value;
             }
         }
+    }
+
+    /// Takes in the next batch: the first report `pick` accepts is returned, the others
+    /// are queued, and ids taken in before are noted as repeats.
+    async fn take_in_batch<T>(
+        &mut self,
+        deadline: tokio::time::Instant,
+        pick: &mut impl FnMut(&Report) -> Option<T>,
+    ) -> Option<T> {
+        let batch = tokio::time::timeout_at(deadline, self.reports.recv())
+            .await
+            .expect("the control plane got no matching report in time")
+            .expect("control plane stopped");
+        let mut found = None;
+        // A batch the data plane says it never sent before must not repeat an attempt:
+        // the real control plane stores its attempts without looking for repeats. (A
+        // message record may come again in a new batch, after a restart recovers its
+        // fan-out: storing it is idempotent and counts nothing.)
+        let first_send = batch.first_send;
+        let reports = batch
+            .messages
+            .into_iter()
+            .map(Report::Message)
+            .chain(batch.attempts.into_iter().map(Report::Attempt))
+            .chain(
+                batch
+                    .disabled_subscriptions
+                    .into_iter()
+                    .map(Report::Disabled),
+            );
+        for report in reports {
+            let id = match &report {
+                Report::Message(m) => format!("message {}", m.id),
+                Report::Attempt(a) => format!(
+                    "attempt {}",
+                    a.attempt
+                        .as_ref()
+                        .map(|a| a.id.as_str())
+                        .unwrap_or_default()
+                ),
+                Report::Disabled(d) => {
+                    format!("disabled {} {:?}", d.subscription_id, d.disable_time)
+                }
+            };
+            if self.ids.contains(&id) {
+                assert!(
+                    !(first_send && matches!(report, Report::Attempt(_))),
+                    "a batch marked first_send repeated {id}"
+                );
+                self.repeats.push((id, first_send));
+                continue;
+            }
+            self.ids.insert(id);
+            if found.is_none()
+                && let Some(value) = pick(&report)
+            {
+                found = Some(value);
+                continue;
+            }
+            self.seen.push_back(report);
+        }
+        found
     }
 
     /// The next attempt outcome for `message_id`.
@@ -488,6 +523,19 @@ impl FakeControl {
             _ => None,
         })
         .await
+    }
+
+    /// Waits until attempt `attempt_id`, already taken in, comes again in another batch;
+    /// returns that batch's `first_send`. Reports arriving meanwhile stay queued.
+    pub async fn repeat_of_attempt(&mut self, attempt_id: &str) -> bool {
+        let id = format!("attempt {attempt_id}");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some((_, first_send)) = self.repeats.iter().find(|(r, _)| *r == id) {
+                return *first_send;
+            }
+            self.take_in_batch(deadline, &mut |_| None::<()>).await;
+        }
     }
 
     pub async fn next_message(&mut self, message_id: &str) -> MessageRecord {
