@@ -14,7 +14,8 @@ use sluice_proto::control::v1::{
     AttemptTrigger, DeliveryStatus, DestinationType, DisabledReason, WatchConfigResponse,
 };
 use sluice_proto::data::v1::{
-    PublishRequest, PublishStreamRequest, RedeliverRequest, ReplayRequest, SendTestRequest,
+    PublishRequest, PublishResponse, PublishStreamRequest, RedeliverRequest, ReplayRequest,
+    SendTestRequest,
 };
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -25,6 +26,17 @@ fn event(payload: &str) -> PublishRequest {
         payload_json: payload.to_owned(),
         ..Default::default()
     }
+}
+
+/// Publishes one `event(payload)` with `key` over a new connection; panics if refused.
+async fn publish(plane: &RunningPlane, payload: &str, key: &str) -> PublishResponse {
+    plane
+        .ingest()
+        .await
+        .publish(authed(event(payload), key))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,13 +134,7 @@ async fn failures_are_retried_until_success() {
             ..
         } = OneHook::start(&backend, &[500, 500, 200], |_| {}).await;
 
-        let response = plane
-            .ingest()
-            .await
-            .publish(authed(event(r#"{"n":1}"#), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = publish(&plane, r#"{"n":1}"#, &workspace.key).await;
         let ids: Vec<String> = [
             receiver.next().await,
             receiver.next().await,
@@ -230,13 +236,7 @@ async fn persistent_failure_disables_the_subscription() {
         })
         .await;
 
-        let response = plane
-            .ingest()
-            .await
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = publish(&plane, "{}", &workspace.key).await;
         let disabled = control.next_disabled().await;
         assert_eq!(disabled.reason, DisabledReason::PersistentFailure as i32);
         for _ in 0..3 {
@@ -648,13 +648,7 @@ async fn config_changes_and_restart_without_the_control_plane() {
         config.control_endpoint = "http://127.0.0.1:9".to_owned();
         let plane = RunningPlane::start(db.connect().await, config).await;
         plane.wait_for_revision(2).await;
-        let response = plane
-            .ingest()
-            .await
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = publish(&plane, "{}", &workspace.key).await;
         assert_eq!(response.delivery_count, 1);
         let got = receiver.next().await;
         assert_eq!(got.header("webhook-id"), response.message_id);
@@ -689,13 +683,7 @@ async fn outcomes_wait_for_the_control_plane() {
         let mut config = config(&first_control);
         config.control_endpoint = format!("http://{control_addr}");
         let plane = RunningPlane::start(db.connect().await, config).await;
-        let response = plane
-            .ingest()
-            .await
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = publish(&plane, "{}", &workspace.key).await;
         receiver.next().await;
 
         // The control plane comes up: the outbox drains to it and the config watch resumes.
@@ -712,13 +700,7 @@ async fn outcomes_wait_for_the_control_plane() {
         let outcome = control.next_attempt(&response.message_id).await;
         assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
         plane.wait_for_revision(2).await;
-        let response = plane
-            .ingest()
-            .await
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = publish(&plane, "{}", &workspace.key).await;
         assert_eq!(response.delivery_count, 2);
         plane.stop().await;
         control.stop();
@@ -742,13 +724,7 @@ async fn scheduled_retries_survive_a_restart() {
             config.retry = RetrySchedule::parse("0s,2m").unwrap();
         })
         .await;
-        let response = plane
-            .ingest()
-            .await
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = publish(&plane, "{}", &workspace.key).await;
         receiver.next().await;
         let outcome = control.next_attempt(&response.message_id).await;
         assert_eq!(outcome.delivery_status, DeliveryStatus::Pending as i32);
@@ -1137,13 +1113,7 @@ async fn a_batch_whose_ack_is_lost_is_sent_again_and_not_as_a_first_send() {
         } = OneHook::start(&backend, &[], |_| {}).await;
         // Stored by the control plane, but its ack never arrives: the stream ends.
         control.lose_next_acks(1);
-        let response = plane
-            .ingest()
-            .await
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = publish(&plane, "{}", &workspace.key).await;
         receiver.next().await;
         let outcome = control.next_attempt(&response.message_id).await;
         let attempt_id = outcome.attempt.unwrap().id;
