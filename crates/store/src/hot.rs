@@ -560,8 +560,8 @@ fn param(backend: DbBackend, n: usize) -> String {
     }
 }
 
-/// The rows of a JSON parameter as a relation `e` whose column `r` is one row (an array):
-/// `e.r ->> 0` is its first field as text (SQLite gives numbers as numbers).
+/// The rows of a JSON parameter as a relation `e` whose column `r` is one row (an array),
+/// whose fields [`field`] takes out.
 fn rows_from(backend: DbBackend, n: usize) -> String {
     match backend {
         DbBackend::Postgres => format!("json_array_elements(${n}::json) AS e(r)"),
@@ -579,11 +579,17 @@ fn elements(backend: DbBackend, n: usize, pg_type: &str) -> String {
     }
 }
 
-/// Field `i` of a JSON row, as SQL of type `pg_type` (SQLite needs no cast).
+/// Field `i` of a JSON row, as SQL of type `pg_type` (SQLite needs no cast: strings come
+/// out as text, numbers as numbers, `true` as 1, `null` as NULL). On SQLite
+/// `json_extract` with a constant path rather than `->> i`, which builds the path `$[i]`
+/// anew for every field of every row: inserting 200-row batches of 15 text fields took
+/// 16-20% less time in SQLite this way (three runs of a scratch benchmark, building the
+/// JSON excluded). Bound parameters instead of JSON were slower still, even with the
+/// statement cached (about 5 µs a row against 4).
 fn field(backend: DbBackend, i: usize, pg_type: &str) -> String {
     match backend {
         DbBackend::Postgres => format!("(e.r ->> {i})::{pg_type}"),
-        _ => format!("e.r ->> {i}"),
+        _ => format!("json_extract(e.r, '$[{i}]')"),
     }
 }
 
