@@ -362,8 +362,9 @@ impl Sender {
         }
     }
 
-    /// The request headers, in the order of DESIGN.md: content type, Standard Webhooks,
-    /// user agent, trace context, then the subscription's own.
+    /// The request headers: `host` and `content-length` (see below), then in the order of
+    /// DESIGN.md content type, Standard Webhooks, user agent, trace context, the
+    /// subscription's own, and `accept`.
     fn headers(&self, request: &DeliveryRequest<'_>, timestamp: i64) -> Result<HeaderMap, String> {
         let custom = match &request.headers.parsed {
             Ok(custom) => custom,
