@@ -504,8 +504,6 @@ impl Sender {
     }
 }
 
-/// `Retry-After` is only meaningful on 429 and 503 (RFC 9110 §10.2.3 and RFC 6585 §4);
-/// elsewhere it is ignored so a stray header cannot postpone retries.
 /// The `host` header of a request to `url`: its host, and its port unless it is the
 /// scheme's default (the URL parser drops a default port, so `port()` is only ever another
 /// one). `None` for a URL without a host, which the send then refuses as hyper would.
@@ -518,6 +516,8 @@ fn host_header(url: &Url) -> Option<HeaderValue> {
     value.ok()
 }
 
+/// `Retry-After` is only meaningful on 429 and 503 (RFC 9110 §10.2.3 and RFC 6585 §4);
+/// elsewhere it is ignored so a stray header cannot postpone retries.
 fn retry_after(status: &StatusCode, headers: &HeaderMap) -> Option<Duration> {
     if *status != StatusCode::TOO_MANY_REQUESTS && *status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
