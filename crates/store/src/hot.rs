@@ -512,6 +512,11 @@ pub fn json_ints(values: impl IntoIterator<Item = i64>) -> String {
     buf
 }
 
+/// Whether JSON text must escape `byte`: a quote, a backslash or a control character.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
 /// Appends `value` as a JSON string: quotes, backslashes and control characters escaped,
 /// everything else as is (JSON text is UTF-8).
 fn push_json_string(buf: &mut String, value: &str) {
@@ -519,31 +524,27 @@ fn push_json_string(buf: &mut String, value: &str) {
     buf.push('"');
     // Ids, names and URLs need no escape: checked in one pass without an early exit (which
     // the compiler vectorises) and copied whole.
-    let plain = !value.bytes().fold(false, |escape, b| {
-        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
+    if !value.bytes().fold(false, |any, b| any | needs_escape(b)) {
         buf.push_str(value);
         buf.push('"');
         return;
     }
     let mut start = 0;
     for (i, byte) in value.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
+        if !needs_escape(byte) {
+            continue;
+        }
         buf.push_str(&value[start..i]);
-        if escape.is_empty() {
-            use std::fmt::Write as _;
-            let _ = write!(buf, "\\u{byte:04x}");
-        } else {
-            buf.push_str(escape);
+        match byte {
+            b'"' => buf.push_str("\\\""),
+            b'\\' => buf.push_str("\\\\"),
+            b'\n' => buf.push_str("\\n"),
+            b'\r' => buf.push_str("\\r"),
+            b'\t' => buf.push_str("\\t"),
+            _ => {
+                use std::fmt::Write as _;
+                let _ = write!(buf, "\\u{byte:04x}");
+            }
         }
         start = i + 1;
     }
