@@ -6,10 +6,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod control_common;
+mod delivery_common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use control_common::*;
+use delivery_common::Log;
 use sluice_core::ids::{IdKind, new_id};
 use sluice_proto::control::v1 as pb;
 use sluice_tests::{Bearer, ControlHarness, INTERNAL_TOKEN, backends};
@@ -116,62 +118,24 @@ async fn a_first_send_is_stored_whole_and_a_resent_batch_counts_nothing_twice() 
         let mut reporter = Reporter::open(&h).await;
         reporter.report(first.clone()).await;
 
-        let health = |clients: &mut sluice_tests::Clients| {
-            let mut deliveries = clients.deliveries.clone();
-            let id = sub.id.clone();
-            let workspace_id = workspace_id.clone();
-            async move {
-                deliveries
-                    .get_endpoint_health(pb::GetEndpointHealthRequest {
-                        workspace_id,
-                        subscription_id: id,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-            }
-        };
-        let attempts = |clients: &mut sluice_tests::Clients| {
-            let mut deliveries = clients.deliveries.clone();
-            let workspace_id = workspace_id.clone();
-            async move {
-                deliveries
-                    .list_attempts(pb::ListAttemptsRequest {
-                        workspace_id,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .attempts
-            }
-        };
+        let log = Log::new(&clients);
 
         // The first send: message, attempt, delivery and health, all in one commit.
-        let got = health(&mut clients).await;
+        let got = log.health(&sub.id).await;
         assert_eq!(got.consecutive_failures, 1, "{got:?}");
         assert_eq!(
             (got.attempts_24h, got.pending_deliveries),
             (1, 1),
             "{got:?}"
         );
-        let logged = attempts(&mut clients).await;
+        let logged = log.attempts_to(&sub.id).await;
         assert_eq!(logged.len(), 1, "{logged:?}");
         assert_eq!(logged[0].id, first.attempts[0].attempt.as_ref().unwrap().id);
         assert_eq!(
             (logged[0].status_code, logged[0].response_excerpt.as_str()),
             (500, "boom")
         );
-        let messages = clients
-            .deliveries
-            .list_messages(pb::ListMessagesRequest {
-                workspace_id: workspace_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .messages;
+        let messages = log.messages(pb::ListMessagesRequest::default()).await;
         assert_eq!(messages.len(), 1, "{messages:?}");
         assert_eq!(messages[0].id, message.id);
 
@@ -185,12 +149,12 @@ async fn a_first_send_is_stored_whole_and_a_resent_batch_counts_nothing_twice() 
                 ..first.clone()
             })
             .await;
-        let got = health(&mut clients).await;
+        let got = log.health(&sub.id).await;
         assert_eq!(
             got.consecutive_failures, 1,
             "the repeat counted again: {got:?}"
         );
-        assert_eq!(attempts(&mut clients).await.len(), 1);
+        assert_eq!(log.attempts_to(&sub.id).await.len(), 1);
 
         // A new failure still counts.
         reporter
@@ -201,23 +165,14 @@ async fn a_first_send_is_stored_whole_and_a_resent_batch_counts_nothing_twice() 
                 ..Default::default()
             })
             .await;
-        let got = health(&mut clients).await;
+        let got = log.health(&sub.id).await;
         assert_eq!(got.consecutive_failures, 2, "{got:?}");
         assert_eq!(
             (got.attempts_24h, got.pending_deliveries),
             (2, 1),
             "{got:?}"
         );
-        let deliveries = clients
-            .deliveries
-            .list_deliveries(pb::ListDeliveriesRequest {
-                workspace_id: workspace_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .deliveries;
+        let deliveries = log.deliveries(pb::ListDeliveriesRequest::default()).await;
         assert_eq!(deliveries.len(), 1, "{deliveries:?}");
         assert_eq!(deliveries[0].attempt_count, 2, "{deliveries:?}");
 

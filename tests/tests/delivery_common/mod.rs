@@ -237,6 +237,19 @@ impl Log {
         }
     }
 
+    /// The endpoint health of a subscription.
+    pub async fn health(&self, subscription_id: &str) -> pb::GetEndpointHealthResponse {
+        self.deliveries
+            .clone()
+            .get_endpoint_health(pb::GetEndpointHealthRequest {
+                workspace_id: String::new(),
+                subscription_id: subscription_id.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// A subscription as the control plane has it now.
     pub async fn subscription(&self, id: &str) -> pb::Subscription {
         self.subscriptions
