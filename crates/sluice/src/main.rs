@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// jemalloc for the whole process (SQLite's C code included): see the workspace manifest
+/// and the README's benchmark section for what glibc's malloc cost.
+#[cfg(all(unix, not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
