@@ -200,7 +200,11 @@ async fn session(
                 if unacked.contains(&seq) || shared.outbox.is_acked(seq) {
                     continue;
                 }
-                let first_send = seq > sent_floor;
+                // Only on SQLite: on PostgreSQL a replica that lost the reporter's lock may
+                // still be sending its own rows while the new reporter reads them from the
+                // table, and a first send arriving after that read's copy would count its
+                // failures in the endpoint's health twice. SQLite has one replica.
+                let first_send = !shared.postgres && seq > sent_floor;
                 sent_floor = sent_floor.max(seq);
                 if !send(&requests, batch, first_send, &mut spans).await {
                     return SessionEnd::Broken;

@@ -1101,6 +1101,42 @@ async fn shutdown_refuses_new_publishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_batch_is_a_first_send_on_sqlite_only() {
+    for backend in backends() {
+        let postgres = matches!(backend, Backend::Postgres(_));
+        let OneHook {
+            db,
+            mut receiver,
+            workspace,
+            mut control,
+            plane,
+            ..
+        } = OneHook::start(&backend, &[], |_| {}).await;
+        // The first event's outcome arriving shows the outcome stream is up: rows
+        // committed before a stream begins may have been sent on an earlier one, so only
+        // later rows can be first sends.
+        let first = publish(&plane, "{}", &workspace.key).await;
+        receiver.next().await;
+        control.next_attempt(&first.message_id).await;
+        let response = publish(&plane, "{}", &workspace.key).await;
+        receiver.next().await;
+        let outcome = control.next_attempt(&response.message_id).await;
+        let attempt_id = outcome.attempt.unwrap().id;
+        // SQLite has one replica: a batch straight from the writer's commit was never sent
+        // and says so. On PostgreSQL another replica may send the same rows, read from the
+        // table, so no batch may say it.
+        assert_eq!(
+            control.first_send_of_attempt(&attempt_id),
+            Some(!postgres),
+            "postgres: {postgres}"
+        );
+        plane.stop().await;
+        control.stop();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_ack_is_lost_is_sent_again_and_not_as_a_first_send() {
     for backend in backends() {
         let OneHook {

@@ -303,6 +303,8 @@ pub struct FakeControl {
     ids: std::collections::HashSet<String>,
     /// Ids that came again, each with the `first_send` of the batch that repeated it.
     repeats: Vec<(String, bool)>,
+    /// The `first_send` of the batch each id first came in.
+    first_sends: std::collections::HashMap<String, bool>,
     shutdown: CancellationToken,
 }
 
@@ -415,6 +417,7 @@ impl FakeControl {
             seen: VecDeque::new(),
             ids: std::collections::HashSet::new(),
             repeats: Vec::new(),
+            first_sends: std::collections::HashMap::new(),
             shutdown,
         }
     }
@@ -498,6 +501,7 @@ impl FakeControl {
                 self.repeats.push((id, first_send));
                 continue;
             }
+            self.first_sends.insert(id.clone(), first_send);
             self.ids.insert(id);
             if found.is_none()
                 && let Some(value) = pick(&report)
@@ -523,6 +527,14 @@ impl FakeControl {
             _ => None,
         })
         .await
+    }
+
+    /// The `first_send` of the batch attempt `attempt_id` first came in (`None` if it has
+    /// not come yet).
+    pub fn first_send_of_attempt(&self, attempt_id: &str) -> Option<bool> {
+        self.first_sends
+            .get(&format!("attempt {attempt_id}"))
+            .copied()
     }
 
     /// Waits until attempt `attempt_id`, already taken in, comes again in another batch;
