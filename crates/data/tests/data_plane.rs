@@ -39,6 +39,24 @@ async fn publish(plane: &RunningPlane, payload: &str, key: &str) -> PublishRespo
         .into_inner()
 }
 
+impl OneHook {
+    /// Publishes `payload`, waits for it at the receiver, and returns the attempt's id as
+    /// the control plane got it.
+    async fn delivered(&mut self, payload: &str) -> String {
+        let response = publish(&self.plane, payload, &self.workspace.key).await;
+        self.receiver.next().await;
+        let outcome = self.control.next_attempt(&response.message_id).await;
+        outcome.attempt.expect("an outcome carries its attempt").id
+    }
+
+    /// Stops the plane and the control plane and drops the database.
+    async fn stop(self) {
+        self.plane.stop().await;
+        self.control.stop();
+        self.db.cleanup().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_delivers_a_signed_webhook() {
     for backend in backends() {
@@ -1104,61 +1122,35 @@ async fn shutdown_refuses_new_publishes() {
 async fn a_fresh_batch_is_a_first_send_on_sqlite_only() {
     for backend in backends() {
         let postgres = matches!(backend, Backend::Postgres(_));
-        let OneHook {
-            db,
-            mut receiver,
-            workspace,
-            mut control,
-            plane,
-            ..
-        } = OneHook::start(&backend, &[], |_| {}).await;
+        let mut hook = OneHook::start(&backend, &[], |_| {}).await;
         // The first event's outcome arriving shows the outcome stream is up: rows
         // committed before a stream begins may have been sent on an earlier one, so only
         // later rows can be first sends.
-        let first = publish(&plane, "{}", &workspace.key).await;
-        receiver.next().await;
-        control.next_attempt(&first.message_id).await;
-        let response = publish(&plane, "{}", &workspace.key).await;
-        receiver.next().await;
-        let outcome = control.next_attempt(&response.message_id).await;
-        let attempt_id = outcome.attempt.unwrap().id;
+        hook.delivered("{}").await;
+        let attempt_id = hook.delivered("{}").await;
         // SQLite has one replica: a batch straight from the writer's commit was never sent
         // and says so. On PostgreSQL another replica may send the same rows, read from the
         // table, so no batch may say it.
         assert_eq!(
-            control.first_send_of_attempt(&attempt_id),
+            hook.control.first_send_of_attempt(&attempt_id),
             Some(!postgres),
             "postgres: {postgres}"
         );
-        plane.stop().await;
-        control.stop();
-        db.cleanup().await;
+        hook.stop().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_ack_is_lost_is_sent_again_and_not_as_a_first_send() {
     for backend in backends() {
-        let OneHook {
-            db,
-            mut receiver,
-            workspace,
-            mut control,
-            plane,
-            ..
-        } = OneHook::start(&backend, &[], |_| {}).await;
+        let mut hook = OneHook::start(&backend, &[], |_| {}).await;
         // Stored by the control plane, but its ack never arrives: the stream ends.
-        control.lose_next_acks(1);
-        let response = publish(&plane, "{}", &workspace.key).await;
-        receiver.next().await;
-        let outcome = control.next_attempt(&response.message_id).await;
-        let attempt_id = outcome.attempt.unwrap().id;
+        hook.control.lose_next_acks(1);
+        let attempt_id = hook.delivered("{}").await;
         // After the reconnect the row is read back from the outbox and sent again; the
         // control plane must check it for repeats, so it may not say first_send.
-        let first_send = control.repeat_of_attempt(&attempt_id).await;
+        let first_send = hook.control.repeat_of_attempt(&attempt_id).await;
         assert!(!first_send);
-        plane.stop().await;
-        control.stop();
-        db.cleanup().await;
+        hook.stop().await;
     }
 }
