@@ -299,12 +299,11 @@ pub struct FakeControl {
     reports: mpsc::UnboundedReceiver<ReportOutcomesRequest>,
     seen: VecDeque<Report>,
     /// Attempt and message ids already taken in, so a resent batch is ignored the way the
-    /// real control plane ignores it.
-    ids: std::collections::HashSet<String>,
+    /// real control plane ignores it, each with the `first_send` of the batch it first
+    /// came in.
+    ids: std::collections::HashMap<String, bool>,
     /// Ids that came again, each with the `first_send` of the batch that repeated it.
     repeats: Vec<(String, bool)>,
-    /// The `first_send` of the batch each id first came in.
-    first_sends: std::collections::HashMap<String, bool>,
     shutdown: CancellationToken,
 }
 
@@ -415,9 +414,8 @@ impl FakeControl {
             state,
             reports,
             seen: VecDeque::new(),
-            ids: std::collections::HashSet::new(),
+            ids: std::collections::HashMap::new(),
             repeats: Vec::new(),
-            first_sends: std::collections::HashMap::new(),
             shutdown,
         }
     }
@@ -493,7 +491,7 @@ impl FakeControl {
                     format!("disabled {} {:?}", d.subscription_id, d.disable_time)
                 }
             };
-            if self.ids.contains(&id) {
+            if self.ids.contains_key(&id) {
                 assert!(
                     !(first_send && matches!(report, Report::Attempt(_))),
                     "a batch marked first_send repeated {id}"
@@ -501,8 +499,7 @@ impl FakeControl {
                 self.repeats.push((id, first_send));
                 continue;
             }
-            self.first_sends.insert(id.clone(), first_send);
-            self.ids.insert(id);
+            self.ids.insert(id, first_send);
             if found.is_none()
                 && let Some(value) = pick(&report)
             {
@@ -532,9 +529,7 @@ impl FakeControl {
     /// The `first_send` of the batch attempt `attempt_id` first came in (`None` if it has
     /// not come yet).
     pub fn first_send_of_attempt(&self, attempt_id: &str) -> Option<bool> {
-        self.first_sends
-            .get(&format!("attempt {attempt_id}"))
-            .copied()
+        self.ids.get(&format!("attempt {attempt_id}")).copied()
     }
 
     /// Waits until attempt `attempt_id`, already taken in, comes again in another batch;
