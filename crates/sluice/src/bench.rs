@@ -511,6 +511,7 @@ async fn warm_up_and_publish(
     let baseline = receiver.state.counters();
     let cpu_before = planes.sample();
     let bench_cpu_before = child::sample(std::process::id());
+    let machine_before = child::machine_ticks();
     let total = args.events * u64::from(args.subscriptions);
     let progress = Arc::new(PublishProgress::default());
     let bar = if args.json || !std::io::stderr().is_terminal() {
@@ -593,6 +594,7 @@ async fn warm_up_and_publish(
     };
     let cpu_after = planes.sample();
     let bench_cpu_after = child::sample(std::process::id());
+    let machine_after = child::machine_ticks();
     ticker.abort();
     bar.finish_and_clear();
 
@@ -668,6 +670,9 @@ async fn warm_up_and_publish(
             _ => None,
         },
         planes_peak_rss_mib: cpu_after.map(|s| s.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+        machine_steal_percent: machine_before
+            .zip(machine_after)
+            .and_then(|(b, a)| child::steal_percent(b, a)),
     })
 }
 

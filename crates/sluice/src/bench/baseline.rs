@@ -30,6 +30,8 @@ pub(crate) struct Baseline {
     pub(crate) posts_per_second: f64,
     /// Client and receiver together (both are the bench's process).
     pub(crate) cpu_us_per_post: Option<f64>,
+    /// As in a run of the planes: what other VMs on the host took, percent.
+    pub(crate) machine_steal_percent: Option<f64>,
 }
 
 impl Baseline {
@@ -40,8 +42,13 @@ impl Baseline {
         format!(
             "sluice bench --http-baseline: {} POSTs of {} bytes, {} in flight, reqwest to the \
              bench's receiver on loopback\n  POST/s                 {:.0}  ({:.2} s)\n  \
-             CPU per POST           {cpu} (client and receiver)\n",
-            self.posts, self.payload_bytes, self.concurrency, self.posts_per_second, self.seconds
+             CPU per POST           {cpu} (client and receiver)\n  VM steal               {}\n",
+            self.posts,
+            self.payload_bytes,
+            self.concurrency,
+            self.posts_per_second,
+            self.seconds,
+            super::report::steal_row(self.machine_steal_percent)
         )
     }
 }
@@ -62,6 +69,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Baseline> {
     let events = args.events;
 
     let cpu_before = child::sample(std::process::id());
+    let machine_before = child::machine_ticks();
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency {
@@ -96,6 +104,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Baseline> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = child::sample(std::process::id());
+    let machine_after = child::machine_ticks();
 
     let received = receiver.state.counters().requests;
     if received != events {
@@ -113,5 +122,8 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Baseline> {
         seconds,
         posts_per_second: events as f64 / seconds,
         cpu_us_per_post,
+        machine_steal_percent: machine_before
+            .zip(machine_after)
+            .and_then(|(b, a)| child::steal_percent(b, a)),
     })
 }

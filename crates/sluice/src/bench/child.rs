@@ -278,9 +278,78 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The machine's CPU time counters from the first line of `/proc/stat`, in clock ticks: all
+/// of them, and steal (time the hypervisor ran other guests while this VM had work).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct MachineTicks {
+    total: u64,
+    steal: u64,
+}
+
+/// Reads the machine's CPU time counters; `None` where `/proc/stat` cannot be read.
+pub(crate) fn machine_ticks() -> Option<MachineTicks> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`: the first eight
+/// add up to the total (guest time is already counted in user).
+fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let mut fields = stat.lines().next()?.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let steal = *values.get(7)?;
+    Some(MachineTicks {
+        total: values.iter().sum(),
+        steal,
+    })
+}
+
+/// Steal between two readings, as a percentage of the machine's CPU time. On a VM whose
+/// host is busy this is what the other guests took; the same run is then slower and its
+/// CPU figures higher, so it says whether two runs are comparable.
+pub(crate) fn steal_percent(before: MachineTicks, after: MachineTicks) -> Option<f64> {
+    let total = after.total.checked_sub(before.total)?;
+    let steal = after.steal.checked_sub(before.steal)?;
+    (total > 0).then(|| steal as f64 * 100.0 / total as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_ticks_add_up_the_first_eight_fields_of_the_cpu_line() {
+        let stat = "cpu  100 5 40 800 10 1 4 40 7 0\ncpu0 50 2 20 400 5 0 2 20 3 0\nintr 1\n";
+        assert_eq!(
+            parse_machine_ticks(stat),
+            Some(MachineTicks {
+                total: 1000,
+                steal: 40
+            })
+        );
+        assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_machine_ticks("cpu  1 2 3\n"), None);
+    }
+
+    #[test]
+    fn steal_is_a_share_of_the_ticks_between_two_readings() {
+        let before = MachineTicks {
+            total: 1000,
+            steal: 40,
+        };
+        let after = MachineTicks {
+            total: 1400,
+            steal: 100,
+        };
+        assert_eq!(steal_percent(before, after), Some(15.0));
+        assert_eq!(steal_percent(before, before), None, "no time passed");
+        assert_eq!(steal_percent(after, before), None, "counters never go back");
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_name() {

@@ -173,6 +173,18 @@ pub(crate) struct Report {
     pub(crate) bench_cpu_seconds: Option<f64>,
     /// Peak RSS (VmHWM) of the planes' process(es), MiB.
     pub(crate) planes_peak_rss_mib: Option<f64>,
+    /// The machine's CPU time its hypervisor gave to other guests during the run, percent
+    /// (steal in `/proc/stat`). Runs on a busy host are slower and cost more CPU per
+    /// delivery: compare figures only between runs with similar steal.
+    pub(crate) machine_steal_percent: Option<f64>,
+}
+
+/// The table's line on steal.
+pub(crate) fn steal_row(steal: Option<f64>) -> String {
+    steal.map_or_else(
+        || "n/a".to_owned(),
+        |s| format!("{s:.1}% of the machine's CPU time went to other VMs on the host"),
+    )
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -273,6 +285,7 @@ impl Report {
                 self.planes_peak_rss_mib
                     .map_or_else(|| "n/a".to_owned(), |m| format!("{m:.1} MiB")),
             ),
+            ("VM steal", steal_row(self.machine_steal_percent)),
         ];
         for (name, value) in rows {
             let _ = writeln!(t, "  {name:<22} {value}");
