@@ -8,7 +8,7 @@
 //! has that configuration, then publishes `--events` events over one
 //! `IngestService.PublishStream` with `--concurrency` requests in flight, and waits for every
 //! delivery. It reports publish and delivery rates, the ack-to-arrival latency, duplicates,
-//! and the planes' CPU seconds per 1,000 deliveries and peak RSS.
+//! and the planes' CPU per delivery and peak RSS.
 //!
 //! CPU time is utime + stime of `/proc/<pid>/stat` (every thread), in clock ticks of
 //! `sysconf(_SC_CLK_TCK)` (100 per second on Linux), taken just before the first publish

@@ -270,7 +270,7 @@ impl Report {
                     self.planes_cpu_seconds,
                 ) {
                     (Some(per), Some(total)) => {
-                        format!("{per:.3} s per 1,000 deliveries ({total:.2} s in all)")
+                        format!("{:.1} µs per delivery ({total:.2} s in all)", per * 1000.0)
                     }
                     (None, Some(total)) => format!("{total:.2} s"),
                     _ => "n/a (planes not started by the bench; give --pid)".to_owned(),
