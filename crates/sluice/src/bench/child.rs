@@ -1,6 +1,7 @@
 //! The planes under test: `sluice dev` started as a child process (so their CPU time and
 //! memory can be read apart from the bench's own publisher and receiver), or planes already
-//! running elsewhere. Also reading a process's CPU time and peak RSS from `/proc`.
+//! running elsewhere. Also reading a process's CPU time and peak RSS, and the machine's
+//! steal, from `/proc`.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -280,7 +281,7 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
 
 /// The machine's CPU time counters from the first line of `/proc/stat`, in clock ticks: all
 /// of them, and steal (time the hypervisor ran other guests while this VM had work).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct MachineTicks {
     total: u64,
     steal: u64,
