@@ -594,3 +594,27 @@ async fn asking_for_stored_attempts_probes_the_key_at_any_size() {
         fresh.remove().await;
     }
 }
+
+/// PostgreSQL plans every execution for the tables as they are (see `sluice_store::open`):
+/// a generic plan kept from when `dp_fanout` was one page scanned it whole on most cycles.
+#[tokio::test]
+async fn postgres_connections_plan_each_execution() {
+    for fresh in fresh_databases().await {
+        let db = fresh.open(Plane::Data).await;
+        if db.get_database_backend() == DbBackend::Postgres {
+            let mode: String = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    DbBackend::Postgres,
+                    "SHOW plan_cache_mode",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index(0)
+                .unwrap();
+            assert_eq!(mode, "force_custom_plan");
+        }
+        db.close().await.unwrap();
+        fresh.remove().await;
+    }
+}
