@@ -571,12 +571,13 @@ fn rows_from(backend: DbBackend, n: usize) -> String {
 }
 
 /// `column` is one of the elements of a JSON array parameter of scalars. On PostgreSQL the
-/// elements become an array first (`= ANY (ARRAY(...))`), which is always probed through
-/// the column's index: as `IN (SELECT ...)` the planner saw a set function of 100 rows
-/// and, once the table had tens of thousands of rows, sometimes chose a hash join over a
-/// full scan instead. In one `sluice bench --events 100000` on PostgreSQL the control
-/// plane's check for attempts stored before scanned `attempts` whole 62 times (3.3 million
-/// rows read), a cost that grows with the log.
+/// elements become an array first (`= ANY (ARRAY(...))`), which the planner probes through
+/// the column's index from a few thousand rows up (only a table of a page or two is read
+/// whole): as `IN (SELECT ...)` it saw a set function of 100 rows and chose a hash join
+/// over a full scan up to about 10,000 rows, and kept such a plan while the table grew. In
+/// one `sluice bench --events 100000` on PostgreSQL the control plane's check for attempts
+/// stored before read `attempts` whole 67 times (3.4 million rows), a cost that grows with
+/// the log.
 fn is_element(backend: DbBackend, column: &str, n: usize, pg_type: &str) -> String {
     match backend {
         DbBackend::Postgres => format!(

@@ -569,21 +569,15 @@ async fn asking_for_stored_attempts_probes_the_key_at_any_size() {
             .unwrap();
         db.execute_unprepared("ANALYZE attempts").await.unwrap();
 
-        let asked = ["att_00000000000000000000000007", "att_new"];
-        let plan = plan_of(
-            &db,
-            hot::control::existing_attempts(backend, asked.iter().copied()),
-        )
-        .await;
+        let ask =
+            hot::control::existing_attempts(backend, ["att_00000000000000000000000007", "att_new"]);
+        let plan = plan_of(&db, ask.clone()).await;
         assert!(
             !plan.contains("Seq Scan on attempts") && !plan.contains("SCAN attempts"),
             "{backend:?} reads the whole log:\n{plan}"
         );
         let found: Vec<String> = db
-            .query_all_raw(hot::control::existing_attempts(
-                backend,
-                asked.iter().copied(),
-            ))
+            .query_all_raw(ask)
             .await
             .unwrap()
             .into_iter()
