@@ -170,6 +170,30 @@ fn backend_label(database_url: Option<&str>, started_by_bench: bool) -> String {
     }
 }
 
+/// Whether `database_url` names a PostgreSQL server on this machine (a loopback address or
+/// a Unix socket), whose processes the bench can then read the CPU time of.
+fn is_local_postgres(database_url: Option<&str>) -> bool {
+    let Some(url) = database_url.filter(|u| !u.starts_with("sqlite:")) else {
+        return false;
+    };
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    // `postgres:` is not a scheme the URL standard knows, so its host comes back as text
+    // (an IPv6 address in brackets), never as a parsed address.
+    match parsed.host_str() {
+        None | Some("") => true,
+        Some(host) => {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }
+}
+
 /// The planes under test.
 enum Planes {
     /// `sluice dev` started by the bench.
@@ -512,6 +536,8 @@ async fn warm_up_and_publish(
     let cpu_before = planes.sample();
     let bench_cpu_before = child::sample(std::process::id());
     let machine_before = child::machine_ticks();
+    let local_postgres = is_local_postgres(args.database_url.as_deref());
+    let database_before = local_postgres.then(child::postgres_cpu_seconds).flatten();
     let total = args.events * u64::from(args.subscriptions);
     let progress = Arc::new(PublishProgress::default());
     let bar = if args.json || !std::io::stderr().is_terminal() {
@@ -595,6 +621,7 @@ async fn warm_up_and_publish(
     let cpu_after = planes.sample();
     let bench_cpu_after = child::sample(std::process::id());
     let machine_after = child::machine_ticks();
+    let database_after = local_postgres.then(child::postgres_cpu_seconds).flatten();
     ticker.abort();
     bar.finish_and_clear();
 
@@ -622,6 +649,9 @@ async fn warm_up_and_publish(
         (Some(b), Some(a)) => Some(a.cpu_seconds - b.cpu_seconds),
         _ => None,
     };
+    let database_cpu_seconds = database_before
+        .zip(database_after)
+        .map(|(b, a)| (a - b).max(0.0));
     Ok(Report {
         events: args.events,
         subscriptions: args.subscriptions,
@@ -670,6 +700,9 @@ async fn warm_up_and_publish(
             _ => None,
         },
         planes_peak_rss_mib: cpu_after.map(|s| s.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+        database_cpu_seconds_per_1000_deliveries: database_cpu_seconds
+            .filter(|_| deliveries.delivered > 0)
+            .map(|cpu| cpu * 1000.0 / deliveries.delivered as f64),
         machine_steal_percent: machine_before
             .zip(machine_after)
             .and_then(|(b, a)| child::steal_percent(b, a)),
@@ -679,6 +712,27 @@ async fn warm_up_and_publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_postgres_server_on_this_machine_is_local() {
+        for local in [
+            "postgres://postgres@127.0.0.1:5432/bench",
+            "postgresql://u:p@localhost/sluice",
+            "postgres://[::1]/sluice",
+            "postgres:///sluice?host=/var/run/postgresql",
+        ] {
+            assert!(is_local_postgres(Some(local)), "{local}");
+        }
+        for remote in [
+            "postgres://db.internal:5432/sluice",
+            "postgres://10.0.0.7/sluice",
+            "sqlite://sluice.db",
+            "not a url",
+        ] {
+            assert!(!is_local_postgres(Some(remote)), "{remote}");
+        }
+        assert!(!is_local_postgres(None));
+    }
 
     #[test]
     fn backend_never_shows_credentials() {

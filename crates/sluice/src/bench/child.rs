@@ -1,7 +1,7 @@
 //! The planes under test: `sluice dev` started as a child process (so their CPU time and
 //! memory can be read apart from the bench's own publisher and receiver), or planes already
-//! running elsewhere. Also reading a process's CPU time and peak RSS, and the machine's
-//! steal, from `/proc`.
+//! running elsewhere. Also reading a process's CPU time and peak RSS, the machine's steal
+//! and a local PostgreSQL server's CPU time, from `/proc`.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -279,6 +279,50 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU seconds of every process on this machine named `postgres` (the server and its
+/// backends), including what exited backends left in their parent's account (cutime and
+/// cstime), so two readings bracket the server's work between them. `None` where `/proc`
+/// cannot be read or no such process runs here.
+pub(crate) fn postgres_cpu_seconds() -> Option<f64> {
+    let mut ticks = 0u64;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        // Processes come and go between listing and reading: skip what cannot be read.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(t) = parse_postgres_ticks(&stat) {
+            ticks += t;
+            found = true;
+        }
+    }
+    found.then(|| ticks as f64 / clock_ticks())
+}
+
+/// utime + stime + cutime + cstime of a `/proc/<pid>/stat` text whose command is
+/// `postgres`; `None` for any other process.
+fn parse_postgres_ticks(stat: &str) -> Option<u64> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    if stat.get(open + 1..close)? != "postgres" {
+        return None;
+    }
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // utime, stime, cutime and cstime are fields 14-17: 11-14 after the name.
+    fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
 /// The machine's CPU time counters from the first line of `/proc/stat`, in clock ticks: all
 /// of them, and steal (time the hypervisor ran other guests while this VM had work).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -350,6 +394,16 @@ mod tests {
         assert_eq!(steal_percent(before, after), Some(15.0));
         assert_eq!(steal_percent(before, before), None, "no time passed");
         assert_eq!(steal_percent(after, before), None, "counters never go back");
+    }
+
+    #[test]
+    fn postgres_ticks_count_its_own_and_its_exited_childrens_time() {
+        let server = "2249 (postgres) S 1 2249 2249 0 -1 4194560 9 0 0 0 \
+                      120 30 400 50 20 0 1 0 1000 100000 100";
+        assert_eq!(parse_postgres_ticks(server), Some(600));
+        let other = "17 (postgres-exporter) S 1 17 17 0 -1 0 0 0 0 0 5 5 0 0 20 0 1 0";
+        assert_eq!(parse_postgres_ticks(other), None);
+        assert_eq!(parse_postgres_ticks("18 (postgres) S 1"), None);
     }
 
     #[test]

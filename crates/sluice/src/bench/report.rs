@@ -171,6 +171,10 @@ pub(crate) struct Report {
     /// CPU seconds of the bench's own process (publisher and receiver) during the run: it
     /// shares the machine with the planes.
     pub(crate) bench_cpu_seconds: Option<f64>,
+    /// CPU seconds per 1,000 deliveries of the PostgreSQL server (every process named
+    /// `postgres` on this machine), when the planes the bench started use one on this
+    /// machine: with the planes' figure, the CPU a delivery costs in all.
+    pub(crate) database_cpu_seconds_per_1000_deliveries: Option<f64>,
     /// Peak RSS (VmHWM) of the planes' process(es), MiB.
     pub(crate) planes_peak_rss_mib: Option<f64>,
     /// The machine's CPU time its hypervisor gave to other guests during the run, percent
@@ -224,7 +228,7 @@ impl Report {
                 self.receiver_failure_rate * 100.0
             );
         }
-        let rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(&str, String)> = vec![
             (
                 "events accepted",
                 format!(
@@ -287,6 +291,23 @@ impl Report {
             ),
             ("VM steal", steal_row(self.machine_steal_percent)),
         ];
+        if self.backend.starts_with("postgres") {
+            // SQLite runs inside the planes: their CPU already includes it.
+            let database = self.database_cpu_seconds_per_1000_deliveries.map_or_else(
+                || "n/a (read only for a PostgreSQL server on this machine)".to_owned(),
+                |per| {
+                    format!(
+                        "{:.1} µs per delivery (postgres processes on this machine)",
+                        per * 1000.0
+                    )
+                },
+            );
+            let after_planes = rows
+                .iter()
+                .position(|(name, _)| *name == "planes CPU")
+                .map_or(rows.len(), |i| i + 1);
+            rows.insert(after_planes, ("database CPU", database));
+        }
         for (name, value) in rows {
             let _ = writeln!(t, "  {name:<22} {value}");
         }
