@@ -238,6 +238,8 @@ pub enum Reply {
     Hang,
     /// Answer this status after this many milliseconds.
     Delayed(u16, u64),
+    /// Answer this status with this body.
+    Body(u16, &'static [u8]),
 }
 
 /// One request a receiver got.
@@ -376,6 +378,7 @@ async fn receive(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             StatusCode::from_u16(code).unwrap().into_response()
         }
+        Reply::Body(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
         Reply::Hang => {
             std::future::pending::<()>().await;
             StatusCode::OK.into_response()

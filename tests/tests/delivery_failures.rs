@@ -1,4 +1,4 @@
-//! Both planes end to end when endpoints misbehave, and the operator's tools: 410 Gone disables a subscription, timeouts, redirects not followed, the egress guard, and SendTestEvent, RetryDelivery and ReplayFailedDeliveries through the control plane.
+//! Both planes end to end when endpoints misbehave, and the operator's tools: 410 Gone disables a subscription, answers with NUL bytes, timeouts, redirects not followed, the egress guard, and SendTestEvent, RetryDelivery and ReplayFailedDeliveries through the control plane.
 
 #![allow(clippy::unwrap_used)]
 
@@ -276,6 +276,46 @@ async fn pending_when_user_disables(planes: &mut Planes) {
          which writes only its own row and reports nothing (crates/data/src/outcomes.rs:192)"
     );
     assert_eq!(logged.unwrap().status, pb::DeliveryStatus::Failed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_with_nul_bytes_is_logged_and_the_log_goes_on() {
+    on_each_backend(single_attempt(), nul_answer).await;
+}
+
+/// PostgreSQL's text cannot hold a NUL: an excerpt with one failed the delivery log's whole
+/// batch there, again every time the data plane sent it, so nothing after it was logged.
+async fn nul_answer(planes: &mut Planes) {
+    let (_, key) = planes.workspace_with_key("Nul").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let log = Log::new(&c);
+    let receiver = Receiver::start(
+        vec![Reply::Body(500, b"oops\0\0")],
+        Reply::Body(200, b"fine\0"),
+    )
+    .await;
+    let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/nul"), &["*"])).await;
+    planes.config_synced().await;
+    let mut publisher = planes.publisher(&key).await;
+    let failed = publish(&mut publisher, event(CONVERSATION_CREATED, r#"{"n":1}"#)).await;
+    receiver.wait_for(1, WAIT).await;
+    let succeeded = publish(&mut publisher, event(CONVERSATION_CREATED, r#"{"n":2}"#)).await;
+
+    log.delivery_with_status(&failed.message_id, &sub.id, pb::DeliveryStatus::Failed)
+        .await;
+    log.delivery_with_status(
+        &succeeded.message_id,
+        &sub.id,
+        pb::DeliveryStatus::Succeeded,
+    )
+    .await;
+    let failed_attempts = log.attempts_of(&failed.message_id).await;
+    assert_eq!(failed_attempts.len(), 1, "{failed_attempts:#?}");
+    assert_eq!(failed_attempts[0].status_code, 500);
+    assert_eq!(failed_attempts[0].response_excerpt, "oops\u{fffd}\u{fffd}");
+    let succeeded_attempts = log.attempts_of(&succeeded.message_id).await;
+    assert_eq!(succeeded_attempts.len(), 1, "{succeeded_attempts:#?}");
+    assert_eq!(succeeded_attempts[0].response_excerpt, "fine\u{fffd}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -518,7 +518,10 @@ fn needs_escape(byte: u8) -> bool {
 }
 
 /// Appends `value` as a JSON string: quotes, backslashes and control characters escaped,
-/// everything else as is (JSON text is UTF-8).
+/// everything else as is (JSON text is UTF-8). A NUL becomes U+FFFD, the replacement
+/// character: PostgreSQL's text (and `\u0000` in its JSON functions) cannot hold it, and a
+/// receiver's answer, stored in the delivery log, may contain one; as `\u0000` it failed
+/// the whole statement. Both backends store the same text.
 fn push_json_string(buf: &mut String, value: &str) {
     buf.reserve(value.len() + 2);
     buf.push('"');
@@ -541,6 +544,7 @@ fn push_json_string(buf: &mut String, value: &str) {
             b'\n' => buf.push_str("\\n"),
             b'\r' => buf.push_str("\\r"),
             b'\t' => buf.push_str("\\t"),
+            0 => buf.push('\u{fffd}'),
             _ => {
                 use std::fmt::Write as _;
                 let _ = write!(buf, "\\u{byte:04x}");

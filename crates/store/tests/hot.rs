@@ -273,6 +273,34 @@ fn attempt<'a>(id: &'a str, ms: i64, success: bool) -> hot::control::AttemptRow<
     }
 }
 
+/// A receiver's answer may hold NUL bytes, which no PostgreSQL text column (nor its JSON
+/// functions) accepts: stored as they were, they failed the whole batch of the delivery
+/// log, every time the batch was sent again.
+#[tokio::test]
+async fn a_nul_from_a_receiver_is_stored_as_a_replacement_character() {
+    for fresh in fresh_databases().await {
+        let db = fresh.open(Plane::Control).await;
+        let backend = db.get_database_backend();
+        let mut row = attempt("att_nul", 5, false);
+        row.response_excerpt = "binary\0body\0";
+        row.error_message = "HTTP 500 \0";
+        let session = Session::begin(&db).await.unwrap();
+        session
+            .commit(vec![hot::control::insert_attempts(backend, &[row])])
+            .await
+            .unwrap_or_else(|e| panic!("on {backend:?}: {e}"));
+        let stored = sluice_store::control::attempt::Entity::find()
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1, "on {backend:?}");
+        assert_eq!(stored[0].response_excerpt, "binary\u{fffd}body\u{fffd}");
+        assert_eq!(stored[0].error_message, "HTTP 500 \u{fffd}");
+        db.close().await.unwrap();
+        fresh.remove().await;
+    }
+}
+
 /// The log's record of `msg_1`.
 fn log_message() -> hot::control::MessageRow<'static> {
     hot::control::MessageRow {
