@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it is compiled: a target dir shared by
+    // two checkouts may reuse this script, compiled in the other one.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let protos: Vec<PathBuf> = [
         "sluice/control/v1/common.proto",
         "sluice/control/v1/workspace.proto",
