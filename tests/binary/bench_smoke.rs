@@ -1,13 +1,22 @@
-//! The short CI bench: `sluice bench --events 2000 --json` against `sluice dev` started by
-//! the bench itself must deliver every event exactly once with no error. No timing is
-//! asserted: CI machines vary too much for that.
+//! The short CI bench: `sluice bench --events 2000 --json --with-http-baseline` against
+//! `sluice dev` started by the bench itself must deliver every event exactly once with no
+//! error, and report the loopback baselines around the run. No timing is asserted: CI
+//! machines vary too much for that.
 
 use std::process::Command;
 
 #[test]
 fn bench_delivers_every_event_once() {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["bench", "--events", "2000", "--json", "--timeout", "300"])
+        .args([
+            "bench",
+            "--events",
+            "2000",
+            "--json",
+            "--timeout",
+            "300",
+            "--with-http-baseline",
+        ])
         // Nothing from the environment may redirect the bench.
         .env_remove("SLUICE_ADMIN_KEY")
         .env_remove("SLUICE_DATABASE_URL")
@@ -37,6 +46,14 @@ fn bench_delivers_every_event_once() {
     assert!(field("stream_error").is_null(), "{report}");
     assert_eq!(field("timed_out"), false, "{report}");
     assert_eq!(field("backend"), "sqlite", "{report}");
+    let baselines = field("http_baseline_posts_per_second");
+    assert_eq!(baselines.as_array().map(Vec::len), Some(2), "{report}");
+    assert!(
+        field("planes_cpu_per_delivery_in_posts")
+            .as_f64()
+            .is_some_and(|times| times > 0.0),
+        "{report}"
+    );
 }
 
 #[test]

@@ -114,7 +114,16 @@ pub struct BenchArgs {
     /// HTTP was (it does not measure the disk, which the planes also wait on).
     #[arg(long, conflicts_with_all = ["control", "database_url", "rate", "subscriptions", "receiver_delay_ms", "receiver_failure_rate"])]
     pub http_baseline: bool,
+    /// Also measure the loopback HTTP ceiling (as --http-baseline, with --events POSTs but
+    /// at most 50,000) just before and just after the run, and give the planes' CPU per
+    /// delivery as a multiple of the CPU of one loopback POST: a figure that moves much less
+    /// with the VM's speed than the absolute ones.
+    #[arg(long, conflicts_with = "http_baseline")]
+    pub with_http_baseline: bool,
 }
+
+/// POSTs of each baseline that --with-http-baseline takes.
+const BASELINE_POSTS: u64 = 50_000;
 
 impl BenchArgs {
     fn validate(&self) -> anyhow::Result<()> {
@@ -368,8 +377,18 @@ async fn measure(
     let data = child::connect(&planes.data_url()).await?;
 
     let (workspace_id, api_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
-    let outcome =
+    let posts = args.events.min(BASELINE_POSTS);
+    let before = if args.with_http_baseline {
+        Some(baseline::run_posts(args, posts).await?)
+    } else {
+        None
+    };
+    let mut outcome =
         warm_up_and_publish(args, receiver, planes, &data, &api_key, setup_deadline).await;
+    if let (Some(before), Ok(report)) = (before, &mut outcome) {
+        let after = baseline::run_posts(args, posts).await?;
+        report.add_http_baseline(&before, &after);
+    }
     if matches!(planes, Planes::External { .. }) {
         // Leave a running system as it was found (best effort).
         let mut workspaces = WorkspaceServiceClient::new(control.clone());
@@ -706,6 +725,9 @@ async fn warm_up_and_publish(
         machine_steal_percent: machine_before
             .zip(machine_after)
             .and_then(|(b, a)| child::steal_percent(b, a)),
+        http_baseline_posts_per_second: None,
+        http_baseline_cpu_us_per_post: None,
+        planes_cpu_per_delivery_in_posts: None,
     })
 }
 

@@ -53,8 +53,13 @@ impl Baseline {
     }
 }
 
-/// Runs the baseline.
+/// Runs the baseline: `--events` POSTs.
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Baseline> {
+    run_posts(args, args.events).await
+}
+
+/// Runs the baseline with `events` POSTs and the rest of `args`.
+pub(crate) async fn run_posts(args: &BenchArgs, events: u64) -> anyhow::Result<Baseline> {
     let receiver = receiver::start(Duration::ZERO, 0.0).await?;
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -66,7 +71,6 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Baseline> {
     let url: Arc<str> = Arc::from(format!("http://{}/hook/0", receiver.addr));
     let body = Bytes::from(publisher::payload(args.payload_bytes));
     let next = Arc::new(AtomicU64::new(0));
-    let events = args.events;
 
     let cpu_before = child::sample(std::process::id());
     let machine_before = child::machine_ticks();

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::baseline::Baseline;
 use super::publisher::PublishOutcome;
 use super::receiver::Receiver;
 
@@ -181,6 +182,21 @@ pub(crate) struct Report {
     /// (steal in `/proc/stat`). Runs on a busy host are slower and cost more CPU per
     /// delivery: compare figures only between runs with similar steal.
     pub(crate) machine_steal_percent: Option<f64>,
+    /// With --with-http-baseline: loopback POSTs per second just before and just after the
+    /// run.
+    pub(crate) http_baseline_posts_per_second: Option<[f64; 2]>,
+    /// With --with-http-baseline: CPU of one loopback POST (client and receiver), µs, the
+    /// mean of the two baselines.
+    pub(crate) http_baseline_cpu_us_per_post: Option<f64>,
+    /// The planes' CPU per delivery over `http_baseline_cpu_us_per_post`.
+    pub(crate) planes_cpu_per_delivery_in_posts: Option<f64>,
+}
+
+/// CPU per delivery (given in seconds per 1,000 deliveries, that is ms per delivery) as a
+/// multiple of the CPU of one loopback POST, in µs.
+fn in_posts(seconds_per_1000: Option<f64>, post_us: Option<f64>) -> Option<f64> {
+    let (per_1000, post) = seconds_per_1000.zip(post_us)?;
+    (post > 0.0).then(|| per_1000 * 1000.0 / post)
 }
 
 /// The table's line on steal.
@@ -208,6 +224,20 @@ fn lat(p: Option<Percentiles>) -> String {
 }
 
 impl Report {
+    /// Takes in the HTTP baselines measured just before and just after the run.
+    pub(crate) fn add_http_baseline(&mut self, before: &Baseline, after: &Baseline) {
+        self.http_baseline_posts_per_second =
+            Some([before.posts_per_second, after.posts_per_second]);
+        self.http_baseline_cpu_us_per_post = before
+            .cpu_us_per_post
+            .zip(after.cpu_us_per_post)
+            .map(|(b, a)| (b + a) / 2.0);
+        self.planes_cpu_per_delivery_in_posts = in_posts(
+            self.planes_cpu_seconds_per_1000_deliveries,
+            self.http_baseline_cpu_us_per_post,
+        );
+    }
+
     /// The human-readable table.
     pub(crate) fn table(&self) -> String {
         let mut t = String::new();
@@ -308,6 +338,24 @@ impl Report {
                 .map_or(rows.len(), |i| i + 1);
             rows.insert(after_planes, ("database CPU", database));
         }
+        if let (Some([before, after]), Some(post)) = (
+            self.http_baseline_posts_per_second,
+            self.http_baseline_cpu_us_per_post,
+        ) {
+            rows.push((
+                "loopback HTTP",
+                format!(
+                    "{before:.0} POST/s before the run, {after:.0} after; {post:.1} µs of CPU \
+                     per POST (client and receiver)"
+                ),
+            ));
+            if let Some(times) = self.planes_cpu_per_delivery_in_posts {
+                rows.push((
+                    "planes CPU in POSTs",
+                    format!("{times:.2} loopback POSTs' CPU per delivery"),
+                ));
+            }
+        }
         for (name, value) in rows {
             let _ = writeln!(t, "  {name:<22} {value}");
         }
@@ -338,6 +386,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_in_posts_is_the_ratio_of_the_two_in_microseconds() {
+        // 0.0467 s per 1,000 deliveries is 46.7 µs each; a POST of 21.4 µs.
+        let times = in_posts(Some(0.0467), Some(21.4)).expect("both figures are known");
+        assert!((times - 2.182).abs() < 0.001, "{times}");
+        assert_eq!(in_posts(Some(0.05), Some(0.0)), None);
+        assert_eq!(in_posts(None, Some(20.0)), None);
+        assert_eq!(in_posts(Some(0.05), None), None);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
