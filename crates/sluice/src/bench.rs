@@ -116,8 +116,9 @@ pub struct BenchArgs {
     pub http_baseline: bool,
     /// Also measure the loopback HTTP ceiling (as --http-baseline, with --events POSTs but
     /// at most 50,000) just before and just after the run, and give the planes' CPU per
-    /// delivery as a multiple of the CPU of one loopback POST: a figure that moves much less
-    /// with the VM's speed than the absolute ones.
+    /// delivery as a multiple of the CPU of one loopback POST: a figure that moves less with
+    /// the VM's speed than the absolute ones (the baseline is noisy too; the planes may still
+    /// be finishing their delivery log during the second one).
     #[arg(long, conflicts_with = "http_baseline")]
     pub with_http_baseline: bool,
 }
