@@ -264,12 +264,38 @@ pub(crate) fn sample(pid: u32) -> Option<ProcSample> {
 /// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat`. The command name
 /// (field 2) is in parentheses and may hold spaces, so fields are counted after its `)`.
 fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    let (_, ticks) = stat_ticks(stat)?;
+    Some(ticks.utime + ticks.stime)
+}
+
+/// A process's CPU clock ticks from `/proc/<pid>/stat`: its own and, in `cutime` and
+/// `cstime`, those of its children that have exited and been waited for.
+struct StatTicks {
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+/// The command name of a `/proc/<pid>/stat` text and its tick fields (14-17). The name
+/// (field 2) is in parentheses and may hold spaces or parentheses, so fields are counted
+/// after its last `)`.
+fn stat_ticks(stat: &str) -> Option<(&str, StatTicks)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the name the state is field 3, so fields 14-17 are at 11-14.
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((
+        name,
+        StatTicks {
+            utime: field(11)?,
+            stime: field(12)?,
+            cutime: field(13)?,
+            cstime: field(14)?,
+        },
+    ))
 }
 
 /// `VmHWM` in bytes from the text of `/proc/<pid>/status`.
@@ -309,18 +335,8 @@ pub(crate) fn postgres_cpu_seconds() -> Option<f64> {
 /// utime + stime + cutime + cstime of a `/proc/<pid>/stat` text whose command is
 /// `postgres`; `None` for any other process.
 fn parse_postgres_ticks(stat: &str) -> Option<u64> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    if stat.get(open + 1..close)? != "postgres" {
-        return None;
-    }
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    // utime, stime, cutime and cstime are fields 14-17: 11-14 after the name.
-    fields
-        .get(11..15)?
-        .iter()
-        .map(|f| f.parse::<u64>().ok())
-        .sum()
+    let (name, t) = stat_ticks(stat)?;
+    (name == "postgres").then_some(t.utime + t.stime + t.cutime + t.cstime)
 }
 
 /// The machine's CPU time counters from the first line of `/proc/stat`, in clock ticks: all
