@@ -6,7 +6,8 @@
 //! more than the database's own work: every statement is built and its values copied
 //! several times, and a multi-row `INSERT` with a different row count is a different
 //! statement for SQLite to prepare. Here the rows of a statement travel as one JSON
-//! parameter (`jsonb_each` on SQLite, `jsonb_array_elements` on PostgreSQL), so each
+//! parameter (a JSONB blob read by `jsonb_each` on SQLite, text read by
+//! `jsonb_array_elements` on PostgreSQL), so each
 //! statement has one fixed SQL text, prepared once and cached by the driver; and on SQLite
 //! a whole cycle (`BEGIN`, the statements, `COMMIT`) is sent to its connection's thread as
 //! one multi-statement query instead of one hand-off per statement.
@@ -393,48 +394,138 @@ impl ConnectionTrait for Session {
     }
 }
 
-/// Rows for a statement's JSON parameter: `[[field, ...], ...]`, built without
-/// intermediate values.
+/// Rows for a statement's parameter, `[[field, ...], ...]`, built without intermediate
+/// values: JSON text for PostgreSQL, SQLite's binary JSON (JSONB) for SQLite.
+///
+/// SQLite turns JSON text into JSONB before it can step through it, and that parse of
+/// every row's text was a tenth of the instructions its threads spent under `sluice bench`
+/// (`jsonb_each` on the text parameter). Given JSONB, it takes the blob as it is. JSONB
+/// also stores strings raw (type TEXTRAW), so they need no escaping on the way in.
 #[derive(Debug)]
 pub struct JsonRows {
-    buf: String,
+    /// PostgreSQL's JSON text.
+    text: String,
+    /// SQLite's JSONB, when the rows are for SQLite.
+    jsonb: Option<Jsonb>,
     rows: usize,
     fields: usize,
 }
 
-impl Default for JsonRows {
-    fn default() -> Self {
-        JsonRows {
-            buf: String::from("["),
-            rows: 0,
-            fields: 0,
+/// JSONB under construction: the finished rows' elements and the current row's fields.
+/// An element's header gives the size of its payload, so a row is encoded once it ends.
+#[derive(Debug, Default)]
+struct Jsonb {
+    rows: Vec<u8>,
+    row: Vec<u8>,
+}
+
+/// JSONB element types (sqlite.org/jsonb.html).
+const JSONB_NULL: u8 = 0;
+const JSONB_TRUE: u8 = 1;
+const JSONB_FALSE: u8 = 2;
+const JSONB_INT: u8 = 3;
+const JSONB_TEXTRAW: u8 = 10;
+const JSONB_ARRAY: u8 = 11;
+
+/// Appends a JSONB element header: the type in the low four bits, the payload's size in
+/// the high four (up to 11) or in the 1, 2, 4 or 8 big-endian bytes that follow (12 to 15).
+fn push_jsonb_header(buf: &mut Vec<u8>, kind: u8, size: usize) {
+    if size <= 11 {
+        // `size` fits in four bits here.
+        buf.push(((size as u8) << 4) | kind);
+    } else if let Ok(size) = u8::try_from(size) {
+        buf.extend_from_slice(&[0xc0 | kind, size]);
+    } else if let Ok(size) = u16::try_from(size) {
+        buf.push(0xd0 | kind);
+        buf.extend_from_slice(&size.to_be_bytes());
+    } else if let Ok(size) = u32::try_from(size) {
+        buf.push(0xe0 | kind);
+        buf.extend_from_slice(&size.to_be_bytes());
+    } else {
+        buf.push(0xf0 | kind);
+        buf.extend_from_slice(&(size as u64).to_be_bytes());
+    }
+}
+
+impl Jsonb {
+    fn end_row(&mut self) {
+        push_jsonb_header(&mut self.rows, JSONB_ARRAY, self.row.len());
+        self.rows.extend_from_slice(&self.row);
+        self.row.clear();
+    }
+
+    fn str(&mut self, value: &str) {
+        if memchr::memchr(0, value.as_bytes()).is_some() {
+            // As in JSON text (see `push_json_string`): both backends store the same text.
+            let value = value.replace('\0', "\u{fffd}");
+            push_jsonb_header(&mut self.row, JSONB_TEXTRAW, value.len());
+            self.row.extend_from_slice(value.as_bytes());
+        } else {
+            push_jsonb_header(&mut self.row, JSONB_TEXTRAW, value.len());
+            self.row.extend_from_slice(value.as_bytes());
         }
+    }
+
+    fn int(&mut self, value: i64) {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(value);
+        push_jsonb_header(&mut self.row, JSONB_INT, digits.len());
+        self.row.extend_from_slice(digits.as_bytes());
+    }
+
+    fn finish(mut self, rows: usize) -> Vec<u8> {
+        if rows > 0 {
+            self.end_row();
+        }
+        let mut out = Vec::with_capacity(self.rows.len() + 9);
+        push_jsonb_header(&mut out, JSONB_ARRAY, self.rows.len());
+        out.extend_from_slice(&self.rows);
+        out
     }
 }
 
 impl JsonRows {
+    /// Rows for a statement of `backend`.
+    pub fn new(backend: DbBackend) -> Self {
+        JsonRows {
+            text: String::from("["),
+            jsonb: (backend != DbBackend::Postgres).then(Jsonb::default),
+            rows: 0,
+            fields: 0,
+        }
+    }
+
     /// Starts a row; the fields pushed next belong to it.
     pub fn row(&mut self) -> &mut Self {
-        if self.rows > 0 {
-            self.buf.push_str("],");
+        if let Some(jsonb) = &mut self.jsonb {
+            if self.rows > 0 {
+                jsonb.end_row();
+            }
+        } else {
+            if self.rows > 0 {
+                self.text.push_str("],");
+            }
+            self.text.push('[');
         }
-        self.buf.push('[');
         self.rows += 1;
         self.fields = 0;
         self
     }
 
     fn comma(&mut self) {
-        if self.fields > 0 {
-            self.buf.push(',');
+        if self.fields > 0 && self.jsonb.is_none() {
+            self.text.push(',');
         }
         self.fields += 1;
     }
 
-    /// A string field, JSON-escaped.
+    /// A string field.
     pub fn str(&mut self, value: &str) -> &mut Self {
         self.comma();
-        push_json_string(&mut self.buf, value);
+        match &mut self.jsonb {
+            Some(jsonb) => jsonb.str(value),
+            None => push_json_string(&mut self.text, value),
+        }
         self
     }
 
@@ -449,8 +540,10 @@ impl JsonRows {
     /// An integer field.
     pub fn int(&mut self, value: i64) -> &mut Self {
         self.comma();
-        use std::fmt::Write as _;
-        let _ = write!(self.buf, "{value}");
+        match &mut self.jsonb {
+            Some(jsonb) => jsonb.int(value),
+            None => self.text.push_str(itoa::Buffer::new().format(value)),
+        }
         self
     }
 
@@ -465,23 +558,34 @@ impl JsonRows {
     /// A boolean field.
     pub fn bool(&mut self, value: bool) -> &mut Self {
         self.comma();
-        self.buf.push_str(if value { "true" } else { "false" });
+        match &mut self.jsonb {
+            Some(jsonb) => jsonb.row.push(if value { JSONB_TRUE } else { JSONB_FALSE }),
+            None => self.text.push_str(if value { "true" } else { "false" }),
+        }
         self
     }
 
     fn null(&mut self) -> &mut Self {
         self.comma();
-        self.buf.push_str("null");
+        match &mut self.jsonb {
+            Some(jsonb) => jsonb.row.push(JSONB_NULL),
+            None => self.text.push_str("null"),
+        }
         self
     }
 
-    /// The JSON text.
-    pub fn finish(mut self) -> String {
-        if self.rows > 0 {
-            self.buf.push(']');
+    /// The statement's parameter: JSON text, or a JSONB blob for SQLite.
+    pub fn finish(mut self) -> Value {
+        match self.jsonb.take() {
+            Some(jsonb) => Value::Bytes(Some(jsonb.finish(self.rows))),
+            None => {
+                if self.rows > 0 {
+                    self.text.push(']');
+                }
+                self.text.push(']');
+                Value::String(Some(self.text))
+            }
         }
-        self.buf.push(']');
-        self.buf
     }
 }
 
@@ -566,8 +670,9 @@ fn param(backend: DbBackend, n: usize) -> String {
 }
 
 /// The rows of a JSON parameter as a relation `e` whose column `r` is one row (an array),
-/// whose fields [`field`] takes out. Binary JSON on both backends: the text is parsed
-/// once, and finding a field skips the fields before it instead of parsing them. On
+/// whose fields [`field`] takes out. Binary JSON on both backends: SQLite is given JSONB
+/// (see [`JsonRows`]), PostgreSQL parses the text once, and finding a field skips the
+/// fields before it instead of parsing them. On
 /// PostgreSQL, rows of `json` made every `->> i` lex the row's text again from its start
 /// (a 15-field attempt row was lexed about eight times over), and JSON lexing was a fifth
 /// of the server's CPU in `sluice bench` on PostgreSQL; with `jsonb` the server's CPU per
@@ -633,7 +738,7 @@ pub mod data {
     /// or one `bytea[]` (PostgreSQL), not inside the JSON, so they are neither escaped nor
     /// parsed.
     pub fn insert_messages(backend: DbBackend, rows: &[MessageRow<'_>]) -> Statement {
-        let mut json = JsonRows::default();
+        let mut json = JsonRows::new(backend);
         let mut offset = 1i64;
         for row in rows {
             json.row()
@@ -676,7 +781,7 @@ pub mod data {
                     backend,
                     sql,
                     [
-                        Value::String(Some(json.finish())),
+                        json.finish(),
                         Value::Array(
                             sea_orm::sea_query::ArrayType::Bytes,
                             Some(Box::new(envelopes)),
@@ -708,7 +813,7 @@ pub mod data {
                 Statement::from_sql_and_values(
                     backend,
                     sql,
-                    [Value::Bytes(Some(blob)), Value::String(Some(json.finish()))],
+                    [Value::Bytes(Some(blob)), json.finish()],
                 )
             }
         }
@@ -716,7 +821,7 @@ pub mod data {
 
     /// Inserts fan-out rows: (message id, due, lease).
     pub fn insert_fanouts(backend: DbBackend, rows: &[(&str, i64, Option<i64>)]) -> Statement {
-        let mut json = JsonRows::default();
+        let mut json = JsonRows::new(backend);
         for (id, due, lease) in rows {
             json.row().str(id).int(*due).opt_int(*lease);
         }
@@ -728,7 +833,7 @@ pub mod data {
             field(backend, 2, "bigint"),
             rows_from(backend, 1),
         );
-        Statement::from_sql_and_values(backend, sql, [Value::String(Some(json.finish()))])
+        Statement::from_sql_and_values(backend, sql, [json.finish()])
     }
 
     /// Deletes the fan-out rows of these messages.
@@ -837,7 +942,7 @@ pub mod control {
         backend: DbBackend,
         table: &str,
         columns: &[(&str, &str)],
-        json: String,
+        json: Value,
         tail: &str,
     ) -> Statement {
         let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
@@ -853,12 +958,12 @@ pub mod control {
             fields.join(", "),
             rows_from(backend, 1),
         );
-        Statement::from_sql_and_values(backend, sql, [Value::String(Some(json))])
+        Statement::from_sql_and_values(backend, sql, [json])
     }
 
     /// Inserts messages, leaving those already stored.
     pub fn insert_messages(backend: DbBackend, rows: &[MessageRow<'_>]) -> Statement {
-        let mut json = JsonRows::default();
+        let mut json = JsonRows::new(backend);
         for r in rows {
             json.row()
                 .str(r.id)
@@ -899,7 +1004,7 @@ pub mod control {
 
     /// Inserts attempts, leaving those already stored.
     pub fn insert_attempts(backend: DbBackend, rows: &[AttemptRow<'_>]) -> Statement {
-        let mut json = JsonRows::default();
+        let mut json = JsonRows::new(backend);
         for r in rows {
             json.row()
                 .str(r.id)
@@ -947,7 +1052,7 @@ pub mod control {
     /// late as its own: outcomes of different replicas may arrive out of order, and a row
     /// without an attempt never overwrites one with.
     pub fn upsert_deliveries(backend: DbBackend, rows: &[DeliveryRow<'_>]) -> Statement {
-        let mut json = JsonRows::default();
+        let mut json = JsonRows::new(backend);
         for r in rows {
             json.row()
                 .str(r.message_id)
@@ -993,7 +1098,7 @@ pub mod control {
     /// Adds a batch's attempts to each endpoint's health: a batch with a success restarts
     /// the failure count, one without adds its failures to it.
     pub fn upsert_health(backend: DbBackend, rows: &[HealthRow<'_>]) -> Statement {
-        let mut json = JsonRows::default();
+        let mut json = JsonRows::new(backend);
         for r in rows {
             json.row()
                 .str(r.subscription_id)
@@ -1067,7 +1172,7 @@ mod tests {
 
     #[test]
     fn json_rows_escape_what_json_needs() {
-        let mut rows = JsonRows::default();
+        let mut rows = JsonRows::new(DbBackend::Postgres);
         rows.row()
             .str("a\"b\\c\nd\u{1}é")
             .int(-5)
@@ -1075,11 +1180,16 @@ mod tests {
             .opt_str(Some(""))
             .bool(true);
         rows.row().str("x");
-        let json = rows.finish();
+        let Value::String(Some(json)) = rows.finish() else {
+            panic!("PostgreSQL's rows are JSON text");
+        };
         assert_eq!(json, r#"[["a\"b\\c\nd\u0001é",-5,null,"",true],["x"]]"#);
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
         assert_eq!(parsed[0][0], "a\"b\\c\nd\u{1}é");
-        assert_eq!(JsonRows::default().finish(), "[]");
+        assert_eq!(
+            JsonRows::new(DbBackend::Postgres).finish(),
+            Value::String(Some("[]".to_owned()))
+        );
         assert_eq!(json_strings(["a", "b\""]), r#"["a","b\""]"#);
         // One character needing an escape, at either end, is enough to escape it.
         assert_eq!(
@@ -1087,5 +1197,41 @@ mod tests {
             r#"["\"","x\t","\\y","https://h.example/p?q=1&r=é","\u001f"]"#
         );
         assert_eq!(json_ints([1, -2]), "[1,-2]");
+    }
+
+    #[test]
+    fn sqlite_rows_are_jsonb_with_raw_strings() {
+        let mut rows = JsonRows::new(DbBackend::Sqlite);
+        rows.row().str("a\"").int(5).opt_int(None).bool(true);
+        rows.row().bool(false).opt_str(Some("x\0"));
+        // [["a\"", 5, null, true], [false, "x\u{fffd}"]]: a header byte holds the type
+        // (low four bits) and a size up to 11 (high four).
+        let first = [0x2a, b'a', b'"', 0x13, b'5', 0x00, 0x01];
+        let second = [0x02, 0x4a, b'x', 0xef, 0xbf, 0xbd];
+        let mut expected = vec![0xcb, 2 + 7 + 6, 0x7b];
+        expected.extend_from_slice(&first);
+        expected.push(0x6b);
+        expected.extend_from_slice(&second);
+        assert_eq!(rows.finish(), Value::Bytes(Some(expected)));
+        assert_eq!(
+            JsonRows::new(DbBackend::Sqlite).finish(),
+            Value::Bytes(Some(vec![0x0b]))
+        );
+    }
+
+    #[test]
+    fn jsonb_headers_take_the_shortest_size_form() {
+        let header = |size| {
+            let mut buf = Vec::new();
+            push_jsonb_header(&mut buf, JSONB_TEXTRAW, size);
+            buf
+        };
+        assert_eq!(header(0), [0x0a]);
+        assert_eq!(header(11), [0xba]);
+        assert_eq!(header(12), [0xca, 12]);
+        assert_eq!(header(255), [0xca, 255]);
+        assert_eq!(header(256), [0xda, 1, 0]);
+        assert_eq!(header(65_536), [0xea, 0, 1, 0, 0]);
+        assert_eq!(header(1 << 32), [0xfa, 0, 0, 0, 1, 0, 0, 0, 0]);
     }
 }

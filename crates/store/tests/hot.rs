@@ -181,6 +181,63 @@ async fn a_data_cycle_stores_exactly_what_it_was_given() {
 }
 
 #[tokio::test]
+async fn row_parameters_read_back_as_the_values_given() {
+    // Strings of every header size form (up to 11 bytes in the header byte, then 1, 2 and 4
+    // size bytes), characters JSON text escapes, integers at both ends, booleans, nulls.
+    let long = |n: usize| "é".repeat(n / 2);
+    let strings = [
+        String::new(),
+        "quote \" backslash \\ newline \n tab \t \u{1} é 🚀".to_owned(),
+        "x".repeat(11),
+        "x".repeat(12),
+        long(300),
+        long(70_000),
+    ];
+    for fresh in fresh_databases().await {
+        let db = fresh.open(Plane::Data).await;
+        let backend = db.get_database_backend();
+        let mut rows = hot::JsonRows::new(backend);
+        let mut expected = Vec::new();
+        for (i, text) in strings.iter().enumerate() {
+            let number = [i64::MIN, -1, 0, 7, 1 << 40, i64::MAX][i];
+            rows.row()
+                .str(text)
+                .int(number)
+                .opt_int(None)
+                .opt_str(None)
+                .bool(i % 2 == 0)
+                .opt_str(Some("last"));
+            expected.push(serde_json::json!([
+                text,
+                number,
+                null,
+                null,
+                i % 2 == 0,
+                "last"
+            ]));
+        }
+        let sql = match backend {
+            DbBackend::Postgres => "SELECT ($1::jsonb)::text AS j",
+            _ => "SELECT json(?) AS j",
+        };
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                sql,
+                [rows.finish()],
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let text: String = row.try_get("", "j").unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, serde_json::Value::Array(expected), "on {backend:?}");
+        db.close().await.unwrap();
+        fresh.remove().await;
+    }
+}
+
+#[tokio::test]
 async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
     for fresh in fresh_databases().await {
         let db = fresh.open(Plane::Data).await;
