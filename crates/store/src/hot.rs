@@ -455,15 +455,14 @@ impl Jsonb {
     }
 
     fn str(&mut self, value: &str) {
-        if memchr::memchr(0, value.as_bytes()).is_some() {
-            // As in JSON text (see `push_json_string`): both backends store the same text.
-            let value = value.replace('\0', "\u{fffd}");
-            push_jsonb_header(&mut self.row, JSONB_TEXTRAW, value.len());
-            self.row.extend_from_slice(value.as_bytes());
-        } else {
-            push_jsonb_header(&mut self.row, JSONB_TEXTRAW, value.len());
-            self.row.extend_from_slice(value.as_bytes());
-        }
+        // A NUL becomes U+FFFD, as in JSON text (see `push_json_string`): both backends
+        // store the same text.
+        let value = match memchr::memchr(0, value.as_bytes()) {
+            Some(_) => std::borrow::Cow::Owned(value.replace('\0', "\u{fffd}")),
+            None => std::borrow::Cow::Borrowed(value),
+        };
+        push_jsonb_header(&mut self.row, JSONB_TEXTRAW, value.len());
+        self.row.extend_from_slice(value.as_bytes());
     }
 
     fn int(&mut self, value: i64) {
