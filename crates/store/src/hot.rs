@@ -403,12 +403,16 @@ impl ConnectionTrait for Session {
 /// also stores strings raw (type TEXTRAW), so they need no escaping on the way in.
 #[derive(Debug)]
 pub struct JsonRows {
-    /// PostgreSQL's JSON text.
-    text: String,
-    /// SQLite's JSONB, when the rows are for SQLite.
-    jsonb: Option<Jsonb>,
+    buf: RowsBuf,
     rows: usize,
     fields: usize,
+}
+
+/// What [`JsonRows`] writes: PostgreSQL's JSON text or SQLite's JSONB.
+#[derive(Debug)]
+enum RowsBuf {
+    Text(String),
+    Jsonb(Jsonb),
 }
 
 /// JSONB under construction: the finished rows' elements and the current row's fields.
@@ -486,9 +490,12 @@ impl Jsonb {
 impl JsonRows {
     /// Rows for a statement of `backend`.
     pub fn new(backend: DbBackend) -> Self {
+        let buf = match backend {
+            DbBackend::Postgres => RowsBuf::Text(String::from("[")),
+            _ => RowsBuf::Jsonb(Jsonb::default()),
+        };
         JsonRows {
-            text: String::from("["),
-            jsonb: (backend != DbBackend::Postgres).then(Jsonb::default),
+            buf,
             rows: 0,
             fields: 0,
         }
@@ -496,34 +503,40 @@ impl JsonRows {
 
     /// Starts a row; the fields pushed next belong to it.
     pub fn row(&mut self) -> &mut Self {
-        if let Some(jsonb) = &mut self.jsonb {
-            if self.rows > 0 {
-                jsonb.end_row();
+        match &mut self.buf {
+            RowsBuf::Text(text) => {
+                if self.rows > 0 {
+                    text.push_str("],");
+                }
+                text.push('[');
             }
-        } else {
-            if self.rows > 0 {
-                self.text.push_str("],");
+            RowsBuf::Jsonb(jsonb) => {
+                if self.rows > 0 {
+                    jsonb.end_row();
+                }
             }
-            self.text.push('[');
         }
         self.rows += 1;
         self.fields = 0;
         self
     }
 
-    fn comma(&mut self) {
-        if self.fields > 0 && self.jsonb.is_none() {
-            self.text.push(',');
+    /// Where the next field goes (after a comma, in JSON text).
+    fn next_field(&mut self) -> &mut RowsBuf {
+        if let RowsBuf::Text(text) = &mut self.buf
+            && self.fields > 0
+        {
+            text.push(',');
         }
         self.fields += 1;
+        &mut self.buf
     }
 
     /// A string field.
     pub fn str(&mut self, value: &str) -> &mut Self {
-        self.comma();
-        match &mut self.jsonb {
-            Some(jsonb) => jsonb.str(value),
-            None => push_json_string(&mut self.text, value),
+        match self.next_field() {
+            RowsBuf::Text(text) => push_json_string(text, value),
+            RowsBuf::Jsonb(jsonb) => jsonb.str(value),
         }
         self
     }
@@ -538,10 +551,9 @@ impl JsonRows {
 
     /// An integer field.
     pub fn int(&mut self, value: i64) -> &mut Self {
-        self.comma();
-        match &mut self.jsonb {
-            Some(jsonb) => jsonb.int(value),
-            None => self.text.push_str(itoa::Buffer::new().format(value)),
+        match self.next_field() {
+            RowsBuf::Text(text) => text.push_str(itoa::Buffer::new().format(value)),
+            RowsBuf::Jsonb(jsonb) => jsonb.int(value),
         }
         self
     }
@@ -556,34 +568,32 @@ impl JsonRows {
 
     /// A boolean field.
     pub fn bool(&mut self, value: bool) -> &mut Self {
-        self.comma();
-        match &mut self.jsonb {
-            Some(jsonb) => jsonb.row.push(if value { JSONB_TRUE } else { JSONB_FALSE }),
-            None => self.text.push_str(if value { "true" } else { "false" }),
+        match self.next_field() {
+            RowsBuf::Text(text) => text.push_str(if value { "true" } else { "false" }),
+            RowsBuf::Jsonb(jsonb) => jsonb.row.push(if value { JSONB_TRUE } else { JSONB_FALSE }),
         }
         self
     }
 
     fn null(&mut self) -> &mut Self {
-        self.comma();
-        match &mut self.jsonb {
-            Some(jsonb) => jsonb.row.push(JSONB_NULL),
-            None => self.text.push_str("null"),
+        match self.next_field() {
+            RowsBuf::Text(text) => text.push_str("null"),
+            RowsBuf::Jsonb(jsonb) => jsonb.row.push(JSONB_NULL),
         }
         self
     }
 
     /// The statement's parameter: JSON text, or a JSONB blob for SQLite.
-    pub fn finish(mut self) -> Value {
-        match self.jsonb.take() {
-            Some(jsonb) => Value::Bytes(Some(jsonb.finish(self.rows))),
-            None => {
+    pub fn finish(self) -> Value {
+        match self.buf {
+            RowsBuf::Text(mut text) => {
                 if self.rows > 0 {
-                    self.text.push(']');
+                    text.push(']');
                 }
-                self.text.push(']');
-                Value::String(Some(self.text))
+                text.push(']');
+                Value::String(Some(text))
             }
+            RowsBuf::Jsonb(jsonb) => Value::Bytes(Some(jsonb.finish(self.rows))),
         }
     }
 }
