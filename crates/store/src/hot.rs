@@ -6,8 +6,8 @@
 //! more than the database's own work: every statement is built and its values copied
 //! several times, and a multi-row `INSERT` with a different row count is a different
 //! statement for SQLite to prepare. Here the rows of a statement travel as one JSON
-//! parameter (a JSONB blob read by `jsonb_each` on SQLite, text read by
-//! `jsonb_array_elements` on PostgreSQL), so each
+//! parameter (a JSONB blob read by Sluice's own `sluice_rows` table-valued function on
+//! SQLite, text read by `jsonb_array_elements` on PostgreSQL), so each
 //! statement has one fixed SQL text, prepared once and cached by the driver; and on SQLite
 //! a whole cycle (`BEGIN`, the statements, `COMMIT`) is sent to its connection's thread as
 //! one multi-statement query instead of one hand-off per statement.
@@ -397,10 +397,11 @@ impl ConnectionTrait for Session {
 /// Rows for a statement's parameter, `[[field, ...], ...]`, built without intermediate
 /// values: JSON text for PostgreSQL, SQLite's binary JSON (JSONB) for SQLite.
 ///
-/// SQLite turns JSON text into JSONB before it can step through it, and that parse of
-/// every row's text was a tenth of the instructions its threads spent under `sluice bench`
-/// (`jsonb_each` on the text parameter). Given JSONB, it takes the blob as it is. JSONB
-/// also stores strings raw (type TEXTRAW), so they need no escaping on the way in.
+/// SQLite's rows are JSONB because `jsonb_each`, which read them first, had to turn JSON
+/// text into JSONB before it could step through it (a tenth of the instructions of its
+/// threads under `sluice bench`); `sluice_rows`, which reads them now, decodes the same
+/// format. JSONB also stores strings raw (type TEXTRAW), so they need no escaping on the
+/// way in.
 #[derive(Debug)]
 pub struct JsonRows {
     buf: RowsBuf,
@@ -678,18 +679,19 @@ fn param(backend: DbBackend, n: usize) -> String {
     }
 }
 
-/// The rows of a JSON parameter as a relation `e` whose column `r` is one row (an array),
-/// whose fields [`field`] takes out. Binary JSON on both backends: SQLite is given JSONB
-/// (see [`JsonRows`]), PostgreSQL parses the text once, and finding a field skips the
-/// fields before it instead of parsing them. On
-/// PostgreSQL, rows of `json` made every `->> i` lex the row's text again from its start
-/// (a 15-field attempt row was lexed about eight times over), and JSON lexing was a fifth
-/// of the server's CPU in `sluice bench` on PostgreSQL; with `jsonb` the server's CPU per
-/// event fell from 100-106 µs to 67-83 µs (4 interleaved rounds of `--events 100000`).
+/// The rows of a JSON parameter as a relation `e`. On PostgreSQL its column `r` is one row
+/// (an array) whose fields [`field`] takes out; on SQLite, `sluice_rows(?)` (the
+/// `sluice-sqlite-rows` crate) reads the JSONB of [`JsonRows`] and gives each row's fields
+/// as columns `c0`, `c1`, ... PostgreSQL parses the text once as `jsonb`, so finding a
+/// field skips the fields before it instead of parsing them: rows of `json` made every
+/// `->> i` lex the row's text again from its start (a 15-field attempt row was lexed about
+/// eight times over), and JSON lexing was a fifth of the server's CPU in `sluice bench` on
+/// PostgreSQL; with `jsonb` the server's CPU per event fell from 100-106 µs to 67-83 µs
+/// (4 interleaved rounds of `--events 100000`).
 fn rows_from(backend: DbBackend, n: usize) -> String {
     match backend {
         DbBackend::Postgres => format!("jsonb_array_elements(${n}::jsonb) AS e(r)"),
-        _ => "(SELECT value AS r FROM jsonb_each(?)) AS e".to_owned(),
+        _ => "sluice_rows(?) AS e".to_owned(),
     }
 }
 
@@ -711,17 +713,19 @@ fn is_element(backend: DbBackend, column: &str, n: usize, pg_type: &str) -> Stri
     }
 }
 
-/// Field `i` of a JSON row, as SQL of type `pg_type` (SQLite needs no cast: strings come
-/// out as text, numbers as numbers, `true` as 1, `null` as NULL). On SQLite
-/// `json_extract` with a constant path rather than `->> i`, which builds the path `$[i]`
-/// anew for every field of every row: inserting 200-row batches of 15 text fields took
-/// 16-20% less time in SQLite this way (three runs of a scratch benchmark, building the
-/// JSON excluded). Bound parameters instead of JSON were slower still, even with the
-/// statement cached (about 5 µs a row against 4).
+/// Field `i` of a row, as SQL of type `pg_type` (SQLite needs no cast: strings come out as
+/// text, numbers as integers, `true` and `false` as 1 and 0, `null` as NULL).
+///
+/// On SQLite this was `json_extract(e.r, '$[i]')` over `jsonb_each`: every field an SQL
+/// function call that copied its row out of `jsonb_each` and parsed its path, 5.2% of the
+/// planes' CPU with ten subscriptions (perf, `sluice bench --subscriptions 10`); read
+/// through `sluice_rows` a row is decoded once and a field is a column, 1.0%. Bound
+/// parameters were slower than JSON, even with the statement cached (about 5 µs a row
+/// against 4, through sqlx).
 fn field(backend: DbBackend, i: usize, pg_type: &str) -> String {
     match backend {
         DbBackend::Postgres => format!("(e.r ->> {i})::{pg_type}"),
-        _ => format!("json_extract(e.r, '$[{i}]')"),
+        _ => format!("e.c{i}"),
     }
 }
 

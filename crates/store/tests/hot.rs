@@ -239,6 +239,167 @@ async fn row_parameters_read_back_as_the_values_given() {
     }
 }
 
+/// SQLite reads the rows through `sluice_rows(?)`: each field comes out as the column
+/// `c{i}` with the type `json_extract` gave before it (text, integer, 1 and 0 for the
+/// booleans, NULL), and a column past a row's last field is NULL.
+#[tokio::test]
+async fn sqlite_reads_row_parameters_as_typed_columns() {
+    let dir = std::env::temp_dir().join(unique("sluice-rows"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = sluice_store::open(&sluice_store::sqlite_url(&dir, Plane::Data), Plane::Data)
+        .await
+        .unwrap();
+    let long = "é".repeat(35_000);
+    let mut rows = hot::JsonRows::new(DbBackend::Sqlite);
+    rows.row()
+        .str("att_1")
+        .int(i64::MIN)
+        .bool(true)
+        .opt_int(None)
+        .str("nul \0 here");
+    rows.row().str(&long).int(i64::MAX).bool(false);
+    let found = db
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT rowid AS n, c0, typeof(c0) AS t0, c1, typeof(c1) AS t1, c2, typeof(c2) AS t2, \
+             typeof(c3) AS t3, c4, typeof(c5) AS t5 FROM sluice_rows(?) ORDER BY rowid",
+            [rows.finish()],
+        ))
+        .await
+        .unwrap();
+    let read = |r: &sea_orm::QueryResult| {
+        (
+            r.try_get::<i64>("", "n").unwrap(),
+            r.try_get::<String>("", "c0").unwrap(),
+            r.try_get::<String>("", "t0").unwrap(),
+            r.try_get::<i64>("", "c1").unwrap(),
+            r.try_get::<String>("", "t1").unwrap(),
+            r.try_get::<i64>("", "c2").unwrap(),
+            r.try_get::<String>("", "t2").unwrap(),
+            r.try_get::<String>("", "t3").unwrap(),
+            r.try_get::<Option<String>>("", "c4").unwrap(),
+            r.try_get::<String>("", "t5").unwrap(),
+        )
+    };
+    assert_eq!(found.len(), 2);
+    let text = |s: &str| s.to_owned();
+    assert_eq!(
+        read(&found[0]),
+        (
+            1,
+            text("att_1"),
+            text("text"),
+            i64::MIN,
+            text("integer"),
+            1,
+            text("integer"),
+            text("null"),
+            Some(text("nul \u{fffd} here")),
+            text("null"),
+        )
+    );
+    assert_eq!(
+        read(&found[1]),
+        (
+            2,
+            long.clone(),
+            text("text"),
+            i64::MAX,
+            text("integer"),
+            0,
+            text("integer"),
+            text("null"),
+            None,
+            text("null"),
+        )
+    );
+    db.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A rows parameter that is not what the writer makes is an error naming `sluice_rows`,
+/// never a crash or a guess; the statement stores nothing and the connection goes on.
+#[tokio::test]
+async fn sqlite_refuses_a_malformed_rows_parameter_and_goes_on() {
+    let dir = std::env::temp_dir().join(unique("sluice-rows-bad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = sluice_store::open(&sluice_store::sqlite_url(&dir, Plane::Data), Plane::Data)
+        .await
+        .unwrap();
+    let insert = "INSERT INTO dp_fanout (message_id, due_ms, lease_until_ms) \
+                  SELECT e.c0, e.c1, e.c2 FROM sluice_rows(?) AS e";
+    let mut good = hot::JsonRows::new(DbBackend::Sqlite);
+    good.row().str("msg_ok").int(5).opt_int(None);
+    let good = good.finish();
+    let sea_orm::Value::Bytes(Some(good_bytes)) = &good else {
+        panic!("SQLite rows are a blob: {good:?}");
+    };
+    // The good parameter cut short, then with a row of a type the writer never makes
+    // (TEXTJ, a string with JSON escapes), then an integer that overflows 64 bits.
+    let cut = good_bytes[..good_bytes.len() - 1].to_vec();
+    let textj = vec![0x2b, 0x1b, 0x08];
+    let overflow = [&[0xcb, 23, 0xcb, 21, 0xc3, 19][..], b"9223372036854775808"].concat();
+    let cases: Vec<(sea_orm::Value, &str)> = vec![
+        (sea_orm::Value::Bytes(Some(cut)), "truncated element"),
+        (
+            sea_orm::Value::Bytes(Some(textj)),
+            "a field type the writer never produces",
+        ),
+        (
+            sea_orm::Value::Bytes(Some(overflow)),
+            "an integer that is not decimal digits within 64 bits",
+        ),
+        (
+            sea_orm::Value::String(Some("[[\"msg_x\", 1, null]]".to_owned())),
+            "the parameter must be a JSONB blob",
+        ),
+    ];
+    for (value, why) in cases {
+        let err = db
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                insert,
+                [value],
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("sluice_rows: {why}")),
+            "{err} (expected {why})"
+        );
+    }
+    // Without its parameter the function has no plan at all.
+    let err = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT c0 FROM sluice_rows",
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no query solution"), "{err}");
+    assert!(
+        data::fanout::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a refused statement stored nothing"
+    );
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        insert,
+        [good],
+    ))
+    .await
+    .unwrap();
+    let stored = data::fanout::Entity::find().all(&db).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].message_id, "msg_ok");
+    assert_eq!(stored[0].due_ms, 5);
+    db.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
     for fresh in fresh_databases().await {
