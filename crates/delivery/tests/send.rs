@@ -608,3 +608,65 @@ async fn a_truncated_body_is_a_body_failure() {
     assert_eq!(result.response_excerpt, "abc");
     answered.await.expect("the receiver answered");
 }
+
+/// More attempts in flight to one host than any fixed idle cap (here 100 at once, twice)
+/// reuse their connections: the second round opens (next to) none. With reqwest's pool
+/// capped at 64 idle connections per host, 36 of the first round's were closed as they came
+/// back and the second round had to open them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_attempts_in_flight_to_one_host_keep_their_connections() {
+    use axum::extract::ConnectInfo;
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::Barrier;
+
+    const IN_FLIGHT: usize = 100;
+    // Every request waits at the barrier until all of its round are in the receiver, so a
+    // round holds IN_FLIGHT connections at once.
+    let barrier = Arc::new(Barrier::new(IN_FLIGHT));
+    let peers: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let app = Router::new().fallback(any({
+        let (barrier, peers) = (Arc::clone(&barrier), Arc::clone(&peers));
+        move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let (barrier, peers) = (Arc::clone(&barrier), Arc::clone(&peers));
+            async move {
+                peers.lock().expect("peers").insert(peer);
+                barrier.wait().await;
+                StatusCode::OK
+            }
+        }
+    }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let url = Url::parse(&format!("http://{addr}/hook")).expect("url");
+    let sender = local_sender(|_| {});
+
+    let round = || async {
+        let mut attempts = tokio::task::JoinSet::new();
+        for _ in 0..IN_FLIGHT {
+            let (sender, url) = (sender.clone(), url.clone());
+            attempts.spawn(async move { send_to(&sender, &url, &[], &[]).await });
+        }
+        while let Some(result) = attempts.join_next().await {
+            let result = result.expect("attempt task");
+            assert_eq!(result.status_code, Some(200), "{result:?}");
+        }
+        peers.lock().expect("peers").len()
+    };
+    let first = round().await;
+    assert_eq!(first, IN_FLIGHT, "one connection per attempt in flight");
+    let opened_again = round().await - first;
+    // A connection can come back to the pool a moment after its attempt returned, so a
+    // few new ones are possible; a cap below 100 would force at least 100 - cap.
+    assert!(
+        opened_again < 10,
+        "the second round opened {opened_again} new connections"
+    );
+}
