@@ -17,6 +17,20 @@
 
 mod rows;
 
+/// JSONB element types (sqlite.org/jsonb.html): the low four bits of an element's header.
+/// Those the hot path's writer produces and `sluice_rows` reads.
+pub mod jsonb {
+    pub const NULL: u8 = 0;
+    pub const TRUE: u8 = 1;
+    pub const FALSE: u8 = 2;
+    pub const INT: u8 = 3;
+    /// Text without escapes, as JSON has it (read, never written by Sluice).
+    pub const TEXT: u8 = 7;
+    /// Text as it is, with nothing escaped.
+    pub const TEXTRAW: u8 = 10;
+    pub const ARRAY: u8 = 11;
+}
+
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
 

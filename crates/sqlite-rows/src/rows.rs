@@ -9,13 +9,7 @@
 
 use std::fmt;
 
-const NULL: u8 = 0;
-const TRUE: u8 = 1;
-const FALSE: u8 = 2;
-const INT: u8 = 3;
-const TEXT: u8 = 7;
-const TEXTRAW: u8 = 10;
-const ARRAY: u8 = 11;
+use crate::jsonb::{ARRAY, FALSE, INT, NULL, TEXT, TEXTRAW, TRUE};
 
 /// Why a parameter is not rows this table can read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -424,13 +424,11 @@ struct Jsonb {
     row: Vec<u8>,
 }
 
-/// JSONB element types (sqlite.org/jsonb.html).
-const JSONB_NULL: u8 = 0;
-const JSONB_TRUE: u8 = 1;
-const JSONB_FALSE: u8 = 2;
-const JSONB_INT: u8 = 3;
-const JSONB_TEXTRAW: u8 = 10;
-const JSONB_ARRAY: u8 = 11;
+/// JSONB element types, shared with the reader, `sluice_rows`.
+use sluice_sqlite_rows::jsonb::{
+    ARRAY as JSONB_ARRAY, FALSE as JSONB_FALSE, INT as JSONB_INT, NULL as JSONB_NULL,
+    TEXTRAW as JSONB_TEXTRAW, TRUE as JSONB_TRUE,
+};
 
 /// Appends a JSONB element header: the type in the low four bits, the payload's size in
 /// the high four (up to 11) or in the 1, 2, 4 or 8 big-endian bytes that follow (12 to 15).

@@ -27,14 +27,19 @@ fn next_number() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn fresh_databases() -> Vec<Fresh> {
+/// A fresh SQLite database in a directory of its own.
+fn fresh_sqlite() -> Fresh {
     let dir = std::env::temp_dir().join(unique("sluice-hot"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut all = vec![Fresh {
+    Fresh {
         url: sluice_store::sqlite_url(&dir, Plane::Data),
         dir: Some(dir),
         postgres: None,
-    }];
+    }
+}
+
+async fn fresh_databases() -> Vec<Fresh> {
+    let mut all = vec![fresh_sqlite()];
     match std::env::var("SLUICE_TEST_DATABASE_URL") {
         Ok(server) if !server.is_empty() => {
             let name = unique("sluice_hot");
@@ -244,11 +249,8 @@ async fn row_parameters_read_back_as_the_values_given() {
 /// booleans, NULL), and a column past a row's last field is NULL.
 #[tokio::test]
 async fn sqlite_reads_row_parameters_as_typed_columns() {
-    let dir = std::env::temp_dir().join(unique("sluice-rows"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = sluice_store::open(&sluice_store::sqlite_url(&dir, Plane::Data), Plane::Data)
-        .await
-        .unwrap();
+    let fresh = fresh_sqlite();
+    let db = fresh.open(Plane::Data).await;
     let long = "é".repeat(35_000);
     let mut rows = hot::JsonRows::new(DbBackend::Sqlite);
     rows.row()
@@ -314,18 +316,15 @@ async fn sqlite_reads_row_parameters_as_typed_columns() {
         )
     );
     db.close().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    fresh.remove().await;
 }
 
 /// A rows parameter that is not what the writer makes is an error naming `sluice_rows`,
 /// never a crash or a guess; the statement stores nothing and the connection goes on.
 #[tokio::test]
 async fn sqlite_refuses_a_malformed_rows_parameter_and_goes_on() {
-    let dir = std::env::temp_dir().join(unique("sluice-rows-bad"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = sluice_store::open(&sluice_store::sqlite_url(&dir, Plane::Data), Plane::Data)
-        .await
-        .unwrap();
+    let fresh = fresh_sqlite();
+    let db = fresh.open(Plane::Data).await;
     let insert = "INSERT INTO dp_fanout (message_id, due_ms, lease_until_ms) \
                   SELECT e.c0, e.c1, e.c2 FROM sluice_rows(?) AS e";
     let mut good = hot::JsonRows::new(DbBackend::Sqlite);
@@ -397,7 +396,7 @@ async fn sqlite_refuses_a_malformed_rows_parameter_and_goes_on() {
     assert_eq!(stored[0].message_id, "msg_ok");
     assert_eq!(stored[0].due_ms, 5);
     db.close().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    fresh.remove().await;
 }
 
 #[tokio::test]
