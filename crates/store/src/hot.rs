@@ -25,6 +25,11 @@ use sea_orm::{
     Statement, Value, Values,
 };
 use sea_query_sqlx::SqlxValues;
+// JSONB's element types, shared with the reader of SQLite's rows (`sluice_rows`).
+use sluice_sqlite_rows::jsonb::{
+    ARRAY as JSONB_ARRAY, FALSE as JSONB_FALSE, INT as JSONB_INT, NULL as JSONB_NULL,
+    TEXTRAW as JSONB_TEXTRAW, TRUE as JSONB_TRUE,
+};
 use tokio::sync::Mutex;
 
 /// A transaction on one connection, for the hot path. Finish it with [`Session::commit`]
@@ -423,12 +428,6 @@ struct Jsonb {
     rows: Vec<u8>,
     row: Vec<u8>,
 }
-
-/// JSONB element types, shared with the reader, `sluice_rows`.
-use sluice_sqlite_rows::jsonb::{
-    ARRAY as JSONB_ARRAY, FALSE as JSONB_FALSE, INT as JSONB_INT, NULL as JSONB_NULL,
-    TEXTRAW as JSONB_TEXTRAW, TRUE as JSONB_TRUE,
-};
 
 /// Appends a JSONB element header: the type in the low four bits, the payload's size in
 /// the high four (up to 11) or in the 1, 2, 4 or 8 big-endian bytes that follow (12 to 15).
