@@ -31,15 +31,15 @@ pub mod jsonb {
     pub const ARRAY: u8 = 11;
 }
 
-use std::ffi::{CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
 
 use libsqlite3_sys as ffi;
 
-pub use rows::{Field, Malformed, Rows};
+use rows::{Field, Malformed, Rows};
 
 /// The function's name in SQL.
-pub const NAME: &str = "sluice_rows";
+pub const NAME: &CStr = c"sluice_rows";
 
 /// Columns `c0` to `c{COLUMNS - 1}`: more fields than the widest row of the hot path.
 pub const COLUMNS: usize = 24;
@@ -53,7 +53,10 @@ pub fn register() -> Result<(), String> {
     if rc == ffi::SQLITE_OK {
         Ok(())
     } else {
-        Err(format!("registering {NAME} with SQLite failed (code {rc})"))
+        Err(format!(
+            "registering {} with SQLite failed (code {rc})",
+            NAME.to_string_lossy()
+        ))
     }
 }
 
@@ -65,15 +68,7 @@ unsafe extern "C" fn init(
 ) -> c_int {
     // SAFETY: `db` is the connection being opened; the name is a NUL-terminated constant and
     // `MODULE` a static, so both outlive the connection; no client data to free.
-    unsafe {
-        ffi::sqlite3_create_module_v2(
-            db,
-            c"sluice_rows".as_ptr(),
-            &MODULE,
-            std::ptr::null_mut(),
-            None,
-        )
-    }
+    unsafe { ffi::sqlite3_create_module_v2(db, NAME.as_ptr(), &MODULE, std::ptr::null_mut(), None) }
 }
 
 static MODULE: ffi::sqlite3_module = ffi::sqlite3_module {

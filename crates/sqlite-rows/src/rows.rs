@@ -13,7 +13,7 @@ use crate::jsonb::{ARRAY, FALSE, INT, NULL, TEXT, TEXTRAW, TRUE};
 
 /// Why a parameter is not rows this table can read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed(pub &'static str);
+pub(crate) struct Malformed(pub(crate) &'static str);
 
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,7 +31,7 @@ pub(crate) struct Element {
 
 /// A field's value, as SQLite gets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field<'a> {
+pub(crate) enum Field<'a> {
     Null,
     Int(i64),
     /// UTF-8, as the writer took it from a Rust string.
@@ -68,18 +68,29 @@ fn element(data: &[u8], at: usize) -> Result<Element, Malformed> {
     Ok(Element { kind, start, end })
 }
 
-/// The value of a field element.
-fn value(data: &[u8], e: Element) -> Result<Field<'_>, Malformed> {
+/// A field, decoded when its row is read: text stays where it is in the parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoded {
+    Null,
+    Int(i64),
+    Text { start: usize, end: usize },
+}
+
+/// Decodes a field element of `data`.
+fn decode(data: &[u8], e: Element) -> Result<Decoded, Malformed> {
     let payload = data
         .get(e.start..e.end)
         .ok_or(Malformed("truncated element"))?;
     match e.kind {
         NULL | TRUE | FALSE if !payload.is_empty() => Err(Malformed("a literal with a payload")),
-        NULL => Ok(Field::Null),
-        TRUE => Ok(Field::Int(1)),
-        FALSE => Ok(Field::Int(0)),
-        INT => parse_int(payload).map(Field::Int),
-        TEXT | TEXTRAW => Ok(Field::Text(payload)),
+        NULL => Ok(Decoded::Null),
+        TRUE => Ok(Decoded::Int(1)),
+        FALSE => Ok(Decoded::Int(0)),
+        INT => parse_int(payload).map(Decoded::Int),
+        TEXT | TEXTRAW => Ok(Decoded::Text {
+            start: e.start,
+            end: e.end,
+        }),
         _ => Err(Malformed("a field type the writer never produces")),
     }
 }
@@ -112,15 +123,15 @@ fn parse_int(digits: &[u8]) -> Result<i64, Malformed> {
     }
 }
 
-/// A cursor over the rows of one parameter: the current row's fields, read when the
+/// A cursor over the rows of one parameter: the current row's fields, decoded when the
 /// cursor reaches it.
 #[derive(Debug, Default)]
-pub struct Rows {
+pub(crate) struct Rows {
+    /// The parameter; its outer array ends where it does.
     data: Vec<u8>,
-    /// Where the next row's header is, and where the outer array's payload ends.
+    /// Where the next row's header is.
     next: usize,
-    end: usize,
-    fields: Vec<Element>,
+    fields: Vec<Decoded>,
     /// 1 for the first row.
     rowid: i64,
     eof: bool,
@@ -129,7 +140,7 @@ pub struct Rows {
 impl Rows {
     /// Starts over on `blob` (copied: SQLite's argument may not outlive the call), at its
     /// first row.
-    pub fn reset(&mut self, blob: &[u8]) -> Result<(), Malformed> {
+    pub(crate) fn reset(&mut self, blob: &[u8]) -> Result<(), Malformed> {
         self.data.clear();
         self.data.extend_from_slice(blob);
         self.fields.clear();
@@ -143,34 +154,28 @@ impl Rows {
             return Err(Malformed("bytes after the array"));
         }
         self.next = outer.start;
-        self.end = outer.end;
         self.advance()
     }
 
     /// Moves to the next row, or to the end.
-    pub fn advance(&mut self) -> Result<(), Malformed> {
+    pub(crate) fn advance(&mut self) -> Result<(), Malformed> {
         self.fields.clear();
-        if self.next >= self.end {
+        if self.next >= self.data.len() {
             self.eof = true;
             return Ok(());
         }
-        let within = self
-            .data
-            .get(..self.end)
-            .ok_or(Malformed("truncated element"))?;
-        let row = element(within, self.next)?;
+        let row = element(&self.data, self.next)?;
         if row.kind != ARRAY {
             return Err(Malformed("a row that is not an array"));
         }
-        let row_data = within
+        let row_data = self
+            .data
             .get(..row.end)
             .ok_or(Malformed("truncated element"))?;
         let mut at = row.start;
         while at < row.end {
             let field = element(row_data, at)?;
-            // Checked now, so that reading a column cannot fail.
-            value(row_data, field)?;
-            self.fields.push(field);
+            self.fields.push(decode(row_data, field)?);
             at = field.end;
         }
         self.next = row.end;
@@ -179,20 +184,22 @@ impl Rows {
         Ok(())
     }
 
-    pub fn eof(&self) -> bool {
+    pub(crate) fn eof(&self) -> bool {
         self.eof
     }
 
-    pub fn rowid(&self) -> i64 {
+    pub(crate) fn rowid(&self) -> i64 {
         self.rowid
     }
 
     /// Field `i` of the current row; NULL past its last field.
-    pub fn field(&self, i: usize) -> Field<'_> {
+    pub(crate) fn field(&self, i: usize) -> Field<'_> {
         match self.fields.get(i) {
-            // Every field was checked when its row was read.
-            Some(e) => value(&self.data, *e).unwrap_or(Field::Null),
-            None => Field::Null,
+            None | Some(Decoded::Null) => Field::Null,
+            Some(Decoded::Int(n)) => Field::Int(*n),
+            Some(Decoded::Text { start, end }) => {
+                Field::Text(self.data.get(*start..*end).unwrap_or_default())
+            }
         }
     }
 }
