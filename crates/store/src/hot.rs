@@ -819,7 +819,7 @@ pub mod data {
                     f(7, ""),
                     rows_from(backend, 0),
                 );
-                // The blob comes first: its `?` precedes json_each's in the SQL.
+                // The blob comes first: its `?` precedes sluice_rows' in the SQL.
                 Statement::from_sql_and_values(
                     backend,
                     sql,
