@@ -39,7 +39,7 @@ pub enum Command {
     /// Apply database migrations and exit.
     Migrate(MigrateArgs),
     /// Benchmark both planes end to end: publish over one stream, time every delivery.
-    Bench(crate::bench::BenchArgs),
+    Bench(sluice_bench::BenchArgs),
     /// Run a local webhook receiver that prints (and verifies) what it gets.
     Listen(crate::listen::ListenArgs),
 }
@@ -241,7 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => run_data(args).await,
         Command::Dev(args) => run_dev(args).await,
         Command::Migrate(args) => run_migrate(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Bench(args) => sluice_bench::run(args, crate::shutdown::on_signal).await,
         Command::Listen(args) => crate::listen::run(args).await,
     }
 }

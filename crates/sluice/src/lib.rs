@@ -1,7 +1,6 @@
 //! The `sluice` binary as a library: configuration, telemetry, serving each plane, signals.
 //! `main.rs` only parses flags and calls in here, so tests run the same code on port 0.
 
-pub mod bench;
 pub mod cli;
 pub mod dataplane;
 pub mod listen;

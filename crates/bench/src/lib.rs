@@ -1,6 +1,9 @@
-//! `sluice bench`: a throughput and latency benchmark of both planes, end to end.
+//! `sluice bench`: a throughput and latency benchmark of both planes, end to end. The
+//! `sluice` binary parses the flags (`BenchArgs`) and calls `run`; of Sluice this crate
+//! uses only the protos and `sluice-core`, and only the binary depends on it.
 //!
-//! By default it starts `sluice dev` (this same binary) as a child process on fresh ports
+//! By default it starts `sluice dev` (the running executable, so `run` is only meant to be
+//! called from the `sluice` binary) as a child process on fresh ports
 //! and a fresh data directory, so the planes' CPU time and peak memory can be read from
 //! `/proc` apart from the bench's own publisher and receiver. It starts its own loopback
 //! webhook receiver, sets up a workspace, an API key and `--subscriptions` subscriptions
@@ -37,6 +40,7 @@ use sluice_proto::control::v1::{
     Subscription, Workspace,
 };
 use sluice_proto::data::v1::ingest_service_client::IngestServiceClient;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use self::child::{ChildPlanes, ProcSample};
@@ -270,7 +274,14 @@ impl Planes {
 }
 
 /// Runs the bench: prints the report, and fails when it timed out or the stream broke.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+///
+/// `on_signal` is called once the planes are up and returns a token that Ctrl-C or SIGTERM
+/// cancels (the binary's own handler): from then on a signal stops the run and still stops
+/// the planes the bench started. Before that a signal keeps its default action.
+pub async fn run(
+    args: BenchArgs,
+    on_signal: impl FnOnce() -> CancellationToken,
+) -> anyhow::Result<()> {
     args.validate()?;
     if args.http_baseline {
         let measured = baseline::run(&args).await?;
@@ -323,7 +334,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     // Ctrl-C or SIGTERM stops the run, and still stops the child below.
-    let interrupted = crate::shutdown::on_signal();
+    let interrupted = on_signal();
     let result = tokio::select! {
         r = measure(&args, &receiver, &mut planes) => r,
         () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
