@@ -6,7 +6,7 @@
 //! VMs of the same kind differ, and one VM differs from hour to hour; this figure, taken
 //! beside a run of the planes, says how fast the machine's loopback HTTP was then. It is
 //! not a yardstick for the planes as a whole: they also wait on the disk (`fsync`), which
-//! it does not touch. The reference machine did about 60,000 POST/s here.
+//! it does not touch. docs/benchmarks.md has the figures of the machines measured so far.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

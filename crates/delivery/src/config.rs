@@ -35,10 +35,8 @@ pub struct SenderConfig {
     /// the connections to an endpoint (its concurrency), and an idle connection is closed
     /// after 90 seconds (reqwest's default). A cap below the attempts in flight to one host
     /// (several subscriptions to one receiver, or to `hooks.slack.com`) closed connections
-    /// as they came back and opened new ones: with the old cap of 64, ten subscriptions at
-    /// 64 attempts each opened 120,162 connections for 150,000 deliveries
-    /// (`SLUICE_ENDPOINT_CONCURRENCY=64 sluice bench --events 15000 --subscriptions 10`,
-    /// `nstat TcpActiveOpens`), at 125 µs of CPU per delivery instead of about 55.
+    /// as they came back and opened new ones, nearly one per delivery, each with its
+    /// handshake (docs/benchmarks.md has the measurement).
     pub max_idle_per_host: usize,
 }
 

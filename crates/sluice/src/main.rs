@@ -3,7 +3,7 @@
 use clap::Parser;
 
 /// jemalloc for the whole process (SQLite's C code included): see the workspace manifest
-/// and the README's benchmark section for what glibc's malloc cost.
+/// and docs/performance.md for what glibc's malloc cost.
 #[cfg(all(unix, not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
