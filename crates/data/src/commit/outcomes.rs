@@ -1,103 +1,33 @@
-//! Attempt outcomes: what the dispatcher hands the writer after each attempt (the delivery
-//! row's new state, the failure streak, what the control plane is told) and how a batch of
-//! them is written inside the writer's transaction. A first attempt that succeeds writes
-//! nothing of its own (its message's fan-out row covers it, see `fanout`); the other rows
-//! of a batch go in one multi-row statement.
+//! Attempt outcomes in the writer's transaction: how a batch of what attempts handed the
+//! writer (the delivery row's new state, the failure streak, what the control plane is
+//! told) is written. A first attempt that succeeds writes nothing of its own (its
+//! message's fan-out row covers it, see `state::fanouts`); the other rows of a batch go in
+//! one multi-row statement.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sluice_core::outcome::DeliveryStatus;
-use sluice_proto::control::v1::{AttemptOutcome, ConfigSubscription, SubscriptionDisabled};
 use sluice_store::data::{delivery, state};
-use tokio::sync::oneshot;
 
-use crate::config_copy::{set_state, upsert_subscription};
-use crate::decision::Streak;
-use crate::fanout::{Fanouts, Plan};
-use crate::outbox::ReportBody;
-use crate::queue::DeliveryKey;
-use crate::shared::Shared;
-
-/// The `dp_state` name prefix of an endpoint's failure streak.
-pub(crate) const STREAK_STATE_PREFIX: &str = "endpoint_failing:";
-
-/// What the writer is asked to store.
-pub(crate) enum OutcomeEvent {
-    /// An attempt was made.
-    Attempt(Box<AttemptRecord>),
-    /// A delivery ended without an attempt (its subscription was deleted or disabled).
-    Finished(Box<FinishedRecord>),
-    /// The data plane disabled a subscription: fail its pending deliveries, keep the local
-    /// copy disabled, and tell the control plane.
-    Disabled(Box<Disabled>),
-    /// Answered once everything sent before it is committed.
-    Flush(oneshot::Sender<()>),
-}
-
-impl OutcomeEvent {
-    /// Whether someone waits for this event's commit.
-    pub(crate) fn is_flush(&self) -> bool {
-        matches!(self, OutcomeEvent::Flush(_))
-    }
-}
-
-/// A subscription the data plane disabled.
-pub(crate) struct Disabled {
-    /// What the control plane is told.
-    pub(crate) report: SubscriptionDisabled,
-    /// The local copy, with `enabled` false, to persist.
-    pub(crate) config: ConfigSubscription,
-}
-
-/// A delivery that ends without an attempt.
-pub(crate) struct FinishedRecord {
-    pub(crate) key: DeliveryKey,
-    pub(crate) status: DeliveryStatus,
-    /// The message's workspace and acceptance time, for a delivery row written now.
-    pub(crate) workspace_id: String,
-    pub(crate) create_ms: i64,
-}
-
-/// One attempt's effect on its delivery.
-pub(crate) struct AttemptRecord {
-    pub(crate) key: DeliveryKey,
-    /// The message's workspace and acceptance time, for a delivery row written now (a first
-    /// attempt that failed).
-    pub(crate) workspace_id: String,
-    pub(crate) message_create_ms: i64,
-    /// What the control plane is told.
-    pub(crate) outcome: AttemptOutcome,
-    pub(crate) status: DeliveryStatus,
-    pub(crate) attempt_count: u32,
-    /// The next attempt's due time; `None` leaves the stored one.
-    pub(crate) next_attempt_ms: Option<i64>,
-    /// The row's lease after this; `None` clears it so any replica's scanner may take it.
-    pub(crate) lease_until_ms: Option<i64>,
-    pub(crate) first_failure_ms: Option<i64>,
-    pub(crate) streak: StreakChange,
-}
-
-/// How an endpoint's failure streak changed, to persist it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum StreakChange {
-    Unchanged,
-    Set(Streak),
-    Clear,
-}
+use crate::state::claims::DeliveryKey;
+use crate::state::config_copy::{set_state, upsert_subscription};
+use crate::state::fanouts::{FanoutPlan, Fanouts};
+use crate::state::outbox::ReportBody;
+use crate::state::streaks::{STREAK_STATE_PREFIX, StreakChange};
+use crate::work::{AttemptRecord, DisabledSubscription, OutcomeEvent};
 
 /// Applies a batch of outcome events inside the writer's transaction, and adds what the
 /// control plane must hear of them (attempts, disabled subscriptions) to `report`. First
-/// attempts are concluded in `plan` (see `fanout`): one that succeeded writes nothing for
+/// attempts are concluded in `plan` (see `state::fanouts`): one that succeeded writes nothing for
 /// its delivery, any other outcome writes the delivery's row.
 pub(crate) async fn apply<C: ConnectionTrait>(
     tx: &C,
     fanouts: &Fanouts,
     batch: &[OutcomeEvent],
     report: &mut ReportBody,
-    plan: &mut Plan,
+    plan: &mut FanoutPlan,
 ) -> Result<(), DbErr> {
     let mut streaks: HashMap<&str, StreakChange> = HashMap::new();
     let mut rows = DeliveryRows::default();
@@ -114,28 +44,25 @@ pub(crate) async fn apply<C: ConnectionTrait>(
                     rows.attempt(record);
                 }
             }
-            OutcomeEvent::Finished(finished) => {
-                let first = plan.concludes(
-                    fanouts,
-                    &finished.key.message_id,
-                    &finished.key.subscription_id,
-                );
+            OutcomeEvent::Ended(ended) => {
+                let first =
+                    plan.concludes(fanouts, &ended.key.message_id, &ended.key.subscription_id);
                 if first {
                     rows.finished(
-                        &finished.key,
-                        &finished.workspace_id,
-                        finished.create_ms,
-                        finished.status,
+                        &ended.key,
+                        &ended.workspace_id,
+                        ended.create_ms,
+                        ended.status,
                     );
                 } else {
                     // Statements keep their order: attempts before this event are written
                     // first, so a delivery pending before them ends now.
                     rows.write(tx).await?;
-                    finish_pending(tx, &finished.key, finished.status).await?;
+                    finish_pending(tx, &ended.key, ended.status).await?;
                 }
             }
             OutcomeEvent::Disabled(disabled) => {
-                let Disabled {
+                let DisabledSubscription {
                     report: disabled,
                     config,
                 } = disabled.as_ref();
@@ -323,36 +250,4 @@ async fn fail_pending<C: ConnectionTrait>(tx: &C, subscription_id: &str) -> Resu
         .exec(tx)
         .await?;
     Ok(())
-}
-
-/// Waits until every outcome handed to the writer before this call is committed, so a
-/// caller reads the delivery rows as the dispatcher left them.
-pub(crate) async fn flush(shared: &Shared) {
-    let (done, wait) = oneshot::channel();
-    if shared
-        .outcome_tx
-        .send(OutcomeEvent::Flush(done))
-        .await
-        .is_ok()
-    {
-        // Bounded, in case the writer is stuck retrying a broken database.
-        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
-    }
-}
-
-/// Loads every persisted failure streak.
-pub(crate) async fn load_streaks<C: ConnectionTrait>(
-    db: &C,
-) -> Result<foldhash::HashMap<String, Streak>, DbErr> {
-    let rows = state::Entity::find()
-        .filter(state::Column::Name.starts_with(STREAK_STATE_PREFIX))
-        .all(db)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let id = row.name.strip_prefix(STREAK_STATE_PREFIX)?.to_owned();
-            Some((id, Streak::decode(&row.value)?))
-        })
-        .collect())
 }

@@ -26,8 +26,8 @@ use sluice_store::data::outbox;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::fanout::Record;
 use crate::metrics::metrics;
+use crate::state::fanouts::EncodedRecord;
 
 /// Committed batches waiting in memory for the reporter, at most. Beyond it (the control
 /// plane is slow or down) batches are only in the table, and the reporter reads them from
@@ -42,7 +42,7 @@ pub(crate) const ACKED_DELETE_DELAY: Duration = Duration::from_millis(50);
 /// The in-memory side of the outbox, shared by the writer and the reporter.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    inner: Mutex<Inner>,
+    state: Mutex<FeedState>,
     /// Wakes the reporter: a batch was committed.
     pub(crate) written: Notify,
     /// Wakes the writer: acked rows wait to be deleted.
@@ -50,7 +50,7 @@ pub(crate) struct Outbox {
 }
 
 #[derive(Default)]
-struct Inner {
+struct FeedState {
     /// Committed batches, oldest first.
     feed: VecDeque<Committed>,
     /// Some committed batch did not fit in `feed`: the reporter must read the table.
@@ -85,7 +85,7 @@ pub(crate) struct ReportBody {
 
 impl ReportBody {
     /// Field 2 of `ReportOutcomesRequest`, already encoded.
-    pub(crate) fn message(&mut self, record: &Record) {
+    pub(crate) fn message(&mut self, record: &EncodedRecord) {
         use prost::encoding;
         let bytes = record.bytes();
         encoding::encode_key(2, encoding::WireType::LengthDelimited, &mut self.buf);
@@ -127,11 +127,11 @@ impl Outbox {
     /// Hands a committed row to the reporter.
     pub(crate) fn committed(&self, batch: Committed) {
         {
-            let mut inner = self.lock();
-            if inner.feed.len() < FEED_CAPACITY {
-                inner.feed.push_back(batch);
+            let mut state = self.lock();
+            if state.feed.len() < FEED_CAPACITY {
+                state.feed.push_back(batch);
             } else {
-                inner.overflowed = true;
+                state.overflowed = true;
             }
         }
         self.written.notify_one();
@@ -139,10 +139,10 @@ impl Outbox {
 
     /// Takes up to `max` committed batches, oldest first.
     pub(crate) fn take_ready(&self, max: usize) -> Ready {
-        let mut inner = self.lock();
-        let n = max.min(inner.feed.len());
-        let batches = inner.feed.drain(..n).collect();
-        let overflowed = std::mem::take(&mut inner.overflowed);
+        let mut state = self.lock();
+        let n = max.min(state.feed.len());
+        let batches = state.feed.drain(..n).collect();
+        let overflowed = std::mem::take(&mut state.overflowed);
         Ready {
             batches,
             overflowed,
@@ -151,17 +151,17 @@ impl Outbox {
 
     /// Forgets the in-memory feed: a new stream session reads the table instead.
     pub(crate) fn clear_feed(&self) {
-        let mut inner = self.lock();
-        inner.feed.clear();
-        inner.overflowed = false;
+        let mut state = self.lock();
+        state.feed.clear();
+        state.overflowed = false;
     }
 
     /// Records that the control plane acked row `seq`; the writer deletes it.
     pub(crate) fn acked(&self, seq: i64) {
         {
-            let mut inner = self.lock();
-            if inner.acked.insert(seq) && inner.acked_since.is_none() {
-                inner.acked_since = Some(Instant::now());
+            let mut state = self.lock();
+            if state.acked.insert(seq) && state.acked_since.is_none() {
+                state.acked_since = Some(Instant::now());
             }
         }
         self.acked_waiting.notify_one();
@@ -190,24 +190,24 @@ impl Outbox {
         if seqs.is_empty() {
             return;
         }
-        let mut inner = self.lock();
+        let mut state = self.lock();
         for seq in seqs {
-            inner.acked.remove(seq);
+            state.acked.remove(seq);
         }
-        inner.acked_since = if inner.acked.is_empty() {
+        state.acked_since = if state.acked.is_empty() {
             None
         } else {
             Some(Instant::now())
         };
-        drop(inner);
+        drop(state);
         metrics()
             .outbox_depth
             .fetch_sub(seqs.len() as i64, Ordering::Relaxed);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, FeedState> {
         // Every critical section leaves the state consistent.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -14,7 +14,7 @@
 //! own then, so the delivery log never lags by more than that.
 //!
 //! Only the writer task concludes fan-outs. It decides inside its transaction which ones
-//! end (see [`Fanouts::plan`]) and applies that after the commit ([`Fanouts::committed`]), so
+//! end (a [`FanoutPlan`]) and applies that after the commit ([`Fanouts::committed`]), so
 //! memory never runs ahead of the database.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,13 +33,13 @@ pub(crate) const REPORT_DELAY: Duration = Duration::from_secs(1);
 /// The open fan-outs of this process.
 #[derive(Default)]
 pub(crate) struct Fanouts {
-    inner: Mutex<Inner>,
+    registry: Mutex<Registry>,
 }
 
 #[derive(Default)]
-struct Inner {
+struct Registry {
     /// By message id (ids are ours, so a fast hash needs no protection from chosen keys).
-    open: HashMap<String, Open, RandomState>,
+    open: HashMap<String, OpenFanout, RandomState>,
     /// Report deadlines of open fan-outs, in the order they were registered (so in deadline
     /// order, [`REPORT_DELAY`] being fixed; recovered ones are due at once).
     unreported: VecDeque<(Instant, String)>,
@@ -48,11 +48,11 @@ struct Inner {
 /// A message's record for the control plane (`MessageRecord`), encoded once when the
 /// message is accepted.
 #[derive(Clone, Debug)]
-pub(crate) struct Record {
+pub(crate) struct EncodedRecord {
     bytes: Vec<u8>,
 }
 
-impl Record {
+impl EncodedRecord {
     /// Encodes a record from its parts, copying nothing but into the encoding.
     pub(crate) fn encode(
         id: &String,
@@ -60,7 +60,7 @@ impl Record {
         event_type: &String,
         create_ms: i64,
         subscription_ids: &[String],
-    ) -> Record {
+    ) -> EncodedRecord {
         use prost::encoding;
         let time = crate::time::timestamp_from_ms(create_ms);
         let mut bytes = Vec::with_capacity(
@@ -71,7 +71,7 @@ impl Record {
         encoding::string::encode(3, event_type, &mut bytes);
         encoding::message::encode(4, &time, &mut bytes);
         encoding::string::encode_repeated(5, subscription_ids, &mut bytes);
-        Record { bytes }
+        EncodedRecord { bytes }
     }
 
     /// The encoded `MessageRecord`.
@@ -85,9 +85,9 @@ impl Record {
 }
 
 /// One message whose first attempts have not all concluded.
-struct Open {
+struct OpenFanout {
     /// What the control plane is told of the message.
-    record: Record,
+    record: EncodedRecord,
     /// Subscriptions whose first attempt has not concluded.
     remaining: Vec<String>,
     /// Whether `record` went into a committed outbox batch.
@@ -96,7 +96,7 @@ struct Open {
 
 /// What a write cycle does to the open fan-outs, decided inside its transaction.
 #[derive(Default)]
-pub(crate) struct Plan {
+pub(crate) struct FanoutPlan {
     /// First attempts this cycle concludes.
     concluded: HashSet<(String, String), RandomState>,
     /// Fan-outs whose every first attempt has now concluded: their rows are deleted.
@@ -105,7 +105,7 @@ pub(crate) struct Plan {
     pub(crate) reported: Vec<String>,
 }
 
-impl Plan {
+impl FanoutPlan {
     /// Whether the delivery `message_id` → `subscription_id` is a first attempt that
     /// concludes now (it has no delivery row yet). Records the conclusion; true only once.
     pub(crate) fn concludes(
@@ -140,21 +140,21 @@ impl Fanouts {
     pub(crate) fn open(
         &self,
         id: &str,
-        record: Record,
+        record: EncodedRecord,
         remaining: Vec<String>,
         report_after: Duration,
     ) -> bool {
-        let mut inner = self.lock();
-        if inner.open.contains_key(id) {
+        let mut registry = self.lock();
+        if registry.open.contains_key(id) {
             return false;
         }
         let id = id.to_owned();
-        inner
+        registry
             .unreported
             .push_back((Instant::now() + report_after, id.clone()));
-        inner.open.insert(
+        registry.open.insert(
             id,
-            Open {
+            OpenFanout {
                 record,
                 remaining,
                 reported: false,
@@ -178,15 +178,19 @@ impl Fanouts {
 
     /// When the oldest unreported record is due, if any.
     pub(crate) fn next_report_due(&self) -> Option<Instant> {
-        let mut inner = self.lock();
-        inner.prune_reported();
-        inner.unreported.front().map(|(due, _)| *due)
+        let mut registry = self.lock();
+        registry.prune_reported();
+        registry.unreported.front().map(|(due, _)| *due)
     }
 
     /// The first attempts to `subscription_id` not yet concluded (and not in `plan`).
-    pub(crate) fn unconcluded_to(&self, subscription_id: &str, plan: &Plan) -> Vec<Unconcluded> {
-        let inner = self.lock();
-        inner
+    pub(crate) fn unconcluded_to(
+        &self,
+        subscription_id: &str,
+        plan: &FanoutPlan,
+    ) -> Vec<Unconcluded> {
+        let registry = self.lock();
+        registry
             .open
             .iter()
             .filter(|(id, open)| {
@@ -216,18 +220,18 @@ impl Fanouts {
     /// deadline, and at shutdown every unreported one), each handed to `report`.
     pub(crate) fn finish_plan(
         &self,
-        plan: &mut Plan,
+        plan: &mut FanoutPlan,
         everything: bool,
-        mut report: impl FnMut(&str, &Record),
+        mut report: impl FnMut(&str, &EncodedRecord),
     ) {
-        let mut inner = self.lock();
+        let mut registry = self.lock();
         let mut messages: Vec<&str> = plan.concluded.iter().map(|(m, _)| m.as_str()).collect();
         messages.sort_unstable();
         messages.dedup();
         let mut finished = Vec::new();
         let mut reported = Vec::new();
         for message_id in messages {
-            let Some(open) = inner.open.get(message_id) else {
+            let Some(open) = registry.open.get(message_id) else {
                 continue;
             };
             let done = open
@@ -243,7 +247,7 @@ impl Fanouts {
             }
         }
         let now = Instant::now();
-        let Inner { open, unreported } = &mut *inner;
+        let Registry { open, unreported } = &mut *registry;
         for (due, message_id) in unreported.iter() {
             if !everything && *due > now {
                 break;
@@ -261,22 +265,22 @@ impl Fanouts {
     }
 
     /// Applies a committed plan.
-    pub(crate) fn committed(&self, plan: Plan) {
-        let mut inner = self.lock();
+    pub(crate) fn committed(&self, plan: FanoutPlan) {
+        let mut registry = self.lock();
         for (message_id, subscription_id) in &plan.concluded {
-            if let Some(open) = inner.open.get_mut(message_id) {
+            if let Some(open) = registry.open.get_mut(message_id) {
                 open.remaining.retain(|s| s != subscription_id);
             }
         }
         for message_id in &plan.reported {
-            if let Some(open) = inner.open.get_mut(message_id) {
+            if let Some(open) = registry.open.get_mut(message_id) {
                 open.reported = true;
             }
         }
         for message_id in &plan.finished {
-            inner.open.remove(message_id);
+            registry.open.remove(message_id);
         }
-        inner.prune_reported();
+        registry.prune_reported();
     }
 
     /// The subscriptions whose first attempt is still to conclude, when the fan-out of
@@ -288,13 +292,13 @@ impl Fanouts {
             .map(|open| open.remaining.clone())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
         // Every critical section leaves the maps consistent.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl Inner {
+impl Registry {
     /// Drops deadlines of fan-outs already reported or finished from the front.
     fn prune_reported(&mut self) {
         while let Some((_, id)) = self.unreported.front() {
@@ -312,9 +316,9 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn record(id: &str, subs: &[&str]) -> Record {
+    fn record(id: &str, subs: &[&str]) -> EncodedRecord {
         let subs: Vec<String> = subs.iter().map(|s| (*s).to_owned()).collect();
-        Record::encode(
+        EncodedRecord::encode(
             &id.to_owned(),
             &"wrk_1".to_owned(),
             &"a.b".to_owned(),
@@ -326,7 +330,7 @@ mod tests {
     #[test]
     fn a_record_encodes_as_prost_would() {
         let subs = vec!["sub_a".to_owned(), "sub_b".to_owned()];
-        let record = Record::encode(
+        let record = EncodedRecord::encode(
             &"msg_1".to_owned(),
             &"wrk_1".to_owned(),
             &"a.b".to_owned(),
@@ -348,7 +352,7 @@ mod tests {
     }
 
     /// The ids `finish_plan` reports.
-    fn reported(fanouts: &Fanouts, plan: &mut Plan, everything: bool) -> Vec<String> {
+    fn reported(fanouts: &Fanouts, plan: &mut FanoutPlan, everything: bool) -> Vec<String> {
         let mut ids = Vec::new();
         fanouts.finish_plan(plan, everything, |id, _| ids.push(id.to_owned()));
         ids
@@ -366,7 +370,7 @@ mod tests {
         assert!(!fanouts.open("msg_1", record("msg_1", &["sub_a"]), vec![], REPORT_DELAY));
 
         // One of two concludes: nothing finishes, nothing is due for reporting yet.
-        let mut plan = Plan::default();
+        let mut plan = FanoutPlan::default();
         assert!(plan.concludes(&fanouts, "msg_1", "sub_a"));
         assert!(
             !plan.concludes(&fanouts, "msg_1", "sub_a"),
@@ -383,7 +387,7 @@ mod tests {
         assert!(fanouts.is_unconcluded("msg_1", "sub_b"));
 
         // The last one: the fan-out finishes and its record goes with it.
-        let mut plan = Plan::default();
+        let mut plan = FanoutPlan::default();
         assert!(plan.concludes(&fanouts, "msg_1", "sub_b"));
         assert_eq!(reported(&fanouts, &mut plan, false), ["msg_1"]);
         assert_eq!(plan.finished, ["msg_1"]);
@@ -399,24 +403,24 @@ mod tests {
         open(&fanouts, "msg_2", &["sub_a"], Duration::from_secs(3600));
 
         // A plan that was never committed (the transaction failed) leaves no trace.
-        let mut plan = Plan::default();
+        let mut plan = FanoutPlan::default();
         assert!(plan.concludes(&fanouts, "msg_2", "sub_a"));
         drop(plan);
         assert!(fanouts.is_unconcluded("msg_2", "sub_a"));
 
-        let mut plan = Plan::default();
+        let mut plan = FanoutPlan::default();
         assert_eq!(reported(&fanouts, &mut plan, false), ["msg_1"]);
         assert!(plan.finished.is_empty());
         fanouts.committed(plan);
         assert!(fanouts.is_open("msg_1"), "reported, still open");
 
         // Reported once only; at shutdown everything unreported goes.
-        let mut plan = Plan::default();
+        let mut plan = FanoutPlan::default();
         assert_eq!(reported(&fanouts, &mut plan, true), ["msg_2"]);
         fanouts.committed(plan);
 
         // Finishing after the report does not report again.
-        let mut plan = Plan::default();
+        let mut plan = FanoutPlan::default();
         assert!(plan.concludes(&fanouts, "msg_1", "sub_a"));
         assert!(reported(&fanouts, &mut plan, true).is_empty());
         assert_eq!(plan.finished, ["msg_1"]);
@@ -427,7 +431,7 @@ mod tests {
         let fanouts = Fanouts::default();
         open(&fanouts, "msg_1", &["sub_a", "sub_b"], REPORT_DELAY);
         open(&fanouts, "msg_2", &["sub_b"], REPORT_DELAY);
-        let mut plan = Plan::default();
+        let mut plan = FanoutPlan::default();
         assert!(plan.concludes(&fanouts, "msg_2", "sub_b"));
         let cut: Vec<String> = fanouts
             .unconcluded_to("sub_b", &plan)

@@ -25,9 +25,10 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{DataError, Violation};
-use crate::shared::Shared;
+use crate::shutdown::Shutdown;
+use crate::state::config_copy::ConfigCopy;
 use crate::time::ms_from_timestamp;
-use crate::writer::{NewMessage, PublishJob};
+use crate::work::{NewMessage, PublishJob};
 use sluice_proto::json::struct_to_json;
 
 /// The longest idempotency key, in bytes.
@@ -48,9 +49,16 @@ const MAX_OCCURRED_AHEAD: TimeDelta = TimeDelta::days(1);
 /// (an unset clock, seconds passed as milliseconds) rather than an event.
 const MIN_OCCURRED_MS: i64 = 946_684_800_000;
 
-/// The IngestService implementation.
+/// The IngestService implementation. Cheap to clone: a publish stream takes a copy.
+#[derive(Clone)]
 pub(crate) struct IngestApi {
-    pub(crate) shared: Arc<Shared>,
+    /// Subscriptions to match events against, and API keys to authenticate publishers.
+    pub(crate) copy: Arc<ConfigCopy>,
+    /// To the group-commit writer.
+    pub(crate) publishes: mpsc::Sender<PublishJob>,
+    /// The largest accepted payload, in bytes.
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) shutdown: Shutdown,
 }
 
 /// W3C trace context from the publisher's metadata.
@@ -110,8 +118,8 @@ pub(crate) struct Caller {
 
 impl Caller {
     /// Fails once the key has been revoked (or moved to another workspace).
-    fn still_valid(&self, shared: &Shared) -> Result<(), DataError> {
-        match shared.copy.current().workspace_for_key_hash(&self.key_hash) {
+    fn still_valid(&self, copy: &ConfigCopy) -> Result<(), DataError> {
+        match copy.current().workspace_for_key_hash(&self.key_hash) {
             Some(workspace) if workspace == self.workspace_id => Ok(()),
             _ => Err(DataError::Unauthenticated(
                 "the API key was revoked".to_owned(),
@@ -121,7 +129,7 @@ impl Caller {
 }
 
 /// The caller, from the `authorization: Bearer sk_...` metadata.
-pub(crate) fn authenticate(shared: &Shared, metadata: &MetadataMap) -> Result<Caller, DataError> {
+pub(crate) fn authenticate(copy: &ConfigCopy, metadata: &MetadataMap) -> Result<Caller, DataError> {
     let Some(value) = metadata.get("authorization") else {
         return Err(DataError::Unauthenticated(
             "missing `authorization: Bearer sk_...` metadata".to_owned(),
@@ -139,8 +147,7 @@ pub(crate) fn authenticate(shared: &Shared, metadata: &MetadataMap) -> Result<Ca
             DataError::Unauthenticated("authorization must be `Bearer <API key>`".to_owned())
         })?;
     let key_hash = hash_api_key(key);
-    let workspace_id = shared
-        .copy
+    let workspace_id = copy
         .current()
         .workspace_for_key_hash(&key_hash)
         .map(str::to_owned)
@@ -264,7 +271,7 @@ fn check_payload(
 /// Validates an event, builds its envelope and queues it for the writer. The receiver
 /// yields the answer once the event is durable.
 async fn submit(
-    shared: &Shared,
+    api: &IngestApi,
     key_workspace: &str,
     trace: &TraceContext,
     request: PublishRequest,
@@ -275,7 +282,7 @@ async fn submit(
     ),
     DataError,
 > {
-    if shared.shutdown.is_cancelled() {
+    if api.shutdown.is_requested() {
         return Err(shutting_down());
     }
     if !request.workspace_id.is_empty() && request.workspace_id != key_workspace {
@@ -285,7 +292,7 @@ async fn submit(
         )));
     }
     let now = Utc::now();
-    let event = validate(&request, shared.config.max_payload_bytes, now)?;
+    let event = validate(&request, api.max_payload_bytes, now)?;
     let create_ms = now.timestamp_millis();
     let timestamp = event
         .occurred_ms
@@ -314,7 +321,7 @@ async fn submit(
         key_workspace,
         &event.payload_json,
     );
-    let subscription_ids = shared
+    let subscription_ids = api
         .copy
         .current()
         .matching(key_workspace, &event.event_type)
@@ -335,11 +342,7 @@ async fn submit(
         subscription_ids,
         reply,
     };
-    shared
-        .publish_tx
-        .send(job)
-        .await
-        .map_err(|_| shutting_down())?;
+    api.publishes.send(job).await.map_err(|_| shutting_down())?;
     let durable_write =
         tracing::info_span!(parent: &span, "durable_write", otel.name = "sluice.durable_write");
     Ok((answer, durable_write))
@@ -369,11 +372,10 @@ impl IngestService for IngestApi {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let shared = &self.shared;
-        let caller = authenticate(shared, request.metadata())?;
+        let caller = authenticate(&self.copy, request.metadata())?;
         let trace = TraceContext::from_metadata(request.metadata());
         let (answer, durable_write) =
-            submit(shared, &caller.workspace_id, &trace, request.into_inner()).await?;
+            submit(self, &caller.workspace_id, &trace, request.into_inner()).await?;
         Ok(Response::new(
             await_answer(answer).instrument(durable_write).await?,
         ))
@@ -385,15 +387,14 @@ impl IngestService for IngestApi {
         &self,
         request: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let shared = Arc::clone(&self.shared);
-        if shared.shutdown.is_cancelled() {
+        if self.shutdown.is_requested() {
             return Err(shutting_down().into());
         }
-        let caller = authenticate(&shared, request.metadata())?;
+        let caller = authenticate(&self.copy, request.metadata())?;
         let trace = TraceContext::from_metadata(request.metadata());
         let (tx, rx) = mpsc::channel(STREAM_RESPONSE_BUFFER);
         tokio::spawn(
-            serve_stream(shared, caller, trace, request.into_inner(), tx)
+            serve_stream(self.clone(), caller, trace, request.into_inner(), tx)
                 .instrument(tracing::Span::current()),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -403,7 +404,7 @@ impl IngestService for IngestApi {
 /// Reads a publish stream: every request is queued at once and answered when its commit
 /// lands, so many events of one stream share a commit.
 async fn serve_stream(
-    shared: Arc<Shared>,
+    api: IngestApi,
     caller: Caller,
     trace: TraceContext,
     mut inbound: Streaming<PublishStreamRequest>,
@@ -421,10 +422,10 @@ async fn serve_stream(
                 match request {
                     Ok(Some(request)) => {
                         let sequence = request.sequence;
-                        let submitted = match (request.event, caller.still_valid(&shared)) {
+                        let submitted = match (request.event, caller.still_valid(&api.copy)) {
                             (_, Err(err)) => Err(err),
                             (Some(event), Ok(())) => {
-                                submit(&shared, &caller.workspace_id, &trace, event).await
+                                submit(&api, &caller.workspace_id, &trace, event).await
                             }
                             (None, Ok(())) => Err(DataError::invalid("event", "is required")),
                         };
@@ -452,7 +453,7 @@ async fn serve_stream(
                     return;
                 }
             }
-            () = shared.shutdown.cancelled(), if reading => {
+            () = api.shutdown.requested(), if reading => {
                 reading = false;
                 stopped_by_shutdown = true;
             }

@@ -98,6 +98,14 @@ pub(crate) fn bearer(token: &str) -> Result<MetadataValue<Ascii>, DataError> {
     Ok(value)
 }
 
+/// A refusal that retrying will not fix: the internal tokens of the planes disagree.
+pub(crate) fn is_auth_error(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+}
+
 /// A `ReportOutcomesRequest` whose messages, attempts and disables are already encoded
 /// (`body`, as stored in the outbox row), with the fields set at sending appended: a
 /// protobuf message may carry its fields in any order, so the bytes are never rebuilt.

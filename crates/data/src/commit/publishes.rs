@@ -1,0 +1,337 @@
+//! What a write cycle does for new events: which are new and which repeat an idempotency
+//! key, the statements that store the new ones (their messages and fan-out rows), and,
+//! once committed, the answers to their publishers and their first attempts handed to the
+//! dispatcher (or to the timers when the schedule delays first attempts).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    Statement,
+};
+use sluice_proto::data::v1::PublishResponse;
+use sluice_store::data::{delivery, message};
+use sluice_store::hot;
+use tokio::sync::mpsc;
+
+use crate::deliver::dispatcher::Dispatcher;
+use crate::error::DataError;
+use crate::shutdown::Shutdown;
+use crate::state::claims::{Claims, MAX_HELD};
+use crate::state::fanouts::{EncodedRecord, Fanouts, REPORT_DELAY};
+use crate::state::outbox::ReportBody;
+use crate::work::{DeliveryTask, NewMessage, PublishJob, ScheduledRetry, StoredMessage};
+
+/// Keys looked up per query, well under SQLite's and PostgreSQL's bound-parameter limits.
+const KEYS_PER_QUERY: usize = 1000;
+
+/// What the writer needs to store new events and hand them on.
+pub(crate) struct Publishes {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) claims: Arc<Claims>,
+    pub(crate) fanouts: Arc<Fanouts>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    /// To the retry timers, when the schedule delays first attempts.
+    pub(crate) retries: mpsc::Sender<ScheduledRetry>,
+    pub(crate) lease_ms: i64,
+    /// The wait before first attempts, in milliseconds (the schedule's first delay).
+    pub(crate) first_delay_ms: i64,
+    pub(crate) shutdown: Shutdown,
+}
+
+/// What became of one job.
+pub(crate) enum Resolution {
+    /// Written now.
+    Created,
+    /// A repeat of an earlier idempotency key: nothing written.
+    Duplicate {
+        message_id: String,
+        delivery_count: u32,
+    },
+    /// A repeat of an earlier job of the same batch.
+    DuplicateOfJob(usize),
+}
+
+impl Publishes {
+    /// What each job is: new, or a repeat of an idempotency key already stored or earlier
+    /// in the batch.
+    pub(crate) async fn resolve(&self, jobs: &[PublishJob]) -> Result<Vec<Resolution>, DbErr> {
+        let existing = self.existing_keys(jobs).await?;
+        let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut resolutions = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.iter().enumerate() {
+            let Some(key) = job.message.idempotency_key.as_deref() else {
+                resolutions.push(Resolution::Created);
+                continue;
+            };
+            let workspace = job.message.workspace_id.as_str();
+            if let Some((message_id, delivery_count)) =
+                existing.get(&(workspace.to_owned(), key.to_owned()))
+            {
+                resolutions.push(Resolution::Duplicate {
+                    message_id: message_id.clone(),
+                    delivery_count: *delivery_count,
+                });
+            } else if let Some(first) = first_in_batch.get(&(workspace, key)) {
+                resolutions.push(Resolution::DuplicateOfJob(*first));
+            } else {
+                first_in_batch.insert((workspace, key), index);
+                resolutions.push(Resolution::Created);
+            }
+        }
+        Ok(resolutions)
+    }
+
+    /// The lease new deliveries get: held by this process when it will dispatch them from
+    /// memory, free (for the scanner) when memory is full or shutdown began.
+    pub(crate) fn in_memory_lease(&self, created: &[&PublishJob]) -> Option<i64> {
+        let deliveries: usize = created.iter().map(|j| j.subscription_ids.len()).sum();
+        let fits = self.claims.len().saturating_add(deliveries) <= MAX_HELD;
+        (fits && !self.shutdown.is_requested())
+            .then(|| sluice_store::now_ms().saturating_add(self.lease_ms))
+    }
+
+    /// The statements that store new events: their messages and their fan-out rows. The
+    /// control plane hears of those this process does not attempt itself in `report`.
+    pub(crate) fn store_created(
+        &self,
+        backend: DbBackend,
+        created: &[&PublishJob],
+        lease_until: Option<i64>,
+        report: &mut ReportBody,
+        statements: &mut Vec<Statement>,
+    ) {
+        let subscription_lists: Vec<String> = created
+            .iter()
+            .map(|job| job.subscription_ids.join(","))
+            .collect();
+        let rows: Vec<hot::data::MessageRow> = created
+            .iter()
+            .zip(&subscription_lists)
+            .map(|(job, subscriptions)| {
+                let m = &job.message;
+                hot::data::MessageRow {
+                    id: &m.id,
+                    workspace_id: &m.workspace_id,
+                    event_type: &m.event_type,
+                    envelope: &m.envelope,
+                    idempotency_key: m.idempotency_key.as_deref(),
+                    traceparent: m.traceparent.as_deref(),
+                    tracestate: m.tracestate.as_deref(),
+                    create_ms: m.create_ms,
+                    subscription_ids: subscriptions,
+                }
+            })
+            .collect();
+        statements.push(hot::data::insert_messages(backend, &rows));
+        // One fan-out row per message stands for all of its first attempts (see
+        // `state::fanouts`).
+        let fanouts: Vec<(&str, i64, Option<i64>)> = created
+            .iter()
+            .filter(|job| !job.subscription_ids.is_empty())
+            .map(|job| {
+                (
+                    job.message.id.as_str(),
+                    job.message.create_ms.saturating_add(self.first_delay_ms),
+                    lease_until,
+                )
+            })
+            .collect();
+        if !fanouts.is_empty() {
+            statements.push(hot::data::insert_fanouts(backend, &fanouts));
+        }
+        // The control plane hears of a message with its first attempts' outcomes, unless
+        // this process does not make them itself (no subscription, or left to the scanner).
+        for job in created
+            .iter()
+            .filter(|job| job.subscription_ids.is_empty() || lease_until.is_none())
+        {
+            report.message(&message_record(&job.message, &job.subscription_ids));
+        }
+    }
+
+    /// After the commit: answers every publisher, then hands the new deliveries to the
+    /// dispatcher (or to the timers when first attempts wait).
+    pub(crate) fn answer(
+        &self,
+        jobs: Vec<PublishJob>,
+        resolutions: Vec<Resolution>,
+        lease_until: Option<i64>,
+    ) {
+        let answers: Vec<PublishResponse> = jobs
+            .iter()
+            .zip(&resolutions)
+            .map(|(job, resolution)| match resolution {
+                Resolution::Created => PublishResponse {
+                    message_id: job.message.id.clone(),
+                    duplicate: false,
+                    delivery_count: count(&job.subscription_ids),
+                },
+                Resolution::Duplicate {
+                    message_id,
+                    delivery_count,
+                } => PublishResponse {
+                    message_id: message_id.clone(),
+                    duplicate: true,
+                    delivery_count: *delivery_count,
+                },
+                Resolution::DuplicateOfJob(first) => PublishResponse {
+                    message_id: jobs[*first].message.id.clone(),
+                    duplicate: true,
+                    delivery_count: count(&jobs[*first].subscription_ids),
+                },
+            })
+            .collect();
+        let mut due_now = Vec::new();
+        let mut later = Vec::new();
+        for ((job, resolution), answer) in jobs.into_iter().zip(&resolutions).zip(answers) {
+            // The publisher may have gone away; the event is durable and is delivered anyway.
+            if matches!(resolution, Resolution::Created) {
+                crate::metrics::metrics().published.add(1, &[]);
+            }
+            let _ = job.reply.send(Ok(answer));
+            let (Resolution::Created, Some(lease_until)) = (resolution, lease_until) else {
+                continue;
+            };
+            if job.subscription_ids.is_empty() {
+                continue;
+            }
+            // Opened before any attempt can conclude, so the writer sees each conclusion.
+            self.fanouts.open(
+                &job.message.id,
+                message_record(&job.message, &job.subscription_ids),
+                job.subscription_ids.clone(),
+                REPORT_DELAY,
+            );
+            let message = Arc::new(StoredMessage::from_new(job.message));
+            for task in DeliveryTask::first_attempts(
+                &self.claims,
+                &message,
+                job.subscription_ids,
+                lease_until,
+            ) {
+                if self.first_delay_ms == 0 {
+                    due_now.push(task);
+                } else {
+                    later.push(ScheduledRetry {
+                        due_ms: message.create_ms.saturating_add(self.first_delay_ms),
+                        task,
+                    });
+                }
+            }
+        }
+        self.dispatcher.enqueue(due_now);
+        for retry in later {
+            if let Err(err) = self.retries.try_send(retry) {
+                // Timers busy or stopped: the scanner finds the delivery due in the database
+                // once this process's lease on it runs out.
+                let retry = err.into_inner();
+                self.claims.release(&retry.task.key, retry.task.generation);
+            }
+        }
+    }
+
+    /// The stored messages that already carry an idempotency key of this batch:
+    /// (workspace, key) → (message id, its delivery count).
+    async fn existing_keys(
+        &self,
+        jobs: &[PublishJob],
+    ) -> Result<HashMap<(String, String), (String, u32)>, DbErr> {
+        let keys: Vec<String> = jobs
+            .iter()
+            .filter_map(|j| j.message.idempotency_key.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let workspaces: HashSet<&str> = jobs
+            .iter()
+            .map(|j| j.message.workspace_id.as_str())
+            .collect();
+        let mut found = Vec::new();
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            let rows: Vec<MessageKey> = message::Entity::find()
+                .select_only()
+                .column(message::Column::Id)
+                .column(message::Column::WorkspaceId)
+                .column(message::Column::IdempotencyKey)
+                .column(message::Column::SubscriptionIds)
+                .filter(message::Column::WorkspaceId.is_in(workspaces.iter().copied()))
+                .filter(message::Column::IdempotencyKey.is_in(chunk.to_vec()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            found.extend(
+                rows.into_iter()
+                    .filter(|(_, workspace, _, _)| workspaces.contains(workspace.as_str())),
+            );
+        }
+        // Messages stored before fan-out rows existed have no subscription list: count their
+        // delivery rows instead.
+        let older: Vec<String> = found
+            .iter()
+            .filter(|(_, _, _, subscriptions)| subscriptions.is_none())
+            .map(|(id, _, _, _)| id.clone())
+            .collect();
+        let counts: HashMap<String, i64> = if older.is_empty() {
+            HashMap::new()
+        } else {
+            delivery::Entity::find()
+                .select_only()
+                .column(delivery::Column::MessageId)
+                .column_as(delivery::Column::SubscriptionId.count(), "n")
+                .filter(delivery::Column::MessageId.is_in(older))
+                .group_by(delivery::Column::MessageId)
+                .into_tuple::<(String, i64)>()
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        Ok(found
+            .into_iter()
+            .filter_map(|(id, workspace, key, subscriptions)| {
+                let count = match subscriptions {
+                    Some(list) => list.split(',').filter(|s| !s.is_empty()).count(),
+                    None => usize::try_from(counts.get(&id).copied().unwrap_or(0)).unwrap_or(0),
+                };
+                Some((
+                    (workspace, key?),
+                    (id, u32::try_from(count).unwrap_or(u32::MAX)),
+                ))
+            })
+            .collect())
+    }
+}
+
+/// Answers every job of a failed write. The cause is logged once here; publishers get
+/// UNAVAILABLE, which tells them the event was not stored and may be published again.
+pub(crate) fn fail(jobs: Vec<PublishJob>, err: &DbErr) {
+    tracing::error!(error = %err, events = jobs.len(), "writing published events failed");
+    for job in jobs {
+        let _ = job.reply.send(Err(DataError::Unavailable(
+            "the event could not be stored; publish it again".to_owned(),
+        )));
+    }
+}
+
+/// What the control plane is told of an accepted message.
+fn message_record(message: &NewMessage, subscription_ids: &[String]) -> EncodedRecord {
+    EncodedRecord::encode(
+        &message.id,
+        &message.workspace_id,
+        &message.event_type,
+        message.create_ms,
+        subscription_ids,
+    )
+}
+
+fn count(subscription_ids: &[String]) -> u32 {
+    u32::try_from(subscription_ids.len()).unwrap_or(u32::MAX)
+}
+
+/// A stored message's id, workspace, idempotency key and subscription list.
+type MessageKey = (String, String, Option<String>, Option<String>);

@@ -1,0 +1,431 @@
+//! The data plane's one writer of the hot path. One task takes every event queued by
+//! `Publish` and `PublishStream`, every attempt outcome queued by the dispatcher and every
+//! outbox row the control plane acked, and writes all of it in one transaction: messages
+//! and their fan-out rows, what the outcomes change, one outbox row for the control plane,
+//! and the deletion of acked rows (through `sluice_store::hot`: one round trip on SQLite).
+//! Then it answers each publisher, hands the new deliveries straight to the dispatcher and
+//! the outbox row straight to the reporter.
+//!
+//! Durability costs one commit per cycle, however many publishers and attempts wait on it;
+//! while a commit is under way the next cycle's work piles up (group commit). A cycle of
+//! outcomes alone waits a little for publishes to share their commit.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sea_orm::{DatabaseConnection, DbErr};
+use sluice_store::hot::{self, Session};
+use sluice_store::is_unique_violation;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::backoff::Backoff;
+use crate::commit::outcomes;
+use crate::commit::publishes::{self, Publishes, Resolution};
+use crate::shutdown::Shutdown;
+use crate::state::fanouts::{FanoutPlan, Fanouts};
+use crate::state::outbox::{self, Committed, Outbox, ReportBody};
+use crate::work::{OutcomeEvent, PublishJob};
+
+/// The most events, and separately the most outcomes, committed together.
+const MAX_BATCH: usize = 1000;
+/// How long a cycle of outcomes alone waits for publishes to share its commit.
+const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+/// How often a failing outcome write is tried during shutdown before its outcomes are
+/// given up (the deliveries then stay pending and are attempted again after the restart).
+const SHUTDOWN_WRITE_TRIES: u32 = 3;
+
+/// The writer and what it writes to and hands on.
+pub(crate) struct Writer {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) publishes: Publishes,
+    pub(crate) fanouts: Arc<Fanouts>,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) shutdown: Shutdown,
+}
+
+/// Work for one transaction, as the loop gathered it.
+#[derive(Default)]
+struct WriteCycle {
+    publishes: Vec<PublishJob>,
+    outcomes: Vec<OutcomeEvent>,
+    /// Acked outbox rows to delete.
+    acked: Vec<i64>,
+    /// A message's record is due for the control plane.
+    reports_due: bool,
+    /// Report every message not yet reported (the last cycle of shutdown).
+    all_reports: bool,
+}
+
+impl WriteCycle {
+    fn is_empty(&self) -> bool {
+        self.publishes.is_empty()
+            && self.outcomes.is_empty()
+            && self.acked.is_empty()
+            && !self.reports_due
+            && !self.all_reports
+    }
+}
+
+impl Writer {
+    /// The writer's loop, until shutdown is over: publishes queued when shutdown began are
+    /// still written and answered (those publishers are waiting and the write is quick), then
+    /// the publish queue is closed; outcomes are written until `outcomes_closing` and nothing
+    /// is left; a last cycle reports every message the control plane has not heard of yet.
+    pub(crate) async fn run(
+        self,
+        mut publishes: mpsc::Receiver<PublishJob>,
+        mut outcomes: mpsc::Receiver<OutcomeEvent>,
+    ) {
+        // However the loop ends, shutdown must not wait for publishes forever.
+        let _drained = self.shutdown.publishes_drained_guard();
+        let mut publishes_open = true;
+        let mut outcomes_open = true;
+        let mut publishes_closed = false;
+        let mut closing = false;
+        // Outcomes whose write failed, tried again at `retry_at` (publishes never wait for them).
+        let mut carried: Vec<OutcomeEvent> = Vec::new();
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = Backoff::new();
+        let mut failures_while_closing = 0u32;
+        loop {
+            let mut cycle = WriteCycle::default();
+            let carried_due = !carried.is_empty() && retry_at.is_none_or(|at| at <= Instant::now());
+            if !carried_due {
+                if closing && !publishes_open && carried.is_empty() && outcomes.is_empty() {
+                    if failures_while_closing >= SHUTDOWN_WRITE_TRIES
+                        || self.fanouts.next_report_due().is_none()
+                    {
+                        return;
+                    }
+                    cycle.all_reports = true;
+                } else {
+                    let acked_deadline = self.outbox.acked_deadline();
+                    let report_due = self.fanouts.next_report_due();
+                    tokio::select! {
+                        biased;
+                        () = self.shutdown.requested(), if !publishes_closed => {
+                            // Ingest refuses new events from now on; what is queued is still
+                            // written.
+                            publishes.close();
+                            publishes_closed = true;
+                        }
+                        () = self.shutdown.outcomes_closing(), if !closing => closing = true,
+                        job = publishes.recv(), if publishes_open => match job {
+                            Some(job) => cycle.publishes.push(job),
+                            None => {
+                                publishes_open = false;
+                                self.shutdown.mark_publishes_drained();
+                            }
+                        },
+                        event = outcomes.recv(), if outcomes_open => match event {
+                            Some(event) => cycle.outcomes.push(event),
+                            // Every sender is gone: nothing produces outcomes any more.
+                            None => {
+                                outcomes_open = false;
+                                closing = true;
+                            }
+                        },
+                        () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if !carried.is_empty() => {}
+                        () = self.outbox.acked_waiting.notified(), if acked_deadline.is_none() => {}
+                        () = sleep_until(acked_deadline.unwrap_or_else(Instant::now)), if acked_deadline.is_some() => {
+                            cycle.acked = self.outbox.acked_rows(MAX_BATCH);
+                        }
+                        () = sleep_until(report_due.unwrap_or_else(Instant::now)), if report_due.is_some() => {
+                            cycle.reports_due = true;
+                        }
+                    }
+                }
+            }
+            while publishes_open && cycle.publishes.len() < MAX_BATCH {
+                match publishes.try_recv() {
+                    Ok(job) => cycle.publishes.push(job),
+                    Err(_) => break,
+                }
+            }
+            if !carried.is_empty() && retry_at.is_none_or(|at| at <= Instant::now()) {
+                // Older outcomes first: statements keep the order of events.
+                carried.append(&mut cycle.outcomes);
+                cycle.outcomes = std::mem::take(&mut carried);
+            }
+            while cycle.outcomes.len() < MAX_BATCH {
+                match outcomes.try_recv() {
+                    Ok(event) => cycle.outcomes.push(event),
+                    Err(_) => break,
+                }
+            }
+            if cycle.publishes.is_empty()
+                && !cycle.outcomes.is_empty()
+                && !closing
+                && publishes_open
+                && !cycle.outcomes.iter().any(OutcomeEvent::is_flush)
+            {
+                linger(&mut cycle, &mut publishes, &mut outcomes).await;
+                while cycle.publishes.len() < MAX_BATCH {
+                    match publishes.try_recv() {
+                        Ok(job) => cycle.publishes.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if cycle.is_empty() {
+                continue;
+            }
+            if cycle.acked.is_empty() {
+                // Acked rows ride along with the rest of the work.
+                cycle.acked = self.outbox.acked_rows(MAX_BATCH);
+            }
+            match self.commit_cycle(cycle).await {
+                Ok(()) => {
+                    backoff.reset();
+                    retry_at = None;
+                    failures_while_closing = 0;
+                }
+                Err((failed, retry_now)) => {
+                    if closing {
+                        failures_while_closing += 1;
+                        if failures_while_closing >= SHUTDOWN_WRITE_TRIES {
+                            tracing::error!(
+                                outcomes = failed.len(),
+                                "giving up on these outcomes at shutdown; their deliveries stay pending"
+                            );
+                            outcomes::answer_flushes(failed);
+                            continue;
+                        }
+                    }
+                    carried = failed;
+                    retry_at = (!retry_now).then(|| Instant::now() + backoff.next_delay());
+                }
+            }
+        }
+    }
+
+    /// Writes one cycle in one transaction and completes it: answers publishers, hands the
+    /// new deliveries to the dispatcher and the outbox batch to the reporter. When the
+    /// transaction fails, publishes are written again on their own (so they never wait on a
+    /// failing outcome write) and the outcomes are returned, to be tried again (at once when
+    /// the failure may have been the publishes').
+    async fn commit_cycle(&self, cycle: WriteCycle) -> Result<(), (Vec<OutcomeEvent>, bool)> {
+        let started = std::time::Instant::now();
+        let written = self
+            .write(
+                &cycle.publishes,
+                &cycle.outcomes,
+                &cycle.acked,
+                cycle.all_reports,
+            )
+            .await;
+        tracing::debug!(
+            events = cycle.publishes.len(),
+            outcomes = cycle.outcomes.len(),
+            acked = cycle.acked.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "write cycle committed"
+        );
+        let WriteCycle {
+            publishes,
+            outcomes: events,
+            acked,
+            ..
+        } = cycle;
+        match written {
+            Ok(written) => {
+                self.outbox.deleted(&acked);
+                self.completed(publishes, written);
+                outcomes::answer_flushes(events);
+                Ok(())
+            }
+            Err(err) if publishes.is_empty() => {
+                tracing::error!(error = %err, outcomes = events.len(), "writing attempt outcomes failed; retrying");
+                Err((events, false))
+            }
+            Err(err) => {
+                if !is_unique_violation(&err) {
+                    tracing::warn!(error = %err, "writing a batch failed; writing its events on their own");
+                }
+                self.publish_alone(publishes, err).await;
+                // The outcomes go again at once, with the next cycle.
+                Err((events, true))
+            }
+        }
+    }
+
+    /// After a commit: open fan-outs move on, the batch goes to the reporter, publishers get
+    /// their answers and the new deliveries go to the dispatcher.
+    fn completed(&self, publishes: Vec<PublishJob>, written: Written) {
+        let Written {
+            resolutions,
+            lease_until,
+            batch,
+            plan,
+        } = written;
+        self.fanouts.committed(plan);
+        if let Some(batch) = batch {
+            self.outbox.committed(batch);
+        }
+        self.publishes.answer(publishes, resolutions, lease_until);
+    }
+
+    /// Writes publishes without anything else, after a combined write failed with `err`.
+    async fn publish_alone(&self, jobs: Vec<PublishJob>, err: DbErr) {
+        if !is_unique_violation(&err) {
+            match self.write(&jobs, &[], &[], false).await {
+                Ok(written) => self.completed(jobs, written),
+                Err(err) if is_unique_violation(&err) => {
+                    Box::pin(self.publish_alone(jobs, err)).await
+                }
+                Err(err) => publishes::fail(jobs, &err),
+            }
+            return;
+        }
+        // Another writer (a replica, or a racing batch) took an idempotency key between our
+        // check and our insert: redo each event alone, where the check then sees it.
+        for job in jobs {
+            let jobs = vec![job];
+            match self.write(&jobs, &[], &[], false).await {
+                Ok(written) => self.completed(jobs, written),
+                Err(err) => publishes::fail(jobs, &err),
+            }
+        }
+    }
+
+    /// Resolves idempotency, then writes in one transaction: the new events (messages and
+    /// their fan-out rows), the outcomes, one outbox row with everything the control plane must
+    /// hear, and the deletion of outbox rows it acked. `all_reports` reports every message not
+    /// yet reported (shutdown), not only those due.
+    async fn write(
+        &self,
+        jobs: &[PublishJob],
+        events: &[OutcomeEvent],
+        acked: &[i64],
+        all_reports: bool,
+    ) -> Result<Written, DbErr> {
+        let resolutions = self.publishes.resolve(jobs).await?;
+        let created: Vec<&PublishJob> = jobs
+            .iter()
+            .zip(&resolutions)
+            .filter(|(_, r)| matches!(r, Resolution::Created))
+            .map(|(job, _)| job)
+            .collect();
+        let lease_until = if created.is_empty() {
+            None
+        } else {
+            self.publishes.in_memory_lease(&created)
+        };
+        let backend = self.db.get_database_backend();
+        let session = Session::begin(&self.db).await?;
+        let mut report = ReportBody::default();
+        // Outcomes first: their rare writes (a failed delivery's row, a disabled subscription)
+        // go through sea-orm on the session now; the rest of the cycle is sent below, with
+        // the commit, in as few round trips as the database allows.
+        let mut plan = FanoutPlan::default();
+        if let Err(err) =
+            outcomes::apply(&session, &self.fanouts, events, &mut report, &mut plan).await
+        {
+            session.rollback().await;
+            return Err(err);
+        }
+        let mut statements = Vec::new();
+        if !created.is_empty() {
+            self.publishes.store_created(
+                backend,
+                &created,
+                lease_until,
+                &mut report,
+                &mut statements,
+            );
+        }
+        // Messages whose first attempts all concluded go with those outcomes; so do those that
+        // waited long enough.
+        self.fanouts
+            .finish_plan(&mut plan, all_reports, |_, record| report.message(record));
+        if !plan.finished.is_empty() {
+            statements.push(hot::data::delete_fanouts(
+                backend,
+                plan.finished.iter().map(String::as_str),
+            ));
+        }
+        let reporting = !report.is_empty();
+        let (messages, attempts) = (report.messages, report.attempts);
+        let body = Bytes::from(report.into_bytes());
+        if reporting {
+            statements.push(hot::data::insert_outbox(
+                backend,
+                body.to_vec(),
+                sluice_store::now_ms(),
+            ));
+        }
+        if !acked.is_empty() {
+            statements.push(hot::data::delete_outbox(backend, acked));
+        }
+        // Independent: the fan-outs and outbox rows deleted were committed by earlier cycles.
+        let rows = session.commit_independent(statements).await?;
+        let batch = if reporting {
+            let seq = rows
+                .iter()
+                .find_map(|row| row.try_get::<i64>("", "seq").ok())
+                .ok_or_else(|| DbErr::Custom("the outbox insert returned no seq".to_owned()))?;
+            outbox::inserted();
+            Some(Committed {
+                seq,
+                body,
+                messages,
+                attempts,
+            })
+        } else {
+            None
+        };
+        Ok(Written {
+            resolutions,
+            lease_until,
+            batch,
+            plan,
+        })
+    }
+}
+
+/// Lets a cycle of outcomes alone wait up to [`OUTCOME_LINGER`] for more work, so that it
+/// shares the next publishes' commit (publishes are answered only after theirs; outcomes
+/// need no hurry). Ends at the first publish, at a `Flush`, or when the cycle is full.
+async fn linger(
+    cycle: &mut WriteCycle,
+    publishes: &mut mpsc::Receiver<PublishJob>,
+    outcomes: &mut mpsc::Receiver<OutcomeEvent>,
+) {
+    let until = Instant::now() + OUTCOME_LINGER;
+    while cycle.outcomes.len() < MAX_BATCH {
+        tokio::select! {
+            biased;
+            job = publishes.recv() => {
+                if let Some(job) = job {
+                    cycle.publishes.push(job);
+                }
+                return;
+            }
+            event = outcomes.recv() => match event {
+                Some(event) => {
+                    let flush = event.is_flush();
+                    cycle.outcomes.push(event);
+                    if flush {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            () = sleep_until(until) => return,
+        }
+    }
+}
+
+/// What a write did.
+struct Written {
+    /// One per publish job, in order.
+    resolutions: Vec<Resolution>,
+    /// The lease the new deliveries got; `Some` means this process holds them and hands
+    /// them to its dispatcher, `None` leaves them to the scanner.
+    lease_until: Option<i64>,
+    /// The outbox row committed.
+    batch: Option<Committed>,
+    /// What the write did to open fan-outs, applied once committed.
+    plan: FanoutPlan,
+}

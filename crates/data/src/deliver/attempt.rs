@@ -1,0 +1,377 @@
+//! One attempt, whoever asked for it: a lane (scheduled attempts and replays) or the
+//! control plane (a manual redelivery, a test send). Signs and sends the request, then
+//! concludes it the same way for all: the endpoint's breaker and failure streak, the rule of
+//! what follows ([`decision`](crate::deliver::decision)), the outcome handed to the writer,
+//! the retry put on a timer or given back to the database, and the subscription disabled
+//! when the endpoint is gone or keeps failing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_core::ids::{IdKind, new_id};
+use sluice_core::outcome::DeliveryStatus;
+use sluice_delivery::{AttemptResult, DeliveryRequest, Sender, slack_message};
+use sluice_proto::control::v1::{
+    Attempt, AttemptOutcome, AttemptTrigger, DeliveryStatus as ProtoDeliveryStatus, DisabledReason,
+    SubscriptionDisabled,
+};
+use sluice_store::now_ms;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::deliver::decision::{NextStep, RetryPolicy, Rule, next_step};
+use crate::deliver::lanes::{Lane, Lanes};
+use crate::shutdown::Shutdown;
+use crate::state::claims::Claims;
+use crate::state::config_copy::{ConfigCopy, Endpoint, Subscription};
+use crate::state::streaks::Streaks;
+use crate::time::{duration_ms, proto_duration, timestamp_from_ms};
+use crate::work::{
+    AttemptRecord, DeliveryTask, DisabledSubscription, EndedDelivery, OutcomeEvent, OutcomeSender,
+    ScheduledRetry, StoredMessage,
+};
+
+/// Retries due within this stay in memory on a timer; later ones go back to the database
+/// (lease released) and the scanner loads them when due, so memory holds only near work.
+pub(crate) const IN_MEMORY_RETRY_HORIZON: Duration = Duration::from_secs(60);
+
+/// Everything an attempt needs, shared by every lane and by manual attempts.
+pub(crate) struct Attempts {
+    pub(crate) sender: Sender,
+    pub(crate) copy: Arc<ConfigCopy>,
+    pub(crate) claims: Arc<Claims>,
+    pub(crate) lanes: Arc<Lanes>,
+    pub(crate) streaks: Arc<Streaks>,
+    pub(crate) outcomes: OutcomeSender,
+    /// To the retry timers.
+    pub(crate) retries: mpsc::Sender<ScheduledRetry>,
+    pub(crate) policy: RetryPolicy,
+    /// How long a replica owns a delivery it holds, in milliseconds.
+    pub(crate) lease_ms: i64,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl Attempts {
+    /// Makes a lane's attempt of a held delivery and concludes it; false when no request was
+    /// sent (the claim was withdrawn, the subscription is gone or disabled, or shutdown's
+    /// grace ran out).
+    pub(crate) async fn run_from_lane(&self, lane: &Lane, task: DeliveryTask) -> bool {
+        if !self.claims.is_current(&task.key, task.generation) {
+            return false;
+        }
+        let snapshot = self.copy.current();
+        let subscription = match snapshot.subscription(&task.key.subscription_id) {
+            Some(sub) if sub.enabled => Arc::clone(sub),
+            other => {
+                let status = undeliverable_status(other.map(Arc::as_ref));
+                self.end_undelivered(&task, status).await;
+                return false;
+            }
+        };
+        let attempt_number = task.attempt_count.saturating_add(1);
+        let sent = tokio::select! {
+            sent = self.send(&subscription.endpoint, &task.message, &subscription.id, attempt_number, task.trigger) => sent,
+            () = self.shutdown.attempts_aborted() => {
+                // Shutdown's grace ran out. Nothing is recorded: the delivery stays pending and
+                // is attempted again after the restart (the receiver dedupes by webhook-id).
+                self.claims.release(&task.key, task.generation);
+                return false;
+            }
+        };
+        let (attempt, result) = sent;
+        lane.record_result(result.is_success());
+        let rule = match task.trigger {
+            // A replay is one more attempt, not a new run of the schedule.
+            AttemptTrigger::Replay => Rule::OneMore,
+            _ => Rule::Schedule,
+        };
+        self.conclude(&subscription, task, rule, attempt, &result)
+            .await;
+        true
+    }
+
+    /// Sends one attempt to `endpoint` and describes it as an `Attempt` for the log.
+    pub(crate) async fn send(
+        &self,
+        endpoint: &Endpoint,
+        message: &StoredMessage,
+        subscription_id: &str,
+        attempt_number: u32,
+        trigger: AttemptTrigger,
+    ) -> (Attempt, AttemptResult) {
+        let attempt_ms = now_ms();
+        let body = if endpoint.slack {
+            slack_body(message)
+        } else {
+            message.envelope.clone()
+        };
+        let secrets = endpoint.signing_secrets(attempt_ms);
+        let request = DeliveryRequest {
+            url: &endpoint.url,
+            msg_id: &message.id,
+            body,
+            secrets: &secrets,
+            headers: &endpoint.custom_headers,
+            traceparent: message.traceparent.as_deref(),
+            tracestate: message.tracestate.as_deref(),
+            resend_count: attempt_number.saturating_sub(1),
+        };
+        // One span per delivery attempt, a child of the message's ingest span (its context
+        // was stored with the message, so the trace survives the queue, retries and restarts).
+        let span = tracing::info_span!(
+            "webhook.deliver",
+            otel.name = "sluice.deliver",
+            otel.kind = "internal",
+            sluice.message_id = %message.id,
+            sluice.subscription_id = %subscription_id,
+            sluice.event_type = %message.event_type,
+            sluice.attempt_number = attempt_number,
+            sluice.trigger = trigger.as_str_name(),
+        );
+        sluice_telemetry::set_parent(
+            &span,
+            message.traceparent.as_deref(),
+            message.tracestate.as_deref(),
+        );
+        let result = self.sender.send(&request).instrument(span).await;
+        let attempt = Attempt {
+            id: new_id(IdKind::Attempt),
+            message_id: message.id.clone(),
+            subscription_id: subscription_id.to_owned(),
+            workspace_id: message.workspace_id.clone(),
+            event_type: message.event_type.clone(),
+            attempt_number,
+            attempt_time: Some(timestamp_from_ms(attempt_ms)),
+            success: result.is_success(),
+            status_code: result.status_code.map_or(0, u32::from),
+            error_kind: result
+                .error_kind
+                .map(|kind| kind.as_str().to_owned())
+                .unwrap_or_default(),
+            error_message: result.error_message.clone().unwrap_or_default(),
+            latency: Some(proto_duration(result.latency)),
+            response_excerpt: result.response_excerpt.clone(),
+            trigger: trigger as i32,
+            url: endpoint.url.to_string(),
+        };
+        (attempt, result)
+    }
+
+    /// Concludes an attempt of a held delivery under `rule`: counts it in the endpoint's
+    /// failure streak, hands the outcome to the writer, then puts a near retry on a timer,
+    /// gives the delivery back to the database, or disables the subscription.
+    ///
+    /// `task` carries the delivery as it was before the attempt; its claim is this
+    /// attempt's and is released here unless the retry stays in memory.
+    pub(crate) async fn conclude(
+        &self,
+        subscription: &Subscription,
+        task: DeliveryTask,
+        rule: Rule,
+        attempt: Attempt,
+        result: &AttemptResult,
+    ) {
+        let now = now_ms();
+        let success = result.is_success();
+        let (streak, persistent_failure) = self.streaks.note(&subscription.id, success, now);
+        let next = next_step(
+            &self.policy,
+            rule,
+            attempt.attempt_number,
+            success,
+            result.is_gone(),
+            result.retry_after,
+        );
+        let disabling = if next == NextStep::Gone {
+            Some((
+                DisabledReason::EndpointGone,
+                "the endpoint answered 410 Gone".to_owned(),
+            ))
+        } else {
+            persistent_failure
+                .map(|streak| (DisabledReason::PersistentFailure, streak.disable_reason()))
+        };
+        // A delivery whose subscription is being disabled ends here, whatever the rule says.
+        let next = if disabling.is_some() && next != NextStep::Succeeded {
+            NextStep::Failed
+        } else {
+            next
+        };
+        let seconds = result.latency.as_secs_f64();
+        let mut status = DeliveryStatus::Failed;
+        // The due time the control plane is shown, and the one written (`None` keeps the
+        // row's own).
+        let mut shown_due_ms = None;
+        let mut next_attempt_ms = None;
+        let mut retry_delay = None;
+        let mut lease_until_ms = None;
+        match next {
+            NextStep::Succeeded => {
+                crate::metrics::attempt("succeeded", seconds);
+                status = DeliveryStatus::Succeeded;
+            }
+            NextStep::Failed | NextStep::Gone => crate::metrics::attempt("failed", seconds),
+            NextStep::KeepSchedule => {
+                crate::metrics::attempt("failed", seconds);
+                status = DeliveryStatus::Pending;
+                if let Rule::Manual { pending_due_ms } = rule {
+                    shown_due_ms = pending_due_ms;
+                }
+            }
+            NextStep::RetryIn(delay) => {
+                crate::metrics::attempt("retry_scheduled", seconds);
+                crate::metrics::metrics().retries.add(1, &[]);
+                status = DeliveryStatus::Pending;
+                let due = now.saturating_add(duration_ms(delay));
+                shown_due_ms = Some(due);
+                next_attempt_ms = Some(due);
+                retry_delay = Some(delay);
+                if delay <= IN_MEMORY_RETRY_HORIZON && !self.shutdown.is_requested() {
+                    lease_until_ms = Some(due.saturating_add(self.lease_ms));
+                }
+            }
+        }
+        let attempt_count = attempt.attempt_number;
+        let first_failure_ms = if success {
+            task.first_failure_ms
+        } else {
+            task.first_failure_ms.or(Some(now))
+        };
+        let record = AttemptRecord {
+            key: task.key.clone(),
+            workspace_id: task.message.workspace_id.clone(),
+            message_create_ms: task.message.create_ms,
+            outcome: AttemptOutcome {
+                attempt: Some(attempt),
+                delivery_status: proto_status(status) as i32,
+                next_attempt_time: shown_due_ms.map(timestamp_from_ms),
+                retry_delay: retry_delay.map(proto_duration),
+            },
+            status,
+            attempt_count,
+            next_attempt_ms,
+            lease_until_ms,
+            first_failure_ms,
+            streak,
+        };
+        self.outcomes
+            .record(OutcomeEvent::Attempt(Box::new(record)))
+            .await;
+
+        if let Some((reason, message)) = disabling {
+            self.claims.release(&task.key, task.generation);
+            self.disable(subscription, reason, message).await;
+            return;
+        }
+        match (next_attempt_ms, lease_until_ms) {
+            (Some(due_ms), Some(lease)) => {
+                self.claims.set_lease(&task.key, task.generation, lease);
+                let (key, generation) = (task.key.clone(), task.generation);
+                let retry = ScheduledRetry {
+                    due_ms,
+                    task: DeliveryTask {
+                        attempt_count,
+                        first_failure_ms,
+                        trigger: AttemptTrigger::Scheduled,
+                        ..task
+                    },
+                };
+                if self.retries.send(retry).await.is_err() {
+                    // The timers stopped (shutdown): the retry is due in the database anyway.
+                    self.claims.release(&key, generation);
+                }
+            }
+            _ => self.claims.release(&task.key, task.generation),
+        }
+    }
+
+    /// Ends a held delivery without an attempt: its subscription was deleted (cancelled) or
+    /// disabled (failed).
+    pub(crate) async fn end_undelivered(&self, task: &DeliveryTask, status: DeliveryStatus) {
+        if !self.claims.is_current(&task.key, task.generation) {
+            return;
+        }
+        self.claims.release(&task.key, task.generation);
+        self.outcomes
+            .record(OutcomeEvent::Ended(Box::new(EndedDelivery {
+                key: task.key.clone(),
+                status,
+                workspace_id: task.message.workspace_id.clone(),
+                create_ms: task.message.create_ms,
+            })))
+            .await;
+    }
+
+    /// Disables a subscription from the data plane's side: at once in memory (nothing more
+    /// is sent), then in the database with its pending deliveries failed, and reported to
+    /// the control plane, which owns the subscription and echoes the change back.
+    pub(crate) async fn disable(
+        &self,
+        subscription: &Subscription,
+        reason: DisabledReason,
+        message: String,
+    ) {
+        if !self.copy.disable_locally(&subscription.id) {
+            return;
+        }
+        self.claims.release_subscription(&subscription.id);
+        self.lanes.clear(&subscription.id);
+        self.streaks.forget(&subscription.id);
+        tracing::warn!(
+            subscription_id = %subscription.id,
+            workspace_id = %subscription.workspace_id,
+            reason = reason.as_str_name(),
+            details = %message,
+            "subscription disabled by the data plane"
+        );
+        let mut config = subscription.config.clone();
+        config.enabled = false;
+        self.outcomes
+            .record(OutcomeEvent::Disabled(Box::new(DisabledSubscription {
+                report: SubscriptionDisabled {
+                    subscription_id: subscription.id.clone(),
+                    workspace_id: subscription.workspace_id.clone(),
+                    reason: reason as i32,
+                    message,
+                    disable_time: Some(timestamp_from_ms(now_ms())),
+                },
+                config,
+            })))
+            .await;
+    }
+}
+
+/// How a delivery ends when its subscription cannot take it.
+pub(crate) fn undeliverable_status(subscription: Option<&Subscription>) -> DeliveryStatus {
+    match subscription {
+        // Disabled (by a user, or here after 410 or persistent failure): failed, visible
+        // and replayable once the subscription is enabled again.
+        Some(_) => DeliveryStatus::Failed,
+        // Deleted: nothing will ever deliver it.
+        None => DeliveryStatus::Cancelled,
+    }
+}
+
+/// The proto status for a stored one; cancelled deliveries show as failed.
+fn proto_status(status: DeliveryStatus) -> ProtoDeliveryStatus {
+    match status {
+        DeliveryStatus::Pending => ProtoDeliveryStatus::Pending,
+        DeliveryStatus::Succeeded => ProtoDeliveryStatus::Succeeded,
+        DeliveryStatus::Failed | DeliveryStatus::Cancelled => ProtoDeliveryStatus::Failed,
+    }
+}
+
+/// Slack gets a readable message built from the envelope's payload instead of the envelope.
+fn slack_body(message: &StoredMessage) -> Bytes {
+    let payload = serde_json::from_slice::<serde_json::Value>(&message.envelope)
+        .ok()
+        .and_then(|mut envelope| envelope.get_mut("payload").map(serde_json::Value::take))
+        .unwrap_or(serde_json::Value::Null);
+    Bytes::from(slack_message(
+        &message.event_type,
+        &message.id,
+        &message.workspace_id,
+        &payload,
+    ))
+}

@@ -1,0 +1,170 @@
+//! The lanes: one per subscription, each with its own queue of due deliveries, its
+//! concurrency limit, rate limit and circuit breaker, so a slow or dead endpoint only ever
+//! delays itself. This is the lanes' state; the dispatcher runs them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::deliver::breaker::{Breaker, Gate};
+use crate::deliver::rate_limit::RateLimiter;
+use crate::work::DeliveryTask;
+
+/// What every lane is given.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LaneLimits {
+    /// The most attempts in flight to one subscription.
+    pub(crate) concurrency: usize,
+    /// Consecutive failures that open the breaker; 0 turns it off.
+    pub(crate) breaker_failures: u32,
+    /// How long an open breaker waits before one probe.
+    pub(crate) breaker_cooldown: Duration,
+}
+
+/// Every lane, by subscription id.
+pub(crate) struct Lanes {
+    by_subscription: Mutex<foldhash::HashMap<String, Arc<Lane>>>,
+    limits: LaneLimits,
+}
+
+impl Lanes {
+    pub(crate) fn new(limits: LaneLimits) -> Lanes {
+        Lanes {
+            by_subscription: Mutex::default(),
+            limits,
+        }
+    }
+
+    /// The lane of a subscription, if it has one.
+    pub(crate) fn get(&self, subscription_id: &str) -> Option<Arc<Lane>> {
+        self.lock().get(subscription_id).cloned()
+    }
+
+    /// The lane of a subscription, and whether it was created now (then its task must be
+    /// started).
+    pub(crate) fn get_or_create(&self, subscription_id: &str) -> (Arc<Lane>, bool) {
+        let mut lanes = self.lock();
+        if let Some(lane) = lanes.get(subscription_id) {
+            return (Arc::clone(lane), false);
+        }
+        let lane = Arc::new(Lane::new(subscription_id, self.limits));
+        lanes.insert(subscription_id.to_owned(), Arc::clone(&lane));
+        (lane, true)
+    }
+
+    /// Drops the queued deliveries of a subscription that was disabled, and wakes its lane.
+    pub(crate) fn clear(&self, subscription_id: &str) {
+        if let Some(lane) = self.get(subscription_id) {
+            lane.queue().clear();
+            lane.wake.notify_one();
+        }
+    }
+
+    /// Counts an attempt made outside the lane (a manual one) in the endpoint's breaker: a
+    /// success shows the endpoint is back.
+    pub(crate) fn record_result(&self, subscription_id: &str, success: bool) {
+        if let Some(lane) = self.get(subscription_id) {
+            lane.record_result(success);
+            lane.wake.notify_one();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, foldhash::HashMap<String, Arc<Lane>>> {
+        // Inserting is the only mutation; a poisoned map is still a valid map.
+        self.by_subscription
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One subscription's queue and limits.
+pub(crate) struct Lane {
+    pub(crate) subscription_id: String,
+    /// Deliveries due now, oldest first.
+    queue: Mutex<VecDeque<DeliveryTask>>,
+    /// Wakes the lane: new work, an attempt finished, a probe ended.
+    pub(crate) wake: Notify,
+    /// `concurrency` permits: attempts in flight to this endpoint.
+    concurrency: Arc<Semaphore>,
+    gate: Mutex<LaneGate>,
+}
+
+/// The checks before each attempt, behind one lock.
+struct LaneGate {
+    breaker: Breaker,
+    rate: RateLimiter,
+}
+
+impl Lane {
+    fn new(subscription_id: &str, limits: LaneLimits) -> Lane {
+        Lane {
+            subscription_id: subscription_id.to_owned(),
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            concurrency: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            gate: Mutex::new(LaneGate {
+                breaker: Breaker::new(limits.breaker_failures, limits.breaker_cooldown),
+                rate: RateLimiter::default(),
+            }),
+        }
+    }
+
+    /// The queue of due deliveries.
+    pub(crate) fn queue(&self) -> MutexGuard<'_, VecDeque<DeliveryTask>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues deliveries and wakes the lane.
+    pub(crate) fn push(&self, tasks: Vec<DeliveryTask>) {
+        self.queue().extend(tasks);
+        self.wake.notify_one();
+    }
+
+    /// What the circuit breaker allows now.
+    pub(crate) fn breaker_gate(&self, now: Instant) -> Gate {
+        self.gate().breaker.gate(now)
+    }
+
+    /// Marks the breaker's probe under way.
+    pub(crate) fn start_probe(&self) {
+        self.gate().breaker.start_probe();
+    }
+
+    /// The probe was not sent after all (the delivery was withdrawn).
+    pub(crate) fn cancel_probe(&self) {
+        self.gate().breaker.cancel_probe();
+    }
+
+    /// Takes a rate token for an attempt now, or says until when to wait.
+    pub(crate) fn acquire_rate(&self, per_second: u32, now: Instant) -> Option<Instant> {
+        self.gate().rate.acquire(per_second, now)
+    }
+
+    /// A concurrency permit, held for the attempt's duration.
+    pub(crate) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed; if it were, the lane could do nothing more.
+        Arc::clone(&self.concurrency).acquire_owned().await.ok()
+    }
+
+    /// Counts an attempt's result in the breaker, and says when its state changed.
+    pub(crate) fn record_result(&self, success: bool) {
+        let mut gate = self.gate();
+        let before = gate.breaker.state_name();
+        gate.breaker.record(success, Instant::now());
+        let after = gate.breaker.state_name();
+        drop(gate);
+        if before != after {
+            crate::metrics::metrics()
+                .breaker_changes
+                .add(1, &[opentelemetry::KeyValue::new("state", after)]);
+            tracing::info!(subscription_id = %self.subscription_id, from = before, to = after, "circuit breaker changed state");
+        }
+    }
+
+    fn gate(&self) -> MutexGuard<'_, LaneGate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,463 @@
+//! The scanner: loads due work from the database (at start, every pending delivery; then
+//! every second, due ones nobody holds) so retries that wait there, work left by a restart
+//! and a dead replica's work are all picked up. Also renews and gives back the leases of
+//! what this replica holds.
+//!
+//! On PostgreSQL several replicas share the queue. The scanner claims rows by setting
+//! `lease_until_ms` in one `UPDATE … WHERE key IN (SELECT … FOR UPDATE SKIP LOCKED)`, so two
+//! replicas never take the same row, and a dead replica's rows come free when its leases
+//! expire. Live replicas renew the leases of what they hold.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    Statement, Value,
+};
+use sluice_core::outcome::DeliveryStatus;
+use sluice_proto::control::v1::AttemptTrigger;
+use sluice_store::data::{delivery, fanout, message};
+use sluice_store::now_ms;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::deliver::dispatcher::Dispatcher;
+use crate::shutdown::Shutdown;
+use crate::state::claims::{Claims, DeliveryKey, MAX_HELD};
+use crate::state::fanouts::{EncodedRecord, Fanouts};
+use crate::work::{
+    DeliveryTask, EndedDelivery, OutcomeEvent, OutcomeSender, ScheduledRetry, StoredMessage,
+};
+
+/// How often the scanner looks for due deliveries nobody holds.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Deliveries due within this are claimed a little early and put on a timer, so a scan
+/// period does not delay them.
+const SCAN_LOOKAHEAD_MS: i64 = 1_000;
+/// Rows claimed per query.
+const CLAIM_BATCH: usize = 500;
+/// Rows updated per statement when renewing or releasing leases.
+const LEASE_CHUNK: usize = 500;
+
+/// The scanner and what it works with.
+pub(crate) struct Scanner {
+    pub(crate) db: DatabaseConnection,
+    /// Several replicas may share a PostgreSQL database, so leases matter there; SQLite
+    /// is always one process.
+    pub(crate) postgres: bool,
+    pub(crate) claims: Arc<Claims>,
+    pub(crate) fanouts: Arc<Fanouts>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    /// To the retry timers, for claimed work due a little later.
+    pub(crate) retries: mpsc::Sender<ScheduledRetry>,
+    pub(crate) outcomes: OutcomeSender,
+    pub(crate) lease_ms: i64,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl Scanner {
+    /// The scanner task: claims due deliveries every [`SCAN_INTERVAL`] (or when woken), and on
+    /// PostgreSQL renews the leases of what this process holds.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(SCAN_INTERVAL);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.requested() => return,
+                _ = interval.tick() => {}
+            }
+            if let Err(err) = self.claim_all_due().await {
+                tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
+            }
+            if self.postgres
+                && let Err(err) = self.renew_leases().await
+            {
+                tracing::error!(error = %err, "renewing delivery leases failed");
+            }
+        }
+    }
+
+    /// Claims due deliveries and due first attempts until none are left or memory is full.
+    pub(crate) async fn claim_all_due(&self) -> Result<(), DbErr> {
+        loop {
+            let claimed = self.claim_due().await?;
+            if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
+                break;
+            }
+        }
+        loop {
+            let claimed = self.claim_fanouts().await?;
+            if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// `None` when memory holds all it may.
+    fn claim_window(&self) -> Option<ClaimWindow> {
+        let room = MAX_HELD.saturating_sub(self.claims.len());
+        if room == 0 {
+            return None;
+        }
+        let now = now_ms();
+        let due_by = now.saturating_add(SCAN_LOOKAHEAD_MS);
+        let backend = self.db.get_database_backend();
+        Some(ClaimWindow {
+            limit: i64::try_from(room.min(CLAIM_BATCH)).unwrap_or(i64::MAX),
+            now,
+            due_by,
+            lease_until: due_by.saturating_add(self.lease_ms),
+            backend,
+            lock: if backend == DbBackend::Postgres {
+                " FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            },
+        })
+    }
+
+    /// One claim query for fan-outs (messages whose first attempts have not all concluded; see
+    /// `state::fanouts`) that are due and whose lease is free: after a restart, when memory was full at
+    /// ingest, or when a replica died.
+    async fn claim_fanouts(&self) -> Result<usize, DbErr> {
+        let Some(window) = self.claim_window() else {
+            return Ok(0);
+        };
+        let (backend, lock) = (window.backend, window.lock);
+        // Message ids sort by creation, so the oldest messages come first.
+        let sql = format!(
+            "UPDATE dp_fanout SET lease_until_ms = {p1} \
+             WHERE message_id IN ( \
+               SELECT message_id FROM dp_fanout \
+               WHERE due_ms <= {p2} AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}) \
+               ORDER BY message_id LIMIT {p4}{lock}) \
+             RETURNING *",
+            p1 = placeholder(backend, 1),
+            p2 = placeholder(backend, 2),
+            p3 = placeholder(backend, 3),
+            p4 = placeholder(backend, 4),
+        );
+        let statement = Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                Value::from(window.lease_until),
+                Value::from(window.due_by),
+                Value::from(window.now),
+                Value::from(window.limit),
+            ],
+        );
+        let rows = fanout::Entity::find()
+            .from_raw_sql(statement)
+            .all(&self.db)
+            .await?;
+        let count = rows.len();
+        if count > 0 {
+            self.take_fanouts(rows, window.lease_until).await?;
+        }
+        Ok(count)
+    }
+
+    /// Turns claimed fan-outs into held first attempts: each subscription of the message that
+    /// has neither a delivery row nor a concluded first attempt here.
+    async fn take_fanouts(
+        &self,
+        rows: Vec<fanout::Model>,
+        lease_until_ms: i64,
+    ) -> Result<(), DbErr> {
+        let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
+        let mut messages: HashMap<String, message::Model> = HashMap::with_capacity(ids.len());
+        let mut with_rows: HashSet<(String, String)> = HashSet::new();
+        for chunk in ids.chunks(LEASE_CHUNK) {
+            for row in message::Entity::find()
+                .filter(message::Column::Id.is_in(chunk.to_vec()))
+                .all(&self.db)
+                .await?
+            {
+                messages.insert(row.id.clone(), row);
+            }
+            let stored: Vec<(String, String)> = delivery::Entity::find()
+                .select_only()
+                .column(delivery::Column::MessageId)
+                .column(delivery::Column::SubscriptionId)
+                .filter(delivery::Column::MessageId.is_in(chunk.to_vec()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            with_rows.extend(stored);
+        }
+        let now = now_ms();
+        let mut due_now = Vec::new();
+        let mut finished = Vec::new();
+        for row in rows {
+            let Some(message) = messages.remove(&row.message_id) else {
+                tracing::error!(message_id = %row.message_id, "fan-out without its message; dropping it");
+                finished.push(row.message_id);
+                continue;
+            };
+            let remaining = match self.fanouts.remaining(&message.id) {
+                Some(remaining) => remaining,
+                None => {
+                    let matched: Vec<String> = message
+                        .subscription_ids
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|id| !id.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    let remaining: Vec<String> = matched
+                        .iter()
+                        .filter(|id| !with_rows.contains(&(message.id.clone(), (*id).clone())))
+                        .cloned()
+                        .collect();
+                    if remaining.is_empty() {
+                        finished.push(message.id.clone());
+                        continue;
+                    }
+                    // Reported again at once: the control plane may never have heard of it (a
+                    // repeat is harmless).
+                    let record = EncodedRecord::encode(
+                        &message.id,
+                        &message.workspace_id,
+                        &message.event_type,
+                        message.create_ms,
+                        &matched,
+                    );
+                    self.fanouts
+                        .open(&message.id, record, remaining.clone(), Duration::ZERO);
+                    remaining
+                }
+            };
+            let stored = Arc::new(StoredMessage::from_row(message));
+            for task in
+                DeliveryTask::first_attempts(&self.claims, &stored, remaining, lease_until_ms)
+            {
+                if !self.route(task, row.due_ms, now, &mut due_now).await {
+                    // Timers stopped: shutting down, the fan-out stays in the database.
+                    return Ok(());
+                }
+            }
+        }
+        self.dispatcher.enqueue(due_now);
+        // Nothing is left to attempt for these (every delivery has its own row): no process
+        // has them open, so the scanner may end them.
+        for chunk in finished.chunks(LEASE_CHUNK) {
+            fanout::Entity::delete_many()
+                .filter(fanout::Column::MessageId.is_in(chunk.iter().cloned()))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One claim query: due (or nearly due) pending deliveries whose lease is free.
+    async fn claim_due(&self) -> Result<usize, DbErr> {
+        let Some(window) = self.claim_window() else {
+            return Ok(0);
+        };
+        let (backend, lock) = (window.backend, window.lock);
+        let sql = format!(
+            "UPDATE dp_deliveries SET lease_until_ms = {p1} \
+             WHERE (message_id, subscription_id) IN ( \
+               SELECT message_id, subscription_id FROM dp_deliveries \
+               WHERE status = {p2} AND next_attempt_ms <= {p3} \
+                 AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) \
+               ORDER BY next_attempt_ms LIMIT {p5}{lock}) \
+             RETURNING *",
+            p1 = placeholder(backend, 1),
+            p2 = placeholder(backend, 2),
+            p3 = placeholder(backend, 3),
+            p4 = placeholder(backend, 4),
+            p5 = placeholder(backend, 5),
+        );
+        let statement = Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                Value::from(window.lease_until),
+                Value::from(DeliveryStatus::Pending.as_str()),
+                Value::from(window.due_by),
+                Value::from(window.now),
+                Value::from(window.limit),
+            ],
+        );
+        let rows = delivery::Entity::find()
+            .from_raw_sql(statement)
+            .all(&self.db)
+            .await?;
+        let count = rows.len();
+        if count > 0 {
+            self.take_rows(rows, AttemptTrigger::Scheduled, window.lease_until)
+                .await?;
+        }
+        Ok(count)
+    }
+
+    /// Turns claimed rows into held tasks: due ones to their lanes, the rest onto timers.
+    pub(crate) async fn take_rows(
+        &self,
+        rows: Vec<delivery::Model>,
+        trigger: AttemptTrigger,
+        lease_until_ms: i64,
+    ) -> Result<(), DbErr> {
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.message_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut messages: HashMap<String, Arc<StoredMessage>> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(LEASE_CHUNK) {
+            let found = message::Entity::find()
+                .filter(message::Column::Id.is_in(chunk.to_vec()))
+                .all(&self.db)
+                .await?;
+            for row in found {
+                messages.insert(row.id.clone(), Arc::new(StoredMessage::from_row(row)));
+            }
+        }
+        let now = now_ms();
+        let mut due_now = Vec::new();
+        for row in rows {
+            let key = DeliveryKey {
+                message_id: row.message_id,
+                subscription_id: row.subscription_id,
+            };
+            let Some(generation) = self.claims.claim(&key, lease_until_ms) else {
+                // Already held here (a lease that ran out while it waited in a lane).
+                continue;
+            };
+            let Some(message) = messages.get(&key.message_id) else {
+                tracing::error!(message_id = %key.message_id, subscription_id = %key.subscription_id, "pending delivery without its message; cancelling it");
+                self.claims.release(&key, generation);
+                self.outcomes
+                    .record(OutcomeEvent::Ended(Box::new(EndedDelivery {
+                        key,
+                        status: DeliveryStatus::Cancelled,
+                        workspace_id: row.workspace_id,
+                        create_ms: row.create_ms,
+                    })))
+                    .await;
+                continue;
+            };
+            let task = DeliveryTask {
+                key,
+                message: Arc::clone(message),
+                attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
+                first_failure_ms: row.first_failure_ms,
+                trigger,
+                generation,
+            };
+            if !self
+                .route(task, row.next_attempt_ms, now, &mut due_now)
+                .await
+            {
+                // Timers stopped: shutting down, the row stays pending.
+                return Ok(());
+            }
+        }
+        self.dispatcher.enqueue(due_now);
+        Ok(())
+    }
+
+    /// Puts a claimed task with its lane's work (`due_now`) or on a timer; false when the
+    /// timers have stopped (shutdown).
+    async fn route(
+        &self,
+        task: DeliveryTask,
+        due_ms: i64,
+        now: i64,
+        due_now: &mut Vec<DeliveryTask>,
+    ) -> bool {
+        if due_ms <= now {
+            due_now.push(task);
+            return true;
+        }
+        self.retries
+            .send(ScheduledRetry { due_ms, task })
+            .await
+            .is_ok()
+    }
+
+    /// Extends the leases of held deliveries that would otherwise run out, so another replica
+    /// does not take work this one still has queued.
+    async fn renew_leases(&self) -> Result<(), DbErr> {
+        let now = now_ms();
+        let lease = self.lease_ms;
+        let renewed_until = now.saturating_add(lease);
+        let keys = self
+            .claims
+            .leases_to_renew(now.saturating_add(lease / 2), renewed_until);
+        self.set_leases(&keys, Some(renewed_until)).await
+    }
+
+    /// Clears the leases of everything this process holds, so another replica can take it at
+    /// once (shutdown).
+    pub(crate) async fn release_all(&self) -> Result<(), DbErr> {
+        let keys = self.claims.keys();
+        self.set_leases(&keys, None).await
+    }
+
+    async fn set_leases(
+        &self,
+        keys: &[DeliveryKey],
+        lease_until_ms: Option<i64>,
+    ) -> Result<(), DbErr> {
+        let mut by_subscription: HashMap<&str, Vec<String>> = HashMap::new();
+        for key in keys {
+            by_subscription
+                .entry(key.subscription_id.as_str())
+                .or_default()
+                .push(key.message_id.clone());
+        }
+        // First attempts are leased through their message's fan-out row.
+        let mut messages: Vec<String> = keys.iter().map(|k| k.message_id.clone()).collect();
+        messages.sort_unstable();
+        messages.dedup();
+        for chunk in messages.chunks(LEASE_CHUNK) {
+            fanout::Entity::update_many()
+                .col_expr(fanout::Column::LeaseUntilMs, Expr::value(lease_until_ms))
+                .filter(fanout::Column::MessageId.is_in(chunk.iter().cloned()))
+                .exec(&self.db)
+                .await?;
+        }
+        for (subscription_id, message_ids) in by_subscription {
+            for chunk in message_ids.chunks(LEASE_CHUNK) {
+                delivery::Entity::update_many()
+                    .col_expr(delivery::Column::LeaseUntilMs, Expr::value(lease_until_ms))
+                    .filter(delivery::Column::SubscriptionId.eq(subscription_id))
+                    .filter(delivery::Column::MessageId.is_in(chunk.to_vec()))
+                    .filter(delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+                    .exec(&self.db)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one claim query may take: how many rows (memory has room for), the lease they get,
+/// and the row-locking clause (PostgreSQL replicas skip rows another is claiming).
+struct ClaimWindow {
+    /// Rows at most, as the query's `LIMIT`.
+    limit: i64,
+    now: i64,
+    /// Rows due by this are taken (the scan looks a little ahead).
+    due_by: i64,
+    lease_until: i64,
+    backend: DbBackend,
+    lock: &'static str,
+}
+
+/// `$n` on PostgreSQL, `?n` on SQLite.
+pub(crate) fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => format!("?{n}"),
+    }
+}

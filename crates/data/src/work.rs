@@ -1,0 +1,218 @@
+//! The work that crosses tasks: what ingest hands the writer ([`PublishJob`]), what the
+//! writer, the timers and the scanner hand the dispatcher ([`DeliveryTask`]), what attempts
+//! put on a timer ([`ScheduledRetry`]) and what they hand the writer ([`OutcomeEvent`],
+//! through [`OutcomeSender`]). Plain data and the channel ends; no task's logic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_core::outcome::DeliveryStatus;
+use sluice_proto::control::v1::{
+    AttemptOutcome, AttemptTrigger, ConfigSubscription, SubscriptionDisabled,
+};
+use sluice_proto::data::v1::PublishResponse;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::DataError;
+use crate::state::claims::{Claims, DeliveryKey};
+use crate::state::streaks::StreakChange;
+
+/// An event validated by ingest, waiting to be made durable.
+pub(crate) struct PublishJob {
+    pub(crate) message: NewMessage,
+    /// The subscriptions it matched, in a stable order.
+    pub(crate) subscription_ids: Vec<String>,
+    pub(crate) reply: oneshot::Sender<Result<PublishResponse, DataError>>,
+}
+
+/// A message as ingest built it.
+pub(crate) struct NewMessage {
+    pub(crate) id: String,
+    pub(crate) workspace_id: String,
+    pub(crate) event_type: String,
+    pub(crate) envelope: Bytes,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
+    pub(crate) create_ms: i64,
+}
+
+/// A message as stored: the envelope built once at ingest and sent as is on every attempt.
+#[derive(Debug)]
+pub(crate) struct StoredMessage {
+    pub(crate) id: String,
+    pub(crate) workspace_id: String,
+    pub(crate) event_type: String,
+    /// The envelope bytes; `Bytes` so every attempt shares one copy.
+    pub(crate) envelope: Bytes,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
+    pub(crate) create_ms: i64,
+}
+
+impl StoredMessage {
+    pub(crate) fn from_row(row: sluice_store::data::message::Model) -> StoredMessage {
+        StoredMessage {
+            id: row.id,
+            workspace_id: row.workspace_id,
+            event_type: row.event_type,
+            envelope: Bytes::from(row.envelope),
+            traceparent: row.traceparent,
+            tracestate: row.tracestate,
+            create_ms: row.create_ms,
+        }
+    }
+
+    pub(crate) fn from_new(message: NewMessage) -> StoredMessage {
+        StoredMessage {
+            id: message.id,
+            workspace_id: message.workspace_id,
+            event_type: message.event_type,
+            envelope: message.envelope,
+            traceparent: message.traceparent,
+            tracestate: message.tracestate,
+            create_ms: message.create_ms,
+        }
+    }
+}
+
+/// A delivery this process holds (a claim in [`Claims`]) and will attempt.
+#[derive(Clone, Debug)]
+pub(crate) struct DeliveryTask {
+    pub(crate) key: DeliveryKey,
+    pub(crate) message: Arc<StoredMessage>,
+    /// Attempts already made; the next one is number `attempt_count + 1`.
+    pub(crate) attempt_count: u32,
+    /// When the first failed attempt of this delivery happened.
+    pub(crate) first_failure_ms: Option<i64>,
+    pub(crate) trigger: AttemptTrigger,
+    /// This claim's generation in the [`Claims`] registry.
+    pub(crate) generation: u64,
+}
+
+impl DeliveryTask {
+    /// Claims the first attempts of `message` to `subscription_ids` for this process,
+    /// leaving out any it already holds, as tasks ready for the dispatcher or a timer.
+    pub(crate) fn first_attempts<'a>(
+        claims: &'a Claims,
+        message: &'a Arc<StoredMessage>,
+        subscription_ids: impl IntoIterator<Item = String> + 'a,
+        lease_until_ms: i64,
+    ) -> impl Iterator<Item = DeliveryTask> + 'a {
+        subscription_ids
+            .into_iter()
+            .filter_map(move |subscription_id| {
+                let key = DeliveryKey {
+                    message_id: message.id.clone(),
+                    subscription_id,
+                };
+                let generation = claims.claim(&key, lease_until_ms)?;
+                Some(DeliveryTask {
+                    key,
+                    message: Arc::clone(message),
+                    attempt_count: 0,
+                    first_failure_ms: None,
+                    trigger: AttemptTrigger::Scheduled,
+                    generation,
+                })
+            })
+    }
+}
+
+/// A retry to make at `due_ms`, held by the timers.
+pub(crate) struct ScheduledRetry {
+    pub(crate) due_ms: i64,
+    pub(crate) task: DeliveryTask,
+}
+
+/// What the writer is asked to store.
+pub(crate) enum OutcomeEvent {
+    /// An attempt was made.
+    Attempt(Box<AttemptRecord>),
+    /// A delivery ended without an attempt (its subscription was deleted or disabled).
+    Ended(Box<EndedDelivery>),
+    /// The data plane disabled a subscription: fail its pending deliveries, keep the local
+    /// copy disabled, and tell the control plane.
+    Disabled(Box<DisabledSubscription>),
+    /// Answered once everything sent before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+impl OutcomeEvent {
+    /// Whether someone waits for this event's commit.
+    pub(crate) fn is_flush(&self) -> bool {
+        matches!(self, OutcomeEvent::Flush(_))
+    }
+}
+
+/// One attempt's effect on its delivery.
+pub(crate) struct AttemptRecord {
+    pub(crate) key: DeliveryKey,
+    /// The message's workspace and acceptance time, for a delivery row written now (a first
+    /// attempt that failed).
+    pub(crate) workspace_id: String,
+    pub(crate) message_create_ms: i64,
+    /// What the control plane is told.
+    pub(crate) outcome: AttemptOutcome,
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempt_count: u32,
+    /// The next attempt's due time; `None` leaves the stored one.
+    pub(crate) next_attempt_ms: Option<i64>,
+    /// The row's lease after this; `None` clears it so any replica's scanner may take it.
+    pub(crate) lease_until_ms: Option<i64>,
+    pub(crate) first_failure_ms: Option<i64>,
+    pub(crate) streak: StreakChange,
+}
+
+/// A delivery that ends without an attempt.
+pub(crate) struct EndedDelivery {
+    pub(crate) key: DeliveryKey,
+    pub(crate) status: DeliveryStatus,
+    /// The message's workspace and acceptance time, for a delivery row written now.
+    pub(crate) workspace_id: String,
+    pub(crate) create_ms: i64,
+}
+
+/// A subscription the data plane disabled.
+pub(crate) struct DisabledSubscription {
+    /// What the control plane is told.
+    pub(crate) report: SubscriptionDisabled,
+    /// The local copy, with `enabled` false, to persist.
+    pub(crate) config: ConfigSubscription,
+}
+
+/// The writer's end for outcomes: attempts, the timers and the scanner record through it.
+#[derive(Clone)]
+pub(crate) struct OutcomeSender {
+    tx: mpsc::Sender<OutcomeEvent>,
+}
+
+/// How long [`OutcomeSender::flush`] waits, in case the writer is stuck retrying a broken
+/// database.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
+
+impl OutcomeSender {
+    pub(crate) fn new(tx: mpsc::Sender<OutcomeEvent>) -> OutcomeSender {
+        OutcomeSender { tx }
+    }
+
+    /// Hands an outcome to the writer. Fails only when the writer has stopped (at the very
+    /// end of shutdown); the delivery then stays pending in the database.
+    pub(crate) async fn record(&self, event: OutcomeEvent) {
+        if self.tx.send(event).await.is_err() {
+            tracing::warn!(
+                "outcome writer stopped; the outcome is not recorded and the delivery stays pending"
+            );
+        }
+    }
+
+    /// Waits until every outcome handed to the writer before this call is committed, so a
+    /// caller reads the delivery rows as the attempts left them.
+    pub(crate) async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(OutcomeEvent::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(FLUSH_WAIT, wait).await;
+        }
+    }
+}
