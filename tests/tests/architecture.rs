@@ -174,7 +174,10 @@ fn import_graph(src: &Path) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
     let mut graph = BTreeMap::new();
     for file in rust_files(src) {
         let text = std::fs::read_to_string(&file).unwrap();
-        let code = strip_comments(&text);
+        // A file's unit tests (at its end, by the house style) use `super::*` of the file
+        // itself, not of its parent.
+        let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code = strip_comments(text);
         let module = module_path(src, &file);
         let mut targets = BTreeSet::new();
         for path in module_paths(&code, &module) {
@@ -258,6 +261,12 @@ fn expand(text: &str, prefix: Vec<String>) -> Vec<Vec<String>> {
     let mut path = prefix;
     let mut rest = text;
     loop {
+        if let Some(group) = rest.strip_prefix('{') {
+            return split_group(group)
+                .into_iter()
+                .flat_map(|item| expand(item.trim(), path.clone()))
+                .collect();
+        }
         let end = rest
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(rest.len());
@@ -266,12 +275,6 @@ fn expand(text: &str, prefix: Vec<String>) -> Vec<Vec<String>> {
         }
         rest = &rest[end..];
         if let Some(next) = rest.strip_prefix("::") {
-            if let Some(group) = next.strip_prefix('{') {
-                return split_group(group)
-                    .into_iter()
-                    .flat_map(|item| expand(item.trim(), path.clone()))
-                    .collect();
-            }
             rest = next;
         } else {
             return vec![path];
@@ -301,10 +304,14 @@ fn split_group(text: &str) -> Vec<&str> {
     items
 }
 
-/// The deepest module file a path goes through (`crate::a::b::C` → `src/a/b.rs`).
+/// The deepest module file a path goes through (`crate::a::b::C` → `src/a/b.rs`; an item
+/// of the crate root → `src/lib.rs`, or `src/main.rs` for a binary).
 fn resolve(src: &Path, path: &[String]) -> Option<PathBuf> {
     let mut dir = src.to_path_buf();
-    let mut found = None;
+    let mut found = ["lib.rs", "main.rs"]
+        .into_iter()
+        .map(|root| src.join(root))
+        .find(|root| root.is_file());
     for segment in path {
         let file = dir.join(format!("{segment}.rs"));
         let module = dir.join(segment).join("mod.rs");
@@ -381,7 +388,8 @@ fn the_import_reader_sees_groups_nested_paths_and_circles() {
                 let x = crate::metrics::metrics(); // crate::ignored::path\n\
                 use sluice_crate::nothing;\n\
                 use super::lanes::Lane;\n\
-                use self::inner::Thing;";
+                use self::inner::Thing;\n\
+                use crate::{child, publisher};";
     let module = ["deliver".to_owned(), "scanner".to_owned()];
     let paths: Vec<String> = module_paths(&strip_comments(code), &module)
         .into_iter()
@@ -394,6 +402,8 @@ fn the_import_reader_sees_groups_nested_paths_and_circles() {
             "state::claims::DeliveryKey",
             "state::fanouts",
             "metrics::metrics",
+            "child",
+            "publisher",
             "deliver::lanes::Lane",
             "deliver::scanner::inner::Thing"
         ]

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, child, publisher, receiver};
+use crate::args::BenchArgs;
+use crate::{child, publisher, receiver};
 
 /// What `--http-baseline` measured.
 #[derive(Debug, Serialize)]
@@ -32,25 +33,6 @@ pub(crate) struct Baseline {
     pub(crate) cpu_us_per_post: Option<f64>,
     /// As in a run of the planes: what other VMs on the host took, percent.
     pub(crate) machine_steal_percent: Option<f64>,
-}
-
-impl Baseline {
-    pub(crate) fn table(&self) -> String {
-        let cpu = self
-            .cpu_us_per_post
-            .map_or_else(|| "unknown".to_owned(), |us| format!("{us:.1} µs"));
-        format!(
-            "sluice bench --http-baseline: {} POSTs of {} bytes, {} in flight, reqwest to the \
-             bench's receiver on loopback\n  POST/s                 {:.0}  ({:.2} s)\n  \
-             CPU per POST           {cpu} (client and receiver)\n  VM steal               {}\n",
-            self.posts,
-            self.payload_bytes,
-            self.concurrency,
-            self.posts_per_second,
-            self.seconds,
-            super::report::steal_row(self.machine_steal_percent)
-        )
-    }
 }
 
 /// Runs the baseline: `--events` POSTs.

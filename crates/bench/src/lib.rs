@@ -19,6 +19,7 @@
 //! under way then is not counted. Peak RSS is `VmHWM` of `/proc/<pid>/status`, over the
 //! process's whole life (start-up and warm-up included).
 
+mod args;
 mod baseline;
 mod child;
 mod publisher;
@@ -31,7 +32,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sluice_proto::control::v1::subscription_service_client::SubscriptionServiceClient;
 use sluice_proto::control::v1::workspace_service_client::WorkspaceServiceClient;
@@ -43,118 +43,14 @@ use sluice_proto::data::v1::ingest_service_client::IngestServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub use self::args::BenchArgs;
 use self::child::{ChildPlanes, ProcSample};
 use self::publisher::{PublishPlan, PublishProgress};
 use self::receiver::RunningReceiver;
 use self::report::{Report, percentiles};
 
-/// Flags of `sluice bench`.
-#[derive(Debug, Args, Clone)]
-pub struct BenchArgs {
-    /// Events to publish.
-    #[arg(long, default_value_t = 20_000)]
-    pub events: u64,
-    /// Subscriptions (filter `*`, each at its own path of the bench's receiver); every event
-    /// is delivered to each.
-    #[arg(long, default_value_t = 1)]
-    pub subscriptions: u32,
-    /// Publish requests in flight on the stream at most (closed loop: the next request goes
-    /// when an ack returns).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Size of each event's payload in bytes: a JSON object, the same bytes every time.
-    #[arg(long, default_value_t = 1024)]
-    pub payload_bytes: usize,
-    /// Publish at this many events per second (open loop), still at most --concurrency in
-    /// flight. Unset: closed loop, as fast as acks return.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Seconds to wait for every ack and delivery before giving up (the report is still
-    /// printed, marked as timed out, and the command fails).
-    #[arg(long, default_value_t = 120)]
-    pub timeout: u64,
-    /// Seconds allowed for starting the planes, setting up and the warm-up event.
-    #[arg(long, default_value_t = 60)]
-    pub setup_timeout: u64,
-    /// The receiver waits this many milliseconds before answering each delivery.
-    #[arg(long, default_value_t = 0)]
-    pub receiver_delay_ms: u64,
-    /// Fraction (0 to 1) of deliveries the receiver answers with 500, at random. A delivery
-    /// answered 500 counts as attempted ("failed by design"), not as delivered; the bench
-    /// does not wait for its retries. At high rates the data plane's circuit breaker holds
-    /// deliveries back, and the bench times out.
-    #[arg(long, default_value_t = 0.0)]
-    pub receiver_failure_rate: f64,
-    /// Print the results as one JSON object on stdout (no progress bar, no table).
-    #[arg(long)]
-    pub json: bool,
-    /// PostgreSQL URL for the planes the bench starts (passed to the child as
-    /// SLUICE_DATABASE_URL). Default: SQLite in a fresh temporary directory. Only its host is
-    /// ever printed.
-    #[arg(long, conflicts_with = "control")]
-    pub database_url: Option<String>,
-    /// Benchmark a running control plane at this address (`host:port` or `http://...`)
-    /// instead of starting `sluice dev`. Needs --data and --admin-key.
-    #[arg(long, requires_all = ["data", "admin_key"])]
-    pub control: Option<String>,
-    /// The running data plane's address, with --control.
-    #[arg(long, requires = "control")]
-    pub data: Option<String>,
-    /// The running control plane's admin key, with --control. (The planes the bench starts
-    /// get a random one.)
-    #[arg(long, env = "SLUICE_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
-    /// With --control: process id(s) of the running planes, to report their CPU time and
-    /// peak RSS (summed over the processes). Repeat for separate control and data processes.
-    #[arg(long, requires = "control")]
-    pub pid: Vec<u32>,
-    /// Keep the temporary data directory of the planes the bench starts (it is always kept
-    /// when the bench fails, for its log).
-    #[arg(long)]
-    pub keep_data_dir: bool,
-    /// Measure only the machine's loopback HTTP ceiling: reqwest POSTs --events bodies of
-    /// --payload-bytes to the bench's receiver, --concurrency at a time, with no plane
-    /// started. Run it beside a bench of the planes to see how fast the machine's loopback
-    /// HTTP was (it does not measure the disk, which the planes also wait on).
-    #[arg(long, conflicts_with_all = ["control", "database_url", "rate", "subscriptions", "receiver_delay_ms", "receiver_failure_rate"])]
-    pub http_baseline: bool,
-    /// Also measure the loopback HTTP ceiling (as --http-baseline, with --events POSTs but
-    /// at most 50,000) just before and just after the run, and give the planes' CPU per
-    /// delivery as a multiple of the CPU of one loopback POST: a figure that moves less with
-    /// the VM's speed than the absolute ones (the baseline is noisy too; the planes may still
-    /// be finishing their delivery log during the second one).
-    #[arg(long, conflicts_with = "http_baseline")]
-    pub with_http_baseline: bool,
-}
-
 /// POSTs of each baseline that --with-http-baseline takes.
 const BASELINE_POSTS: u64 = 50_000;
-
-impl BenchArgs {
-    fn validate(&self) -> anyhow::Result<()> {
-        if self.events == 0 {
-            bail!("--events must be at least 1");
-        }
-        if self.subscriptions == 0 {
-            bail!("--subscriptions must be at least 1");
-        }
-        if self.concurrency == 0 {
-            bail!("--concurrency must be at least 1");
-        }
-        if !(0.0..=1.0).contains(&self.receiver_failure_rate) {
-            bail!("--receiver-failure-rate must be between 0 and 1");
-        }
-        if let Some(rate) = self.rate
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            bail!("--rate must be a positive number of events per second");
-        }
-        if self.timeout == 0 || self.setup_timeout == 0 {
-            bail!("--timeout and --setup-timeout must be at least 1 second");
-        }
-        Ok(())
-    }
-}
 
 /// `http://` in front of a bare `host:port`.
 fn endpoint_url(addr: &str) -> String {
@@ -288,7 +184,7 @@ pub async fn run(
         if args.json {
             println!("{}", serde_json::to_string_pretty(&measured)?);
         } else {
-            print!("{}", measured.table());
+            print!("{}", report::baseline_table(&measured));
         }
         return Ok(());
     }

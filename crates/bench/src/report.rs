@@ -199,8 +199,28 @@ fn in_posts(seconds_per_1000: Option<f64>, post_us: Option<f64>) -> Option<f64> 
     (post > 0.0).then(|| per_1000 * 1000.0 / post)
 }
 
+/// The report of a `--http-baseline` run.
+pub(crate) fn baseline_table(baseline: &Baseline) -> String {
+    {
+        let cpu = baseline
+            .cpu_us_per_post
+            .map_or_else(|| "unknown".to_owned(), |us| format!("{us:.1} µs"));
+        format!(
+            "sluice bench --http-baseline: {} POSTs of {} bytes, {} in flight, reqwest to the \
+             bench's receiver on loopback\n  POST/s                 {:.0}  ({:.2} s)\n  \
+             CPU per POST           {cpu} (client and receiver)\n  VM steal               {}\n",
+            baseline.posts,
+            baseline.payload_bytes,
+            baseline.concurrency,
+            baseline.posts_per_second,
+            baseline.seconds,
+            steal_row(baseline.machine_steal_percent)
+        )
+    }
+}
+
 /// The table's line on steal.
-pub(crate) fn steal_row(steal: Option<f64>) -> String {
+fn steal_row(steal: Option<f64>) -> String {
     steal.map_or_else(
         || "n/a".to_owned(),
         |s| format!("{s:.1}% of the machine's CPU time went to other VMs on the host"),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -178,6 +179,45 @@ pub struct DeliveryArgs {
     pub shutdown_grace_secs: u64,
 }
 
+impl DeliveryArgs {
+    /// The data plane's configuration from these flags.
+    pub fn data_config(
+        &self,
+        internal_token: String,
+        control_endpoint: String,
+    ) -> anyhow::Result<sluice_data::DataConfig> {
+        let retry = sluice_core::retry::RetrySchedule::parse(&self.retry_schedule)
+            .map_err(|e| anyhow::anyhow!("--retry-schedule: {e}"))?;
+        let allow_list = sluice_core::egress::AllowList::parse(&self.egress_allow)
+            .map_err(|e| anyhow::anyhow!("--egress-allow: {e}"))?;
+        if self.endpoint_concurrency == 0 {
+            bail!("--endpoint-concurrency must be at least 1");
+        }
+        let sender = sluice_delivery::SenderConfig {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            allow_http: self.allow_http,
+            allow_private: self.allow_private_destinations,
+            allow_list,
+            ..Default::default()
+        };
+        Ok(sluice_data::DataConfig {
+            internal_token,
+            control_endpoint,
+            retry,
+            max_payload_bytes: self.max_payload_bytes,
+            sender,
+            endpoint_concurrency: self.endpoint_concurrency,
+            disable_after_failing_for: Duration::from_secs(self.disable_after_hours * 3600),
+            disable_after_failed_attempts: (self.disable_after_attempts > 0)
+                .then_some(self.disable_after_attempts),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            lease: Duration::from_secs(self.delivery_lease_secs.max(1)),
+            ..Default::default()
+        })
+    }
+}
+
 /// Flags of `sluice dev`.
 #[derive(Debug, Args, Clone)]
 pub struct DevArgs {
@@ -307,8 +347,9 @@ async fn run_data(args: DataArgs) -> anyhow::Result<()> {
         "--internal-token",
         "SLUICE_INTERNAL_TOKEN",
     )?;
-    let config =
-        crate::dataplane::data_config(&args.delivery, token, args.control_endpoint.clone())?;
+    let config = args
+        .delivery
+        .data_config(token, args.control_endpoint.clone())?;
     let url = args.storage.url(sluice_store::Plane::Data)?;
     let listener = bind(args.listen, "data plane").await?;
     let shutdown = crate::shutdown::on_signal();
@@ -337,8 +378,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         allow_private_destinations: true,
         ..args.delivery.clone()
     };
-    let data_config = crate::dataplane::data_config(
-        &delivery,
+    let data_config = delivery.data_config(
         internal_token.clone(),
         format!("http://{}", args.control_listen),
     )?;
