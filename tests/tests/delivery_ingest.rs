@@ -2,17 +2,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod delivery_common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use delivery_common::*;
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_proto::json::json_to_struct;
-use sluice_tests::planes::{PlaneOptions, Planes, Receiver};
-use sluice_tests::{ADMIN_KEY, count_rows, field_violations};
+use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
+use sluice_testkit::receiver::Receiver;
+use sluice_testkit::{ADMIN_KEY, WAIT, count_rows, field_violations};
+use sluice_tests::delivery::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
@@ -165,7 +164,7 @@ async fn bad_publishes(planes: &mut Planes) {
     )
     .await;
     let received = receiver.wait_for(1, WAIT).await;
-    let body = body_json(&received[0]);
+    let body = received[0].json();
     assert_eq!(received[0].header("webhook-id"), at_limit.message_id);
     assert_eq!(
         body["event"], CONVERSATION_CREATED,
@@ -405,7 +404,7 @@ async fn stream(planes: &mut Planes) {
     assert_eq!(received.len(), valid, "no duplicate POSTs");
     let payloads: HashSet<i64> = received
         .iter()
-        .map(|r| body_json(r)["payload"]["i"].as_i64().unwrap())
+        .map(|r| r.json()["payload"]["i"].as_i64().unwrap())
         .collect();
     assert!(!payloads.contains(&(BAD as i64)) && payloads.len() == valid);
     assert_eq!(
