@@ -4,18 +4,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+mod control_peer;
 
 use std::time::Duration;
 
-use harness::*;
+use control_peer::*;
 use sluice_core::retry::RetrySchedule;
 use sluice_proto::control::v1::{
     AttemptTrigger, DeliveryStatus, DestinationType, DisabledReason, WatchConfigResponse,
 };
+use sluice_proto::data::v1::dispatch_service_client::DispatchServiceClient;
 use sluice_proto::data::v1::{
     PublishRequest, PublishResponse, PublishStreamRequest, RedeliverRequest, ReplayRequest,
     SendTestRequest,
+};
+use sluice_store::Plane;
+use sluice_testkit::data::DataHarness;
+use sluice_testkit::receiver::{Receiver, Reply};
+use sluice_testkit::{
+    Backend, INTERNAL_TOKEN, TestDatabase, WAIT, authed, backends, count_rows, free_addr,
 };
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -29,7 +36,7 @@ fn event(payload: &str) -> PublishRequest {
 }
 
 /// Publishes one `event(payload)` with `key` over a new connection; panics if refused.
-async fn publish(plane: &RunningPlane, payload: &str, key: &str) -> PublishResponse {
+async fn publish(plane: &DataHarness, payload: &str, key: &str) -> PublishResponse {
     plane
         .ingest()
         .await
@@ -53,7 +60,7 @@ impl OneHook {
     async fn stop(self) {
         self.plane.stop().await;
         self.control.stop();
-        self.db.cleanup().await;
+        self.db.drop_database().await;
     }
 }
 
@@ -62,7 +69,7 @@ async fn publish_delivers_a_signed_webhook() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             secret,
             mut control,
@@ -127,16 +134,16 @@ async fn publish_delivers_a_signed_webhook() {
         assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
 
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 1);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_messages").await, 1);
         // A first attempt that succeeds needs no delivery row, and its message's fan-out row
         // went with it.
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
-        assert_eq!(count(&conn, "dp_fanout").await, 0);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 0);
         // Every outbox row was acked and deleted during the drain.
-        assert_eq!(count(&conn, "dp_outbox").await, 0);
+        assert_eq!(count_rows(&conn, "dp_outbox").await, 0);
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -145,7 +152,7 @@ async fn failures_are_retried_until_success() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             mut control,
             plane,
@@ -188,7 +195,7 @@ async fn failures_are_retried_until_success() {
         );
         plane.stop().await;
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -197,7 +204,7 @@ async fn gone_disables_the_subscription() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             mut control,
             plane,
@@ -228,13 +235,13 @@ async fn gone_disables_the_subscription() {
         assert_eq!(second.delivery_count, 0);
 
         plane.stop().await;
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         assert_eq!(
-            count(&conn, "dp_deliveries WHERE status = 'failed'").await,
+            count_rows(&conn, "dp_deliveries WHERE status = 'failed'").await,
             1
         );
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -243,7 +250,7 @@ async fn persistent_failure_disables_the_subscription() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             mut control,
             plane,
@@ -264,23 +271,25 @@ async fn persistent_failure_disables_the_subscription() {
         plane.stop().await;
         // Exactly three attempts were sent: no retry follows the disable.
         assert!(receiver.drain().is_empty());
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         assert_eq!(
-            count(&conn, "dp_deliveries WHERE status = 'failed'").await,
+            count_rows(&conn, "dp_deliveries WHERE status = 'failed'").await,
             1
         );
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_endpoint_does_not_delay_others() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
+        // Takes every request and never answers: the slowest endpoint there is.
+        let hole = Receiver::start(Vec::new(), Reply::hang()).await;
         let workspace = Workspace::new("wrk_1");
-        let (slow, _) = subscription("sub_slow", &workspace.id, &black_hole().await);
+        let (slow, _) = subscription("sub_slow", &workspace.id, &hole.url("/hook"));
         let (fast, secret) = subscription("sub_fast", &workspace.id, &receiver.url("/hook"));
         let control = FakeControl::start(snapshot(
             vec![slow, fast],
@@ -290,7 +299,7 @@ async fn a_hanging_endpoint_does_not_delay_others() {
         let mut config = config(&control);
         config.endpoint_concurrency = 1;
         config.shutdown_grace = Duration::from_millis(200);
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
 
@@ -319,19 +328,19 @@ async fn a_hanging_endpoint_does_not_delay_others() {
         // first attempts to the slow endpoint stay pending for the next start: each message
         // keeps its fan-out row. The fast endpoint's succeeded and needed no rows.
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_fanout").await, 5);
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 5);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_dedupe() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let other = Workspace::new("wrk_2");
         let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
@@ -340,7 +349,7 @@ async fn idempotency_keys_dedupe() {
             vec![workspace.key_config.clone(), other.key_config.clone()],
         ))
         .await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&control)).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
         let keyed = PublishRequest {
@@ -402,21 +411,21 @@ async fn idempotency_keys_dedupe() {
         control.next_attempt(&first.message_id).await;
         control.next_attempt(&results[0].message_id).await;
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 3);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_messages").await, 3);
         // Two first attempts, both succeeded: no delivery rows, no open fan-outs.
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
-        assert_eq!(count(&conn, "dp_fanout").await, 0);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 0);
         assert!(receiver.drain().is_empty(), "nothing delivered twice");
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_publishes_are_refused_and_nothing_is_stored() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
+        let db = TestDatabase::create(&backend).await;
         let workspace = Workspace::new("wrk_1");
         let other = Workspace::new("wrk_2");
         let control = FakeControl::start(snapshot(
@@ -426,7 +435,7 @@ async fn invalid_publishes_are_refused_and_nothing_is_stored() {
         .await;
         let mut config = config(&control);
         config.max_payload_bytes = 100;
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
 
@@ -543,11 +552,11 @@ async fn invalid_publishes_are_refused_and_nothing_is_stored() {
         );
 
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 0);
-        assert_eq!(count(&conn, "dp_outbox").await, 0);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_messages").await, 0);
+        assert_eq!(count_rows(&conn, "dp_outbox").await, 0);
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -556,7 +565,7 @@ async fn publish_stream_acks_every_event() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             secret,
             control,
@@ -605,24 +614,24 @@ async fn publish_stream_acks_every_event() {
             receiver.next().await.verify(&secret).unwrap();
         }
         plane.stop().await;
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         assert_eq!(
-            count(&conn, "dp_messages").await,
+            count_rows(&conn, "dp_messages").await,
             i64::try_from(accepted).unwrap()
         );
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_and_restart_without_the_control_plane() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let control = FakeControl::start(snapshot(vec![], vec![])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&control)).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
         let status = ingest
@@ -664,7 +673,7 @@ async fn config_changes_and_restart_without_the_control_plane() {
         control.stop();
         let mut config = config(&control);
         config.control_endpoint = "http://127.0.0.1:9".to_owned();
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         plane.wait_for_revision(2).await;
         let response = publish(&plane, "{}", &workspace.key).await;
         assert_eq!(response.delivery_count, 1);
@@ -672,18 +681,18 @@ async fn config_changes_and_restart_without_the_control_plane() {
         assert_eq!(got.header("webhook-id"), response.message_id);
         got.verify(&secret).unwrap();
         plane.stop().await;
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         // Unacked outcomes wait in the outbox for the control plane.
-        assert!(count(&conn, "dp_outbox").await > 0);
-        db.cleanup().await;
+        assert!(count_rows(&conn, "dp_outbox").await > 0);
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_wait_for_the_control_plane() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
         let first_control = FakeControl::start(snapshot(
@@ -691,16 +700,16 @@ async fn outcomes_wait_for_the_control_plane() {
             vec![workspace.key_config.clone()],
         ))
         .await;
-        let plane = RunningPlane::start(db.connect().await, config(&first_control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&first_control)).await;
         plane.wait_for_revision(1).await;
         plane.stop().await;
         first_control.stop();
 
         // Start with the control plane down: events are taken and delivered all the same.
-        let control_addr = free_addr().await;
+        let control_addr = free_addr();
         let mut config = config(&first_control);
         config.control_endpoint = format!("http://{control_addr}");
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         let response = publish(&plane, "{}", &workspace.key).await;
         receiver.next().await;
 
@@ -722,7 +731,7 @@ async fn outcomes_wait_for_the_control_plane() {
         assert_eq!(response.delivery_count, 2);
         plane.stop().await;
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -731,7 +740,7 @@ async fn scheduled_retries_survive_a_restart() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             secret,
             mut control,
@@ -750,14 +759,14 @@ async fn scheduled_retries_survive_a_restart() {
         plane.stop().await;
 
         // Make the stored retry due now, then start again: it is found and sent.
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         sea_orm::ConnectionTrait::execute_unprepared(
             &conn,
             "UPDATE dp_deliveries SET next_attempt_ms = 0",
         )
         .await
         .unwrap();
-        let plane = RunningPlane::start(conn, config).await;
+        let plane = DataHarness::start(conn, config).await;
         let got = receiver.next().await;
         assert_eq!(got.header("webhook-id"), response.message_id);
         got.verify(&secret).unwrap();
@@ -767,15 +776,15 @@ async fn scheduled_retries_survive_a_restart() {
         assert!(attempt.success);
         plane.stop().await;
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let (a, secret_a) = subscription("sub_a", &workspace.id, &receiver.url("/a"));
         let (b, secret_b) = subscription("sub_b", &workspace.id, &receiver.url("/b"));
@@ -784,7 +793,7 @@ async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them
         let mut config = config(&control);
         // First attempts wait two minutes: they are on timers when the plane stops.
         config.retry = RetrySchedule::parse("2m,5s").unwrap();
-        let plane = RunningPlane::start(db.connect().await, config.clone()).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config.clone()).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
         let mut ids = Vec::new();
@@ -808,13 +817,13 @@ async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them
 
         // Each message kept one fan-out row for its two first attempts; made due now, they
         // are found at the next start and made, once each.
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_fanout").await, 3);
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 3);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
         sea_orm::ConnectionTrait::execute_unprepared(&conn, "UPDATE dp_fanout SET due_ms = 0")
             .await
             .unwrap();
-        let plane = RunningPlane::start(conn, config).await;
+        let plane = DataHarness::start(conn, config).await;
         let mut got = Vec::new();
         for _ in 0..6 {
             let request = receiver.next().await;
@@ -844,12 +853,12 @@ async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them
             }
         }
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_fanout").await, 0);
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 0);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
         assert!(receiver.drain().is_empty(), "nothing delivered twice");
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -861,9 +870,8 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
             continue;
         }
         const EVENTS: usize = 40;
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[500; EVENTS]);
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::start(vec![Reply::status(500); EVENTS], Reply::status(200)).await;
         let workspace = Workspace::new("wrk_1");
         let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
         let mut control =
@@ -872,8 +880,8 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
         config.retry = RetrySchedule::parse("0s,2m").unwrap();
         // Forty failures in a row would open the breaker; this test is about leases.
         config.circuit_breaker_failures = 0;
-        let first = RunningPlane::start(db.connect().await, config.clone()).await;
-        let second = RunningPlane::start(db.connect().await, config).await;
+        let first = DataHarness::start(db.open(Plane::Data).await, config.clone()).await;
+        let second = DataHarness::start(db.open(Plane::Data).await, config).await;
         first.wait_for_revision(1).await;
         second.wait_for_revision(1).await;
 
@@ -894,7 +902,7 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
         assert_eq!(receiver.drain().len(), EVENTS);
 
         // Every retry comes due at once; both replicas' scanners race for them.
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         sea_orm::ConnectionTrait::execute_unprepared(
             &conn,
             "UPDATE dp_deliveries SET next_attempt_ms = 0",
@@ -917,16 +925,15 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
         ids.sort();
         assert_eq!(seen, ids);
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_service_tests_redelivers_and_replays() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[500, 500]);
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::start(vec![Reply::status(500); 2], Reply::status(200)).await;
         let workspace = Workspace::new("wrk_1");
         let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
         let mut control = FakeControl::start(snapshot(
@@ -936,10 +943,10 @@ async fn dispatch_service_tests_redelivers_and_replays() {
         .await;
         let mut config = config(&control);
         config.retry = RetrySchedule::parse("0s").unwrap();
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
-        let mut dispatch = plane.dispatch().await;
+        let mut dispatch = DispatchServiceClient::new(sluice_testkit::connect(plane.addr).await);
 
         // Without the internal token: refused.
         let status = dispatch.replay(ReplayRequest::default()).await.unwrap_err();
@@ -970,7 +977,7 @@ async fn dispatch_service_tests_redelivers_and_replays() {
                     message_id: first.message_id.clone(),
                     subscription_id: "sub_1".into(),
                 },
-                TOKEN,
+                INTERNAL_TOKEN,
             ))
             .await
             .unwrap()
@@ -992,7 +999,7 @@ async fn dispatch_service_tests_redelivers_and_replays() {
                     message_id: "msg_unknown".into(),
                     subscription_id: "sub_1".into(),
                 },
-                TOKEN,
+                INTERNAL_TOKEN,
             ))
             .await
             .unwrap_err();
@@ -1009,7 +1016,7 @@ async fn dispatch_service_tests_redelivers_and_replays() {
                         nanos: 0,
                     }),
                 },
-                TOKEN,
+                INTERNAL_TOKEN,
             ))
             .await
             .unwrap()
@@ -1033,7 +1040,7 @@ async fn dispatch_service_tests_redelivers_and_replays() {
                     event_type: "conversation.created".into(),
                     payload_json: r#"{"example":true}"#.into(),
                 },
-                TOKEN,
+                INTERNAL_TOKEN,
             ))
             .await
             .unwrap()
@@ -1045,25 +1052,25 @@ async fn dispatch_service_tests_redelivers_and_replays() {
         got.verify(&secret).unwrap();
         assert_eq!(got.json()["payload"]["example"], true);
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 2);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_messages").await, 2);
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_destinations_get_an_unsigned_message() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let (mut sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/services/T/B/X"));
         sub.destination_type = DestinationType::Slack as i32;
         sub.secrets.clear();
         let control =
             FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&control)).await;
         plane.wait_for_revision(1).await;
         plane
             .ingest()
@@ -1081,18 +1088,18 @@ async fn slack_destinations_get_an_unsigned_message() {
         assert!(text.contains("cnv_1"), "{text}");
         plane.stop().await;
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_publishes() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
+        let db = TestDatabase::create(&backend).await;
         let workspace = Workspace::new("wrk_1");
         let control =
             FakeControl::start(snapshot(vec![], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&control)).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
         ingest
@@ -1107,14 +1114,14 @@ async fn shutdown_refuses_new_publishes() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
-        tokio::time::timeout(PATIENCE, plane.plane.clone().drained())
+        tokio::time::timeout(WAIT, plane.plane.clone().drained())
             .await
             .unwrap();
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 1);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_messages").await, 1);
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
