@@ -251,6 +251,9 @@ async fn published_event_is_delivered(planes: &mut Planes) {
             Some(TRACE_ID),
             "the receiver continues the publisher's trace: traceparent {traceparent:?}"
         );
+        // In-process no tracer is installed, so no span of the planes comes between: the
+        // publisher's context goes out as it came.
+        assert_eq!(traceparent, TRACEPARENT);
     }
 
     // The log: one attempt per matching subscription, successful, with status and latency.
@@ -333,6 +336,19 @@ async fn published_event_is_delivered(planes: &mut Planes) {
         }
     }
     assert_eq!(receiver.received().len(), 4, "no extra POSTs");
+
+    // What the data plane keeps once it drained: the messages, nothing else. A first attempt
+    // that succeeds needs no delivery row, its message's fan-out row went with it, and every
+    // outbox row was acked and deleted.
+    planes.stop_data().await;
+    for (table, rows) in [
+        ("dp_messages", 2),
+        ("dp_deliveries", 0),
+        ("dp_fanout", 0),
+        ("dp_outbox", 0),
+    ] {
+        assert_eq!(count_rows(&planes.data_db, table).await, rows, "{table}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -661,18 +677,57 @@ async fn idempotency(planes: &mut Planes) {
         "exactly one of the racing publishes is the original: {answers:#?}"
     );
     let raced = answers[0].message_id.clone();
+
+    // Repeats within one stream (one commit) are caught too.
+    let requests: Vec<dpb::PublishStreamRequest> = (0..3)
+        .map(|sequence| dpb::PublishStreamRequest {
+            sequence,
+            event: Some(dpb::PublishRequest {
+                idempotency_key: "order-44".into(),
+                ..event(CONVERSATION_CREATED, r#"{"streamed":true}"#)
+            }),
+        })
+        .collect();
+    let mut acks = pub_a
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        results.push(ack.result.expect("a repeat is accepted"));
+    }
+    assert_eq!(results.len(), 3, "{results:#?}");
+    assert_eq!(
+        results.iter().filter(|r| !r.duplicate).count(),
+        1,
+        "exactly one of the stream's repeats is the original: {results:#?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.message_id == results[0].message_id),
+        "a stream's repeats of one key get one message id: {results:#?}"
+    );
+    let streamed = results[0].message_id.clone();
     let fence = publish(&mut pub_a, event(CONVERSATION_CREATED, r#"{"fence":2}"#)).await;
-    receiver.wait_for(5, WAIT).await;
+    receiver.wait_for(6, WAIT).await;
     eventually("the second fence's attempt in the log", WAIT, async || {
         let done = log_a.attempts_of(&fence.message_id).await;
         let raced_done = log_a.attempts_of(&raced).await;
-        (!done.is_empty() && !raced_done.is_empty()).then_some(())
+        let streamed_done = log_a.attempts_of(&streamed).await;
+        (!done.is_empty() && !raced_done.is_empty() && !streamed_done.is_empty()).then_some(())
     })
     .await;
     let received_now = receiver.received();
     assert_eq!(with_id(&received_now, &raced).len(), 1, "{received_now:#?}");
-    assert_eq!(received_now.len(), 5, "{received_now:#?}");
-    assert_eq!(count_rows(&planes.data_db, "dp_messages").await, 5);
+    assert_eq!(
+        with_id(&received_now, &streamed).len(),
+        1,
+        "{received_now:#?}"
+    );
+    assert_eq!(received_now.len(), 6, "{received_now:#?}");
+    assert_eq!(count_rows(&planes.data_db, "dp_messages").await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]

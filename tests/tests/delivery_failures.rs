@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use sea_orm::EntityTrait;
 use sluice_proto::control::v1 as pb;
+use sluice_proto::data::v1 as dpb;
 use sluice_proto::json::json_to_struct;
-use sluice_testkit::WAIT;
 use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
 use sluice_testkit::receiver::{Receiver, Reply, with_id};
+use sluice_testkit::{WAIT, count_rows};
 use sluice_tests::delivery::*;
 
 /// One attempt per delivery, so failures are final at once.
@@ -74,11 +75,20 @@ async fn gone(planes: &mut Planes) {
     assert_eq!(attempts.len(), 1, "{attempts:#?}");
     assert!(!attempts[0].success);
     assert_eq!(attempts[0].status_code, 410);
+    // The data plane's own row of the delivery ended failed too.
+    assert_eq!(
+        count_rows(&planes.data_db, "dp_deliveries WHERE status = 'failed'").await,
+        1
+    );
 
     // The data plane follows the control plane's state; a later event goes to the healthy
     // subscription only.
     planes.config_synced().await;
     let second = publish(&mut publisher, event(CONVERSATION_CREATED, r#"{"n":2}"#)).await;
+    assert_eq!(
+        second.delivery_count, 1,
+        "the disabled subscription matches nothing: {second:?}"
+    );
     healthy.wait_for(2, WAIT).await;
     log.delivery_with_status(
         &second.message_id,
@@ -449,6 +459,16 @@ async fn operator_tools(planes: &mut Planes) {
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
 
+    // The data plane's DispatchService serves the control plane only: without the internal
+    // token it refuses.
+    let status = dpb::dispatch_service_client::DispatchServiceClient::new(
+        sluice_testkit::connect(planes.data_addr).await,
+    )
+    .replay(dpb::ReplayRequest::default())
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
     // SendTestEvent: the catalog's example, then an explicit payload.
     let example_text = r#"{"conversation":{"id":"cnv_example","contactId":"cnt_1","count":2}}"#;
     c.event_types
@@ -676,4 +696,6 @@ async fn operator_tools(planes: &mut Planes) {
     assert_eq!(received.len(), 7, "{received:#?}");
     let ids: HashSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
     assert_eq!(ids.len(), 4);
+    // The five published messages are stored; the test sends are not.
+    assert_eq!(count_rows(&planes.data_db, "dp_messages").await, 5);
 }

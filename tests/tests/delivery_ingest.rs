@@ -123,6 +123,17 @@ async fn bad_publishes(planes: &mut Planes) {
             &["payload"],
         ),
         (
+            "an occurred_time far in the past",
+            dpb::PublishRequest {
+                occurred_time: Some(prost_types::Timestamp {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                ..valid()
+            },
+            &["occurred_time"],
+        ),
+        (
             "an idempotency key over 256 bytes",
             dpb::PublishRequest {
                 idempotency_key: "k".repeat(257),
@@ -148,6 +159,44 @@ async fn bad_publishes(planes: &mut Planes) {
         );
         assert_eq!(stored(planes).await, before, "{what}: something was stored");
     }
+    // A stream answers each bad event with its field and goes on to the next.
+    let requests = vec![
+        dpb::PublishStreamRequest {
+            sequence: 7,
+            event: Some(event(CONVERSATION_CREATED, "[]")),
+        },
+        dpb::PublishStreamRequest {
+            sequence: 8,
+            event: None,
+        },
+    ];
+    let mut acks = publisher
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut errors = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        let Some(error) = ack.error else {
+            panic!("sequence {} was accepted", ack.sequence)
+        };
+        errors.push((ack.sequence, error.code, error.field));
+    }
+    errors.sort();
+    assert_eq!(
+        errors,
+        [
+            (7, Code::InvalidArgument as i32, "payload_json".into()),
+            (8, Code::InvalidArgument as i32, "event".into())
+        ]
+    );
+    assert_eq!(
+        stored(planes).await,
+        before,
+        "a bad stream stored something"
+    );
+    // Nor did anything refused leave a row for the control plane.
+    assert_eq!(count_rows(&planes.data_db, "dp_outbox").await, 0);
 
     // The limits themselves are fine: a 256 KiB payload, a 256-byte key, an UPPER_SNAKE
     // event name (stored dotted).
