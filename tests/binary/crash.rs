@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
-use sluice_tests::planes::Receiver;
-use sluice_tests::process::Deployment;
-use sluice_tests::{Backend, TestDatabase, backends};
+use sluice_testkit::process::Deployment;
+use sluice_testkit::receiver::{Received, Receiver};
+use sluice_testkit::{Backend, TestDatabase, backends};
 use tokio_stream::StreamExt;
 
 const EVENTS: u64 = 2_000;
@@ -31,7 +31,7 @@ async fn run(backend: &Backend) {
     let data_db = TestDatabase::create(backend).await;
     let receiver = Receiver::ok().await;
     let mut deployment = Deployment::start(
-        &sluice_tests::sluice_bin!(),
+        &sluice_testkit::sluice_bin!(),
         &control_db.url,
         &data_db.url,
         &[
@@ -107,7 +107,7 @@ async fn run(backend: &Backend) {
             None => panic!("event {} refused: {:?}", response.sequence, response.error),
         }
         if acked.len() >= KILL_AFTER_ACKS && !killed {
-            deployment.data.as_mut().unwrap().kill9();
+            deployment.data.as_mut().unwrap().kill9().await;
             killed = true;
             break;
         }
@@ -146,42 +146,35 @@ async fn run(backend: &Backend) {
 
     // Every acked event arrives at least once.
     let wanted: HashSet<&String> = acked.iter().collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let got = receiver.received();
-        let ids: HashSet<String> = got
-            .iter()
-            .map(|r| r.header("webhook-id").to_owned())
-            .collect();
-        let missing = wanted
+    let missing = |got: &[Received]| {
+        let ids: HashSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+        wanted
             .iter()
             .filter(|id| !ids.contains(id.as_str()))
-            .count();
-        if missing == 0 {
-            let mut per_id: HashMap<String, usize> = HashMap::new();
-            for r in &got {
-                *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
-            }
-            let duplicates: usize = per_id.values().filter(|n| **n > 1).map(|n| n - 1).sum();
-            println!(
-                "{backend:?}: {} acked events, {} POSTs received, {} unique webhook-ids, {duplicates} duplicates",
-                acked.len(),
-                got.len(),
-                per_id.len()
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{missing} acked events never arrived; logs:\n{}",
-            deployment.logs()
-        );
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            receiver.wait_for(got.len() + 1, Duration::from_secs(2)),
-        )
-        .await;
+            .count()
+    };
+    let got = receiver
+        .wait_until(Duration::from_secs(120), |got| missing(got) == 0)
+        .await
+        .unwrap_or_else(|got| {
+            panic!(
+                "{} acked events never arrived; logs:\n{}",
+                missing(&got),
+                deployment.logs()
+            )
+        });
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &got {
+        *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
     }
+    let duplicates: usize = per_id.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    println!(
+        "{}: {} acked events, {} POSTs received, {} unique webhook-ids, {duplicates} duplicates",
+        backend.label(),
+        acked.len(),
+        got.len(),
+        per_id.len()
+    );
     drop(deployment);
     control_db.drop_database().await;
     data_db.drop_database().await;

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
-use sluice_tests::otlp::{OtlpCollector, ReceivedSpan};
-use sluice_tests::planes::{Receiver, Reply};
-use sluice_tests::process::Deployment;
-use sluice_tests::{ADMIN_KEY, TestDatabase, backends};
+use sluice_testkit::otlp::{OtlpCollector, ReceivedSpan};
+use sluice_testkit::process::Deployment;
+use sluice_testkit::receiver::{Receiver, Reply};
+use sluice_testkit::{ADMIN_KEY, TestDatabase, backends};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_publisher_to_receiver() {
@@ -23,10 +23,10 @@ async fn one_trace_from_publisher_to_receiver() {
     let control_db = TestDatabase::create(&backend).await;
     let data_db = TestDatabase::create(&backend).await;
     // The first attempt fails, so the trace holds a retry.
-    let receiver = Receiver::start(vec![Reply::Status(500)], Reply::Status(200)).await;
+    let receiver = Receiver::start(vec![Reply::status(500)], Reply::status(200)).await;
     let endpoint = format!("http://{}", collector.addr);
     let deployment = Deployment::start(
-        &sluice_tests::sluice_bin!(),
+        &sluice_testkit::sluice_bin!(),
         &control_db.url,
         &data_db.url,
         &["--retry-schedule", "0s,100ms"],

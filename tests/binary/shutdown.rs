@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
-use sluice_tests::planes::{Receiver, Reply};
-use sluice_tests::process::Deployment;
-use sluice_tests::{TestDatabase, backends};
+use sluice_testkit::process::Deployment;
+use sluice_testkit::receiver::{Received, Receiver, Reply};
+use sluice_testkit::{TestDatabase, backends};
 
 const EVENTS: usize = 100;
 
@@ -21,9 +21,13 @@ async fn sigterm_finishes_or_keeps_in_flight_work() {
         let control_db = TestDatabase::create(&backend).await;
         let data_db = TestDatabase::create(&backend).await;
         // Slow enough that a burst is still in flight when SIGTERM arrives.
-        let receiver = Receiver::start(Vec::new(), Reply::Delayed(200, 300)).await;
+        let receiver = Receiver::start(
+            Vec::new(),
+            Reply::status(200).delay(Duration::from_millis(300)),
+        )
+        .await;
         let mut deployment = Deployment::start(
-            &sluice_tests::sluice_bin!(),
+            &sluice_testkit::sluice_bin!(),
             &control_db.url,
             &data_db.url,
             &[
@@ -72,7 +76,7 @@ async fn sigterm_finishes_or_keeps_in_flight_work() {
         // Deliveries are in flight now (16 at a time, 300 ms each).
         receiver.wait_for(1, Duration::from_secs(10)).await;
         let started = Instant::now();
-        let clean = deployment.data.as_mut().unwrap().terminate();
+        let clean = deployment.data.as_mut().unwrap().terminate().await;
         let took = started.elapsed();
         assert!(
             clean,
@@ -80,38 +84,30 @@ async fn sigterm_finishes_or_keeps_in_flight_work() {
             deployment.logs()
         );
         println!(
-            "{backend:?}: SIGTERM to exit took {took:?}, {} POSTs received by then",
+            "{}: SIGTERM to exit took {took:?}, {} POSTs received by then",
+            backend.label(),
             receiver.received().len()
         );
         deployment.data.take();
 
         deployment.restart_data().await;
         let wanted: HashSet<&String> = acked.iter().collect();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got: HashSet<String> = receiver
-                .received()
+        let missing = |got: &[Received]| {
+            let ids: HashSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+            wanted
                 .iter()
-                .map(|r| r.header("webhook-id").to_owned())
-                .collect();
-            let missing = wanted
-                .iter()
-                .filter(|id| !got.contains(id.as_str()))
-                .count();
-            if missing == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{missing} acked events never arrived; logs:\n{}",
+                .filter(|id| !ids.contains(id.as_str()))
+                .count()
+        };
+        if let Err(got) = receiver
+            .wait_until(Duration::from_secs(60), |got| missing(got) == 0)
+            .await
+        {
+            panic!(
+                "{} acked events never arrived; logs:\n{}",
+                missing(&got),
                 deployment.logs()
             );
-            let n = receiver.received().len();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                receiver.wait_for(n + 1, Duration::from_secs(3)),
-            )
-            .await;
         }
         drop(deployment);
         control_db.drop_database().await;

@@ -2,15 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod control_common;
-
 use std::collections::HashSet;
 
-use control_common::*;
 use sea_orm::{EntityTrait, QueryOrder};
 use sluice_core::signing::SigningSecret;
 use sluice_proto::control::v1 as pb;
-use sluice_tests::{ADMIN_KEY, ControlHarness, assert_invalid, backends, count_rows};
+use sluice_testkit::{ADMIN_KEY, ControlHarness, assert_invalid, backends, count_rows, now_secs};
+use sluice_tests::control::*;
+use sluice_tests::headers;
 use tonic::Code;
 
 const RECEIVER: &str = "http://127.0.0.1:9/x";
@@ -843,7 +842,7 @@ async fn subscriptions_paginate() {
 async fn page_tokens_not_issued_for_the_list_are_refused() {
     let mut problems = Vec::new();
     for backend in backends() {
-        let backend_label = label(&backend);
+        let backend_label = backend.label();
         let h = ControlHarness::start(&backend, true, None).await;
         let (ws, key) = h.workspace_with_key("Tideflow").await;
         h.workspace_with_key("Other").await;
@@ -1328,7 +1327,7 @@ async fn config_changes_record_each_change_once() {
 async fn url_update_keeps_the_destination_type() {
     let mut problems = Vec::new();
     for backend in backends() {
-        let backend_label = label(&backend);
+        let backend_label = backend.label();
         let h = ControlHarness::start(&backend, true, None).await;
         let (_ws, key) = h.workspace_with_key("Tideflow").await;
         let mut c = h.clients(Some(&key)).await;
@@ -1404,7 +1403,7 @@ async fn concurrent_changes_all_succeed_and_record_once() {
     use sluice_store::control::config_change;
     let mut failures = Vec::new();
     for backend in backends() {
-        let backend_label = label(&backend);
+        let backend_label = backend.label();
         let h = ControlHarness::start(&backend, true, None).await;
         let (_ws, key) = h.workspace_with_key("Tideflow").await;
         let mut c = h.clients(Some(&key)).await;
@@ -1427,7 +1426,7 @@ async fn concurrent_changes_all_succeed_and_record_once() {
         const TASKS: usize = 16;
         const OPS_PER_TASK: i64 = 4;
         for t in 0..TASKS {
-            let mut c = sluice_tests::Clients::new(channel.clone(), Some(&key));
+            let mut c = sluice_testkit::Clients::new(channel.clone(), Some(&key));
             let id = ids[t % ids.len()].clone();
             tasks.spawn(async move {
                 let mut errors = Vec::new();

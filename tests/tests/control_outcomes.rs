@@ -5,16 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod control_common;
-mod delivery_common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use control_common::*;
-use delivery_common::Log;
 use sluice_core::ids::{IdKind, new_id};
 use sluice_proto::control::v1 as pb;
-use sluice_tests::{Bearer, ControlHarness, INTERNAL_TOKEN, backends};
+use sluice_testkit::{Bearer, ControlHarness, INTERNAL_TOKEN, backends};
+use sluice_tests::control::*;
+use sluice_tests::delivery::Log;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -2,13 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod control_common;
-
-use control_common::*;
 use sluice_proto::control::v1 as pb;
-use sluice_tests::{
+use sluice_testkit::{
     ADMIN_KEY, Clients, ControlHarness, INTERNAL_TOKEN, assert_invalid, backends, count_rows,
 };
+use sluice_tests::control::*;
 use tonic::Code;
 
 const RECEIVER: &str = "http://127.0.0.1:9/x";

@@ -2,12 +2,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod control_common;
-
-use control_common::*;
 use sluice_core::signing::SigningSecret;
 use sluice_proto::control::v1 as pb;
-use sluice_tests::{ADMIN_KEY, ControlHarness, assert_invalid, backends, field_violations};
+use sluice_testkit::{
+    ADMIN_KEY, ControlHarness, assert_invalid, backends, field_violations, now_secs,
+};
+use sluice_tests::control::*;
+use sluice_tests::headers;
 
 const URL: &str = "https://example.com/hooks";
 
@@ -1111,7 +1112,7 @@ async fn malformed_ids_are_invalid_arguments() {
 async fn update_with_malformed_resource_id_names_the_nested_field() {
     let mut problems = Vec::new();
     for backend in backends() {
-        let backend_label = label(&backend);
+        let backend_label = backend.label();
         let h = ControlHarness::start(&backend, false, None).await;
         let (_ws, key) = h.workspace_with_key("Tideflow").await;
         let mut admin = h.clients(Some(ADMIN_KEY)).await;
@@ -1196,7 +1197,7 @@ async fn update_with_malformed_resource_id_names_the_nested_field() {
 async fn event_type_update_ignores_fields_outside_the_mask() {
     let mut problems = Vec::new();
     for backend in backends() {
-        let backend_label = label(&backend);
+        let backend_label = backend.label();
         let h = ControlHarness::start(&backend, false, None).await;
         let (_ws, key) = h.workspace_with_key("Tideflow").await;
         let mut c = h.clients(Some(&key)).await;

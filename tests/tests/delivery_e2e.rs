@@ -2,18 +2,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod delivery_common;
-
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use delivery_common::*;
 use sluice_core::signing::{SigningSecret, verify};
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_proto::json::json_to_struct;
-use sluice_tests::count_rows;
-use sluice_tests::planes::{PlaneOptions, Planes, Received, Receiver, Reply};
+use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
+use sluice_testkit::receiver::{Received, Receiver, Reply, with_id};
+use sluice_testkit::{WAIT, count_rows, now_secs};
+use sluice_tests::delivery::*;
+use sluice_tests::headers;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -85,7 +85,7 @@ fn assert_webhook(
         "{context}: one v1 signature outside a rotation, got {signature:?}"
     );
     assert!(
-        verifies_with(r, secret),
+        r.verifies_with(secret),
         "{context}: webhook-signature {signature:?} does not verify with the subscription's secret"
     );
     assert!(
@@ -102,7 +102,7 @@ fn assert_webhook(
         custom.0
     );
 
-    let body = body_json(r);
+    let body = r.json();
     let object = body
         .as_object()
         .unwrap_or_else(|| panic!("{context}: body {body}"));
@@ -232,7 +232,7 @@ async fn published_event_is_delivered(planes: &mut Planes) {
         }
     }
     for r in with_id(&received, &from_struct.message_id) {
-        let body = body_json(r);
+        let body = r.json();
         let count = &body["payload"]["conversation"]["messageCount"];
         assert!(
             count.is_i64() || count.is_u64(),
@@ -251,6 +251,9 @@ async fn published_event_is_delivered(planes: &mut Planes) {
             Some(TRACE_ID),
             "the receiver continues the publisher's trace: traceparent {traceparent:?}"
         );
+        // In-process no tracer is installed, so no span of the planes comes between: the
+        // publisher's context goes out as it came.
+        assert_eq!(traceparent, TRACEPARENT);
     }
 
     // The log: one attempt per matching subscription, successful, with status and latency.
@@ -333,6 +336,19 @@ async fn published_event_is_delivered(planes: &mut Planes) {
         }
     }
     assert_eq!(receiver.received().len(), 4, "no extra POSTs");
+
+    // What the data plane keeps once it drained: the messages, nothing else. A first attempt
+    // that succeeds needs no delivery row, its message's fan-out row went with it, and every
+    // outbox row was acked and deleted.
+    planes.stop_data().await;
+    for (table, rows) in [
+        ("dp_messages", 2),
+        ("dp_deliveries", 0),
+        ("dp_fanout", 0),
+        ("dp_outbox", 0),
+    ] {
+        assert_eq!(count_rows(&planes.data_db, table).await, rows, "{table}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -345,8 +361,8 @@ async fn retries(planes: &mut Planes) {
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
     let receiver = Receiver::start(
-        vec![Reply::Status(500), Reply::Status(500)],
-        Reply::Status(200),
+        vec![Reply::status(500), Reply::status(500)],
+        Reply::status(200),
     )
     .await;
     let (sub, secret) = subscribe(&mut c, webhook(&receiver.url("/flaky"), &["*"])).await;
@@ -381,7 +397,7 @@ async fn retries(planes: &mut Planes) {
             published.message_id,
             "same webhook-id on every attempt"
         );
-        assert!(verifies_with(r, &secret), "every attempt is signed");
+        assert!(r.verifies_with(&secret), "every attempt is signed");
     }
     let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt_number).collect();
     assert_eq!(numbers, vec![1, 2, 3], "{attempts:#?}");
@@ -426,7 +442,11 @@ async fn retry_after(planes: &mut Planes) {
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
     // The schedule says 20 ms; the endpoint asks for 1 s.
-    let receiver = Receiver::start(vec![Reply::RetryAfter(503, 1)], Reply::Status(200)).await;
+    let receiver = Receiver::start(
+        vec![Reply::status(503).header("retry-after", "1")],
+        Reply::status(200),
+    )
+    .await;
     let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/busy"), &["*"])).await;
     planes.config_synced().await;
     let mut publisher = planes.publisher(&key).await;
@@ -599,7 +619,7 @@ async fn idempotency(planes: &mut Planes) {
     );
     assert_eq!(first_posts[0].path, "/a");
     assert_eq!(
-        body_json(first_posts[0])["payload"]["try"],
+        first_posts[0].json()["payload"]["try"],
         1,
         "the first payload is the one delivered"
     );
@@ -657,18 +677,57 @@ async fn idempotency(planes: &mut Planes) {
         "exactly one of the racing publishes is the original: {answers:#?}"
     );
     let raced = answers[0].message_id.clone();
+
+    // Repeats within one stream (one commit) are caught too.
+    let requests: Vec<dpb::PublishStreamRequest> = (0..3)
+        .map(|sequence| dpb::PublishStreamRequest {
+            sequence,
+            event: Some(dpb::PublishRequest {
+                idempotency_key: "order-44".into(),
+                ..event(CONVERSATION_CREATED, r#"{"streamed":true}"#)
+            }),
+        })
+        .collect();
+    let mut acks = pub_a
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        results.push(ack.result.expect("a repeat is accepted"));
+    }
+    assert_eq!(results.len(), 3, "{results:#?}");
+    assert_eq!(
+        results.iter().filter(|r| !r.duplicate).count(),
+        1,
+        "exactly one of the stream's repeats is the original: {results:#?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.message_id == results[0].message_id),
+        "a stream's repeats of one key get one message id: {results:#?}"
+    );
+    let streamed = results[0].message_id.clone();
     let fence = publish(&mut pub_a, event(CONVERSATION_CREATED, r#"{"fence":2}"#)).await;
-    receiver.wait_for(5, WAIT).await;
+    receiver.wait_for(6, WAIT).await;
     eventually("the second fence's attempt in the log", WAIT, async || {
         let done = log_a.attempts_of(&fence.message_id).await;
         let raced_done = log_a.attempts_of(&raced).await;
-        (!done.is_empty() && !raced_done.is_empty()).then_some(())
+        let streamed_done = log_a.attempts_of(&streamed).await;
+        (!done.is_empty() && !raced_done.is_empty() && !streamed_done.is_empty()).then_some(())
     })
     .await;
     let received_now = receiver.received();
     assert_eq!(with_id(&received_now, &raced).len(), 1, "{received_now:#?}");
-    assert_eq!(received_now.len(), 5, "{received_now:#?}");
-    assert_eq!(count_rows(&planes.data_db, "dp_messages").await, 5);
+    assert_eq!(
+        with_id(&received_now, &streamed).len(),
+        1,
+        "{received_now:#?}"
+    );
+    assert_eq!(received_now.len(), 6, "{received_now:#?}");
+    assert_eq!(count_rows(&planes.data_db, "dp_messages").await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -763,7 +822,7 @@ async fn rotation(planes: &mut Planes) {
         vec![vec![0], vec![1]],
         "one signature by the new secret and one by the old, got {by:?}"
     );
-    assert!(verifies_with(second, &new) && verifies_with(second, &old));
+    assert!(second.verifies_with(&new) && second.verifies_with(&old));
 
     // A rotation without grace: only the newest secret signs from then on.
     let newest = c
@@ -845,7 +904,7 @@ async fn slack(planes: &mut Planes) {
         "Slack messages are not signed: {:?}",
         r.headers
     );
-    let body = body_json(r);
+    let body = r.json();
     let object = body.as_object().unwrap_or_else(|| panic!("body {body}"));
     assert_eq!(
         object.keys().collect::<Vec<_>>(),

@@ -2,16 +2,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod delivery_common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use delivery_common::*;
 use sea_orm::EntityTrait;
 use sluice_proto::control::v1 as pb;
+use sluice_proto::data::v1 as dpb;
 use sluice_proto::json::json_to_struct;
-use sluice_tests::planes::{PlaneOptions, Planes, Receiver, Reply};
+use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
+use sluice_testkit::receiver::{Receiver, Reply, with_id};
+use sluice_testkit::{WAIT, count_rows};
+use sluice_tests::delivery::*;
 
 /// One attempt per delivery, so failures are final at once.
 fn single_attempt() -> PlaneOptions {
@@ -30,7 +31,7 @@ async fn gone(planes: &mut Planes) {
     let (_, key) = planes.workspace_with_key("Gone").await;
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
-    let gone = Receiver::start(Vec::new(), Reply::Status(410)).await;
+    let gone = Receiver::start(Vec::new(), Reply::status(410)).await;
     let healthy = Receiver::ok().await;
     let (gone_sub, _) = subscribe(&mut c, webhook(&gone.url("/gone"), &["conversation.*"])).await;
     let (healthy_sub, _) = subscribe(
@@ -74,11 +75,20 @@ async fn gone(planes: &mut Planes) {
     assert_eq!(attempts.len(), 1, "{attempts:#?}");
     assert!(!attempts[0].success);
     assert_eq!(attempts[0].status_code, 410);
+    // The data plane's own row of the delivery ended failed too.
+    assert_eq!(
+        count_rows(&planes.data_db, "dp_deliveries WHERE status = 'failed'").await,
+        1
+    );
 
     // The data plane follows the control plane's state; a later event goes to the healthy
     // subscription only.
     planes.config_synced().await;
     let second = publish(&mut publisher, event(CONVERSATION_CREATED, r#"{"n":2}"#)).await;
+    assert_eq!(
+        second.delivery_count, 1,
+        "the disabled subscription matches nothing: {second:?}"
+    );
     healthy.wait_for(2, WAIT).await;
     log.delivery_with_status(
         &second.message_id,
@@ -131,7 +141,7 @@ async fn pending_when_gone(planes: &mut Planes) {
     let (_, key) = planes.workspace_with_key("Gone later").await;
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
-    let receiver = Receiver::start(vec![Reply::Status(500)], Reply::Status(410)).await;
+    let receiver = Receiver::start(vec![Reply::status(500)], Reply::status(410)).await;
     let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/gone-later"), &["*"])).await;
     planes.config_synced().await;
     let mut publisher = planes.publisher(&key).await;
@@ -222,7 +232,7 @@ async fn pending_when_user_disables(planes: &mut Planes) {
     let (_, key) = planes.workspace_with_key("Disabled later").await;
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
-    let receiver = Receiver::start(vec![Reply::Status(500)], Reply::Status(200)).await;
+    let receiver = Receiver::start(vec![Reply::status(500)], Reply::status(200)).await;
     let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/paused"), &["*"])).await;
     planes.config_synced().await;
     let mut publisher = planes.publisher(&key).await;
@@ -290,8 +300,8 @@ async fn nul_answer(planes: &mut Planes) {
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
     let receiver = Receiver::start(
-        vec![Reply::Body(500, b"oops\0\0")],
-        Reply::Body(200, b"fine\0"),
+        vec![Reply::status(500).body(b"oops\0\0".as_slice())],
+        Reply::status(200).body(b"fine\0".as_slice()),
     )
     .await;
     let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/nul"), &["*"])).await;
@@ -331,7 +341,7 @@ async fn timeout(planes: &mut Planes) {
     let (_, key) = planes.workspace_with_key("Timeout").await;
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
-    let receiver = Receiver::start(Vec::new(), Reply::Hang).await;
+    let receiver = Receiver::start(Vec::new(), Reply::hang()).await;
     let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/slow"), &["*"])).await;
     planes.config_synced().await;
     let mut publisher = planes.publisher(&key).await;
@@ -368,7 +378,11 @@ async fn redirect(planes: &mut Planes) {
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
     let target = Receiver::ok().await;
-    let redirecting = Receiver::start(Vec::new(), Reply::Redirect(target.url("/landing"))).await;
+    let redirecting = Receiver::start(
+        Vec::new(),
+        Reply::status(302).header("location", &target.url("/landing")),
+    )
+    .await;
     let (sub, _) = subscribe(&mut c, webhook(&redirecting.url("/moved"), &["*"])).await;
     planes.config_synced().await;
     let mut publisher = planes.publisher(&key).await;
@@ -445,6 +459,16 @@ async fn operator_tools(planes: &mut Planes) {
     let mut c = planes.clients(Some(&key)).await;
     let log = Log::new(&c);
 
+    // The data plane's DispatchService serves the control plane only: without the internal
+    // token it refuses.
+    let status = dpb::dispatch_service_client::DispatchServiceClient::new(
+        sluice_testkit::connect(planes.data_addr).await,
+    )
+    .replay(dpb::ReplayRequest::default())
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
     // SendTestEvent: the catalog's example, then an explicit payload.
     let example_text = r#"{"conversation":{"id":"cnv_example","contactId":"cnt_1","count":2}}"#;
     c.event_types
@@ -482,10 +506,10 @@ async fn operator_tools(planes: &mut Planes) {
     let r = &received[0];
     assert_eq!(r.header("webhook-id"), sent.message_id);
     assert!(
-        verifies_with(r, &test_secret),
+        r.verifies_with(&test_secret),
         "a test send is signed like any delivery"
     );
-    let body = body_json(r);
+    let body = r.json();
     assert_eq!(body["event"], CONVERSATION_CREATED);
     assert_eq!(body["workspace_id"], workspace_id);
     assert_eq!(
@@ -509,7 +533,7 @@ async fn operator_tools(planes: &mut Planes) {
     let r = with_id(&received, &sent_explicit.message_id);
     assert_eq!(r.len(), 1, "{received:#?}");
     assert_eq!(
-        body_json(r[0])["payload"],
+        r[0].json()["payload"],
         serde_json::from_str::<serde_json::Value>(explicit_text).unwrap()
     );
 
@@ -522,7 +546,7 @@ async fn operator_tools(planes: &mut Planes) {
         })
         .await
         .unwrap_err();
-    sluice_tests::assert_invalid(&status, "payload");
+    sluice_testkit::assert_invalid(&status, "payload");
     assert_eq!(
         test_rx.received().len(),
         2,
@@ -530,14 +554,14 @@ async fn operator_tools(planes: &mut Planes) {
     );
 
     // RetryDelivery: a delivery that failed for good (one attempt, 500), retried by hand.
-    let retry_rx = Receiver::start(vec![Reply::Status(500)], Reply::Status(200)).await;
+    let retry_rx = Receiver::start(vec![Reply::status(500)], Reply::status(200)).await;
     let (retry_sub, _) = subscribe(
         &mut c,
         webhook(&retry_rx.url("/retry"), &["ticket.created"]),
     )
     .await;
     // ReplayFailedDeliveries: four failures, of which three after `since`.
-    let replay_rx = Receiver::start(vec![Reply::Status(500); 4], Reply::Status(200)).await;
+    let replay_rx = Receiver::start(vec![Reply::status(500); 4], Reply::status(200)).await;
     let (replay_sub, _) = subscribe(
         &mut c,
         webhook(&replay_rx.url("/replay"), &["call.handled"]),
@@ -672,4 +696,6 @@ async fn operator_tools(planes: &mut Planes) {
     assert_eq!(received.len(), 7, "{received:#?}");
     let ids: HashSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
     assert_eq!(ids.len(), 4);
+    // The five published messages are stored; the test sends are not.
+    assert_eq!(count_rows(&planes.data_db, "dp_messages").await, 5);
 }

@@ -2,17 +2,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod delivery_common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use delivery_common::*;
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_proto::json::json_to_struct;
-use sluice_tests::planes::{PlaneOptions, Planes, Receiver};
-use sluice_tests::{ADMIN_KEY, count_rows, field_violations};
+use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
+use sluice_testkit::receiver::Receiver;
+use sluice_testkit::{ADMIN_KEY, WAIT, count_rows, field_violations};
+use sluice_tests::delivery::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
@@ -124,6 +123,17 @@ async fn bad_publishes(planes: &mut Planes) {
             &["payload"],
         ),
         (
+            "an occurred_time far in the past",
+            dpb::PublishRequest {
+                occurred_time: Some(prost_types::Timestamp {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                ..valid()
+            },
+            &["occurred_time"],
+        ),
+        (
             "an idempotency key over 256 bytes",
             dpb::PublishRequest {
                 idempotency_key: "k".repeat(257),
@@ -149,6 +159,44 @@ async fn bad_publishes(planes: &mut Planes) {
         );
         assert_eq!(stored(planes).await, before, "{what}: something was stored");
     }
+    // A stream answers each bad event with its field and goes on to the next.
+    let requests = vec![
+        dpb::PublishStreamRequest {
+            sequence: 7,
+            event: Some(event(CONVERSATION_CREATED, "[]")),
+        },
+        dpb::PublishStreamRequest {
+            sequence: 8,
+            event: None,
+        },
+    ];
+    let mut acks = publisher
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut errors = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        let Some(error) = ack.error else {
+            panic!("sequence {} was accepted", ack.sequence)
+        };
+        errors.push((ack.sequence, error.code, error.field));
+    }
+    errors.sort();
+    assert_eq!(
+        errors,
+        [
+            (7, Code::InvalidArgument as i32, "payload_json".into()),
+            (8, Code::InvalidArgument as i32, "event".into())
+        ]
+    );
+    assert_eq!(
+        stored(planes).await,
+        before,
+        "a bad stream stored something"
+    );
+    // Nor did anything refused leave a row for the control plane.
+    assert_eq!(count_rows(&planes.data_db, "dp_outbox").await, 0);
 
     // The limits themselves are fine: a 256 KiB payload, a 256-byte key, an UPPER_SNAKE
     // event name (stored dotted).
@@ -165,7 +213,7 @@ async fn bad_publishes(planes: &mut Planes) {
     )
     .await;
     let received = receiver.wait_for(1, WAIT).await;
-    let body = body_json(&received[0]);
+    let body = received[0].json();
     assert_eq!(received[0].header("webhook-id"), at_limit.message_id);
     assert_eq!(
         body["event"], CONVERSATION_CREATED,
@@ -405,7 +453,7 @@ async fn stream(planes: &mut Planes) {
     assert_eq!(received.len(), valid, "no duplicate POSTs");
     let payloads: HashSet<i64> = received
         .iter()
-        .map(|r| body_json(r)["payload"]["i"].as_i64().unwrap())
+        .map(|r| r.json()["payload"]["i"].as_i64().unwrap())
         .collect();
     assert!(!payloads.contains(&(BAD as i64)) && payloads.len() == valid);
     assert_eq!(

@@ -1,24 +1,24 @@
-//! End-to-end suites of the data plane: real database, real HTTP receiver, real gRPC on
-//! both sides. Each test runs on SQLite and, when `SLUICE_TEST_DATABASE_URL` is set, on
-//! PostgreSQL too.
+//! The data plane on its own, with a stand-in control plane (`control_peer`): what only
+//! shows from inside the outcome stream, or across restarts of the data plane, or with
+//! several replicas. Real database, real HTTP receiver, real gRPC on both sides. Each test
+//! runs on SQLite and, when `SLUICE_TEST_DATABASE_URL` is set, on PostgreSQL too. What a
+//! publisher and an operator see through both real planes is tested in `tests/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
+mod control_peer;
 
 use std::time::Duration;
 
-use harness::*;
+use control_peer::*;
 use sluice_core::retry::RetrySchedule;
-use sluice_proto::control::v1::{
-    AttemptTrigger, DeliveryStatus, DestinationType, DisabledReason, WatchConfigResponse,
-};
-use sluice_proto::data::v1::{
-    PublishRequest, PublishResponse, PublishStreamRequest, RedeliverRequest, ReplayRequest,
-    SendTestRequest,
-};
+use sluice_proto::control::v1::{DeliveryStatus, DisabledReason, WatchConfigResponse};
+use sluice_proto::data::v1::{PublishRequest, PublishResponse};
+use sluice_store::Plane;
+use sluice_testkit::data::DataHarness;
+use sluice_testkit::receiver::{Receiver, Reply};
+use sluice_testkit::{Backend, TestDatabase, WAIT, authed, backends, count_rows, free_addr};
 use tonic::Code;
-use tonic_types::StatusExt as _;
 
 fn event(payload: &str) -> PublishRequest {
     PublishRequest {
@@ -29,7 +29,7 @@ fn event(payload: &str) -> PublishRequest {
 }
 
 /// Publishes one `event(payload)` with `key` over a new connection; panics if refused.
-async fn publish(plane: &RunningPlane, payload: &str, key: &str) -> PublishResponse {
+async fn publish(plane: &DataHarness, payload: &str, key: &str) -> PublishResponse {
     plane
         .ingest()
         .await
@@ -53,188 +53,7 @@ impl OneHook {
     async fn stop(self) {
         self.plane.stop().await;
         self.control.stop();
-        self.db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_delivers_a_signed_webhook() {
-    for backend in backends() {
-        let OneHook {
-            db,
-            mut receiver,
-            workspace,
-            secret,
-            mut control,
-            plane,
-            ..
-        } = OneHook::start(&backend, &[], |_| {}).await;
-
-        let mut request = authed(
-            PublishRequest {
-                workspace_id: workspace.id.clone(),
-                ..event(r#"{"conversation": {"id": "cnv_1"}}"#)
-            },
-            &workspace.key,
-        );
-        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        request
-            .metadata_mut()
-            .insert("traceparent", traceparent.parse().unwrap());
-        let response = plane
-            .ingest()
-            .await
-            .publish(request)
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(response.message_id.starts_with("msg_"));
-        assert!(!response.duplicate);
-        assert_eq!(response.delivery_count, 1);
-
-        let got = receiver.next().await;
-        assert_eq!(got.path, "/hook");
-        assert_eq!(got.header("webhook-id"), response.message_id);
-        assert_eq!(got.header("content-type"), "application/json");
-        assert_eq!(got.header("x-custom"), "yes");
-        assert_eq!(got.header("traceparent"), traceparent);
-        got.verify(&secret).expect("the signature verifies");
-        let envelope = got.json();
-        assert_eq!(envelope["id"], response.message_id.as_str());
-        assert_eq!(envelope["event"], "conversation.created");
-        assert_eq!(envelope["version"], 1);
-        assert_eq!(envelope["workspace_id"], "wrk_1");
-        assert_eq!(envelope["payload"]["conversation"]["id"], "cnv_1");
-        // The payload goes out byte for byte as published.
-        let body = String::from_utf8(got.body.to_vec()).unwrap();
-        assert!(
-            body.contains(r#""payload":{"conversation": {"id": "cnv_1"}}"#),
-            "{body}"
-        );
-
-        let message = control.next_message(&response.message_id).await;
-        assert_eq!(message.subscription_ids, ["sub_1"]);
-        assert_eq!(message.event_type, "conversation.created");
-        let outcome = control.next_attempt(&response.message_id).await;
-        let attempt = outcome.attempt.unwrap();
-        assert!(attempt.success);
-        assert_eq!(attempt.status_code, 200);
-        assert_eq!(attempt.attempt_number, 1);
-        assert_eq!(attempt.trigger, AttemptTrigger::Scheduled as i32);
-        assert_eq!(attempt.url, receiver.url("/hook"));
-        assert!(attempt.id.starts_with("att_"));
-        assert!(attempt.latency.is_some());
-        assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
-
-        plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 1);
-        // A first attempt that succeeds needs no delivery row, and its message's fan-out row
-        // went with it.
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
-        assert_eq!(count(&conn, "dp_fanout").await, 0);
-        // Every outbox row was acked and deleted during the drain.
-        assert_eq!(count(&conn, "dp_outbox").await, 0);
-        control.stop();
-        db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_are_retried_until_success() {
-    for backend in backends() {
-        let OneHook {
-            db,
-            mut receiver,
-            workspace,
-            mut control,
-            plane,
-            ..
-        } = OneHook::start(&backend, &[500, 500, 200], |_| {}).await;
-
-        let response = publish(&plane, r#"{"n":1}"#, &workspace.key).await;
-        let ids: Vec<String> = [
-            receiver.next().await,
-            receiver.next().await,
-            receiver.next().await,
-        ]
-        .iter()
-        .map(|r| r.header("webhook-id").to_owned())
-        .collect();
-        assert!(
-            ids.iter().all(|id| *id == response.message_id),
-            "same webhook-id on every attempt"
-        );
-
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            let outcome = control.next_attempt(&response.message_id).await;
-            let attempt = outcome.attempt.unwrap();
-            seen.push((
-                attempt.attempt_number,
-                attempt.status_code,
-                outcome.delivery_status,
-                outcome.retry_delay.is_some(),
-            ));
-        }
-        seen.sort();
-        assert_eq!(
-            seen,
-            [
-                (1, 500, DeliveryStatus::Pending as i32, true),
-                (2, 500, DeliveryStatus::Pending as i32, true),
-                (3, 200, DeliveryStatus::Succeeded as i32, false),
-            ]
-        );
-        plane.stop().await;
-        control.stop();
-        db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gone_disables_the_subscription() {
-    for backend in backends() {
-        let OneHook {
-            db,
-            mut receiver,
-            workspace,
-            mut control,
-            plane,
-            ..
-        } = OneHook::start(&backend, &[410], |_| {}).await;
-        let mut ingest = plane.ingest().await;
-
-        let first = ingest
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        receiver.next().await;
-        let disabled = control.next_disabled().await;
-        assert_eq!(disabled.subscription_id, "sub_1");
-        assert_eq!(disabled.workspace_id, "wrk_1");
-        assert_eq!(disabled.reason, DisabledReason::EndpointGone as i32);
-        let outcome = control.next_attempt(&first.message_id).await;
-        assert_eq!(outcome.attempt.unwrap().status_code, 410);
-        assert_eq!(outcome.delivery_status, DeliveryStatus::Failed as i32);
-
-        // Disabled at once: the next event matches nothing.
-        let second = ingest
-            .publish(authed(event("{}"), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(second.delivery_count, 0);
-
-        plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(
-            count(&conn, "dp_deliveries WHERE status = 'failed'").await,
-            1
-        );
-        control.stop();
-        db.cleanup().await;
+        self.db.drop_database().await;
     }
 }
 
@@ -243,7 +62,7 @@ async fn persistent_failure_disables_the_subscription() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             mut control,
             plane,
@@ -264,23 +83,25 @@ async fn persistent_failure_disables_the_subscription() {
         plane.stop().await;
         // Exactly three attempts were sent: no retry follows the disable.
         assert!(receiver.drain().is_empty());
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         assert_eq!(
-            count(&conn, "dp_deliveries WHERE status = 'failed'").await,
+            count_rows(&conn, "dp_deliveries WHERE status = 'failed'").await,
             1
         );
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_endpoint_does_not_delay_others() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
+        // Takes every request and never answers: the slowest endpoint there is.
+        let hole = Receiver::start(Vec::new(), Reply::hang()).await;
         let workspace = Workspace::new("wrk_1");
-        let (slow, _) = subscription("sub_slow", &workspace.id, &black_hole().await);
+        let (slow, _) = subscription("sub_slow", &workspace.id, &hole.url("/hook"));
         let (fast, secret) = subscription("sub_fast", &workspace.id, &receiver.url("/hook"));
         let control = FakeControl::start(snapshot(
             vec![slow, fast],
@@ -290,7 +111,7 @@ async fn a_hanging_endpoint_does_not_delay_others() {
         let mut config = config(&control);
         config.endpoint_concurrency = 1;
         config.shutdown_grace = Duration::from_millis(200);
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
 
@@ -319,310 +140,22 @@ async fn a_hanging_endpoint_does_not_delay_others() {
         // first attempts to the slow endpoint stay pending for the next start: each message
         // keeps its fan-out row. The fast endpoint's succeeded and needed no rows.
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_fanout").await, 5);
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 5);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
         control.stop();
-        db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_dedupe() {
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        let workspace = Workspace::new("wrk_1");
-        let other = Workspace::new("wrk_2");
-        let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let mut control = FakeControl::start(snapshot(
-            vec![sub],
-            vec![workspace.key_config.clone(), other.key_config.clone()],
-        ))
-        .await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
-        plane.wait_for_revision(1).await;
-        let mut ingest = plane.ingest().await;
-        let keyed = PublishRequest {
-            idempotency_key: "order-42".to_owned(),
-            ..event("{}")
-        };
-
-        let first = ingest
-            .publish(authed(keyed.clone(), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        let again = ingest
-            .publish(authed(keyed.clone(), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(!first.duplicate);
-        assert!(again.duplicate);
-        assert_eq!(again.message_id, first.message_id);
-        assert_eq!(again.delivery_count, 1);
-        // Keys are per workspace.
-        let elsewhere = ingest
-            .publish(authed(keyed.clone(), &other.key))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(!elsewhere.duplicate);
-
-        // Repeats within one stream (one commit) are caught too.
-        let requests: Vec<PublishStreamRequest> = (0..3)
-            .map(|sequence| PublishStreamRequest {
-                sequence,
-                event: Some(PublishRequest {
-                    idempotency_key: "stream-key".to_owned(),
-                    ..event("{}")
-                }),
-            })
-            .collect();
-        let mut responses = ingest
-            .publish_stream(authed(tokio_stream::iter(requests), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut results = Vec::new();
-        while let Some(response) = responses.message().await.unwrap() {
-            results.push(response.result.unwrap());
-        }
-        assert_eq!(results.len(), 3);
-        assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
-        assert!(
-            results
-                .iter()
-                .all(|r| r.message_id == results[0].message_id)
-        );
-
-        receiver.next().await;
-        receiver.next().await;
-        control.next_attempt(&first.message_id).await;
-        control.next_attempt(&results[0].message_id).await;
-        plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 3);
-        // Two first attempts, both succeeded: no delivery rows, no open fan-outs.
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
-        assert_eq!(count(&conn, "dp_fanout").await, 0);
-        assert!(receiver.drain().is_empty(), "nothing delivered twice");
-        control.stop();
-        db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_publishes_are_refused_and_nothing_is_stored() {
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let workspace = Workspace::new("wrk_1");
-        let other = Workspace::new("wrk_2");
-        let control = FakeControl::start(snapshot(
-            vec![],
-            vec![workspace.key_config.clone(), other.key_config.clone()],
-        ))
-        .await;
-        let mut config = config(&control);
-        config.max_payload_bytes = 100;
-        let plane = RunningPlane::start(db.connect().await, config).await;
-        plane.wait_for_revision(1).await;
-        let mut ingest = plane.ingest().await;
-
-        let cases = [
-            (
-                PublishRequest {
-                    event_type: String::new(),
-                    ..event("{}")
-                },
-                "event_type",
-            ),
-            (
-                PublishRequest {
-                    event_type: "bad name!".into(),
-                    ..event("{}")
-                },
-                "event_type",
-            ),
-            (event(""), "payload_json"),
-            (event("[1,2]"), "payload_json"),
-            (event("{not json"), "payload_json"),
-            (
-                event(&format!(r#"{{"x":"{}"}}"#, "a".repeat(200))),
-                "payload_json",
-            ),
-            (
-                PublishRequest {
-                    payload: Some(Default::default()),
-                    ..event("{}")
-                },
-                "payload_json",
-            ),
-            (
-                PublishRequest {
-                    idempotency_key: "k".repeat(300),
-                    ..event("{}")
-                },
-                "idempotency_key",
-            ),
-            (
-                PublishRequest {
-                    occurred_time: Some(prost_types::Timestamp {
-                        seconds: 5,
-                        nanos: 0,
-                    }),
-                    ..event("{}")
-                },
-                "occurred_time",
-            ),
-        ];
-        for (request, field) in cases {
-            let status = ingest
-                .publish(authed(request, &workspace.key))
-                .await
-                .unwrap_err();
-            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-            let violations = status
-                .get_details_bad_request()
-                .expect("BadRequest details")
-                .field_violations;
-            assert_eq!(violations[0].field, field, "{status:?}");
-        }
-
-        let status = ingest
-            .publish(authed(event("{}"), "sk_unknown"))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated);
-        let status = ingest
-            .publish(tonic::Request::new(event("{}")))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated);
-        let status = ingest
-            .publish(authed(
-                PublishRequest {
-                    workspace_id: "wrk_2".into(),
-                    ..event("{}")
-                },
-                &workspace.key,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied);
-
-        // A stream answers each event and goes on after a bad one.
-        let requests = vec![
-            PublishStreamRequest {
-                sequence: 7,
-                event: Some(event("[]")),
-            },
-            PublishStreamRequest {
-                sequence: 8,
-                event: None,
-            },
-        ];
-        let mut responses = ingest
-            .publish_stream(authed(tokio_stream::iter(requests), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut errors = Vec::new();
-        while let Some(response) = responses.message().await.unwrap() {
-            let error = response.error.unwrap();
-            errors.push((response.sequence, error.code, error.field));
-        }
-        errors.sort();
-        assert_eq!(
-            errors,
-            [
-                (7, Code::InvalidArgument as i32, "payload_json".into()),
-                (8, Code::InvalidArgument as i32, "event".into())
-            ]
-        );
-
-        plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 0);
-        assert_eq!(count(&conn, "dp_outbox").await, 0);
-        control.stop();
-        db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_stream_acks_every_event() {
-    for backend in backends() {
-        let OneHook {
-            db,
-            mut receiver,
-            workspace,
-            secret,
-            control,
-            plane,
-            ..
-        } = OneHook::start(&backend, &[], |_| {}).await;
-
-        const EVENTS: u64 = 200;
-        let requests: Vec<PublishStreamRequest> = (0..EVENTS)
-            .map(|sequence| PublishStreamRequest {
-                sequence,
-                event: Some(if sequence == 50 {
-                    event("not json")
-                } else {
-                    event(&format!(r#"{{"n":{sequence}}}"#))
-                }),
-            })
-            .collect();
-        let mut responses = plane
-            .ingest()
-            .await
-            .publish_stream(authed(tokio_stream::iter(requests), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut sequences = Vec::new();
-        let mut accepted = 0;
-        while let Some(response) = responses.message().await.unwrap() {
-            sequences.push(response.sequence);
-            match (response.result, response.error) {
-                (Some(result), None) => {
-                    assert_eq!(result.delivery_count, 1);
-                    accepted += 1;
-                }
-                (None, Some(error)) => {
-                    assert_eq!(response.sequence, 50);
-                    assert_eq!(error.field, "payload_json");
-                }
-                other => panic!("unexpected response {other:?}"),
-            }
-        }
-        sequences.sort_unstable();
-        assert_eq!(sequences, (0..EVENTS).collect::<Vec<_>>());
-        assert_eq!(accepted, EVENTS - 1);
-        for _ in 0..accepted {
-            receiver.next().await.verify(&secret).unwrap();
-        }
-        plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(
-            count(&conn, "dp_messages").await,
-            i64::try_from(accepted).unwrap()
-        );
-        control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_and_restart_without_the_control_plane() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let control = FakeControl::start(snapshot(vec![], vec![])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&control)).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
         let status = ingest
@@ -664,7 +197,7 @@ async fn config_changes_and_restart_without_the_control_plane() {
         control.stop();
         let mut config = config(&control);
         config.control_endpoint = "http://127.0.0.1:9".to_owned();
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         plane.wait_for_revision(2).await;
         let response = publish(&plane, "{}", &workspace.key).await;
         assert_eq!(response.delivery_count, 1);
@@ -672,18 +205,18 @@ async fn config_changes_and_restart_without_the_control_plane() {
         assert_eq!(got.header("webhook-id"), response.message_id);
         got.verify(&secret).unwrap();
         plane.stop().await;
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         // Unacked outcomes wait in the outbox for the control plane.
-        assert!(count(&conn, "dp_outbox").await > 0);
-        db.cleanup().await;
+        assert!(count_rows(&conn, "dp_outbox").await > 0);
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_wait_for_the_control_plane() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
         let first_control = FakeControl::start(snapshot(
@@ -691,16 +224,16 @@ async fn outcomes_wait_for_the_control_plane() {
             vec![workspace.key_config.clone()],
         ))
         .await;
-        let plane = RunningPlane::start(db.connect().await, config(&first_control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&first_control)).await;
         plane.wait_for_revision(1).await;
         plane.stop().await;
         first_control.stop();
 
         // Start with the control plane down: events are taken and delivered all the same.
-        let control_addr = free_addr().await;
+        let control_addr = free_addr();
         let mut config = config(&first_control);
         config.control_endpoint = format!("http://{control_addr}");
-        let plane = RunningPlane::start(db.connect().await, config).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config).await;
         let response = publish(&plane, "{}", &workspace.key).await;
         receiver.next().await;
 
@@ -722,7 +255,7 @@ async fn outcomes_wait_for_the_control_plane() {
         assert_eq!(response.delivery_count, 2);
         plane.stop().await;
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -731,7 +264,7 @@ async fn scheduled_retries_survive_a_restart() {
     for backend in backends() {
         let OneHook {
             db,
-            mut receiver,
+            receiver,
             workspace,
             secret,
             mut control,
@@ -750,14 +283,14 @@ async fn scheduled_retries_survive_a_restart() {
         plane.stop().await;
 
         // Make the stored retry due now, then start again: it is found and sent.
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         sea_orm::ConnectionTrait::execute_unprepared(
             &conn,
             "UPDATE dp_deliveries SET next_attempt_ms = 0",
         )
         .await
         .unwrap();
-        let plane = RunningPlane::start(conn, config).await;
+        let plane = DataHarness::start(conn, config).await;
         let got = receiver.next().await;
         assert_eq!(got.header("webhook-id"), response.message_id);
         got.verify(&secret).unwrap();
@@ -767,15 +300,15 @@ async fn scheduled_retries_survive_a_restart() {
         assert!(attempt.success);
         plane.stop().await;
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::ok().await;
         let workspace = Workspace::new("wrk_1");
         let (a, secret_a) = subscription("sub_a", &workspace.id, &receiver.url("/a"));
         let (b, secret_b) = subscription("sub_b", &workspace.id, &receiver.url("/b"));
@@ -784,7 +317,7 @@ async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them
         let mut config = config(&control);
         // First attempts wait two minutes: they are on timers when the plane stops.
         config.retry = RetrySchedule::parse("2m,5s").unwrap();
-        let plane = RunningPlane::start(db.connect().await, config.clone()).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config.clone()).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
         let mut ids = Vec::new();
@@ -808,13 +341,13 @@ async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them
 
         // Each message kept one fan-out row for its two first attempts; made due now, they
         // are found at the next start and made, once each.
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_fanout").await, 3);
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 3);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
         sea_orm::ConnectionTrait::execute_unprepared(&conn, "UPDATE dp_fanout SET due_ms = 0")
             .await
             .unwrap();
-        let plane = RunningPlane::start(conn, config).await;
+        let plane = DataHarness::start(conn, config).await;
         let mut got = Vec::new();
         for _ in 0..6 {
             let request = receiver.next().await;
@@ -844,12 +377,12 @@ async fn first_attempts_survive_a_restart_and_messages_are_reported_without_them
             }
         }
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_fanout").await, 0);
-        assert_eq!(count(&conn, "dp_deliveries").await, 0);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_fanout").await, 0);
+        assert_eq!(count_rows(&conn, "dp_deliveries").await, 0);
         assert!(receiver.drain().is_empty(), "nothing delivered twice");
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
@@ -861,9 +394,8 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
             continue;
         }
         const EVENTS: usize = 40;
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[500; EVENTS]);
+        let db = TestDatabase::create(&backend).await;
+        let receiver = Receiver::start(vec![Reply::status(500); EVENTS], Reply::status(200)).await;
         let workspace = Workspace::new("wrk_1");
         let (sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
         let mut control =
@@ -872,8 +404,8 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
         config.retry = RetrySchedule::parse("0s,2m").unwrap();
         // Forty failures in a row would open the breaker; this test is about leases.
         config.circuit_breaker_failures = 0;
-        let first = RunningPlane::start(db.connect().await, config.clone()).await;
-        let second = RunningPlane::start(db.connect().await, config).await;
+        let first = DataHarness::start(db.open(Plane::Data).await, config.clone()).await;
+        let second = DataHarness::start(db.open(Plane::Data).await, config).await;
         first.wait_for_revision(1).await;
         second.wait_for_revision(1).await;
 
@@ -894,7 +426,7 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
         assert_eq!(receiver.drain().len(), EVENTS);
 
         // Every retry comes due at once; both replicas' scanners race for them.
-        let conn = db.connect().await;
+        let conn = db.open(Plane::Data).await;
         sea_orm::ConnectionTrait::execute_unprepared(
             &conn,
             "UPDATE dp_deliveries SET next_attempt_ms = 0",
@@ -917,182 +449,18 @@ async fn replicas_on_postgres_never_send_a_delivery_twice() {
         ids.sort();
         assert_eq!(seen, ids);
         control.stop();
-        db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dispatch_service_tests_redelivers_and_replays() {
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        receiver.respond(&[500, 500]);
-        let workspace = Workspace::new("wrk_1");
-        let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
-        let mut control = FakeControl::start(snapshot(
-            vec![sub.clone()],
-            vec![workspace.key_config.clone()],
-        ))
-        .await;
-        let mut config = config(&control);
-        config.retry = RetrySchedule::parse("0s").unwrap();
-        let plane = RunningPlane::start(db.connect().await, config).await;
-        plane.wait_for_revision(1).await;
-        let mut ingest = plane.ingest().await;
-        let mut dispatch = plane.dispatch().await;
-
-        // Without the internal token: refused.
-        let status = dispatch.replay(ReplayRequest::default()).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated);
-
-        // Two deliveries fail for good (one attempt each in this schedule).
-        let first = ingest
-            .publish(authed(event(r#"{"a":1}"#), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        let second = ingest
-            .publish(authed(event(r#"{"a":2}"#), &workspace.key))
-            .await
-            .unwrap()
-            .into_inner();
-        for id in [&first.message_id, &second.message_id] {
-            let outcome = control.next_attempt(id).await;
-            assert_eq!(outcome.delivery_status, DeliveryStatus::Failed as i32);
-        }
-        receiver.drain();
-
-        // Redeliver one now.
-        let attempt = dispatch
-            .redeliver(authed(
-                RedeliverRequest {
-                    workspace_id: workspace.id.clone(),
-                    message_id: first.message_id.clone(),
-                    subscription_id: "sub_1".into(),
-                },
-                TOKEN,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .attempt
-            .unwrap();
-        assert!(attempt.success);
-        assert_eq!(attempt.attempt_number, 2);
-        assert_eq!(attempt.trigger, AttemptTrigger::Manual as i32);
-        assert_eq!(receiver.next().await.header("webhook-id"), first.message_id);
-        let outcome = control.next_attempt(&first.message_id).await;
-        assert_eq!(outcome.attempt.unwrap().id, attempt.id);
-        assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
-
-        let status = dispatch
-            .redeliver(authed(
-                RedeliverRequest {
-                    workspace_id: workspace.id.clone(),
-                    message_id: "msg_unknown".into(),
-                    subscription_id: "sub_1".into(),
-                },
-                TOKEN,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::NotFound);
-
-        // Replay what is still failed: only the second.
-        let replayed = dispatch
-            .replay(authed(
-                ReplayRequest {
-                    workspace_id: workspace.id.clone(),
-                    subscription_id: "sub_1".into(),
-                    since_time: Some(prost_types::Timestamp {
-                        seconds: 0,
-                        nanos: 0,
-                    }),
-                },
-                TOKEN,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(replayed.queued_count, 1);
-        assert_eq!(
-            receiver.next().await.header("webhook-id"),
-            second.message_id
-        );
-        let outcome = control.next_attempt(&second.message_id).await;
-        let attempt = outcome.attempt.unwrap();
-        assert_eq!(attempt.trigger, AttemptTrigger::Replay as i32);
-        assert!(attempt.success);
-        assert_eq!(outcome.delivery_status, DeliveryStatus::Succeeded as i32);
-
-        // A test send: delivered now, signed, not stored.
-        let attempt = dispatch
-            .send_test(authed(
-                SendTestRequest {
-                    subscription: Some(sub),
-                    event_type: "conversation.created".into(),
-                    payload_json: r#"{"example":true}"#.into(),
-                },
-                TOKEN,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .attempt
-            .unwrap();
-        assert!(attempt.success);
-        let got = receiver.next().await;
-        got.verify(&secret).unwrap();
-        assert_eq!(got.json()["payload"]["example"], true);
-        plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 2);
-        control.stop();
-        db.cleanup().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slack_destinations_get_an_unsigned_message() {
-    for backend in backends() {
-        let db = TestDb::new(&backend).await;
-        let mut receiver = Receiver::start().await;
-        let workspace = Workspace::new("wrk_1");
-        let (mut sub, _) = subscription("sub_1", &workspace.id, &receiver.url("/services/T/B/X"));
-        sub.destination_type = DestinationType::Slack as i32;
-        sub.secrets.clear();
-        let control =
-            FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
-        plane.wait_for_revision(1).await;
-        plane
-            .ingest()
-            .await
-            .publish(authed(
-                event(r#"{"conversation":{"id":"cnv_1"}}"#),
-                &workspace.key,
-            ))
-            .await
-            .unwrap();
-        let got = receiver.next().await;
-        assert_eq!(got.header("webhook-signature"), "");
-        let text = got.json()["text"].as_str().unwrap().to_owned();
-        assert!(text.contains("conversation.created"), "{text}");
-        assert!(text.contains("cnv_1"), "{text}");
-        plane.stop().await;
-        control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_publishes() {
     for backend in backends() {
-        let db = TestDb::new(&backend).await;
+        let db = TestDatabase::create(&backend).await;
         let workspace = Workspace::new("wrk_1");
         let control =
             FakeControl::start(snapshot(vec![], vec![workspace.key_config.clone()])).await;
-        let plane = RunningPlane::start(db.connect().await, config(&control)).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config(&control)).await;
         plane.wait_for_revision(1).await;
         let mut ingest = plane.ingest().await;
         ingest
@@ -1107,14 +475,14 @@ async fn shutdown_refuses_new_publishes() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
-        tokio::time::timeout(PATIENCE, plane.plane.clone().drained())
+        tokio::time::timeout(WAIT, plane.plane.clone().drained())
             .await
             .unwrap();
         plane.stop().await;
-        let conn = db.connect().await;
-        assert_eq!(count(&conn, "dp_messages").await, 1);
+        let conn = db.open(Plane::Data).await;
+        assert_eq!(count_rows(&conn, "dp_messages").await, 1);
         control.stop();
-        db.cleanup().await;
+        db.drop_database().await;
     }
 }
 

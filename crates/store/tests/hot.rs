@@ -7,90 +7,7 @@
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait};
 use sluice_store::hot::{self, Session};
 use sluice_store::{Plane, data, is_unique_violation};
-
-/// A fresh database for one test on each backend: SQLite always, PostgreSQL when
-/// `SLUICE_TEST_DATABASE_URL` names a server (said visibly when it does not).
-struct Fresh {
-    url: String,
-    dir: Option<std::path::PathBuf>,
-    postgres: Option<(String, String)>,
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), next_number())
-}
-
-/// A per-process counter, so two tests of one run never share a name.
-fn next_number() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A fresh SQLite database in a directory of its own.
-fn fresh_sqlite() -> Fresh {
-    let dir = std::env::temp_dir().join(unique("sluice-hot"));
-    std::fs::create_dir_all(&dir).unwrap();
-    Fresh {
-        url: sluice_store::sqlite_url(&dir, Plane::Data),
-        dir: Some(dir),
-        postgres: None,
-    }
-}
-
-async fn fresh_databases() -> Vec<Fresh> {
-    let mut all = vec![fresh_sqlite()];
-    match std::env::var("SLUICE_TEST_DATABASE_URL") {
-        Ok(server) if !server.is_empty() => {
-            let name = unique("sluice_hot");
-            let admin = Database::connect(server.as_str()).await.unwrap();
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                .await
-                .unwrap();
-            admin.close().await.unwrap();
-            let base = server.split('?').next().unwrap_or(&server);
-            let (root, _) = base.rsplit_once('/').unwrap();
-            let query = server
-                .split_once('?')
-                .map(|(_, q)| format!("?{q}"))
-                .unwrap_or_default();
-            all.push(Fresh {
-                url: format!("{root}/{name}{query}"),
-                dir: None,
-                postgres: Some((server, name)),
-            });
-        }
-        _ => {
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPING the PostgreSQL run of this test: SLUICE_TEST_DATABASE_URL is not set"
-            );
-        }
-    }
-    all
-}
-
-impl Fresh {
-    async fn open(&self, plane: Plane) -> DatabaseConnection {
-        sluice_store::open(&self.url, plane).await.unwrap()
-    }
-
-    async fn remove(self) {
-        if let Some(dir) = self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        if let Some((server, name)) = self.postgres
-            && let Ok(admin) = Database::connect(server.as_str()).await
-        {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await;
-            let _ = admin.close().await;
-        }
-    }
-}
+use sluice_testkit::{Backend, TestDatabase, backends};
 
 fn message<'a>(id: &'a str, envelope: &'a [u8], key: Option<&'a str>) -> hot::data::MessageRow<'a> {
     hot::data::MessageRow {
@@ -108,7 +25,8 @@ fn message<'a>(id: &'a str, envelope: &'a [u8], key: Option<&'a str>) -> hot::da
 
 #[tokio::test]
 async fn a_data_cycle_stores_exactly_what_it_was_given() {
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = fresh.open(Plane::Data).await;
         let backend = db.get_database_backend();
         let tricky = "quote \" backslash \\ newline \n tab \t nul-ish \u{1} é 🚀";
@@ -181,7 +99,7 @@ async fn a_data_cycle_stores_exactly_what_it_was_given() {
                 .is_empty()
         );
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }
 
@@ -199,7 +117,8 @@ async fn row_parameters_read_back_as_the_values_given() {
         long(300),
         long(70_000),
     ];
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = fresh.open(Plane::Data).await;
         let backend = db.get_database_backend();
         let mut rows = hot::JsonRows::new(backend);
@@ -240,7 +159,7 @@ async fn row_parameters_read_back_as_the_values_given() {
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed, serde_json::Value::Array(expected), "on {backend:?}");
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }
 
@@ -249,7 +168,7 @@ async fn row_parameters_read_back_as_the_values_given() {
 /// booleans, NULL), and a column past a row's last field is NULL.
 #[tokio::test]
 async fn sqlite_reads_row_parameters_as_typed_columns() {
-    let fresh = fresh_sqlite();
+    let fresh = TestDatabase::create(&Backend::Sqlite).await;
     let db = fresh.open(Plane::Data).await;
     let long = "é".repeat(35_000);
     let mut rows = hot::JsonRows::new(DbBackend::Sqlite);
@@ -316,14 +235,14 @@ async fn sqlite_reads_row_parameters_as_typed_columns() {
         )
     );
     db.close().await.unwrap();
-    fresh.remove().await;
+    fresh.drop_database().await;
 }
 
 /// A rows parameter that is not what the writer makes is an error naming `sluice_rows`,
 /// never a crash or a guess; the statement stores nothing and the connection goes on.
 #[tokio::test]
 async fn sqlite_refuses_a_malformed_rows_parameter_and_goes_on() {
-    let fresh = fresh_sqlite();
+    let fresh = TestDatabase::create(&Backend::Sqlite).await;
     let db = fresh.open(Plane::Data).await;
     let insert = "INSERT INTO dp_fanout (message_id, due_ms, lease_until_ms) \
                   SELECT e.c0, e.c1, e.c2 FROM sluice_rows(?) AS e";
@@ -396,12 +315,13 @@ async fn sqlite_refuses_a_malformed_rows_parameter_and_goes_on() {
     assert_eq!(stored[0].message_id, "msg_ok");
     assert_eq!(stored[0].due_ms, 5);
     db.close().await.unwrap();
-    fresh.remove().await;
+    fresh.drop_database().await;
 }
 
 #[tokio::test]
 async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = fresh.open(Plane::Data).await;
         let backend = db.get_database_backend();
         let first = [message("msg_1", b"{}", Some("order-1"))];
@@ -468,7 +388,7 @@ async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
             .collect();
         assert_eq!(left, ["msg_7"]);
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }
 
@@ -497,7 +417,8 @@ fn attempt<'a>(id: &'a str, ms: i64, success: bool) -> hot::control::AttemptRow<
 /// log, every time the batch was sent again.
 #[tokio::test]
 async fn a_nul_from_a_receiver_is_stored_as_a_replacement_character() {
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = fresh.open(Plane::Control).await;
         let backend = db.get_database_backend();
         let mut row = attempt("att_nul", 5, false);
@@ -516,7 +437,7 @@ async fn a_nul_from_a_receiver_is_stored_as_a_replacement_character() {
         assert_eq!(stored[0].response_excerpt, "binary\u{fffd}body\u{fffd}");
         assert_eq!(stored[0].error_message, "HTTP 500 \u{fffd}");
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }
 
@@ -576,7 +497,8 @@ async fn one_i64(db: &DatabaseConnection, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = fresh.open(Plane::Control).await;
         let backend = db.get_database_backend();
         let ids = |rows: Vec<sea_orm::QueryResult>| -> Vec<String> {
@@ -683,7 +605,7 @@ async fn log_statements_ignore_repeats_and_keep_the_latest_state() {
         );
         assert!(matches!(backend, DbBackend::Sqlite | DbBackend::Postgres));
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }
 
@@ -713,7 +635,8 @@ async fn log_indexes(db: &DatabaseConnection) -> Vec<String> {
 #[tokio::test]
 async fn the_log_keys_migration_keeps_the_rows_and_goes_down_again() {
     use sluice_migration::{ControlMigrator, MigratorTrait};
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = Database::connect(fresh.url.as_str()).await.unwrap();
         let backend = db.get_database_backend();
         ControlMigrator::up(&db, Some(2)).await.unwrap();
@@ -768,7 +691,7 @@ async fn the_log_keys_migration_keeps_the_rows_and_goes_down_again() {
         assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM messages").await, 1);
         assert_eq!(one_i64(&db, "SELECT COUNT(*) FROM deliveries").await, 1);
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }
 
@@ -803,7 +726,8 @@ async fn plan_of(db: &DatabaseConnection, statement: sea_orm::Statement) -> Stri
 /// table grew; a 100,000-event bench read 3.3 million rows that way).
 #[tokio::test]
 async fn asking_for_stored_attempts_probes_the_key_at_any_size() {
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = fresh.open(Plane::Control).await;
         let backend = db.get_database_backend();
         let stored: Vec<String> = (0..10_000).map(|i| format!("att_{i:026}")).collect();
@@ -832,7 +756,7 @@ async fn asking_for_stored_attempts_probes_the_key_at_any_size() {
             .collect();
         assert_eq!(found, ["att_00000000000000000000000007"]);
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }
 
@@ -840,7 +764,8 @@ async fn asking_for_stored_attempts_probes_the_key_at_any_size() {
 /// a generic plan kept from when `dp_fanout` was one page scanned it whole on most cycles.
 #[tokio::test]
 async fn postgres_connections_plan_each_execution() {
-    for fresh in fresh_databases().await {
+    for kind in backends() {
+        let fresh = TestDatabase::create(&kind).await;
         let db = fresh.open(Plane::Data).await;
         if db.get_database_backend() == DbBackend::Postgres {
             let mode: String = db
@@ -856,6 +781,6 @@ async fn postgres_connections_plan_each_execution() {
             assert_eq!(mode, "force_custom_plan");
         }
         db.close().await.unwrap();
-        fresh.remove().await;
+        fresh.drop_database().await;
     }
 }

@@ -1,27 +1,22 @@
-//! The test harness of the data plane: a fresh database per test (SQLite in a temp dir, and
-//! PostgreSQL when `SLUICE_TEST_DATABASE_URL` is set), a real HTTP receiver that records
-//! what it got and answers as scripted, a small control-plane peer that serves a fixed
-//! configuration and records the outcome batches it acks, and the real data plane behind a
-//! real tonic server on 127.0.0.1:0.
+//! The data plane's suite's stand-in for the control plane: a real gRPC peer serving a
+//! fixed configuration and recording the outcome batches it acks (and, on request, losing
+//! acks), plus the configuration fixtures the suite builds from. Everything else the suite
+//! stands on is the test kit's.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
 use futures::{Stream, StreamExt as _};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use sluice_core::apikey::{generate_api_key, hash_api_key};
 use sluice_core::retry::RetrySchedule;
 use sluice_core::signing::SigningSecret;
-use sluice_data::{DataConfig, DataPlane};
+use sluice_data::DataConfig;
 use sluice_delivery::SenderConfig;
 use sluice_proto::control::v1::data_plane_service_server::{
     DataPlaneService, DataPlaneServiceServer,
@@ -31,247 +26,16 @@ use sluice_proto::control::v1::{
     ReportOutcomesRequest, ReportOutcomesResponse, SubscriptionDisabled, WatchConfigRequest,
     WatchConfigResponse,
 };
-use sluice_proto::data::v1::dispatch_service_client::DispatchServiceClient;
-use sluice_proto::data::v1::ingest_service_client::IngestServiceClient;
-use sluice_store::Plane as StorePlane;
+use sluice_store::Plane;
+use sluice_testkit::data::DataHarness;
+use sluice_testkit::receiver::{Receiver, Reply};
+use sluice_testkit::{Backend, INTERNAL_TOKEN, TestDatabase, WAIT};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
-
-/// The internal token every test uses between the planes.
-pub const TOKEN: &str = "test-internal-token";
-/// How long a test waits for anything before failing (a hang is a failure, not a pass).
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        chrono::Utc::now().timestamp_micros()
-    )
-}
-
-/// A database backend a suite runs on.
-#[derive(Clone, Debug)]
-pub enum Backend {
-    Sqlite,
-    Postgres(String),
-}
-
-/// SQLite always; PostgreSQL too when `SLUICE_TEST_DATABASE_URL` names a server.
-pub fn backends() -> Vec<Backend> {
-    let mut backends = vec![Backend::Sqlite];
-    match std::env::var("SLUICE_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => backends.push(Backend::Postgres(url)),
-        // Straight to stderr: `eprintln!` is captured, and hidden for passing tests.
-        _ => {
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPING the PostgreSQL run of this test: SLUICE_TEST_DATABASE_URL is not set"
-            );
-        }
-    }
-    backends
-}
-
-/// A fresh, migrated database for one test.
-pub struct TestDb {
-    pub url: String,
-    backend: Backend,
-    dir: Option<std::path::PathBuf>,
-    postgres_name: Option<String>,
-}
-
-impl TestDb {
-    pub async fn new(backend: &Backend) -> TestDb {
-        match backend {
-            Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(unique("sluice-data-test"));
-                std::fs::create_dir_all(&dir).unwrap();
-                let url = sluice_store::sqlite_url(&dir, StorePlane::Data);
-                TestDb {
-                    url,
-                    backend: backend.clone(),
-                    dir: Some(dir),
-                    postgres_name: None,
-                }
-            }
-            Backend::Postgres(admin_url) => {
-                let name = unique("sluice_data_test");
-                let admin = Database::connect(admin_url.as_str()).await.unwrap();
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .unwrap();
-                admin.close().await.unwrap();
-                let mut url = url::Url::parse(admin_url).unwrap();
-                url.set_path(&format!("/{name}"));
-                TestDb {
-                    url: url.to_string(),
-                    backend: backend.clone(),
-                    dir: None,
-                    postgres_name: Some(name),
-                }
-            }
-        }
-    }
-
-    /// Opens (and migrates) the database, as the binary does.
-    pub async fn connect(&self) -> DatabaseConnection {
-        sluice_store::open(&self.url, StorePlane::Data)
-            .await
-            .unwrap()
-    }
-
-    pub async fn cleanup(self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        if let (Backend::Postgres(admin_url), Some(name)) = (&self.backend, &self.postgres_name)
-            && let Ok(admin) = Database::connect(admin_url.as_str()).await
-        {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await;
-            let _ = admin.close().await;
-        }
-    }
-}
-
-/// One request the receiver got.
-#[derive(Clone, Debug)]
-pub struct Received {
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Received {
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-
-    /// Verifies the Standard Webhooks signature as a receiver would.
-    pub fn verify(&self, secret: &SigningSecret) -> Result<(), sluice_core::signing::VerifyError> {
-        sluice_core::signing::verify(
-            secret,
-            self.header("webhook-id"),
-            self.header("webhook-timestamp"),
-            self.header("webhook-signature"),
-            &self.body,
-            chrono::Utc::now().timestamp(),
-            300,
-        )
-    }
-}
-
-#[derive(Clone)]
-struct ReceiverState {
-    /// Statuses to answer, in order; 200 once empty.
-    script: Arc<Mutex<VecDeque<u16>>>,
-    tx: mpsc::UnboundedSender<Received>,
-}
-
-/// A real HTTP receiver on 127.0.0.1:0.
-pub struct Receiver {
-    pub addr: SocketAddr,
-    script: Arc<Mutex<VecDeque<u16>>>,
-    rx: mpsc::UnboundedReceiver<Received>,
-}
-
-impl Receiver {
-    pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let script = Arc::new(Mutex::new(VecDeque::new()));
-        let state = ReceiverState {
-            script: Arc::clone(&script),
-            tx,
-        };
-        let app = axum::Router::new()
-            .fallback(axum::routing::post(receive))
-            .with_state(state);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver { addr, script, rx }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The next requests get these statuses, in order.
-    pub fn respond(&self, statuses: &[u16]) {
-        self.script.lock().unwrap().extend(statuses.iter().copied());
-    }
-
-    pub async fn next(&mut self) -> Received {
-        tokio::time::timeout(PATIENCE, self.rx.recv())
-            .await
-            .expect("the receiver got nothing in time")
-            .expect("receiver stopped")
-    }
-
-    /// Whatever arrived already, without waiting.
-    pub fn drain(&mut self) -> Vec<Received> {
-        let mut out = Vec::new();
-        while let Ok(r) = self.rx.try_recv() {
-            out.push(r);
-        }
-        out
-    }
-}
-
-/// A local address nothing listens on (yet).
-pub async fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// An endpoint that accepts connections and never answers: the slowest receiver there is.
-/// Returns its URL; connections stay open until the test ends.
-pub async fn black_hole() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    format!("http://{addr}/hook")
-}
-
-async fn receive(
-    State(state): State<ReceiverState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
-    let _ = state.tx.send(Received {
-        path: uri.path().to_owned(),
-        headers,
-        body,
-    });
-    StatusCode::from_u16(status).unwrap()
-}
 
 /// What the control-plane peer was told, flattened.
 #[derive(Clone, Debug)]
@@ -311,7 +75,7 @@ pub struct FakeControl {
 struct ControlApi(Arc<ControlState>);
 
 fn check_token<T>(request: &Request<T>) -> Result<(), Status> {
-    let expected = format!("Bearer {TOKEN}");
+    let expected = format!("Bearer {INTERNAL_TOKEN}");
     match request
         .metadata()
         .get("authorization")
@@ -441,7 +205,7 @@ impl FakeControl {
             let report = self.seen.remove(i).unwrap();
             return pick(&report).unwrap();
         }
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Some(value) = self.take_in_batch(deadline, &mut pick).await {
                 return value;
@@ -536,7 +300,7 @@ impl FakeControl {
     /// returns that batch's `first_send`. Reports arriving meanwhile stay queued.
     pub async fn repeat_of_attempt(&mut self, attempt_id: &str) -> bool {
         let id = format!("attempt {attempt_id}");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Some((_, first_send)) = self.repeats.iter().find(|(r, _)| *r == id) {
                 return *first_send;
@@ -629,7 +393,7 @@ pub fn snapshot(
 /// A data-plane configuration for tests: fast retries, plain HTTP to loopback allowed.
 pub fn config(control: &FakeControl) -> DataConfig {
     DataConfig {
-        internal_token: TOKEN.to_owned(),
+        internal_token: INTERNAL_TOKEN.to_owned(),
         control_endpoint: control.endpoint(),
         retry: RetrySchedule::parse("0s,50ms,50ms").unwrap(),
         retry_jitter: 0.0,
@@ -651,14 +415,14 @@ pub fn config(control: &FakeControl) -> DataConfig {
 /// them, and a data plane on `db` running `config` as `tweak` changes it, with the
 /// subscription in effect.
 pub struct OneHook {
-    pub db: TestDb,
+    pub db: TestDatabase,
     pub receiver: Receiver,
     pub workspace: Workspace,
     pub secret: SigningSecret,
     pub control: FakeControl,
     /// What the plane was started with, to start it again.
     pub config: DataConfig,
-    pub plane: RunningPlane,
+    pub plane: DataHarness,
 }
 
 impl OneHook {
@@ -667,16 +431,19 @@ impl OneHook {
         replies: &[u16],
         tweak: impl FnOnce(&mut DataConfig),
     ) -> OneHook {
-        let db = TestDb::new(backend).await;
-        let receiver = Receiver::start().await;
-        receiver.respond(replies);
+        let db = TestDatabase::create(backend).await;
+        let replies = replies
+            .iter()
+            .map(|status| Reply::status(*status))
+            .collect();
+        let receiver = Receiver::start(replies, Reply::status(200)).await;
         let workspace = Workspace::new("wrk_1");
         let (sub, secret) = subscription("sub_1", &workspace.id, &receiver.url("/hook"));
         let control =
             FakeControl::start(snapshot(vec![sub], vec![workspace.key_config.clone()])).await;
         let mut config = config(&control);
         tweak(&mut config);
-        let plane = RunningPlane::start(db.connect().await, config.clone()).await;
+        let plane = DataHarness::start(db.open(Plane::Data).await, config.clone()).await;
         plane.wait_for_revision(1).await;
         OneHook {
             db,
@@ -688,97 +455,4 @@ impl OneHook {
             plane,
         }
     }
-}
-
-/// The data plane behind a real tonic server on 127.0.0.1:0.
-pub struct RunningPlane {
-    pub plane: DataPlane,
-    pub addr: SocketAddr,
-    /// The data plane's own shutdown signal.
-    pub shutdown: CancellationToken,
-    /// The gRPC server's, separate so a test can watch the data plane refuse work.
-    server_shutdown: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl RunningPlane {
-    pub async fn start(db: DatabaseConnection, config: DataConfig) -> RunningPlane {
-        let shutdown = CancellationToken::new();
-        let plane = DataPlane::start(db, config, shutdown.clone())
-            .await
-            .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server_shutdown = CancellationToken::new();
-        let server = Server::builder()
-            .add_service(plane.ingest_service())
-            .add_service(plane.dispatch_service())
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                server_shutdown.clone().cancelled_owned(),
-            );
-        let server = tokio::spawn(async move {
-            let _ = server.await;
-        });
-        RunningPlane {
-            plane,
-            addr,
-            shutdown,
-            server_shutdown,
-            server,
-        }
-    }
-
-    /// Waits until the configuration at `revision` (or later) is in effect.
-    pub async fn wait_for_revision(&self, revision: u64) {
-        let mut watch = self.plane.config_revision();
-        tokio::time::timeout(PATIENCE, watch.wait_for(|r| *r >= revision))
-            .await
-            .expect("configuration not applied in time")
-            .unwrap();
-    }
-
-    pub async fn ingest(&self) -> IngestServiceClient<Channel> {
-        IngestServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    pub async fn dispatch(&self) -> DispatchServiceClient<Channel> {
-        DispatchServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    /// Cancels shutdown and waits until the data plane drained.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(PATIENCE, self.plane.drained())
-            .await
-            .expect("the data plane did not drain in time");
-        self.server_shutdown.cancel();
-        let _ = self.server.await;
-    }
-}
-
-/// `message` with `authorization: Bearer <key>`.
-pub fn authed<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
-}
-
-/// Counts the rows of a table.
-pub async fn count(db: &DatabaseConnection, table: &str) -> i64 {
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT COUNT(*) AS n FROM {table}"),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get::<i64>("", "n").unwrap()
 }

@@ -65,7 +65,7 @@ impl ReceivedSpan {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -4,16 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::{ADMIN_KEY, Clients, INTERNAL_TOKEN, Intercepted};
+use tokio::process::{Child, Command};
 
-/// A free loopback address (bound, then released).
-pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
+use crate::{ADMIN_KEY, Clients, INTERNAL_TOKEN, Intercepted, free_addr};
 
 /// One running `sluice` subcommand.
 pub struct SluiceProcess {
@@ -42,7 +38,8 @@ impl SluiceProcess {
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -89,37 +86,27 @@ impl SluiceProcess {
     }
 
     /// The process's log so far.
-    pub fn log_text(&self) -> String {
+    fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `kill -9`: no chance to finish anything.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// `kill -9`, and waits for the exit: no chance to finish anything.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.kill().await;
     }
 
-    /// SIGTERM, then waits for the exit (30 s at most); returns whether it exited cleanly.
-    pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
+    /// SIGTERM, then waits for the exit (30 s at most, then `kill -9`); returns whether it
+    /// exited cleanly.
+    pub async fn terminate(&mut self) -> bool {
+        let pid = self.child.id().expect("the process is running").to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => status.is_ok_and(|s| s.success()),
+            Err(_) => {
+                self.kill9().await;
+                false
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        self.kill9();
-        false
-    }
-}
-
-impl Drop for SluiceProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -211,19 +198,14 @@ impl Deployment {
         }
     }
 
-    /// The data plane's address.
-    pub fn data_addr(&self) -> SocketAddr {
-        self.data_addr
-    }
-
     /// Control-plane clients with `key`.
     pub async fn clients(&self, key: Option<&str>) -> Clients {
-        Clients::new(crate::connect(self.control.addr).await, key)
+        Clients::connect(self.control.addr, key).await
     }
 
     /// Creates a workspace and a key for it; returns (workspace id, key).
     pub async fn workspace_with_key(&self, name: &str) -> (String, String) {
-        crate::create_workspace_with_key(self.clients(Some(ADMIN_KEY)).await, name).await
+        Clients::workspace_with_key(self.control.addr, name).await
     }
 
     /// An ingest client of the data plane publishing with `key`.
@@ -231,7 +213,7 @@ impl Deployment {
         &self,
         key: &str,
     ) -> sluice_proto::data::v1::ingest_service_client::IngestServiceClient<Intercepted> {
-        crate::ingest_client(self.data_addr, key).await
+        crate::clients::ingest_client(self.data_addr, key).await
     }
 
     /// Starts the data plane again (same flags, database and address).
@@ -267,7 +249,8 @@ impl Drop for Deployment {
     }
 }
 
-/// The `sluice` binary cargo built for this package's integration tests.
+/// The `sluice` binary, for the integration tests of `crates/sluice`: only a package's own
+/// integration tests get its path from cargo (`CARGO_BIN_EXE_sluice`).
 #[macro_export]
 macro_rules! sluice_bin {
     () => {

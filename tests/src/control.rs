@@ -1,13 +1,9 @@
-//! Helpers shared by the control-plane suites (`control_api`, `control_validation`,
-//! `control_tenancy`): table counts, field masks, and subscription shortcuts.
-
-#![allow(dead_code, clippy::unwrap_used)]
-
-use std::collections::HashMap;
+//! Helpers of the control-plane suites (`control_*`): table counts, field masks, and
+//! subscription shortcuts.
 
 use sea_orm::{DatabaseConnection, EntityTrait};
 use sluice_proto::control::v1 as pb;
-use sluice_tests::{Clients, count_rows};
+use sluice_testkit::{Clients, count_rows};
 
 /// The tables a control-plane write may touch.
 pub const TABLES: [&str; 5] = [
@@ -50,14 +46,6 @@ pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
 /// A duration of `seconds`.
 pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos: 0 })
-}
-
-/// Headers from pairs.
-pub fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// A subscription to create: `url` and `filters`, nothing else.
@@ -155,21 +143,5 @@ pub async fn list_all_subscription_ids(
             return ids;
         }
         request.page_token = page.next_page_token;
-    }
-}
-
-/// The current time in unix seconds.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// A short name of a backend for messages (never its URL, which may carry a password).
-pub fn label(backend: &sluice_tests::Backend) -> &'static str {
-    match backend {
-        sluice_tests::Backend::Sqlite => "SQLite",
-        sluice_tests::Backend::Postgres(_) => "PostgreSQL",
     }
 }

@@ -1,80 +1,14 @@
-//! Helpers shared by the end-to-end delivery suites (`delivery_*`): running a scenario so
-//! the planes are stopped even when it fails, polling the control plane's delivery log,
-//! subscriptions, publishing, and checking what a receiver got.
+//! Helpers of the end-to-end delivery suites (`delivery_*`, `control_outcomes`): polling
+//! the control plane's delivery log, subscriptions, and publishing.
 
-#![allow(dead_code, clippy::unwrap_used)]
-
-use std::collections::HashMap;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use sluice_core::signing::{SigningSecret, verify};
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
-use sluice_tests::planes::{PlaneOptions, Planes, Received};
-use sluice_tests::{Backend, Clients, Intercepted, backends};
-
-/// How long a test waits for something that should happen promptly (a POST, an attempt in
-/// the log). Generous, for loaded CI machines; a passing test never waits this long.
-pub const WAIT: Duration = Duration::from_secs(20);
+use sluice_testkit::{Clients, Intercepted, WAIT};
 
 /// The event most scenarios publish.
 pub const CONVERSATION_CREATED: &str = "conversation.created";
-
-/// A short name of a backend for messages (never its URL, which may carry a password).
-pub fn label(backend: &Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "SQLite",
-        Backend::Postgres(_) => "PostgreSQL",
-    }
-}
-
-/// A future that turns a panic while polling `F` into an `Err`, so a failed scenario still
-/// lets its test stop the planes (and drop their databases) before failing.
-pub struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = std::thread::Result<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.0.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-/// Runs `scenario`, catching a panic (a failed assertion) so the caller can clean up.
-pub fn catch<F: Future>(scenario: F) -> CatchUnwind<F> {
-    CatchUnwind(Box::pin(scenario))
-}
-
-/// Runs `scenario` on each of [`backends`]: starts both planes over fresh databases, runs
-/// it, and stops them (dropping the databases) whether it passed or not. Every backend runs
-/// even after a failure, so a report says which backends fail; then the first failure is
-/// raised again.
-pub async fn on_each_backend(options: PlaneOptions, scenario: impl AsyncFn(&mut Planes)) {
-    let mut failed = Vec::new();
-    for backend in backends() {
-        eprintln!("--- {}", label(&backend));
-        let mut planes = Planes::start(&backend, options.clone()).await;
-        let outcome = catch(scenario(&mut planes)).await;
-        planes.stop().await;
-        if let Err(panic) = outcome {
-            failed.push((label(&backend), panic));
-        }
-    }
-    let names: Vec<&str> = failed.iter().map(|(l, _)| *l).collect();
-    if let Some((_, panic)) = failed.into_iter().next() {
-        eprintln!("FAILED on {}", names.join(" and "));
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// Polls `probe` until it yields `Some`, and returns that value; panics naming `what` after
 /// `timeout`.
@@ -275,14 +209,6 @@ pub fn webhook(url: &str, filters: &[&str]) -> pb::Subscription {
     }
 }
 
-/// Headers from pairs.
-pub fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
 /// Creates `subscription` in the caller's workspace; returns it and its secret.
 pub async fn subscribe(
     clients: &mut Clients,
@@ -325,14 +251,6 @@ pub async fn publish(
         .into_inner()
 }
 
-/// The current time in unix seconds.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// The current time as a protobuf timestamp.
 pub fn now_timestamp() -> prost_types::Timestamp {
     let now = std::time::SystemTime::now()
@@ -342,38 +260,4 @@ pub fn now_timestamp() -> prost_types::Timestamp {
         seconds: now.as_secs() as i64,
         nanos: now.subsec_nanos() as i32,
     }
-}
-
-/// Verifies a request's Standard Webhooks signature with `secret` (in `whsec_` form), as a
-/// receiver would, with a five-minute timestamp tolerance.
-pub fn verifies_with(request: &Received, secret: &str) -> bool {
-    let secret = SigningSecret::parse(secret).unwrap();
-    verify(
-        &secret,
-        request.header("webhook-id"),
-        request.header("webhook-timestamp"),
-        request.header("webhook-signature"),
-        &request.body,
-        now_secs(),
-        300,
-    )
-    .is_ok()
-}
-
-/// The request body as JSON.
-pub fn body_json(request: &Received) -> serde_json::Value {
-    serde_json::from_slice(&request.body).unwrap_or_else(|e| {
-        panic!(
-            "the body is not JSON ({e}): {:?}",
-            String::from_utf8_lossy(&request.body)
-        )
-    })
-}
-
-/// The requests with this `webhook-id`.
-pub fn with_id<'a>(received: &'a [Received], message_id: &str) -> Vec<&'a Received> {
-    received
-        .iter()
-        .filter(|r| r.header("webhook-id") == message_id)
-        .collect()
 }

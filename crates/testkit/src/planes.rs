@@ -1,0 +1,214 @@
+//! Both planes together over fresh databases, on `127.0.0.1:0`, wired to each other the way
+//! `sluice control` and `sluice data` are in production. The control plane can be stopped
+//! and restarted on the same address and database, to test that the data plane keeps
+//! delivering without it; the data plane can be stopped (drained) to look at what it left
+//! in its tables.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use sluice_proto::data::v1 as dpb;
+use sluice_store::Plane;
+use tokio::net::TcpListener;
+
+use crate::control::{ControlServer, control_config};
+use crate::data::DataHarness;
+use crate::{Backend, Clients, INTERNAL_TOKEN, Intercepted, TestDatabase, backends, count_rows};
+
+/// Knobs of a test deployment.
+#[derive(Clone, Debug)]
+pub struct PlaneOptions {
+    /// The retry schedule (short in tests).
+    pub retry_schedule: String,
+    /// Total timeout of one attempt.
+    pub request_timeout: Duration,
+    /// Deliver to loopback receivers (the egress guard refuses them otherwise).
+    pub allow_private: bool,
+    /// Disable a subscription after this many failed attempts in a row.
+    pub disable_after_failed_attempts: Option<u32>,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        PlaneOptions {
+            retry_schedule: "0s,20ms,20ms,20ms,20ms".into(),
+            request_timeout: Duration::from_secs(5),
+            allow_private: true,
+            disable_after_failed_attempts: None,
+        }
+    }
+}
+
+/// A running control plane and data plane.
+pub struct Planes {
+    /// The control plane's address.
+    pub control_addr: SocketAddr,
+    /// The data plane's address.
+    pub data_addr: SocketAddr,
+    /// The control plane's database, for assertions.
+    pub control_db: DatabaseConnection,
+    /// The data plane's database, for assertions.
+    pub data_db: DatabaseConnection,
+    control_database: TestDatabase,
+    data_database: TestDatabase,
+    control: Option<ControlServer>,
+    data: Option<DataHarness>,
+}
+
+impl Planes {
+    /// Starts both planes on `backend` (each with its own fresh database).
+    pub async fn start(backend: &Backend, options: PlaneOptions) -> Planes {
+        let control_database = TestDatabase::create(backend).await;
+        let data_database = TestDatabase::create(backend).await;
+        let control_db = control_database.open(Plane::Control).await;
+        let data_db = data_database.open(Plane::Data).await;
+        let control_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control_addr = control_listener.local_addr().unwrap();
+        let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let data_addr = data_listener.local_addr().unwrap();
+        let control = ControlServer::start(
+            control_listener,
+            control_db.clone(),
+            control_config(true, Some(format!("http://{data_addr}"))),
+        )
+        .await;
+
+        let config = sluice_data::DataConfig {
+            internal_token: INTERNAL_TOKEN.into(),
+            control_endpoint: format!("http://{control_addr}"),
+            retry: sluice_core::retry::RetrySchedule::parse(&options.retry_schedule).unwrap(),
+            retry_jitter: 0.0,
+            sender: sluice_delivery::SenderConfig {
+                allow_http: true,
+                allow_private: options.allow_private,
+                request_timeout: options.request_timeout,
+                connect_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+            disable_after_failed_attempts: options.disable_after_failed_attempts,
+            shutdown_grace: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let data = DataHarness::serve(data_listener, data_db.clone(), config).await;
+        Planes {
+            control_addr,
+            data_addr,
+            control_db,
+            data_db,
+            control_database,
+            data_database,
+            control: Some(control),
+            data: Some(data),
+        }
+    }
+
+    /// Control-plane clients with `key`.
+    pub async fn clients(&self, key: Option<&str>) -> Clients {
+        Clients::connect(self.control_addr, key).await
+    }
+
+    /// An ingest client publishing with `key`.
+    pub async fn publisher(
+        &self,
+        key: &str,
+    ) -> dpb::ingest_service_client::IngestServiceClient<Intercepted> {
+        crate::clients::ingest_client(self.data_addr, key).await
+    }
+
+    /// Creates a workspace and a key for it; returns (workspace id, key).
+    pub async fn workspace_with_key(&self, name: &str) -> (String, String) {
+        Clients::workspace_with_key(self.control_addr, name).await
+    }
+
+    /// Waits until the data plane has applied the control plane's latest config revision.
+    pub async fn config_synced(&self) {
+        let latest = count_rows(&self.control_db, "config_changes").await as u64;
+        self.data
+            .as_ref()
+            .expect("the data plane is stopped")
+            .wait_for_revision(latest)
+            .await;
+    }
+
+    /// Stops the data plane and waits until it drained (its database stays).
+    pub async fn stop_data(&mut self) {
+        if let Some(data) = self.data.take() {
+            data.stop().await;
+        }
+    }
+
+    /// Stops the control plane (its database stays).
+    pub async fn stop_control(&mut self) {
+        if let Some(control) = self.control.take() {
+            control.stop().await;
+        }
+    }
+
+    /// Starts the control plane again on the same address and database.
+    pub async fn restart_control(&mut self) {
+        assert!(self.control.is_none(), "stop_control first");
+        let listener = TcpListener::bind(self.control_addr).await.unwrap();
+        self.control = Some(
+            ControlServer::start(
+                listener,
+                self.control_db.clone(),
+                control_config(true, Some(format!("http://{}", self.data_addr))),
+            )
+            .await,
+        );
+    }
+
+    /// Stops both planes and removes their databases.
+    pub async fn stop(mut self) {
+        self.stop_data().await;
+        self.stop_control().await;
+        let _ = self.control_db.clone().close().await;
+        let _ = self.data_db.clone().close().await;
+        self.control_database.drop_database().await;
+        self.data_database.drop_database().await;
+    }
+}
+
+/// Runs `scenario` on each of [`backends`]: starts both planes over fresh databases with
+/// `options`, runs it, and stops them (dropping the databases) whether it passed or not.
+/// Every backend runs even after a failure, so a report says which backends fail; then the
+/// first failure is raised again.
+pub async fn on_each_backend(options: PlaneOptions, scenario: impl AsyncFn(&mut Planes)) {
+    let mut failed = Vec::new();
+    for backend in backends() {
+        eprintln!("--- {}", backend.label());
+        let mut planes = Planes::start(&backend, options.clone()).await;
+        let outcome = CatchUnwind(Box::pin(scenario(&mut planes))).await;
+        planes.stop().await;
+        if let Err(panic) = outcome {
+            failed.push((backend.label(), panic));
+        }
+    }
+    let names: Vec<&str> = failed.iter().map(|(l, _)| *l).collect();
+    if let Some((_, panic)) = failed.into_iter().next() {
+        eprintln!("FAILED on {}", names.join(" and "));
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A future that turns a panic while polling `F` into an `Err`, so a failed scenario still
+/// lets its test stop the planes (and drop their databases) before failing.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The recording HTTP receiver: a real HTTP server on `127.0.0.1:0` that records every
+//! request (method, path, headers, body, arrival time, peer) and answers each from a script
+//! of [`Reply`]s (status, headers, body, delay, or no answer at all), then from a default.
+//! Tests await arrivals ("until N requests came"), never poll.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use sluice_core::signing::{SigningSecret, VerifyError, verify};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::WAIT;
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    delay: Duration,
+    never: bool,
+}
+
+impl Reply {
+    /// Answer `status` with no body.
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            delay: Duration::ZERO,
+            never: false,
+        }
+    }
+
+    /// Never answer (the connection stays open).
+    pub fn hang() -> Reply {
+        Reply {
+            never: true,
+            ..Reply::status(200)
+        }
+    }
+
+    /// With this body.
+    pub fn body(self, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            body: body.into(),
+            ..self
+        }
+    }
+
+    /// With this header too.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Answering only after `delay`.
+    pub fn delay(self, delay: Duration) -> Reply {
+        Reply { delay, ..self }
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The request method.
+    pub method: Method,
+    /// The request path (without the query).
+    pub path: String,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+    /// The sender's address: one per connection.
+    pub peer: SocketAddr,
+}
+
+impl Received {
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The body as JSON (panics, showing the body, when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "the body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Verifies the Standard Webhooks signature with `secret` as a receiver would, with a
+    /// five-minute timestamp tolerance.
+    pub fn verify(&self, secret: &SigningSecret) -> Result<(), VerifyError> {
+        verify(
+            secret,
+            self.header("webhook-id"),
+            self.header("webhook-timestamp"),
+            self.header("webhook-signature"),
+            &self.body,
+            crate::now_secs(),
+            300,
+        )
+    }
+
+    /// Whether the signature verifies with `secret`, given in its `whsec_` form.
+    pub fn verifies_with(&self, secret: &str) -> bool {
+        self.verify(&SigningSecret::parse(secret).unwrap()).is_ok()
+    }
+}
+
+/// The requests of `received` with this `webhook-id`.
+pub fn with_id<'a>(received: &'a [Received], message_id: &str) -> Vec<&'a Received> {
+    received
+        .iter()
+        .filter(|r| r.header("webhook-id") == message_id)
+        .collect()
+}
+
+struct ReceiverState {
+    script: Mutex<VecDeque<Reply>>,
+    default: Reply,
+    received: Mutex<Vec<Received>>,
+    arrived: Notify,
+    /// Whether requests are answered now; while closed they wait (see [`Receiver::hold`]).
+    open: watch::Sender<bool>,
+}
+
+/// A real HTTP receiver on `127.0.0.1:0` that records every request and answers from a
+/// script (then the default).
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    /// How many requests [`Receiver::next`] and [`Receiver::drain`] have handed out.
+    taken: Mutex<usize>,
+    server: JoinHandle<()>,
+}
+
+impl Receiver {
+    /// A receiver answering `script` in order, then `default`.
+    pub async fn start(script: Vec<Reply>, default: Reply) -> Receiver {
+        let state = Arc::new(ReceiverState {
+            script: Mutex::new(script.into()),
+            default,
+            received: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            open: watch::Sender::new(true),
+        });
+        let app = Router::new().fallback(receive).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        Receiver {
+            addr,
+            state,
+            taken: Mutex::new(0),
+            server,
+        }
+    }
+
+    /// A receiver that always answers 200.
+    pub async fn ok() -> Receiver {
+        Receiver::start(Vec::new(), Reply::status(200)).await
+    }
+
+    /// The URL of `path` on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next requests get `replies`, in order, after what is scripted already.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Requests arriving from now on are recorded but not answered until
+    /// [`Receiver::release`]: a test can hold many in flight at once.
+    pub fn hold(&self) {
+        self.state.open.send_replace(false);
+    }
+
+    /// Answers the held requests, and the next ones at once.
+    pub fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the requests received so far, and returns them; gives
+    /// them as the error after `timeout` instead.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Result<Vec<Received>, Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before looking, so an arrival between the look and the wait
+            // still wakes it.
+            let arrived = self.state.arrived.notified();
+            let got = self.received();
+            if done(&got) {
+                return Ok(got);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                let got = self.received();
+                return if done(&got) { Ok(got) } else { Err(got) };
+            }
+        }
+    }
+
+    /// Waits until at least `n` requests arrived and returns all of them (panics after
+    /// `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_until(timeout, |got| got.len() >= n)
+            .await
+            .unwrap_or_else(|got| {
+                panic!(
+                    "expected {n} requests, got {} within {timeout:?}: {got:?}",
+                    got.len()
+                )
+            })
+    }
+
+    /// The first request not handed out yet by `next` or `drain`, waiting for it (panics
+    /// after [`WAIT`]).
+    pub async fn next(&self) -> Received {
+        let index = *self.taken.lock().unwrap();
+        let got = self
+            .wait_until(WAIT, |got| got.len() > index)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the receiver got no request {} within {WAIT:?}", index + 1)
+            });
+        *self.taken.lock().unwrap() = index + 1;
+        got[index].clone()
+    }
+
+    /// The requests not handed out yet by `next` or `drain`, without waiting.
+    pub fn drain(&self) -> Vec<Received> {
+        let got = self.received();
+        let mut taken = self.taken.lock().unwrap();
+        let rest = got[(*taken).min(got.len())..].to_vec();
+        *taken = got.len();
+        rest
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| state.default.clone());
+    let mut open = state.open.subscribe();
+    state.received.lock().unwrap().push(Received {
+        method,
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        at: Instant::now(),
+        peer,
+    });
+    state.arrived.notify_waiters();
+    let _ = open.wait_for(|open| *open).await;
+    if reply.never {
+        std::future::pending::<()>().await;
+    }
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    let mut response = if reply.body.is_empty() {
+        status.into_response()
+    } else {
+        (status, reply.body).into_response()
+    };
+    for (name, value) in &reply.headers {
+        response.headers_mut().append(
+            HeaderName::try_from(name.as_str()).unwrap(),
+            HeaderValue::try_from(value.as_str()).unwrap(),
+        );
+    }
+    response
+}
