@@ -164,7 +164,6 @@ impl DataPlane {
         ));
         let scanner = Arc::new(Scanner {
             db: db.clone(),
-            postgres,
             claims: Arc::clone(&claims),
             fanouts: Arc::clone(&fanouts),
             dispatcher: Arc::clone(&dispatcher),

@@ -163,6 +163,10 @@ pub(crate) struct AttemptRecord {
     pub(crate) lease_until_ms: Option<i64>,
     pub(crate) first_failure_ms: Option<i64>,
     pub(crate) streak: StreakChange,
+    /// The claim generation to release once this is committed; `None` when the delivery
+    /// stays held (a retry on a timer). Released only then, so neither this replica's
+    /// scanner nor another replica takes the delivery up while its outcome is in flight.
+    pub(crate) release_after_commit: Option<u64>,
 }
 
 /// A delivery that ends without an attempt.
@@ -172,6 +176,8 @@ pub(crate) struct EndedDelivery {
     /// The message's workspace and acceptance time, for a delivery row written now.
     pub(crate) workspace_id: String,
     pub(crate) create_ms: i64,
+    /// The claim generation to release once this is committed.
+    pub(crate) release_after_commit: u64,
 }
 
 /// A subscription the data plane disabled.

@@ -11,7 +11,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait
 use sluice_core::outcome::DeliveryStatus;
 use sluice_store::data::{delivery, state};
 
-use crate::state::claims::DeliveryKey;
+use crate::state::claims::{Claims, DeliveryKey};
 use crate::state::config_copy::{set_state, upsert_subscription};
 use crate::state::fanouts::{FanoutPlan, Fanouts};
 use crate::state::outbox::ReportBody;
@@ -101,6 +101,21 @@ pub(crate) async fn apply<C: ConnectionTrait>(
         }
     }
     Ok(())
+}
+
+/// Gives back the claims of a committed batch's deliveries that no longer stay held here.
+pub(crate) fn release_claims(claims: &Claims, batch: &[OutcomeEvent]) {
+    for event in batch {
+        match event {
+            OutcomeEvent::Attempt(record) => {
+                if let Some(generation) = record.release_after_commit {
+                    claims.release(&record.key, generation);
+                }
+            }
+            OutcomeEvent::Ended(ended) => claims.release(&ended.key, ended.release_after_commit),
+            OutcomeEvent::Disabled(_) | OutcomeEvent::Flush(_) => {}
+        }
+    }
 }
 
 /// Answers the `Flush` events of a batch: everything before them is committed (or, at the

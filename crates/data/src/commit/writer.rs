@@ -232,6 +232,9 @@ impl Writer {
             Ok(written) => {
                 self.outbox.deleted(&acked);
                 self.completed(publishes, written);
+                // After the fan-outs moved on (in `completed`), so a scanner that takes up
+                // a released delivery sees its first attempt concluded.
+                outcomes::release_claims(&self.publishes.claims, &events);
                 outcomes::answer_flushes(events);
                 Ok(())
             }

@@ -233,6 +233,9 @@ impl Attempts {
             }
         }
         let attempt_count = attempt.attempt_number;
+        // A retry due soon stays held here, on a timer; anything else gives its claim back
+        // once the outcome is committed.
+        let stays_held = disabling.is_none() && lease_until_ms.is_some();
         let first_failure_ms = if success {
             task.first_failure_ms
         } else {
@@ -254,35 +257,32 @@ impl Attempts {
             lease_until_ms,
             first_failure_ms,
             streak,
+            release_after_commit: (!stays_held).then_some(task.generation),
         };
         self.outcomes
             .record(OutcomeEvent::Attempt(Box::new(record)))
             .await;
 
         if let Some((reason, message)) = disabling {
-            self.claims.release(&task.key, task.generation);
             self.disable(subscription, reason, message).await;
             return;
         }
-        match (next_attempt_ms, lease_until_ms) {
-            (Some(due_ms), Some(lease)) => {
-                self.claims.set_lease(&task.key, task.generation, lease);
-                let (key, generation) = (task.key.clone(), task.generation);
-                let retry = ScheduledRetry {
-                    due_ms,
-                    task: DeliveryTask {
-                        attempt_count,
-                        first_failure_ms,
-                        trigger: AttemptTrigger::Scheduled,
-                        ..task
-                    },
-                };
-                if self.retries.send(retry).await.is_err() {
-                    // The timers stopped (shutdown): the retry is due in the database anyway.
-                    self.claims.release(&key, generation);
-                }
+        if let (Some(due_ms), Some(lease), true) = (next_attempt_ms, lease_until_ms, stays_held) {
+            self.claims.set_lease(&task.key, task.generation, lease);
+            let (key, generation) = (task.key.clone(), task.generation);
+            let retry = ScheduledRetry {
+                due_ms,
+                task: DeliveryTask {
+                    attempt_count,
+                    first_failure_ms,
+                    trigger: AttemptTrigger::Scheduled,
+                    ..task
+                },
+            };
+            if self.retries.send(retry).await.is_err() {
+                // The timers stopped (shutdown): the retry is due in the database anyway.
+                self.claims.release(&key, generation);
             }
-            _ => self.claims.release(&task.key, task.generation),
         }
     }
 
@@ -292,13 +292,13 @@ impl Attempts {
         if !self.claims.is_current(&task.key, task.generation) {
             return;
         }
-        self.claims.release(&task.key, task.generation);
         self.outcomes
             .record(OutcomeEvent::Ended(Box::new(EndedDelivery {
                 key: task.key.clone(),
                 status,
                 workspace_id: task.message.workspace_id.clone(),
                 create_ms: task.message.create_ms,
+                release_after_commit: task.generation,
             })))
             .await;
     }

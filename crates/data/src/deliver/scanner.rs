@@ -6,7 +6,10 @@
 //! On PostgreSQL several replicas share the queue. The scanner claims rows by setting
 //! `lease_until_ms` in one `UPDATE … WHERE key IN (SELECT … FOR UPDATE SKIP LOCKED)`, so two
 //! replicas never take the same row, and a dead replica's rows come free when its leases
-//! expire. Live replicas renew the leases of what they hold.
+//! expire. Every replica (SQLite's one too) renews the leases of what it holds, in a lane,
+//! on a timer, in flight, or with its outcome not yet committed, so the scanner never takes
+//! up again what this replica holds; a claim is given back only once its outcome is
+//! committed (`commit::outcomes::release_claims`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -45,9 +48,6 @@ const LEASE_CHUNK: usize = 500;
 /// The scanner and what it works with.
 pub(crate) struct Scanner {
     pub(crate) db: DatabaseConnection,
-    /// Several replicas may share a PostgreSQL database, so leases matter there; SQLite
-    /// is always one process.
-    pub(crate) postgres: bool,
     pub(crate) claims: Arc<Claims>,
     pub(crate) fanouts: Arc<Fanouts>,
     pub(crate) dispatcher: Arc<Dispatcher>,
@@ -59,8 +59,8 @@ pub(crate) struct Scanner {
 }
 
 impl Scanner {
-    /// The scanner task: claims due deliveries every [`SCAN_INTERVAL`] (or when woken), and on
-    /// PostgreSQL renews the leases of what this process holds.
+    /// The scanner task: every [`SCAN_INTERVAL`], renews the leases of what this process
+    /// holds, then claims due deliveries.
     pub(crate) async fn run(self: Arc<Self>) {
         let mut interval = tokio::time::interval(SCAN_INTERVAL);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -70,13 +70,12 @@ impl Scanner {
                 () = self.shutdown.requested() => return,
                 _ = interval.tick() => {}
             }
+            // Renewed first, so nothing this replica holds looks free to the claim below.
+            if let Err(err) = self.renew_leases().await {
+                tracing::error!(error = %err, "renewing delivery leases failed");
+            }
             if let Err(err) = self.claim_all_due().await {
                 tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
-            }
-            if self.postgres
-                && let Err(err) = self.renew_leases().await
-            {
-                tracing::error!(error = %err, "renewing delivery leases failed");
             }
         }
     }
@@ -334,13 +333,13 @@ impl Scanner {
             };
             let Some(message) = messages.get(&key.message_id) else {
                 tracing::error!(message_id = %key.message_id, subscription_id = %key.subscription_id, "pending delivery without its message; cancelling it");
-                self.claims.release(&key, generation);
                 self.outcomes
                     .record(OutcomeEvent::Ended(Box::new(EndedDelivery {
                         key,
                         status: DeliveryStatus::Cancelled,
                         workspace_id: row.workspace_id,
                         create_ms: row.create_ms,
+                        release_after_commit: generation,
                     })))
                     .await;
                 continue;
