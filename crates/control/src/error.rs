@@ -26,7 +26,7 @@ pub enum ApiError {
     /// The resource is not in a state that allows this.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// A dependency (the data plane) cannot be reached now.
+    /// A dependency (the data plane, the database) cannot be reached now.
     #[error("{0}")]
     Unavailable(String),
     /// A bug or a storage failure; the cause is logged, not returned.
@@ -56,6 +56,15 @@ impl ApiError {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
+        if sluice_store::is_unavailable(&err) {
+            // Bounded by the store timeout: the caller hears at once instead of waiting on
+            // a database that is down.
+            tracing::warn!(error = %err, "the control plane's database is unavailable");
+            return ApiError::Unavailable(
+                "the control plane's database did not answer in time or is unreachable; try again shortly"
+                    .to_owned(),
+            );
+        }
         ApiError::Internal(format!("database: {err}"))
     }
 }

@@ -45,6 +45,10 @@ pub struct DataConfig {
     pub lease: Duration,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_grace: Duration,
+    /// How long a publish waits for its event to be made durable: past it the publisher is
+    /// answered UNAVAILABLE ("not stored, publish again"). The store's own waits (a
+    /// connection, a statement) are bounded by the same figure (`sluice_store::StoreOptions`).
+    pub store_timeout: Duration,
 }
 
 impl std::fmt::Debug for DataConfig {
@@ -80,6 +84,7 @@ impl Default for DataConfig {
             circuit_breaker_cooldown: Duration::from_secs(30),
             lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -107,6 +112,9 @@ impl DataConfig {
         }
         if self.endpoint_concurrency == 0 {
             return fail("endpoint_concurrency must be positive");
+        }
+        if self.store_timeout < Duration::from_millis(100) {
+            return fail("store_timeout must be at least 100 ms");
         }
         if self.lease < Duration::from_secs(1) {
             return fail("lease must be at least one second");

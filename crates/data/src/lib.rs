@@ -174,6 +174,7 @@ impl DataPlane {
         });
         let writer = Writer {
             db: db.clone(),
+            store_timeout: config.store_timeout,
             publishes: Publishes {
                 db: db.clone(),
                 claims,
@@ -252,6 +253,7 @@ impl DataPlane {
             copy,
             publishes: publish_tx,
             max_payload_bytes: config.max_payload_bytes,
+            store_timeout: config.store_timeout,
             shutdown: shutdown.clone(),
         };
         let dispatch = Arc::new(DispatchApi {

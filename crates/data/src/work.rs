@@ -23,6 +23,9 @@ pub(crate) struct PublishJob {
     pub(crate) message: NewMessage,
     /// The subscriptions it matched, in a stable order.
     pub(crate) subscription_ids: Vec<String>,
+    /// When the publisher stops waiting: acceptance plus the store timeout. A job not written
+    /// by then is answered "not stored" instead.
+    pub(crate) deadline: tokio::time::Instant,
     pub(crate) reply: oneshot::Sender<Result<PublishResponse, DataError>>,
 }
 

@@ -66,9 +66,32 @@ pub struct StorageArgs {
     /// Directory for the SQLite files when no --database-url is given.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
     pub data_dir: PathBuf,
+    /// The longest wait for the database, in milliseconds: for a connection, a statement, a
+    /// lock, and (data plane) a publish's durable write. Past it a caller gets UNAVAILABLE
+    /// at once ("not stored, publish again") instead of waiting on a database that is down.
+    #[arg(long, env = "SLUICE_STORE_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub store_timeout_ms: u64,
 }
 
 impl StorageArgs {
+    fn options(&self) -> sluice_store::StoreOptions {
+        sluice_store::StoreOptions {
+            timeout: Duration::from_millis(self.store_timeout_ms),
+        }
+    }
+
+    /// Opens (and migrates) `plane`'s database.
+    async fn open(
+        &self,
+        plane: sluice_store::Plane,
+    ) -> anyhow::Result<sluice_store::sea_orm::DatabaseConnection> {
+        let url = self.url(plane)?;
+        sluice_store::open_with(&url, plane, &self.options())
+            .await
+            .with_context(|| format!("opening the {} database", plane_name(plane)))
+    }
+
     fn url(&self, plane: sluice_store::Plane) -> anyhow::Result<String> {
         match &self.database_url {
             Some(url) => Ok(url.clone()),
@@ -237,6 +260,10 @@ pub struct DevArgs {
     /// and migration histories are distinct, so they can share one database.
     #[arg(long, env = "SLUICE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The longest wait for the database, in milliseconds (as for `sluice data`).
+    #[arg(long, env = "SLUICE_STORE_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub store_timeout_ms: u64,
     /// How the data plane delivers (dev always allows plain http and private addresses).
     #[command(flatten)]
     pub delivery: DeliveryArgs,
@@ -294,13 +321,18 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
         PlaneArg::Both => &[Plane::Control, Plane::Data],
     };
     for plane in planes {
+        args.storage.open(*plane).await?;
         let url = args.storage.url(*plane)?;
-        sluice_store::open(&url, *plane)
-            .await
-            .with_context(|| format!("migrating the {plane:?} database"))?;
         tracing::info!(?plane, backend = backend_name(&url), "migrations applied");
     }
     Ok(())
+}
+
+fn plane_name(plane: sluice_store::Plane) -> &'static str {
+    match plane {
+        sluice_store::Plane::Control => "control",
+        sluice_store::Plane::Data => "data",
+    }
 }
 
 fn backend_name(url: &str) -> &'static str {
@@ -331,9 +363,7 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
     let url = args.storage.url(sluice_store::Plane::Control)?;
     let listener = bind(args.listen, "control plane").await?;
     let shutdown = crate::shutdown::on_signal();
-    let db = sluice_store::open(&url, sluice_store::Plane::Control)
-        .await
-        .context("opening the control database")?;
+    let db = args.storage.open(sluice_store::Plane::Control).await?;
     let plane = sluice_control::ControlPlane::new(db, config).await?;
     tracing::info!(listen = %args.listen, backend = backend_name(&url), "control plane serving");
     crate::server::serve_control(listener, plane, shutdown).await?;
@@ -347,15 +377,14 @@ async fn run_data(args: DataArgs) -> anyhow::Result<()> {
         "--internal-token",
         "SLUICE_INTERNAL_TOKEN",
     )?;
-    let config = args
+    let mut config = args
         .delivery
         .data_config(token, args.control_endpoint.clone())?;
+    config.store_timeout = args.storage.options().timeout;
     let url = args.storage.url(sluice_store::Plane::Data)?;
     let listener = bind(args.listen, "data plane").await?;
     let shutdown = crate::shutdown::on_signal();
-    let db = sluice_store::open(&url, sluice_store::Plane::Data)
-        .await
-        .context("opening the data database")?;
+    let db = args.storage.open(sluice_store::Plane::Data).await?;
     tracing::info!(listen = %args.listen, backend = backend_name(&url), "data plane serving");
     crate::dataplane::run_data(listener, db, config, shutdown).await?;
     tracing::info!("data plane stopped");
@@ -371,6 +400,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let storage = StorageArgs {
         database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
+        store_timeout_ms: args.store_timeout_ms,
     };
     // Development: local receivers on http://127.0.0.1 must work.
     let delivery = DeliveryArgs {
@@ -378,10 +408,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         allow_private_destinations: true,
         ..args.delivery.clone()
     };
-    let data_config = delivery.data_config(
+    let mut data_config = delivery.data_config(
         internal_token.clone(),
         format!("http://{}", args.control_listen),
     )?;
+    data_config.store_timeout = storage.options().timeout;
     let control_config = sluice_control::ControlConfig {
         admin_key: admin_key.clone(),
         internal_token,
@@ -391,18 +422,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let control_listener = bind(args.control_listen, "control plane").await?;
     let data_listener = bind(args.data_listen, "data plane").await?;
     let shutdown = crate::shutdown::on_signal();
-    let control_db = sluice_store::open(
-        &storage.url(sluice_store::Plane::Control)?,
-        sluice_store::Plane::Control,
-    )
-    .await
-    .context("opening the control database")?;
-    let data_db = sluice_store::open(
-        &storage.url(sluice_store::Plane::Data)?,
-        sluice_store::Plane::Data,
-    )
-    .await
-    .context("opening the data database")?;
+    let control_db = storage.open(sluice_store::Plane::Control).await?;
+    let data_db = storage.open(sluice_store::Plane::Data).await?;
     let plane = sluice_control::ControlPlane::new(control_db, control_config).await?;
     print_banner(&args, &admin_key, &args.data_dir);
     // The control plane stops after the data plane has drained, so the outcomes of the

@@ -31,8 +31,35 @@ pub enum Plane {
 /// whole pages that are mostly unchanged).
 pub const SQLITE_PAGE_SIZE: u32 = 16 * 1024;
 
+/// How long any wait for the database may take by default: a connection from the pool, a
+/// connect, a statement (PostgreSQL), a lock (SQLite's busy timeout).
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a plane uses its database.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// The longest wait for the database: for a pooled connection, for a connect, for one
+    /// statement (PostgreSQL's `statement_timeout`, so the server gives up and rolls back,
+    /// and a caller told "not stored" is told the truth), for SQLite's write lock. A caller
+    /// past it gets an error at once instead of waiting on a database that is down.
+    pub timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            timeout: DEFAULT_STORE_TIMEOUT,
+        }
+    }
+}
+
+/// [`open_with`] and the default options.
+pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> {
+    open_with(url, plane, &StoreOptions::default()).await
+}
+
 /// Opens a pool to `url` (`sqlite://path?mode=rwc` or `postgres://...`) and brings the
-/// schema of `plane` up to date.
+/// schema of `plane` up to date, safely when several replicas start at once.
 ///
 /// SQLite runs in WAL mode with `synchronous=FULL`: a commit that returned is on disk, which
 /// is what "acked means durable" needs; throughput comes from batching many events per
@@ -40,27 +67,39 @@ pub const SQLITE_PAGE_SIZE: u32 = 16 * 1024;
 ///
 /// SQLite gets one connection: it has one writer anyway, and several connections only
 /// turn waiting in line into SQLite's busy-handler sleeps (1 to 100 ms each), which showed
-/// as a 40 ms p99 on publish acks in `sluice bench`. Every query must therefore run on the
-/// transaction it is inside, never on a second connection.
-pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> {
+/// as long publish-ack tails. Every query must therefore run on the transaction it is
+/// inside, never on a second connection. A SQLite database belongs to one process (see
+/// [`lock_sqlite_file`]); several replicas need PostgreSQL.
+pub async fn open_with(
+    url: &str,
+    plane: Plane,
+    store: &StoreOptions,
+) -> Result<DatabaseConnection, DbErr> {
     let url = postgres_without_loopback_tls(url);
+    let postgres = !url.starts_with("sqlite:");
+    if postgres {
+        migrate_postgres(&url, plane, store.timeout).await?;
+    } else {
+        lock_sqlite_file(&url)?;
+        sluice_sqlite_rows::register().map_err(DbErr::Custom)?;
+    }
+    let timeout = store.timeout;
     let mut options = ConnectOptions::new(url.clone());
     options
         .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30));
-    if url.starts_with("sqlite:") {
-        sluice_sqlite_rows::register().map_err(DbErr::Custom)?;
+        .connect_timeout(timeout)
+        .acquire_timeout(timeout);
+    if !postgres {
         options
             .max_connections(1)
             .min_connections(1)
             // A file on this machine: testing it before every use would only add a round
             // trip to SQLite's thread per query.
             .test_before_acquire(false)
-            .map_sqlx_sqlite_opts(|opts| {
+            .map_sqlx_sqlite_opts(move |opts| {
                 opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(30))
+                    .busy_timeout(timeout)
                     .foreign_keys(false)
                     // Temporary storage in memory: above all the statement journal, which
                     // a multi-row insert inside a transaction keeps to undo itself alone
@@ -71,6 +110,7 @@ pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> 
                     .page_size(SQLITE_PAGE_SIZE)
             });
     } else {
+        let statement_timeout = timeout.as_millis().to_string();
         options
             .max_connections(16)
             .min_connections(1)
@@ -79,18 +119,114 @@ pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> 
             .test_before_acquire_if_idle_for(Duration::from_secs(30))
             // Every execution is planned for the tables as they are then. sqlx prepares
             // each statement once per connection, and after five runs PostgreSQL may keep
-            // one generic plan for good: the writer's cycle planned while `dp_fanout` had a
-            // page kept deleting its rows by scanning the whole table, 850 pages of dead
-            // rows by the end of a 100,000-event bench, on 1,700 of 2,600 cycles, and a
-            // cost that grows until autovacuum comes by. Planned each time: 28-51 such scans;
-            // a 300,000-event bench went from 7,430 to 9,125 deliveries/s.
-            .map_sqlx_postgres_opts(|opts| {
-                opts.options([("plan_cache_mode", "force_custom_plan")])
+            // one generic plan for good: the writer's delete of finished fan-out rows,
+            // planned while `dp_fanout` had a page, kept scanning the whole table, whose
+            // dead rows grow until autovacuum comes by (docs/performance.md).
+            .map_sqlx_postgres_opts(move |opts| {
+                opts.options([
+                    ("plan_cache_mode", "force_custom_plan"),
+                    ("statement_timeout", statement_timeout.as_str()),
+                ])
             });
     }
     let db = Database::connect(options).await?;
-    migrate(&db, plane).await?;
+    if !postgres {
+        migrate(&db, plane).await?;
+    }
     Ok(db)
+}
+
+/// The advisory lock PostgreSQL replicas take around migrations (the control plane's
+/// config writes use 7411001, the data plane's outbox reporter 7411002).
+const MIGRATION_LOCK_KEY: i64 = 7_411_003;
+
+/// Migrates a PostgreSQL database with a session advisory lock held around it, on one
+/// connection of its own: replicas starting at the same moment (a deploy rolling out) take
+/// turns, and each one after the first finds nothing left to do. The connection has no
+/// statement timeout (a migration of a large table may take long); closing it releases the
+/// lock, also when the process dies midway.
+async fn migrate_postgres(url: &str, plane: Plane, connect_timeout: Duration) -> Result<(), DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .max_connections(1)
+        .min_connections(1)
+        .connect_timeout(connect_timeout);
+    let db = Database::connect(options).await?;
+    let migrated = async {
+        db.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+            .await?;
+        migrate(&db, plane).await
+    }
+    .await;
+    // Closing ends the session, and with it the lock, whatever happened above.
+    let closed = db.close().await;
+    migrated?;
+    closed
+}
+
+/// Every process holding a SQLite database, by its lock file: a process that opens a
+/// database again (a plane restarted in-process) already holds it.
+static SQLITE_FILE_LOCKS: std::sync::Mutex<Vec<(std::path::PathBuf, std::fs::File)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Takes, for the life of this process, an exclusive lock on a file beside the SQLite
+/// database of `url` (`<file>.lock`), so a second process on the same database fails at
+/// start with a message that says why, instead of taking the leases and the migrations
+/// from under the first (a SQLite database is one process's: its leases are cleared at
+/// start). The lock goes with the process, also when it is killed. In-memory databases
+/// need none.
+pub fn lock_sqlite_file(url: &str) -> Result<(), DbErr> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(());
+    };
+    let lock_path = std::path::PathBuf::from(format!("{}.lock", path.display()));
+    let mut held = SQLITE_FILE_LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let canonical =
+        |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if lock_path.exists() && held.iter().any(|(p, _)| *p == canonical(&lock_path)) {
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            DbErr::Custom(format!(
+                "cannot create the lock file {}: {e}",
+                lock_path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => {
+            held.push((canonical(&lock_path), file));
+            Ok(())
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(DbErr::Custom(format!(
+            "another process is using the SQLite database {} (it holds {}); a SQLite \
+             database serves one process: stop the other one, or use PostgreSQL to run \
+             several replicas",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(DbErr::Custom(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+/// The file of a SQLite URL (`sqlite://path?mode=rwc`, `sqlite:path`); `None` for an
+/// in-memory database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:") && !url.contains("mode=memory"))
+        .then(|| std::path::PathBuf::from(path))
 }
 
 /// A PostgreSQL URL to a loopback address with no `sslmode` gets `sslmode=disable`.
@@ -133,11 +269,47 @@ pub fn postgres_without_loopback_tls(url: &str) -> String {
     rewritten.to_string()
 }
 
-/// Applies the pending migrations of `plane`.
+/// Applies the pending migrations of `plane`, after refusing a schema newer than this
+/// binary knows (a newer Sluice migrated it: running this one against it could corrupt it).
 pub async fn migrate(db: &DatabaseConnection, plane: Plane) -> Result<(), DbErr> {
+    let (table, known) = match plane {
+        Plane::Control => (
+            sluice_migration::ControlMigrator::migration_table_name(),
+            sluice_migration::ControlMigrator::migrations(),
+        ),
+        Plane::Data => (
+            sluice_migration::DataMigrator::migration_table_name(),
+            sluice_migration::DataMigrator::migrations(),
+        ),
+    };
+    let known: Vec<String> = known.iter().map(|m| m.name().to_owned()).collect();
+    let applied = applied_migrations(db, &table.to_string()).await;
+    if let Some(unknown) = applied.iter().find(|v| !known.contains(v)) {
+        return Err(DbErr::Custom(format!(
+            "the {plane:?} database's schema is newer than this binary: it has migration \
+             {unknown:?}, which this version of Sluice does not know (it knows {} migrations, \
+             up to {:?}). Run the Sluice version that migrated it, or a newer one.",
+            known.len(),
+            known.last().map(String::as_str).unwrap_or_default()
+        )));
+    }
     match plane {
         Plane::Control => sluice_migration::ControlMigrator::up(db, None).await,
         Plane::Data => sluice_migration::DataMigrator::up(db, None).await,
+    }
+}
+
+/// The migrations recorded in `table`; none when the table does not exist yet.
+async fn applied_migrations(db: &DatabaseConnection, table: &str) -> Vec<String> {
+    let backend = db.get_database_backend();
+    let statement =
+        sea_orm::Statement::from_string(backend, format!("SELECT version FROM {table}"));
+    match db.query_all_raw(statement).await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|row| row.try_get::<String>("", "version").ok())
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -161,6 +333,54 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
         err.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+/// Whether an error says the database could not be reached or did not answer in time (no
+/// connection to be had, a connection that broke, a statement cancelled at the store
+/// timeout, a lock not granted in time, the server shutting down), rather than that a
+/// statement was wrong. Callers answer these with UNAVAILABLE: try again later.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    let sqlx_error = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx_error.as_ref() {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08), operator intervention (57: a
+            // statement cancelled at `statement_timeout`, the server shutting down), lock
+            // not available (55P03). SQLite: BUSY and LOCKED, with their extended codes.
+            code.starts_with("08")
+                || code.starts_with("57")
+                || code == "55P03"
+                || code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// Whether an error came before anything reached the database: no connection could be had
+/// from the pool. Nothing was sent, so nothing was committed.
+pub fn never_reached_the_database(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    match err {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(
+                e.as_ref(),
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        }
+        _ => false,
+    }
 }
 
 /// Takes the control plane's write lock; call first in every control-plane transaction that

@@ -108,6 +108,17 @@ impl TestDatabase {
         sluice_store::open(&self.url, plane).await.unwrap()
     }
 
+    /// [`TestDatabase::open`] with the store's options (its timeout).
+    pub async fn open_with(
+        &self,
+        plane: Plane,
+        options: &sluice_store::StoreOptions,
+    ) -> DatabaseConnection {
+        sluice_store::open_with(&self.url, plane, options)
+            .await
+            .unwrap()
+    }
+
     /// Removes the database.
     pub async fn drop_database(self) {
         match self.cleanup {

@@ -31,6 +31,8 @@ pub struct PlaneOptions {
     pub allow_private: bool,
     /// Disable a subscription after this many failed attempts in a row.
     pub disable_after_failed_attempts: Option<u32>,
+    /// The longest wait for either plane's database (`--store-timeout-ms`).
+    pub store_timeout: Duration,
 }
 
 impl Default for PlaneOptions {
@@ -40,6 +42,7 @@ impl Default for PlaneOptions {
             request_timeout: Duration::from_secs(5),
             allow_private: true,
             disable_after_failed_attempts: None,
+            store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -65,8 +68,11 @@ impl Planes {
     pub async fn start(backend: &Backend, options: PlaneOptions) -> Planes {
         let control_database = TestDatabase::create(backend).await;
         let data_database = TestDatabase::create(backend).await;
-        let control_db = control_database.open(Plane::Control).await;
-        let data_db = data_database.open(Plane::Data).await;
+        let store = sluice_store::StoreOptions {
+            timeout: options.store_timeout,
+        };
+        let control_db = control_database.open_with(Plane::Control, &store).await;
+        let data_db = data_database.open_with(Plane::Data, &store).await;
         let control_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let control_addr = control_listener.local_addr().unwrap();
         let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -92,6 +98,7 @@ impl Planes {
             },
             disable_after_failed_attempts: options.disable_after_failed_attempts,
             shutdown_grace: Duration::from_secs(2),
+            store_timeout: options.store_timeout,
             ..Default::default()
         };
         let data = DataHarness::serve(data_listener, data_db.clone(), config).await;

@@ -58,6 +58,8 @@ pub(crate) struct IngestApi {
     pub(crate) publishes: mpsc::Sender<PublishJob>,
     /// The largest accepted payload, in bytes.
     pub(crate) max_payload_bytes: usize,
+    /// How long an event may wait to be made durable before the publisher is told it was not.
+    pub(crate) store_timeout: std::time::Duration,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -340,6 +342,7 @@ async fn submit(
             create_ms,
         },
         subscription_ids,
+        deadline: tokio::time::Instant::now() + api.store_timeout,
         reply,
     };
     api.publishes.send(job).await.map_err(|_| shutting_down())?;

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
@@ -307,14 +308,36 @@ impl Publishes {
     }
 }
 
-/// Answers every job of a failed write. The cause is logged once here; publishers get
-/// UNAVAILABLE, which tells them the event was not stored and may be published again.
-pub(crate) fn fail(jobs: Vec<PublishJob>, err: &DbErr) {
-    tracing::error!(error = %err, events = jobs.len(), "writing published events failed");
+/// Why events were not acked as stored.
+pub(crate) enum Refusal {
+    /// The write failed before its commit: not stored.
+    Failed,
+    /// The database did not answer within the store timeout: not stored.
+    TimedOut(Duration),
+    /// The commit was under way when the database failed: perhaps stored.
+    Uncertain,
+}
+
+/// Answers every job of a write that did not commit, with UNAVAILABLE and what the
+/// publisher should do (the cause is logged by the writer).
+pub(crate) fn refuse(jobs: Vec<PublishJob>, why: Refusal) {
+    if jobs.is_empty() {
+        return;
+    }
+    let message = match why {
+        Refusal::Failed => "the event could not be stored; publish it again".to_owned(),
+        Refusal::TimedOut(timeout) => format!(
+            "the event was not stored: the database did not answer within the store timeout \
+             ({} ms); publish it again",
+            timeout.as_millis()
+        ),
+        Refusal::Uncertain => "the database failed while the event was being committed, so it \
+             may have been stored; publish it again with the same idempotency key, which makes \
+             a repeat harmless"
+            .to_owned(),
+    };
     for job in jobs {
-        let _ = job.reply.send(Err(DataError::Unavailable(
-            "the event could not be stored; publish it again".to_owned(),
-        )));
+        let _ = job.reply.send(Err(DataError::Unavailable(message.clone())));
     }
 }
 

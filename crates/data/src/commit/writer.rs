@@ -11,6 +11,8 @@
 //! outcomes alone waits a little for publishes to share their commit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sea_orm::{DatabaseConnection, DbErr};
@@ -21,7 +23,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::backoff::Backoff;
 use crate::commit::outcomes;
-use crate::commit::publishes::{self, Publishes, Resolution};
+use crate::commit::publishes::{self, Publishes, Refusal, Resolution};
 use crate::shutdown::Shutdown;
 use crate::state::fanouts::{FanoutPlan, Fanouts};
 use crate::state::outbox::{self, Committed, Outbox, ReportBody};
@@ -30,7 +32,7 @@ use crate::work::{OutcomeEvent, PublishJob};
 /// The most events, and separately the most outcomes, committed together.
 const MAX_BATCH: usize = 1000;
 /// How long a cycle of outcomes alone waits for publishes to share its commit.
-const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+const OUTCOME_LINGER: Duration = Duration::from_millis(2);
 /// How often a failing outcome write is tried during shutdown before its outcomes are
 /// given up (the deliveries then stay pending and are attempted again after the restart).
 const SHUTDOWN_WRITE_TRIES: u32 = 3;
@@ -38,6 +40,9 @@ const SHUTDOWN_WRITE_TRIES: u32 = 3;
 /// The writer and what it writes to and hands on.
 pub(crate) struct Writer {
     pub(crate) db: DatabaseConnection,
+    /// How long a publisher waits for its event to be written at most (and a cycle of
+    /// outcomes alone for its commit): past it, "not stored, publish again".
+    pub(crate) store_timeout: Duration,
     pub(crate) publishes: Publishes,
     pub(crate) fanouts: Arc<Fanouts>,
     pub(crate) outbox: Arc<Outbox>,
@@ -201,34 +206,47 @@ impl Writer {
     }
 
     /// Writes one cycle in one transaction and completes it: answers publishers, hands the
-    /// new deliveries to the dispatcher and the outbox batch to the reporter. When the
-    /// transaction fails, publishes are written again on their own (so they never wait on a
-    /// failing outcome write) and the outcomes are returned, to be tried again (at once when
-    /// the failure may have been the publishes').
+    /// new deliveries to the dispatcher and the outbox batch to the reporter. A publisher
+    /// past its deadline (`--store-timeout-ms` after it was accepted) is answered "not
+    /// stored" without being written; the write of the others is bounded too. When
+    /// the transaction fails, publishes are written again on their own if their deadline
+    /// allows (so they never wait on a failing outcome write), and the outcomes are
+    /// returned, to be tried again (at once when the failure may have been the publishes').
     async fn commit_cycle(&self, cycle: WriteCycle) -> Result<(), (Vec<OutcomeEvent>, bool)> {
-        let started = std::time::Instant::now();
-        let written = self
-            .write(
-                &cycle.publishes,
-                &cycle.outcomes,
-                &cycle.acked,
-                cycle.all_reports,
-            )
-            .await;
-        tracing::debug!(
-            events = cycle.publishes.len(),
-            outcomes = cycle.outcomes.len(),
-            acked = cycle.acked.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "write cycle committed"
-        );
+        let started = Instant::now();
         let WriteCycle {
             publishes,
             outcomes: events,
             acked,
+            all_reports,
             ..
         } = cycle;
-        match written {
+        let (expired, publishes): (Vec<PublishJob>, Vec<PublishJob>) = publishes
+            .into_iter()
+            .partition(|job| job.deadline <= started);
+        publishes::refuse(expired, Refusal::TimedOut(self.store_timeout));
+        // A job not yet written by its deadline is refused above, unwritten. One being
+        // written gets one more store timeout: the database's own timeouts (the pool's
+        // acquire, PostgreSQL's `statement_timeout`, SQLite's busy timeout) then end a
+        // stuck write with an error that says nothing was committed, before this process
+        // has to give up on a commit whose outcome it cannot know.
+        let deadline = publishes
+            .iter()
+            .map(|job| job.deadline)
+            .min()
+            .unwrap_or(started + self.store_timeout)
+            + self.store_timeout;
+        let written = self
+            .write_by(deadline, &publishes, &events, &acked, all_reports)
+            .await;
+        tracing::debug!(
+            events = publishes.len(),
+            outcomes = events.len(),
+            acked = acked.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "write cycle committed"
+        );
+        let failure = match written {
             Ok(written) => {
                 self.outbox.deleted(&acked);
                 self.completed(publishes, written);
@@ -236,19 +254,29 @@ impl Writer {
                 // a released delivery sees its first attempt concluded.
                 outcomes::release_claims(&self.publishes.claims, &events);
                 outcomes::answer_flushes(events);
-                Ok(())
+                return Ok(());
             }
-            Err(err) if publishes.is_empty() => {
-                tracing::error!(error = %err, outcomes = events.len(), "writing attempt outcomes failed; retrying");
-                Err((events, false))
-            }
-            Err(err) => {
+            Err(failure) => failure,
+        };
+        if publishes.is_empty() {
+            tracing::error!(error = %failure, outcomes = events.len(), "writing attempt outcomes failed; retrying");
+            return Err((events, false));
+        }
+        match failure {
+            WriteFailure::Failed(err)
+                if is_unique_violation(&err) || !sluice_store::is_unavailable(&err) =>
+            {
                 if !is_unique_violation(&err) {
                     tracing::warn!(error = %err, "writing a batch failed; writing its events on their own");
                 }
-                self.publish_alone(publishes, err).await;
+                self.publish_alone(publishes, err, deadline).await;
                 // The outcomes go again at once, with the next cycle.
                 Err((events, true))
+            }
+            other => {
+                tracing::error!(error = %other, events = publishes.len(), outcomes = events.len(), "writing published events failed");
+                publishes::refuse(publishes, other.refusal(self.store_timeout));
+                Err((events, false))
             }
         }
     }
@@ -269,15 +297,19 @@ impl Writer {
         self.publishes.answer(publishes, resolutions, lease_until);
     }
 
-    /// Writes publishes without anything else, after a combined write failed with `err`.
-    async fn publish_alone(&self, jobs: Vec<PublishJob>, err: DbErr) {
+    /// Writes publishes without anything else, by `deadline`, after a combined write
+    /// failed with `err`.
+    async fn publish_alone(&self, jobs: Vec<PublishJob>, err: DbErr, deadline: Instant) {
         if !is_unique_violation(&err) {
-            match self.write(&jobs, &[], &[], false).await {
+            match self.write_by(deadline, &jobs, &[], &[], false).await {
                 Ok(written) => self.completed(jobs, written),
-                Err(err) if is_unique_violation(&err) => {
-                    Box::pin(self.publish_alone(jobs, err)).await
+                Err(WriteFailure::Failed(err)) if is_unique_violation(&err) => {
+                    Box::pin(self.publish_alone(jobs, err, deadline)).await
                 }
-                Err(err) => publishes::fail(jobs, &err),
+                Err(failure) => {
+                    tracing::error!(error = %failure, events = jobs.len(), "writing published events failed");
+                    publishes::refuse(jobs, failure.refusal(self.store_timeout));
+                }
             }
             return;
         }
@@ -285,10 +317,49 @@ impl Writer {
         // check and our insert: redo each event alone, where the check then sees it.
         for job in jobs {
             let jobs = vec![job];
-            match self.write(&jobs, &[], &[], false).await {
+            match self.write_by(deadline, &jobs, &[], &[], false).await {
                 Ok(written) => self.completed(jobs, written),
-                Err(err) => publishes::fail(jobs, &err),
+                Err(failure) => {
+                    tracing::error!(error = %failure, "writing a published event failed");
+                    publishes::refuse(jobs, failure.refusal(self.store_timeout));
+                }
             }
+        }
+    }
+
+    /// [`Writer::write`], bounded by `deadline`, with what a failure means for the events
+    /// in it: not stored, or not known.
+    async fn write_by(
+        &self,
+        deadline: Instant,
+        jobs: &[PublishJob],
+        events: &[OutcomeEvent],
+        acked: &[i64],
+        all_reports: bool,
+    ) -> Result<Written, WriteFailure> {
+        let committing = AtomicBool::new(false);
+        let written = tokio::time::timeout_at(
+            deadline,
+            self.write(jobs, events, acked, all_reports, &committing),
+        )
+        .await;
+        // Once the commit is on its way, a broken connection or the deadline leaves its
+        // outcome unknown; before it, nothing was committed.
+        let in_commit = committing.load(Ordering::Relaxed);
+        match written {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(err))
+                if in_commit
+                    && sluice_store::is_unavailable(&err)
+                    && !sluice_store::never_reached_the_database(&err) =>
+            {
+                Err(WriteFailure::Uncertain(err.to_string()))
+            }
+            Ok(Err(err)) => Err(WriteFailure::Failed(err)),
+            Err(_) if in_commit => Err(WriteFailure::Uncertain(
+                "the store timeout passed during the commit".to_owned(),
+            )),
+            Err(_) => Err(WriteFailure::TimedOut),
         }
     }
 
@@ -302,6 +373,7 @@ impl Writer {
         events: &[OutcomeEvent],
         acked: &[i64],
         all_reports: bool,
+        committing: &AtomicBool,
     ) -> Result<Written, DbErr> {
         let resolutions = self.publishes.resolve(jobs).await?;
         let created: Vec<&PublishJob> = jobs
@@ -362,6 +434,7 @@ impl Writer {
             statements.push(hot::data::delete_outbox(backend, acked));
         }
         // Independent: the fan-outs and outbox rows deleted were committed by earlier cycles.
+        committing.store(true, Ordering::Relaxed);
         let rows = session.commit_independent(statements).await?;
         let batch = if reporting {
             let seq = rows
@@ -416,6 +489,37 @@ async fn linger(
                 None => return,
             },
             () = sleep_until(until) => return,
+        }
+    }
+}
+
+/// Why a write did not commit, and so what its publishers are told.
+enum WriteFailure {
+    /// Nothing was committed: the database refused or failed before the commit.
+    Failed(DbErr),
+    /// The deadline passed before the commit was sent: nothing was committed.
+    TimedOut,
+    /// The commit was under way when the connection failed or the deadline passed: it may
+    /// or may not have taken effect.
+    Uncertain(String),
+}
+
+impl WriteFailure {
+    fn refusal(&self, store_timeout: Duration) -> Refusal {
+        match self {
+            WriteFailure::Failed(_) => Refusal::Failed,
+            WriteFailure::TimedOut => Refusal::TimedOut(store_timeout),
+            WriteFailure::Uncertain(_) => Refusal::Uncertain,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteFailure::Failed(err) => write!(f, "{err}"),
+            WriteFailure::TimedOut => f.write_str("the store timeout passed before the commit"),
+            WriteFailure::Uncertain(why) => write!(f, "commit outcome unknown: {why}"),
         }
     }
 }
