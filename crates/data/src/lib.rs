@@ -45,7 +45,7 @@ use sluice_store::data::{delivery, fanout as fanout_row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::DataConfig;
+pub use crate::config::{ControlEndpoint, DataConfig};
 pub use crate::error::{DataError, Violation};
 
 use crate::api::dispatch::DispatchApi;
@@ -97,7 +97,7 @@ impl DataPlane {
         config.validate()?;
         let sender = Sender::new(config.sender.clone())
             .map_err(|e| DataError::Config(format!("sender: {e}")))?;
-        let control = ControlClient::new(&config.control_endpoint, &config.internal_token)?;
+        let control = ControlClient::new(&config)?;
         let internal_authorization = bearer(&config.internal_token)?
             .to_str()
             .map_err(|_| DataError::Config("internal_token must be printable ASCII".to_owned()))?

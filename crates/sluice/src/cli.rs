@@ -120,7 +120,9 @@ pub struct DataArgs {
     /// The token the planes authenticate each other with (at least 16 characters).
     #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
-    /// The control plane's address, for the config watch and outcome reports.
+    /// The control plane's address, for the config watch and outcome reports. Several
+    /// replicas: their addresses separated by commas (a name with several addresses counts
+    /// as several); one is used at a time, the next when it fails.
     #[arg(
         long,
         env = "SLUICE_CONTROL_ENDPOINT",
@@ -201,7 +203,7 @@ impl DeliveryArgs {
             allow_list,
             ..Default::default()
         };
-        Ok(sluice_data::DataConfig {
+        let config = sluice_data::DataConfig {
             internal_token,
             control_endpoint,
             retry,
@@ -214,7 +216,11 @@ impl DeliveryArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             lease: Duration::from_secs(self.delivery_lease_secs.max(1)),
             ..Default::default()
-        })
+        };
+        config
+            .control_endpoints()
+            .map_err(|e| anyhow::anyhow!("--control-endpoint: {e}"))?;
+        Ok(config)
     }
 }
 
