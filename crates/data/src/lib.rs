@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{ControlEndpoint, DataConfig};
 pub use crate::error::{DataError, Violation};
+pub use crate::sync::control_client::check_internal_token;
 
 use crate::api::dispatch::DispatchApi;
 use crate::api::ingest::IngestApi;

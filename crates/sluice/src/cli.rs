@@ -269,6 +269,10 @@ pub enum PlaneArg {
     Both,
 }
 
+/// How long a plane waits at start for the other to say whether it takes the internal
+/// token: a plane that is down or slow must not hold the start up.
+const TOKEN_CHECK: Duration = Duration::from_secs(3);
+
 /// The development admin key `sluice dev` uses when none is given. Never for production.
 pub const DEV_ADMIN_KEY: &str = "sk_dev_admin_key_change_me";
 
@@ -341,6 +345,15 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         .await
         .context("opening the control database")?;
     let plane = sluice_control::ControlPlane::new(db, config).await?;
+    if let Err(status) = plane.check_internal_token(TOKEN_CHECK).await {
+        bail!(
+            "--internal-token (SLUICE_INTERNAL_TOKEN): the data plane at {} \
+             (--data-plane-endpoint) refused it ({:?}: {}); every plane needs the same one",
+            args.data_plane_endpoint,
+            status.code(),
+            status.message()
+        );
+    }
     tracing::info!(listen = %args.listen, backend = backend_name(&url), "control plane serving");
     crate::server::serve_control(listener, plane, shutdown).await?;
     tracing::info!("control plane stopped");
@@ -356,6 +369,9 @@ async fn run_data(args: DataArgs) -> anyhow::Result<()> {
     let config = args
         .delivery
         .data_config(token, args.control_endpoint.clone())?;
+    sluice_data::check_internal_token(&config, TOKEN_CHECK)
+        .await
+        .map_err(|e| anyhow::anyhow!("--internal-token (SLUICE_INTERNAL_TOKEN): {e}"))?;
     let url = args.storage.url(sluice_store::Plane::Data)?;
     let listener = bind(args.listen, "data plane").await?;
     let shutdown = crate::shutdown::on_signal();

@@ -260,6 +260,53 @@ async fn resolve_one(endpoint: &ControlEndpoint) -> Vec<SocketAddr> {
     }
 }
 
+/// At start, asks every control-plane address whether it takes the internal token (an
+/// empty `ReportOutcomes` stream: authenticated, then nothing to store), each within
+/// `within`. The error names a replica that refused it; a replica that is down, slow or
+/// answers anything else passes, since the data plane must start while the control plane
+/// is down and keep delivering from its stored copy.
+pub async fn check_internal_token(config: &DataConfig, within: Duration) -> Result<(), DataError> {
+    let client = ControlClient::new(config)?;
+    let Ok(addresses) = tokio::time::timeout(within, resolve(&client.endpoints)).await else {
+        return Ok(());
+    };
+    let probes = addresses.into_iter().map(|address| {
+        let replica = client.connect_lazy(address, 0);
+        let client = client.clone();
+        async move {
+            let answer = tokio::time::timeout(
+                within,
+                client.report_outcomes(&replica, tokio_stream::empty()),
+            )
+            .await;
+            (replica, answer)
+        }
+    });
+    for (replica, answer) in futures::future::join_all(probes).await {
+        match answer {
+            Ok(Err(status)) if is_auth_error(&status) => {
+                return Err(DataError::Unauthenticated(format!(
+                    "the control plane at {} refused the internal token ({:?}: {}); \
+                     every plane needs the same one",
+                    replica.name,
+                    status.code(),
+                    status.message()
+                )));
+            }
+            Ok(Ok(_)) => {
+                tracing::debug!(control_plane = %replica.name, "the control plane takes the internal token")
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(control_plane = %replica.name, code = ?status.code(), "the control plane did not answer the token check")
+            }
+            Err(_) => {
+                tracing::debug!(control_plane = %replica.name, "the control plane did not answer the token check in time")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The `authorization` value for the internal token, marked sensitive so it never shows in
 /// debug output.
 pub(crate) fn bearer(token: &str) -> Result<MetadataValue<Ascii>, DataError> {
