@@ -177,3 +177,71 @@ async fn a_first_send_is_stored_whole_and_a_resent_batch_counts_nothing_twice() 
         h.stop().await;
     }
 }
+
+/// Two control-plane replicas over one database storing the same resent batch at the same
+/// moment (the data plane moved to the second after its stream to the first broke, while
+/// the first was still storing): each attempt counts once in the endpoint's health. Asking
+/// which attempts are stored cannot see the other transaction's uncommitted rows, so on
+/// PostgreSQL only what an insert itself stored counts. Two streams to one process race
+/// exactly as two processes do: each batch is its own transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_stored_by_two_replicas_at_once_counts_once() {
+    const ROUNDS: u32 = 20;
+    const FAILURES: u32 = 5;
+    for backend in backends() {
+        let h = ControlHarness::start(&backend, true, None).await;
+        let (workspace_id, key) = h.workspace_with_key("Tideflow").await;
+        let mut clients = h.clients(Some(&key)).await;
+        let (sub, _) = create_subscription(
+            &mut clients,
+            &workspace_id,
+            new_subscription("http://127.0.0.1:9/x", &["*"]),
+        )
+        .await;
+        let mut first = Reporter::open(&h).await;
+        let mut second = Reporter::open(&h).await;
+        for round in 0..ROUNDS {
+            let message = pb::MessageRecord {
+                id: new_id(IdKind::Message),
+                workspace_id: workspace_id.clone(),
+                event_type: "conversation.created".into(),
+                create_time: Some(now()),
+                subscription_ids: vec![sub.id.clone()],
+            };
+            // The message first, as when its retries come in later batches: a batch that
+            // carried it would have its second store wait on the first's uncommitted
+            // message row, hiding the race.
+            first
+                .report(pb::ReportOutcomesRequest {
+                    batch_id: u64::from(round) * 2 + 1,
+                    messages: vec![message.clone()],
+                    first_send: true,
+                    ..Default::default()
+                })
+                .await;
+            let batch = pb::ReportOutcomesRequest {
+                batch_id: u64::from(round) * 2 + 2,
+                attempts: (1..=FAILURES)
+                    .map(|n| failed_attempt(&message, &sub.id, n))
+                    .collect(),
+                first_send: false,
+                ..Default::default()
+            };
+            tokio::join!(first.report(batch.clone()), second.report(batch));
+        }
+        let log = Log::new(&clients);
+        let got = log.health(&sub.id).await;
+        assert_eq!(
+            got.consecutive_failures,
+            u64::from(ROUNDS * FAILURES),
+            "{}: attempts stored by both replicas counted twice: {got:?}",
+            backend.label()
+        );
+        assert_eq!(
+            log.attempts_to(&sub.id).await.len(),
+            (ROUNDS * FAILURES) as usize
+        );
+        drop((first, second));
+        h.stop().await;
+    }
+}

@@ -145,6 +145,37 @@ impl ControlPlane {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    /// At start, asks the data plane at `data_plane_endpoint` whether it takes the internal
+    /// token (`Redeliver` with an empty request: authenticated first, then refused as
+    /// invalid, so nothing happens), within `within`. The error is the data plane's refusal;
+    /// a data plane that is down, slow or answers anything else passes, since either plane
+    /// may start first.
+    pub async fn check_internal_token(
+        &self,
+        within: std::time::Duration,
+    ) -> Result<(), tonic::Status> {
+        let Some(mut client) = self.inner.dispatch.clone() else {
+            return Ok(());
+        };
+        let Ok(mut request) =
+            self.internal_request(sluice_proto::data::v1::RedeliverRequest::default())
+        else {
+            return Ok(());
+        };
+        request.set_timeout(within);
+        match tokio::time::timeout(within, client.redeliver(request)).await {
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                Err(status)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Ends the long-lived internal streams; call when shutting down, or the server would
     /// wait for them forever.
     pub fn close_streams(&self) {

@@ -6,8 +6,10 @@
 //! commits at once and poll every second for other replicas' commits.
 //!
 //! Outcomes: each batch is stored in one transaction, idempotent by attempt id, then acked.
-//! A batch marked `first_send` was never sent before, so it is stored without first asking
-//! which of its attempts are stored already.
+//! A batch marked `first_send` was never sent before, so it is stored without finding out
+//! which of its attempts are stored already; any other batch counts only the attempts its
+//! own transaction stores, also when another replica of the same database is storing the
+//! same batch at that moment (the data plane moved to it after a broken stream).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use foldhash::{HashMap as FastMap, HashMapExt as _, HashSet as FastSet};
 use futures::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use sluice_proto::control::v1 as pb;
@@ -107,6 +109,15 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
                             break;
                         }
                         Err(_) => break,
+                    }
+                }
+                if ended {
+                    // The data plane's session ended before these were acked, so it sends
+                    // them again, to this replica or another one, maybe before this store
+                    // commits: checked for repeats like any batch that may have been sent
+                    // before, never taken as a first send.
+                    for batch in &mut batches {
+                        batch.first_send = false;
                     }
                 }
                 let ids: Vec<u64> = batches.iter().map(|b| b.batch_id).collect();
@@ -409,9 +420,11 @@ async fn store_in(
 /// messages, the attempts not stored before, each delivery once in its latest state (a
 /// message's record usually arrives with its first attempts, so most deliveries are written
 /// once, already final) and each endpoint's health. Unless the batch is a `first_send`,
-/// which attempts are stored already is asked first (a batch resent after a lost ack), so
-/// a resent batch counts nothing twice in the health. Every statement leaves rows already
-/// there alone (or keeps the later state).
+/// only the attempts this transaction stores count (a batch resent after a lost ack, maybe
+/// to another replica): on PostgreSQL the insert says which it stored, on SQLite (one
+/// writer) which are stored already is asked first, so a resent batch counts nothing twice
+/// in the health. Every statement leaves rows already there alone (or keeps the later
+/// state).
 async fn store_log(
     session: &Session,
     messages: &[pb::MessageRecord],
@@ -457,52 +470,42 @@ async fn store_log(
     if !message_rows.is_empty() {
         statements.push(hot::control::insert_messages(backend, &message_rows));
     }
-    if !first_send && !new.is_empty() {
-        // Which attempts were stored before (the batch was sent before and its ack lost):
-        // those count for nothing again. The messages go in the same round trip.
-        statements.push(hot::control::existing_attempts(
-            backend,
-            new.iter().map(|n| n.attempt.id.as_str()),
-        ));
-        let stored: FastSet<String> = session
-            .run(std::mem::take(&mut statements))
-            .await?
-            .into_iter()
-            .filter_map(|row| row.try_get::<String>("", "id").ok())
-            .collect();
-        if !stored.is_empty() {
-            new.retain(|n| !stored.contains(&n.attempt.id));
-        }
-    }
-    let attempt_rows: Vec<hot::control::AttemptRow> = new
-        .iter()
-        .map(|n| {
-            let a = n.attempt;
-            hot::control::AttemptRow {
-                id: &a.id,
-                workspace_id: &a.workspace_id,
-                message_id: &a.message_id,
-                subscription_id: &a.subscription_id,
-                event_type: &a.event_type,
-                attempt_number: i64::from(a.attempt_number),
-                attempt_ms: n.attempt_ms,
-                success: a.success,
-                status_code: i64::from(a.status_code),
-                error_kind: &a.error_kind,
-                error_message: &a.error_message,
-                latency_us: a
-                    .latency
-                    .as_ref()
-                    .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
-                    .unwrap_or(0),
-                response_excerpt: &a.response_excerpt,
-                trigger: trigger_name(a.trigger),
-                url: &a.url,
+    if !new.is_empty() {
+        if first_send {
+            statements.push(hot::control::insert_attempts(
+                backend,
+                &new.iter().map(attempt_row).collect::<Vec<_>>(),
+            ));
+        } else if backend == DbBackend::Postgres {
+            // The batch may have been stored before (its ack lost), or be being stored right
+            // now by another replica the data plane sent it to first: only the attempts this
+            // insert stores count, so nothing counts twice. The messages go in the same
+            // round trip.
+            statements.push(hot::control::insert_attempts_returning_id(
+                backend,
+                &new.iter().map(attempt_row).collect::<Vec<_>>(),
+            ));
+            let inserted = returned_ids(session.run(std::mem::take(&mut statements)).await?);
+            new.retain(|n| inserted.contains(&n.attempt.id));
+        } else {
+            // Which attempts were stored before (the batch was sent before and its ack
+            // lost): those count for nothing again. SQLite has one writer, so nothing is
+            // being stored beside this. The messages go in the same round trip.
+            statements.push(hot::control::existing_attempts(
+                backend,
+                new.iter().map(|n| n.attempt.id.as_str()),
+            ));
+            let stored = returned_ids(session.run(std::mem::take(&mut statements)).await?);
+            if !stored.is_empty() {
+                new.retain(|n| !stored.contains(&n.attempt.id));
             }
-        })
-        .collect();
-    if !attempt_rows.is_empty() {
-        statements.push(hot::control::insert_attempts(backend, &attempt_rows));
+            if !new.is_empty() {
+                statements.push(hot::control::insert_attempts(
+                    backend,
+                    &new.iter().map(attempt_row).collect::<Vec<_>>(),
+                ));
+            }
+        }
     }
 
     // Deliveries: as the messages describe them, then each takes its latest new attempt's
@@ -570,6 +573,40 @@ async fn store_log(
         statements.push(hot::control::upsert_health(backend, &health));
     }
     Ok(statements)
+}
+
+/// The `id` column of the rows `results` holds.
+fn returned_ids(results: Vec<sea_orm::QueryResult>) -> FastSet<String> {
+    results
+        .into_iter()
+        .filter_map(|row| row.try_get::<String>("", "id").ok())
+        .collect()
+}
+
+/// The `attempts` row of one new attempt.
+fn attempt_row<'a>(n: &NewAttempt<'a>) -> hot::control::AttemptRow<'a> {
+    let a = n.attempt;
+    hot::control::AttemptRow {
+        id: &a.id,
+        workspace_id: &a.workspace_id,
+        message_id: &a.message_id,
+        subscription_id: &a.subscription_id,
+        event_type: &a.event_type,
+        attempt_number: i64::from(a.attempt_number),
+        attempt_ms: n.attempt_ms,
+        success: a.success,
+        status_code: i64::from(a.status_code),
+        error_kind: &a.error_kind,
+        error_message: &a.error_message,
+        latency_us: a
+            .latency
+            .as_ref()
+            .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
+            .unwrap_or(0),
+        response_excerpt: &a.response_excerpt,
+        trigger: trigger_name(a.trigger),
+        url: &a.url,
+    }
 }
 
 /// One attempt, flattened for storage.

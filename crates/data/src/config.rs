@@ -15,7 +15,9 @@ pub struct DataConfig {
     /// Sent as `authorization: Bearer <token>` to the control plane, and required on
     /// DispatchService calls. Never logged.
     pub internal_token: String,
-    /// The control plane's gRPC address, e.g. `http://127.0.0.1:50051`.
+    /// The control plane's gRPC address, e.g. `http://127.0.0.1:50051`, or the addresses of
+    /// several replicas separated by commas; a name that resolves to several addresses
+    /// counts as several. Checked by [`DataConfig::control_endpoints`].
     pub control_endpoint: String,
     /// The wait before each attempt.
     pub retry: RetrySchedule,
@@ -90,6 +92,24 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
+    /// The entries of [`DataConfig::control_endpoint`], checked; the error names the first
+    /// entry that is wrong (`entry 2 "..." is not an http://host:port URL: ...`).
+    pub fn control_endpoints(&self) -> Result<Vec<ControlEndpoint>, String> {
+        self.control_endpoint
+            .split(',')
+            .enumerate()
+            .map(|(i, entry)| {
+                let entry = entry.trim();
+                ControlEndpoint::parse(entry).map_err(|why| {
+                    format!(
+                        "entry {} \"{entry}\" is not an http://host:port URL: {why}",
+                        i + 1
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The lease length in milliseconds.
     pub(crate) fn lease_ms(&self) -> i64 {
         duration_ms(self.lease)
@@ -100,6 +120,9 @@ impl DataConfig {
         let fail = |m: &str| Err(DataError::Config(m.to_owned()));
         if self.internal_token.is_empty() {
             return fail("internal_token is required");
+        }
+        if let Err(why) = self.control_endpoints() {
+            return Err(DataError::Config(format!("control_endpoint: {why}")));
         }
         if !(0.0..=1.0).contains(&self.retry_jitter) {
             return fail("retry_jitter must be between 0 and 1");
@@ -123,5 +146,148 @@ impl DataConfig {
             return fail("disable_after_failed_attempts must be positive when set");
         }
         Ok(())
+    }
+}
+
+/// One control-plane address of [`DataConfig::control_endpoint`]: `http://host:port`, the
+/// host a name or an IP address, the port 80 when left out (as any HTTP URL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlEndpoint {
+    /// As configured, without a path: the origin of calls, and what logs show.
+    pub(crate) uri: http::Uri,
+    /// The host without an IPv6 literal's brackets.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl ControlEndpoint {
+    fn parse(entry: &str) -> Result<ControlEndpoint, String> {
+        if entry.is_empty() {
+            return Err("it is empty".to_owned());
+        }
+        let uri: http::Uri = entry.parse().map_err(|e| format!("{e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            // The planes talk plain HTTP/2 to each other (this build has no TLS client), so
+            // an https entry could never connect: refused now rather than retried forever.
+            Some("https") => {
+                return Err("https is not supported between the planes (plain HTTP/2; \
+                     put TLS in a sidecar or a mesh)"
+                    .to_owned());
+            }
+            Some(other) => return Err(format!("the scheme is {other}, not http")),
+            None => return Err("it has no http:// scheme".to_owned()),
+        }
+        let Some(authority) = uri.authority() else {
+            return Err("it has no host".to_owned());
+        };
+        if authority.as_str().contains('@') {
+            return Err("it carries credentials; the internal token authenticates".to_owned());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err("it has no host".to_owned());
+        }
+        // The authority is the host and maybe `:port` (credentials were refused above).
+        let port = match authority
+            .as_str()
+            .strip_prefix(authority.host())
+            .and_then(|rest| rest.strip_prefix(':'))
+        {
+            None => 80,
+            Some(port) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => return Err(format!("the port {port} is not one from 1 to 65535")),
+            },
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err("it has a path; give only scheme, host and port".to_owned());
+        }
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("{e}"))?;
+        Ok(ControlEndpoint {
+            uri,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for ControlEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = self.uri.to_string();
+        f.write_str(uri.strip_suffix('/').unwrap_or(&uri))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DataConfig;
+
+    fn endpoints(list: &str) -> Result<Vec<String>, String> {
+        let config = DataConfig {
+            control_endpoint: list.to_owned(),
+            ..Default::default()
+        };
+        config
+            .control_endpoints()
+            .map(|all| all.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_list_of_replicas_is_split_and_each_entry_checked() {
+        let table: &[(&str, Result<&[&str], &str>)] = &[
+            ("http://127.0.0.1:50051", Ok(&["http://127.0.0.1:50051"])),
+            (
+                "http://control-1:50051, http://control-2:50051/",
+                Ok(&["http://control-1:50051", "http://control-2:50051"]),
+            ),
+            ("http://[::1]:50051", Ok(&["http://[::1]:50051"])),
+            ("http://control", Ok(&["http://control"])),
+            (
+                "http://a:1,",
+                Err(r#"entry 2 "" is not an http://host:port URL: it is empty"#),
+            ),
+            (
+                "http://a:1,nonsense",
+                Err(
+                    r#"entry 2 "nonsense" is not an http://host:port URL: it has no http:// scheme"#,
+                ),
+            ),
+            (
+                "control:50051",
+                Err(
+                    r#"entry 1 "control:50051" is not an http://host:port URL: it has no http:// scheme"#,
+                ),
+            ),
+            ("https://control:50051", Err("https is not supported")),
+            ("ftp://control:21", Err("the scheme is ftp, not http")),
+            ("http://control:50051/sluice", Err("it has a path")),
+            (
+                "http://user:pw@control:50051",
+                Err("it carries credentials"),
+            ),
+            (
+                "http://control:0",
+                Err("the port 0 is not one from 1 to 65535"),
+            ),
+            ("http://control:99999", Err("the port 99999 is not")),
+            ("http://[::1]:70000", Err("the port 70000 is not")),
+            ("http://a b:1", Err("entry 1")),
+        ];
+        for (list, expected) in table {
+            match (endpoints(list), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(&got, want, "{list}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{list}: {got}"),
+                (got, want) => panic!("{list}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

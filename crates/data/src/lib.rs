@@ -45,8 +45,9 @@ use sluice_store::data::{delivery, fanout as fanout_row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::DataConfig;
+pub use crate::config::{ControlEndpoint, DataConfig};
 pub use crate::error::{DataError, Violation};
+pub use crate::sync::control_client::check_internal_token;
 
 use crate::api::dispatch::DispatchApi;
 use crate::api::ingest::IngestApi;
@@ -97,7 +98,7 @@ impl DataPlane {
         config.validate()?;
         let sender = Sender::new(config.sender.clone())
             .map_err(|e| DataError::Config(format!("sender: {e}")))?;
-        let control = ControlClient::new(&config.control_endpoint, &config.internal_token)?;
+        let control = ControlClient::new(&config)?;
         let internal_authorization = bearer(&config.internal_token)?
             .to_str()
             .map_err(|_| DataError::Config("internal_token must be printable ASCII".to_owned()))?

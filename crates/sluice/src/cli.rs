@@ -143,7 +143,9 @@ pub struct DataArgs {
     /// The token the planes authenticate each other with (at least 16 characters).
     #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
-    /// The control plane's address, for the config watch and outcome reports.
+    /// The control plane's address, for the config watch and outcome reports. Several
+    /// replicas: their addresses separated by commas (a name with several addresses counts
+    /// as several); one is used at a time, the next when it fails.
     #[arg(
         long,
         env = "SLUICE_CONTROL_ENDPOINT",
@@ -224,7 +226,7 @@ impl DeliveryArgs {
             allow_list,
             ..Default::default()
         };
-        Ok(sluice_data::DataConfig {
+        let config = sluice_data::DataConfig {
             internal_token,
             control_endpoint,
             retry,
@@ -237,7 +239,11 @@ impl DeliveryArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             lease: Duration::from_secs(self.delivery_lease_secs.max(1)),
             ..Default::default()
-        })
+        };
+        config
+            .control_endpoints()
+            .map_err(|e| anyhow::anyhow!("--control-endpoint: {e}"))?;
+        Ok(config)
     }
 }
 
@@ -289,6 +295,10 @@ pub enum PlaneArg {
     /// Both.
     Both,
 }
+
+/// How long a plane waits at start for the other to say whether it takes the internal
+/// token: a plane that is down or slow must not hold the start up.
+const TOKEN_CHECK: Duration = Duration::from_secs(3);
 
 /// The development admin key `sluice dev` uses when none is given. Never for production.
 pub const DEV_ADMIN_KEY: &str = "sk_dev_admin_key_change_me";
@@ -365,6 +375,15 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     let db = args.storage.open(sluice_store::Plane::Control).await?;
     let plane = sluice_control::ControlPlane::new(db, config).await?;
+    if let Err(status) = plane.check_internal_token(TOKEN_CHECK).await {
+        bail!(
+            "--internal-token (SLUICE_INTERNAL_TOKEN): the data plane at {} \
+             (--data-plane-endpoint) refused it ({:?}: {}); every plane needs the same one",
+            args.data_plane_endpoint,
+            status.code(),
+            status.message()
+        );
+    }
     tracing::info!(listen = %args.listen, backend = backend_name(&url), "control plane serving");
     crate::server::serve_control(listener, plane, shutdown).await?;
     tracing::info!("control plane stopped");
@@ -381,6 +400,9 @@ async fn run_data(args: DataArgs) -> anyhow::Result<()> {
         .delivery
         .data_config(token, args.control_endpoint.clone())?;
     config.store_timeout = args.storage.options().timeout;
+    sluice_data::check_internal_token(&config, TOKEN_CHECK)
+        .await
+        .map_err(|e| anyhow::anyhow!("--internal-token (SLUICE_INTERNAL_TOKEN): {e}"))?;
     let url = args.storage.url(sluice_store::Plane::Data)?;
     let listener = bind(args.listen, "data plane").await?;
     let shutdown = crate::shutdown::on_signal();

@@ -1058,6 +1058,18 @@ pub mod control {
         )
     }
 
+    /// Like [`insert_attempts`], returning the id of each attempt it stored (rows with
+    /// column `id`), none of those already there. For PostgreSQL, where control-plane
+    /// replicas store side by side: an insert waits for another transaction's uncommitted
+    /// row with the same id and skips it once that commits, so of two replicas storing the
+    /// same batch at once (one of them a resend), exactly one gets each attempt back, where
+    /// asking first ([`existing_attempts`]) cannot see the other's uncommitted rows.
+    pub fn insert_attempts_returning_id(backend: DbBackend, rows: &[AttemptRow<'_>]) -> Statement {
+        let mut statement = insert_attempts(backend, rows);
+        statement.sql.push_str(" RETURNING id");
+        statement
+    }
+
     /// Inserts deliveries or updates them, but a stored row only takes a state at least as
     /// late as its own: outcomes of different replicas may arrive out of order, and a row
     /// without an attempt never overwrites one with.

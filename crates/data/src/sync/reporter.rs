@@ -2,7 +2,8 @@
 //! subscriptions disabled) to the control plane's `ReportOutcomes`, and has each row deleted
 //! once the control plane acks its batch. Batches come straight from the writer after its
 //! commit; the table is read after a reconnect, so unacked rows are sent again (the control
-//! plane stores them idempotently, so a repeat is harmless).
+//! plane stores them idempotently, so a repeat is harmless, on the same replica or, after a
+//! move to the next one, on another replica of the same database).
 //!
 //! Deliveries never wait for this: while the control plane is down the outbox grows and the
 //! reporter retries with backoff.
@@ -20,7 +21,7 @@ use sea_orm::DatabaseConnection;
 use crate::backoff::Backoff;
 use crate::shutdown::Shutdown;
 use crate::state::outbox::{self, Committed, Outbox};
-use crate::sync::control_client::{ControlClient, EncodedBatch, is_auth_error};
+use crate::sync::control_client::{ControlClient, EncodedBatch, Replica, is_auth_error};
 use crate::sync::leader::{self, Leader};
 
 /// Batches sent but not yet acked, at most: enough to keep the pipe full across a
@@ -71,7 +72,12 @@ impl Reporter {
                 }
                 continue;
             }
-            match self.session(&mut backoff, leader.as_mut()).await {
+            let replica = self.control.replica().await;
+            let ended = self.session(&replica, &mut backoff, leader.as_mut()).await;
+            if matches!(ended, SessionEnd::Broken) {
+                self.control.failed(&replica).await;
+            }
+            match ended {
                 SessionEnd::Done => break,
                 // Flushing for shutdown and the control plane is not there: what is left is
                 // sent after the restart rather than holding the shutdown up.
@@ -135,24 +141,47 @@ impl Reporter {
         )
     }
 
-    async fn session(&self, backoff: &mut Backoff, mut leader: Option<&mut Leader>) -> SessionEnd {
+    /// Resolves when the shutdown flush is over while a stream is still opening (a replica
+    /// that accepts connections and never answers holds an open up until the keep-alive
+    /// gives up): at once when nothing is left to send, else at the flush deadline. Never
+    /// while running normally, however long the open takes.
+    async fn flush_over_while_opening(&self) {
+        self.shutdown.reports_flushing().await;
+        if self.flush_over().await {
+            return;
+        }
+        if let Some(deadline) = self.shutdown.report_flush_deadline() {
+            sleep_until(deadline).await;
+        }
+    }
+
+    /// One stream session on `replica`, until it breaks or the shutdown flush ends.
+    async fn session(
+        &self,
+        replica: &Replica,
+        backoff: &mut Backoff,
+        mut leader: Option<&mut Leader>,
+    ) -> SessionEnd {
         let (requests, outgoing) = mpsc::channel::<EncodedBatch>(WINDOW);
-        let deadline = self.shutdown.report_flush_deadline();
         let opened = tokio::select! {
-            opened = self.control.report_outcomes(ReceiverStream::new(outgoing)) => opened,
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => return SessionEnd::Done,
+            opened = self.control.report_outcomes(replica, ReceiverStream::new(outgoing)) => opened,
+            () = self.flush_over_while_opening() => return SessionEnd::Done,
         };
         let mut acks = match opened {
             Ok(response) => response.into_inner(),
             Err(status) if is_auth_error(&status) => {
-                tracing::warn!(code = ?status.code(), message = %status.message(), "control plane refused the outcome stream; check the internal token");
+                tracing::warn!(control_plane = replica.name(), code = ?status.code(), message = %status.message(), "control plane refused the outcome stream; check the internal token");
                 return SessionEnd::Broken;
             }
             Err(status) => {
-                tracing::debug!(code = ?status.code(), message = %status.message(), "control plane not taking outcomes yet");
+                tracing::debug!(control_plane = replica.name(), code = ?status.code(), message = %status.message(), "control plane not taking outcomes yet");
                 return SessionEnd::Broken;
             }
         };
+        tracing::debug!(
+            control_plane = replica.name(),
+            "streaming outcomes to the control plane"
+        );
 
         // Batches sent on this stream and not yet acked, by outbox seq. Rows are picked by "not
         // sent yet" rather than "after the last seq sent": on PostgreSQL a lower seq can commit

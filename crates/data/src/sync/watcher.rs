@@ -1,8 +1,8 @@
 //! The config watcher: follows the control plane's `WatchConfig` stream from the revision
 //! last persisted, applies each consistent piece to memory and to the database (one
 //! transaction per revision), and reconnects with jittered backoff whenever the stream ends
-//! or the control plane is down. Deliveries and publishes go on from the persisted copy
-//! meanwhile.
+//! or the control plane is down, to the next control-plane replica when there are several.
+//! Deliveries and publishes go on from the persisted copy meanwhile.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use sluice_proto::control::v1::{WatchConfigRequest, WatchConfigResponse};
 use crate::backoff::Backoff;
 use crate::shutdown::Shutdown;
 use crate::state::config_copy::{self, ConfigCopy};
-use crate::sync::control_client::{ControlClient, is_auth_error};
+use crate::sync::control_client::{ControlClient, Replica, is_auth_error};
 
 /// The watcher and what it keeps current.
 pub(crate) struct Watcher {
@@ -27,10 +27,15 @@ impl Watcher {
     pub(crate) async fn run(self) {
         let mut backoff = Backoff::new();
         loop {
+            let replica = tokio::select! {
+                replica = self.control.replica() => replica,
+                () = self.shutdown.requested() => return,
+            };
             tokio::select! {
-                () = self.watch_once(&mut backoff) => {}
+                () = self.watch_once(&replica, &mut backoff) => {}
                 () = self.shutdown.requested() => return,
             }
+            self.control.failed(&replica).await;
             let delay = backoff.next_delay();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -39,25 +44,29 @@ impl Watcher {
         }
     }
 
-    /// One stream session, until it ends or fails.
-    async fn watch_once(&self, backoff: &mut Backoff) {
+    /// One stream session on `replica`, until it ends or fails.
+    async fn watch_once(&self, replica: &Replica, backoff: &mut Backoff) {
         let from_revision = self.copy.base().revision;
-        let mut client = self.control.client();
+        let mut client = replica.client();
         let mut stream = match client
             .watch_config(self.control.request(WatchConfigRequest { from_revision }))
             .await
         {
             Ok(response) => response.into_inner(),
             Err(status) if is_auth_error(&status) => {
-                tracing::warn!(code = ?status.code(), message = %status.message(), "control plane refused the config watch; check the internal token");
+                tracing::warn!(control_plane = replica.name(), code = ?status.code(), message = %status.message(), "control plane refused the config watch; check the internal token");
                 return;
             }
             Err(status) => {
-                tracing::debug!(code = ?status.code(), message = %status.message(), "control plane config watch not available yet");
+                tracing::debug!(control_plane = replica.name(), code = ?status.code(), message = %status.message(), "control plane config watch not available yet");
                 return;
             }
         };
-        tracing::info!(from_revision, "watching the control plane's configuration");
+        tracing::info!(
+            control_plane = replica.name(),
+            from_revision,
+            "watching the control plane's configuration"
+        );
         // Pieces of a snapshot arrive with revision 0 until the last one; they are applied
         // together, so nobody ever sees half a snapshot.
         let mut pending: Vec<WatchConfigResponse> = Vec::new();
