@@ -5,7 +5,7 @@
 use sluice_core::signing::SigningSecret;
 use sluice_proto::control::v1 as pb;
 use sluice_testkit::{
-    ADMIN_KEY, ControlHarness, assert_invalid, backends, field_violations, now_secs,
+    ADMIN_KEY, ControlHarness, assert_invalid, backends, field_violations, keyring, now_secs,
 };
 use sluice_tests::control::*;
 use sluice_tests::headers;
@@ -388,7 +388,11 @@ async fn limits_are_inclusive() {
             (2000, 100_000)
         );
         let stored = stored_subscription(&h.db, &sub.id).await.unwrap();
-        assert_eq!(stored.secret, secret);
+        assert_eq!(
+            keyring().open(&stored.secret).unwrap(),
+            secret,
+            "stored sealed"
+        );
 
         let min_secret = SigningSecret::from_bytes(vec![4u8; 24]).unwrap().to_whsec();
         let r = c

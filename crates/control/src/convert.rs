@@ -1,8 +1,11 @@
 //! Conversions between stored rows and proto messages, in one place.
 
 use prost_types::Timestamp;
+use sluice_core::sealing::Keyring;
 use sluice_proto::control::v1 as pb;
 use sluice_store::control::{api_key, event_type, subscription, workspace};
+
+use crate::error::ApiResult;
 
 /// Unix milliseconds to a protobuf Timestamp.
 pub fn ts(ms: i64) -> Timestamp {
@@ -128,21 +131,31 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
     }
 }
 
-/// What the data plane needs of a subscription, secrets included.
-pub fn config_subscription(m: &subscription::Model, now_ms: i64) -> pb::ConfigSubscription {
+/// What the data plane needs of a subscription, secrets included: opened here from their
+/// sealed form, so the error names a stored secret that does not open.
+pub fn config_subscription(
+    m: &subscription::Model,
+    now_ms: i64,
+    keyring: &Keyring,
+) -> ApiResult<pb::ConfigSubscription> {
+    let open = |sealed: &str| {
+        keyring
+            .open(sealed)
+            .map_err(|e| crate::secrets::does_not_open(&m.id, e))
+    };
     let mut secrets = vec![pb::ConfigSecret {
-        secret: m.secret.clone(),
+        secret: open(&m.secret)?,
         expire_time: None,
     }];
     if let (Some(previous), Some(expire)) = (&m.previous_secret, m.previous_secret_expire_ms)
         && expire > now_ms
     {
         secrets.push(pb::ConfigSecret {
-            secret: previous.clone(),
+            secret: open(previous)?,
             expire_time: Some(ts(expire)),
         });
     }
-    pb::ConfigSubscription {
+    Ok(pb::ConfigSubscription {
         id: m.id.clone(),
         workspace_id: m.workspace_id.clone(),
         url: m.url.clone(),
@@ -152,5 +165,5 @@ pub fn config_subscription(m: &subscription::Model, now_ms: i64) -> pb::ConfigSu
         rate_limit_per_second: m.rate_limit_per_second as u32,
         enabled: m.enabled,
         secrets,
-    }
+    })
 }

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod error;
 pub mod event_type;
 pub mod page;
+pub mod secrets;
 pub mod subscription;
 pub mod sync;
 pub mod workspace;
@@ -21,6 +22,7 @@ use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryOrder,
     QuerySelect, Set,
 };
+use sluice_core::sealing::{Keyring, Reseal};
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1::dispatch_service_client::DispatchServiceClient;
 use sluice_store::control::config_change;
@@ -42,6 +44,8 @@ pub struct ControlConfig {
     /// Where the data plane's `DispatchService` listens (`http://127.0.0.1:50052`), for
     /// test sends, retries and replays; `None` answers those with UNAVAILABLE.
     pub data_plane_endpoint: Option<String>,
+    /// The master keys that seal the signing secrets at rest (`secrets.rs`).
+    pub keyring: Keyring,
 }
 
 impl std::fmt::Debug for ControlConfig {
@@ -51,6 +55,7 @@ impl std::fmt::Debug for ControlConfig {
             .field("internal_token", &"<redacted>")
             .field("allow_http", &self.allow_http)
             .field("data_plane_endpoint", &self.data_plane_endpoint)
+            .field("keyring", &self.keyring)
             .finish()
     }
 }
@@ -73,11 +78,21 @@ struct Inner {
 }
 
 impl ControlPlane {
-    /// The control plane over an open, migrated database.
+    /// The control plane over an open, migrated database. Seals any signing secret still
+    /// stored in clear, and fails (FAILED_PRECONDITION, naming the key id) when the keyring
+    /// does not open every stored one.
     pub async fn new(
         db: DatabaseConnection,
         config: ControlConfig,
     ) -> Result<ControlPlane, ApiError> {
+        let sealed = secrets::reseal_secrets(&db, &config.keyring, Reseal::ClearText).await?;
+        if sealed.resealed > 0 {
+            tracing::info!(
+                subscriptions = sealed.resealed,
+                key_id = config.keyring.current_id(),
+                "sealed the signing secrets that were stored in clear"
+            );
+        }
         let latest = latest_revision(&db).await?;
         let dispatch = match &config.data_plane_endpoint {
             Some(url) => Some(DispatchServiceClient::new(
@@ -288,6 +303,8 @@ async fn latest_revision<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     #[test]
     fn config_debug_never_shows_the_secrets() {
         let config = super::ControlConfig {
@@ -295,8 +312,10 @@ mod tests {
             internal_token: "internal_secret_value".into(),
             allow_http: false,
             data_plane_endpoint: None,
+            keyring: sluice_core::sealing::Keyring::from_keys(&[[7; 32]]).unwrap(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("secret_value"), "{shown}");
+        assert!(shown.contains("Keyring { current: "), "{shown}");
     }
 }

@@ -1,6 +1,7 @@
 //! `SubscriptionService`: endpoints, their filters, headers, rate limits, state and signing
 //! secrets. Every change is recorded in the config change log in the same transaction, so
-//! the data plane's watch stream sees it within a second.
+//! the data plane's watch stream sees it within a second. Secrets are stored sealed
+//! (`secrets.rs`) and opened only to be revealed or sent to the data plane.
 
 use std::collections::BTreeMap;
 
@@ -257,7 +258,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             disabled_reason: Set(None),
             disabled_message: Set(None),
             disable_ms: Set(None),
-            secret: Set(secret.clone()),
+            secret: Set(self.0.config().keyring.seal(&secret)),
             previous_secret: Set(None),
             previous_secret_expire_ms: Set(None),
             create_ms: Set(now),
@@ -538,13 +539,20 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .await?;
         let row = self.find(&workspace_id, &request.get_ref().id).await?;
         let now = now_ms();
+        let open = |sealed: &str| {
+            self.0
+                .config()
+                .keyring
+                .open(sealed)
+                .map_err(|e| crate::secrets::does_not_open(&row.id, e))
+        };
         let (previous_secret, previous_secret_expire_time) =
-            match (row.previous_secret, row.previous_secret_expire_ms) {
-                (Some(s), Some(expire)) if expire > now => (s, Some(convert::ts(expire))),
+            match (&row.previous_secret, row.previous_secret_expire_ms) {
+                (Some(s), Some(expire)) if expire > now => (open(s)?, Some(convert::ts(expire))),
                 _ => (String::new(), None),
             };
         Ok(Response::new(pb::RevealSubscriptionSecretResponse {
-            secret: row.secret,
+            secret: open(&row.secret)?,
             previous_secret,
             previous_secret_expire_time,
         }))
@@ -572,7 +580,8 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         };
         v.finish()?;
         let expire = (grace_secs > 0).then(|| now_ms() + grace_secs * 1000);
-        let new_secret = secret.clone();
+        // Stored sealed; the old secret moves to `previous_secret` as stored (sealed too).
+        let new_secret = self.0.config().keyring.seal(&secret);
         let row = self
             .modify(&workspace_id, "id", &r.id, move |row| {
                 let old = match &row.secret {
@@ -625,7 +634,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 })?,
         };
         let mut dispatch = self.0.dispatch()?;
-        let config = convert::config_subscription(&row, now_ms());
+        let config = convert::config_subscription(&row, now_ms(), &self.0.config().keyring)?;
         let req = self
             .0
             .internal_request(sluice_proto::data::v1::SendTestRequest {

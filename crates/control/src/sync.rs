@@ -20,6 +20,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
 };
+use sluice_core::sealing::Keyring;
 use sluice_proto::control::v1 as pb;
 use sluice_store::control::{api_key, config_change, subscription};
 use sluice_store::hot::{self, Session};
@@ -177,7 +178,7 @@ async fn watch(plane: ControlPlane, from: i64, tx: &WatchSender) -> Result<(), A
     // A revision from the future means this database is not the one the data plane
     // watched before (restored or replaced): start over with a snapshot.
     let mut current = if from == 0 || from > latest {
-        snapshot(&db, tx).await?
+        snapshot(&db, &plane.config().keyring, tx).await?
     } else {
         from
     };
@@ -192,7 +193,7 @@ async fn watch(plane: ControlPlane, from: i64, tx: &WatchSender) -> Result<(), A
             let Some(last) = changes.last().map(|c| c.revision) else {
                 break;
             };
-            let response = resolve_changes(&db, &changes, last).await?;
+            let response = resolve_changes(&db, &plane.config().keyring, &changes, last).await?;
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
@@ -208,7 +209,11 @@ async fn watch(plane: ControlPlane, from: i64, tx: &WatchSender) -> Result<(), A
 }
 
 /// Sends the whole configuration in pieces; returns the revision it is consistent at.
-async fn snapshot(db: &DatabaseConnection, tx: &WatchSender) -> Result<i64, ApiError> {
+async fn snapshot(
+    db: &DatabaseConnection,
+    keyring: &Keyring,
+    tx: &WatchSender,
+) -> Result<i64, ApiError> {
     let revision = latest_revision(db).await?;
     let now = now_ms();
     let keys = api_key::Entity::find()
@@ -235,8 +240,8 @@ async fn snapshot(db: &DatabaseConnection, tx: &WatchSender) -> Result<i64, ApiE
         let mut piece = std::mem::take(&mut first);
         piece.upserted_subscriptions = subs
             .iter()
-            .map(|s| convert::config_subscription(s, now))
-            .collect();
+            .map(|s| convert::config_subscription(s, now, keyring))
+            .collect::<Result<_, _>>()?;
         if done {
             piece.revision = revision as u64;
         }
@@ -259,6 +264,7 @@ fn config_key(k: &api_key::Model) -> pb::ConfigApiKey {
 
 async fn resolve_changes(
     db: &DatabaseConnection,
+    keyring: &Keyring,
     changes: &[config_change::Model],
     revision: i64,
 ) -> Result<pb::WatchConfigResponse, ApiError> {
@@ -281,7 +287,7 @@ async fn resolve_changes(
                 {
                     Some(s) => response
                         .upserted_subscriptions
-                        .push(convert::config_subscription(&s, now)),
+                        .push(convert::config_subscription(&s, now, keyring)?),
                     None => response
                         .deleted_subscription_ids
                         .push(change.resource_id.clone()),

@@ -1,5 +1,5 @@
 //! Sluice's domain types and pure logic: ids, event names and filters, the envelope, retry
-//! policy, Standard Webhooks signing, egress rules and input validation.
+//! policy, Standard Webhooks signing, secrets sealed at rest, egress rules and input validation.
 //!
 //! This crate does no I/O and knows nothing of protobuf or the database, so every other crate
 //! can depend on it and every rule here can be tested as a plain function.
@@ -11,5 +11,6 @@ pub mod event;
 pub mod ids;
 pub mod outcome;
 pub mod retry;
+pub mod sealing;
 pub mod signing;
 pub mod validate;

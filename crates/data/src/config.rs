@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use sluice_core::retry::RetrySchedule;
+use sluice_core::sealing::Keyring;
 use sluice_delivery::SenderConfig;
 
 use crate::error::DataError;
@@ -51,6 +52,9 @@ pub struct DataConfig {
     /// answered UNAVAILABLE ("not stored, publish again"). The store's own waits (a
     /// connection, a statement) are bounded by the same figure (`sluice_store::StoreOptions`).
     pub store_timeout: Duration,
+    /// The master keys that seal the stored copy of the signing secrets. Required: the
+    /// default has none, and `DataPlane::start` refuses to run without.
+    pub keyring: Option<Keyring>,
 }
 
 impl std::fmt::Debug for DataConfig {
@@ -64,6 +68,7 @@ impl std::fmt::Debug for DataConfig {
             .field("endpoint_concurrency", &self.endpoint_concurrency)
             .field("lease", &self.lease)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("keyring", &self.keyring)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +92,7 @@ impl Default for DataConfig {
             lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
+            keyring: None,
         }
     }
 }

@@ -19,7 +19,8 @@
 //! of shutdown in `shutdown`. Each task takes the handles it uses.
 //!
 //! Invariants: an event is acked only once durable; the database is the record, memory a
-//! cache of near work; no secret, signature or payload is ever logged.
+//! cache of near work; signing secrets are stored sealed (`state::sealed`); no secret,
+//! signature or payload is ever logged.
 
 mod api;
 mod backoff;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter};
+use sluice_core::sealing::Reseal;
 use sluice_delivery::Sender;
 use sluice_proto::data::v1::dispatch_service_server::{DispatchService, DispatchServiceServer};
 use sluice_proto::data::v1::ingest_service_server::{IngestService, IngestServiceServer};
@@ -48,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::{ControlEndpoint, DataConfig};
 pub use crate::error::{DataError, Violation};
 pub use crate::sync::control_client::check_internal_token;
+pub use crate::state::sealed::reseal_secrets;
 
 use crate::api::dispatch::DispatchApi;
 use crate::api::ingest::IngestApi;
@@ -104,7 +107,20 @@ impl DataPlane {
             .map_err(|_| DataError::Config("internal_token must be printable ASCII".to_owned()))?
             .to_owned();
         let postgres = db.get_database_backend() == DbBackend::Postgres;
-        let snapshot = config_copy::load(&db).await?;
+        let keyring = config.keyring.clone().ok_or_else(|| {
+            DataError::Config("keyring is required: it seals the stored signing secrets".to_owned())
+        })?;
+        // Seals what an older version stored in clear, and proves the keyring opens every
+        // stored secret before anything is signed.
+        let sealed = reseal_secrets(&db, &keyring, Reseal::ClearText).await?;
+        if sealed.resealed > 0 {
+            tracing::info!(
+                subscriptions = sealed.resealed,
+                key_id = keyring.current_id(),
+                "sealed the stored signing secrets that were in clear"
+            );
+        }
+        let snapshot = config_copy::load(&db, &keyring).await?;
         let streaks = streaks::load(&db).await?;
         if !postgres {
             release_leftover_leases(&db).await?;
@@ -157,6 +173,7 @@ impl DataPlane {
             policy,
             lease_ms,
             shutdown: shutdown.clone(),
+            keyring: keyring.clone(),
         });
         let dispatcher = Arc::new(Dispatcher::new(
             lanes,
@@ -202,6 +219,7 @@ impl DataPlane {
             copy: Arc::clone(&copy),
             control,
             shutdown: shutdown.clone(),
+            keyring,
         };
 
         // The outbox-depth gauge starts from what a previous run left unacked.

@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::outcome::DeliveryStatus;
-use sluice_proto::control::v1::{
-    AttemptOutcome, AttemptTrigger, ConfigSubscription, SubscriptionDisabled,
-};
+use sluice_proto::control::v1::{AttemptOutcome, AttemptTrigger, SubscriptionDisabled};
 use sluice_proto::data::v1::PublishResponse;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::DataError;
 use crate::state::claims::{Claims, DeliveryKey};
+use crate::state::sealed::SealedConfig;
 use crate::state::streaks::StreakChange;
 
 /// An event validated by ingest, waiting to be made durable.
@@ -187,8 +186,8 @@ pub(crate) struct EndedDelivery {
 pub(crate) struct DisabledSubscription {
     /// What the control plane is told.
     pub(crate) report: SubscriptionDisabled,
-    /// The local copy, with `enabled` false, to persist.
-    pub(crate) config: ConfigSubscription,
+    /// The local copy, with `enabled` false, to persist (its secrets sealed).
+    pub(crate) config: SealedConfig,
 }
 
 /// The writer's end for outcomes: attempts, the timers and the scanner record through it.

@@ -2,7 +2,7 @@
 //! Configuration is validated before any port is bound.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -43,6 +43,51 @@ pub enum Command {
     Bench(sluice_bench::BenchArgs),
     /// Run a local webhook receiver that prints (and verifies) what it gets.
     Listen(crate::listen::ListenArgs),
+    /// Master keys of the secrets at rest: make one, or re-seal the stored secrets.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `sluice keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes) on stdout, its key id on stderr.
+    Generate,
+    /// Re-seal every stored secret under the current (first) master key, so the others
+    /// can be dropped. Idempotent; safe while the planes run on PostgreSQL (SQLite: stop
+    /// them first, one process per file).
+    Rotate(RotateArgs),
+}
+
+/// The master keys that seal the stored secrets (signing secrets).
+#[derive(Debug, Args, Clone)]
+pub struct MasterKeyArgs {
+    /// Master keys, base64 of 32 random bytes each, comma-separated, the current one first
+    /// (the others still open what they sealed). Prefer the variable or a key file: a
+    /// flag's value shows in the process list.
+    #[arg(long, env = "SLUICE_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// A file holding the master keys, in the same form.
+    #[arg(long, env = "SLUICE_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl MasterKeyArgs {
+    fn keyring(&self) -> anyhow::Result<Option<sluice_core::sealing::Keyring>> {
+        crate::keys::keyring_from(self.master_key.as_deref(), self.master_key_file.as_deref())
+    }
+}
+
+/// Flags of `sluice keys rotate`.
+#[derive(Debug, Args, Clone)]
+pub struct RotateArgs {
+    /// Which plane's database to re-seal.
+    #[arg(long, value_enum, default_value_t = PlaneArg::Both)]
+    pub plane: PlaneArg,
+    #[command(flatten)]
+    pub keys: MasterKeyArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 impl Command {
@@ -131,6 +176,8 @@ pub struct ControlArgs {
     )]
     pub data_plane_endpoint: String,
     #[command(flatten)]
+    pub keys: MasterKeyArgs,
+    #[command(flatten)]
     pub storage: StorageArgs,
 }
 
@@ -154,6 +201,8 @@ pub struct DataArgs {
     pub control_endpoint: String,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub keys: MasterKeyArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -273,6 +322,9 @@ pub struct DevArgs {
     /// How the data plane delivers (dev always allows plain http and private addresses).
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    /// The master keys; when none is given, a development key kept in --data-dir.
+    #[command(flatten)]
+    pub keys: MasterKeyArgs,
 }
 
 /// Flags of `sluice migrate`.
@@ -285,7 +337,7 @@ pub struct MigrateArgs {
     pub storage: StorageArgs,
 }
 
-/// A plane, for `migrate`.
+/// A plane, for `migrate` and `keys rotate`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PlaneArg {
     /// The control plane.
@@ -299,6 +351,17 @@ pub enum PlaneArg {
 /// How long a plane waits at start for the other to say whether it takes the internal
 /// token: a plane that is down or slow must not hold the start up.
 const TOKEN_CHECK: Duration = Duration::from_secs(3);
+
+impl PlaneArg {
+    fn planes(self) -> &'static [sluice_store::Plane] {
+        use sluice_store::Plane;
+        match self {
+            PlaneArg::Control => &[Plane::Control],
+            PlaneArg::Data => &[Plane::Data],
+            PlaneArg::Both => &[Plane::Control, Plane::Data],
+        }
+    }
+}
 
 /// The development admin key `sluice dev` uses when none is given. Never for production.
 pub const DEV_ADMIN_KEY: &str = "sk_dev_admin_key_change_me";
@@ -320,17 +383,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => run_migrate(args).await,
         Command::Bench(args) => sluice_bench::run(args, crate::shutdown::on_signal).await,
         Command::Listen(args) => crate::listen::run(args).await,
+        Command::Keys(command) => run_keys(command).await,
     }
 }
 
+async fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Generate => {
+            let key = sluice_core::sealing::generate_master_key();
+            let keyring = sluice_core::sealing::Keyring::parse(&key)?;
+            println!("{key}");
+            eprintln!("key id {}", keyring.current_id());
+        }
+        KeysCommand::Rotate(args) => {
+            let keyring = crate::keys::required(args.keys.keyring()?)?;
+            for plane in args.plane.planes() {
+                let db = args.storage.open(*plane).await?;
+                let done = crate::keys::rotate(&db, *plane, &keyring)
+                    .await
+                    .with_context(|| {
+                        format!("re-sealing the {} plane's secrets", plane_name(*plane))
+                    })?;
+                println!(
+                    "{} plane: {} subscriptions checked, {} re-sealed under key id {}",
+                    plane_name(*plane),
+                    done.checked,
+                    done.resealed,
+                    keyring.current_id()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    use sluice_store::Plane;
-    let planes: &[Plane] = match args.plane {
-        PlaneArg::Control => &[Plane::Control],
-        PlaneArg::Data => &[Plane::Data],
-        PlaneArg::Both => &[Plane::Control, Plane::Data],
-    };
-    for plane in planes {
+    for plane in args.plane.planes() {
         args.storage.open(*plane).await?;
         let url = args.storage.url(*plane)?;
         tracing::info!(?plane, backend = backend_name(&url), "migrations applied");
@@ -369,6 +457,7 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         )?,
         allow_http: args.allow_http,
         data_plane_endpoint: Some(args.data_plane_endpoint.clone()),
+        keyring: crate::keys::required(args.keys.keyring()?)?,
     };
     let url = args.storage.url(sluice_store::Plane::Control)?;
     let listener = bind(args.listen, "control plane").await?;
@@ -400,6 +489,7 @@ async fn run_data(args: DataArgs) -> anyhow::Result<()> {
         .delivery
         .data_config(token, args.control_endpoint.clone())?;
     config.store_timeout = args.storage.options().timeout;
+    config.keyring = Some(crate::keys::required(args.keys.keyring()?)?);
     sluice_data::check_internal_token(&config, TOKEN_CHECK)
         .await
         .map_err(|e| anyhow::anyhow!("--internal-token (SLUICE_INTERNAL_TOKEN): {e}"))?;
@@ -419,6 +509,19 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| DEV_ADMIN_KEY.to_owned());
     let internal_token = sluice_core::apikey::generate_api_key();
+    let (keyring, dev_key) = crate::keys::dev_keyring(args.keys.keyring()?, &args.data_dir)?;
+    let key_line = match &dev_key {
+        crate::keys::DevKey::Given => "given".to_owned(),
+        crate::keys::DevKey::Created(path) => {
+            tracing::info!(path = %path.display(), key_id = keyring.current_id(), "created a development master key; keep it, the stored secrets need it");
+            format!("{} (created now; keep it)", path.display())
+        }
+        crate::keys::DevKey::Kept(path) => {
+            tracing::info!(path = %path.display(), key_id = keyring.current_id(), "using the development master key");
+            path.display().to_string()
+        }
+    };
+    let key_line = format!("{key_line}, key id {}", keyring.current_id());
     let storage = StorageArgs {
         database_url: args.database_url.clone(),
         data_dir: args.data_dir.clone(),
@@ -435,11 +538,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         format!("http://{}", args.control_listen),
     )?;
     data_config.store_timeout = storage.options().timeout;
+    data_config.keyring = Some(keyring.clone());
     let control_config = sluice_control::ControlConfig {
         admin_key: admin_key.clone(),
         internal_token,
         allow_http: true,
         data_plane_endpoint: Some(format!("http://{}", args.data_listen)),
+        keyring,
     };
     let control_listener = bind(args.control_listen, "control plane").await?;
     let data_listener = bind(args.data_listen, "data plane").await?;
@@ -447,7 +552,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let control_db = storage.open(sluice_store::Plane::Control).await?;
     let data_db = storage.open(sluice_store::Plane::Data).await?;
     let plane = sluice_control::ControlPlane::new(control_db, control_config).await?;
-    print_banner(&args, &admin_key, &args.data_dir);
+    print_banner(&args, &admin_key, &key_line);
     // The control plane stops after the data plane has drained, so the outcomes of the
     // last attempts still reach the delivery log instead of waiting in the outbox for the
     // next start.
@@ -477,20 +582,21 @@ fn url_host(url: &str) -> String {
         .to_owned()
 }
 
-fn print_banner(args: &DevArgs, admin_key: &str, data_dir: &Path) {
+fn print_banner(args: &DevArgs, admin_key: &str, master_key: &str) {
     let c = args.control_listen;
     println!(
         "\nSluice dev is running ({storage}).\n\
          \n  control plane  {c}   (workspaces, keys, event types, subscriptions, delivery log)\
          \n  data plane     {d}   (publish events)\
          \n  admin key      {admin_key}\
+         \n  master key     {master_key}\
          \n\nDevelopment mode: plain http and loopback/private destinations are ALLOWED.\
          \n\nTry:\n  grpcurl -plaintext {c} list\
          \n  grpcurl -plaintext -H 'authorization: Bearer {admin_key}' \\\
          \n    -d '{{\"workspace\": {{\"display_name\": \"Tideflow\"}}}}' {c} sluice.control.v1.WorkspaceService/CreateWorkspace\n",
         storage = match &args.database_url {
             Some(url) => format!("PostgreSQL at {}", url_host(url)),
-            None => format!("SQLite under {}", data_dir.display()),
+            None => format!("SQLite under {}", args.data_dir.display()),
         },
         d = args.data_listen,
     );

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod dataplane;
+pub mod keys;
 pub mod listen;
 pub mod server;
 pub mod shutdown;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use sea_orm::DatabaseConnection;
+use sluice_core::sealing::Keyring;
 use sluice_store::Plane;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -13,16 +14,19 @@ use tonic::transport::Channel;
 use crate::{ADMIN_KEY, Backend, Clients, INTERNAL_TOKEN, TestDatabase};
 
 /// The control plane's configuration in tests. `allow_http` lets subscriptions use
-/// `http://` URLs (a local receiver); `data_plane` is the data plane's DispatchService.
+/// `http://` URLs (a local receiver); `data_plane` is the data plane's DispatchService;
+/// `keyring` seals the stored secrets.
 pub(crate) fn control_config(
     allow_http: bool,
     data_plane: Option<String>,
+    keyring: Keyring,
 ) -> sluice_control::ControlConfig {
     sluice_control::ControlConfig {
         admin_key: ADMIN_KEY.into(),
         internal_token: INTERNAL_TOKEN.into(),
         allow_http,
         data_plane_endpoint: data_plane,
+        keyring,
     }
 }
 
@@ -77,9 +81,12 @@ impl ControlHarness {
         let db = database.open(Plane::Control).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server =
-            ControlServer::start(listener, db.clone(), control_config(allow_http, data_plane))
-                .await;
+        let server = ControlServer::start(
+            listener,
+            db.clone(),
+            control_config(allow_http, data_plane, crate::keyring()),
+        )
+        .await;
         ControlHarness {
             addr,
             db,

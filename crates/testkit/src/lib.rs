@@ -33,6 +33,14 @@ pub use database::{Backend, TestDatabase, backends, count_rows};
 pub const ADMIN_KEY: &str = "sk_test_admin_key_0123456789";
 /// The internal token between the planes in every test.
 pub const INTERNAL_TOKEN: &str = "it_test_internal_token_0123456789";
+/// The master key that seals the stored secrets in every test (`SLUICE_MASTER_KEY`'s form:
+/// base64 of the 32 bytes `sluice-test-master-key-32-bytes!`).
+pub const MASTER_KEY: &str = "c2x1aWNlLXRlc3QtbWFzdGVyLWtleS0zMi1ieXRlcyE=";
+
+/// The keyring of [`MASTER_KEY`].
+pub fn keyring() -> sluice_core::sealing::Keyring {
+    sluice_core::sealing::Keyring::parse(MASTER_KEY).unwrap()
+}
 
 /// How long a test waits for something that should happen promptly (a POST, an outcome, a
 /// configuration revision) before it fails: a hang is a failure, not a pass. Generous, for

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
+use sluice_core::sealing::Keyring;
 use sluice_proto::data::v1 as dpb;
 use sluice_store::Plane;
 use tokio::net::TcpListener;
@@ -33,6 +34,8 @@ pub struct PlaneOptions {
     pub disable_after_failed_attempts: Option<u32>,
     /// The longest wait for either plane's database (`--store-timeout-ms`).
     pub store_timeout: Duration,
+    /// The master keys both planes seal their stored secrets with.
+    pub keyring: Keyring,
 }
 
 impl Default for PlaneOptions {
@@ -43,6 +46,7 @@ impl Default for PlaneOptions {
             allow_private: true,
             disable_after_failed_attempts: None,
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
+            keyring: crate::keyring(),
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct Planes {
     data_database: TestDatabase,
     control: Option<ControlServer>,
     data: Option<DataHarness>,
+    /// The data plane's configuration, to start it again.
+    data_config: sluice_data::DataConfig,
 }
 
 impl Planes {
@@ -80,7 +86,11 @@ impl Planes {
         let control = ControlServer::start(
             control_listener,
             control_db.clone(),
-            control_config(true, Some(format!("http://{data_addr}"))),
+            control_config(
+                true,
+                Some(format!("http://{data_addr}")),
+                options.keyring.clone(),
+            ),
         )
         .await;
 
@@ -99,9 +109,10 @@ impl Planes {
             disable_after_failed_attempts: options.disable_after_failed_attempts,
             shutdown_grace: Duration::from_secs(2),
             store_timeout: options.store_timeout,
+            keyring: Some(options.keyring),
             ..Default::default()
         };
-        let data = DataHarness::serve(data_listener, data_db.clone(), config).await;
+        let data = DataHarness::serve(data_listener, data_db.clone(), config.clone()).await;
         Planes {
             control_addr,
             data_addr,
@@ -111,7 +122,26 @@ impl Planes {
             data_database,
             control: Some(control),
             data: Some(data),
+            data_config: config,
         }
+    }
+
+    /// The control plane's database (its URL; for SQLite, the file's directory is its own).
+    pub fn control_database(&self) -> &TestDatabase {
+        &self.control_database
+    }
+
+    /// The data plane's database.
+    pub fn data_database(&self) -> &TestDatabase {
+        &self.data_database
+    }
+
+    /// The master keys the planes run with.
+    pub fn keyring(&self) -> &Keyring {
+        self.data_config
+            .keyring
+            .as_ref()
+            .expect("the planes always run with a keyring")
     }
 
     /// Control-plane clients with `key`.
@@ -164,9 +194,26 @@ impl Planes {
             ControlServer::start(
                 listener,
                 self.control_db.clone(),
-                control_config(true, Some(format!("http://{}", self.data_addr))),
+                control_config(
+                    true,
+                    Some(format!("http://{}", self.data_addr)),
+                    self.keyring().clone(),
+                ),
             )
             .await,
+        );
+    }
+
+    /// Stops both planes and starts them again, on the same addresses and databases, with
+    /// `keyring` (after `sluice keys rotate`, say).
+    pub async fn restart_with_keyring(&mut self, keyring: Keyring) {
+        self.stop_data().await;
+        self.stop_control().await;
+        self.data_config.keyring = Some(keyring);
+        self.restart_control().await;
+        let listener = TcpListener::bind(self.data_addr).await.unwrap();
+        self.data = Some(
+            DataHarness::serve(listener, self.data_db.clone(), self.data_config.clone()).await,
         );
     }
 

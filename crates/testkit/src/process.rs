@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::{ADMIN_KEY, Clients, INTERNAL_TOKEN, Intercepted, free_addr};
+use crate::{ADMIN_KEY, Clients, INTERNAL_TOKEN, Intercepted, MASTER_KEY, free_addr};
 
 /// One running `sluice` subcommand.
 pub struct SluiceProcess {
@@ -145,6 +145,7 @@ impl Deployment {
             .collect();
         env.push(("SLUICE_ADMIN_KEY".into(), ADMIN_KEY.into()));
         env.push(("SLUICE_INTERNAL_TOKEN".into(), INTERNAL_TOKEN.into()));
+        env.push(("SLUICE_MASTER_KEY".into(), MASTER_KEY.into()));
         env.push((
             "RUST_LOG".into(),
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

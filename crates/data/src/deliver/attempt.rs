@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_core::ids::{IdKind, new_id};
 use sluice_core::outcome::DeliveryStatus;
+use sluice_core::sealing::Keyring;
 use sluice_delivery::{AttemptResult, DeliveryRequest, Sender, slack_message};
 use sluice_proto::control::v1::{
     Attempt, AttemptOutcome, AttemptTrigger, DeliveryStatus as ProtoDeliveryStatus, DisabledReason,
@@ -25,6 +26,7 @@ use crate::deliver::lanes::{Lane, Lanes};
 use crate::shutdown::Shutdown;
 use crate::state::claims::Claims;
 use crate::state::config_copy::{ConfigCopy, Endpoint, Subscription};
+use crate::state::sealed::SealedConfig;
 use crate::state::streaks::Streaks;
 use crate::time::{duration_ms, proto_duration, timestamp_from_ms};
 use crate::work::{
@@ -50,6 +52,8 @@ pub(crate) struct Attempts {
     /// How long a replica owns a delivery it holds, in milliseconds.
     pub(crate) lease_ms: i64,
     pub(crate) shutdown: Shutdown,
+    /// Seals the copy of a subscription this replica disables, before it is persisted.
+    pub(crate) keyring: Keyring,
 }
 
 impl Attempts {
@@ -336,7 +340,7 @@ impl Attempts {
                     message,
                     disable_time: Some(timestamp_from_ms(now_ms())),
                 },
-                config,
+                config: SealedConfig::seal(&self.keyring, &config),
             })))
             .await;
     }

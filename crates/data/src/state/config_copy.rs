@@ -5,7 +5,7 @@
 //! arrives, so the hot path never waits on a writer and always sees one consistent revision.
 //! The copy is persisted in `dp_subscriptions`, `dp_api_keys` and `dp_state` so that after a
 //! restart publishers are authenticated and deliveries continue while the control plane is
-//! down.
+//! down; its signing secrets are persisted sealed (`sealed.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -14,6 +14,7 @@ use prost::Message as _;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sluice_core::event::EventFilter;
+use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
 use sluice_delivery::CustomHeaders;
 use sluice_proto::control::v1::{
@@ -22,6 +23,9 @@ use sluice_proto::control::v1::{
 use sluice_store::data::{api_key, state, subscription};
 use tokio::sync::watch;
 use url::Url;
+
+use crate::error::DataError;
+use crate::state::sealed::{SealedConfig, open_config};
 
 /// The `dp_state` row holding the last revision applied and persisted.
 pub(crate) const REVISION_STATE: &str = "revision";
@@ -331,9 +335,13 @@ impl ConfigCopy {
     }
 }
 
-/// Reads the persisted copy. Rows that no longer decode are skipped with a warning rather
-/// than stopping the data plane: the control plane's next snapshot replaces them.
-pub(crate) async fn load<C: ConnectionTrait>(db: &C) -> Result<ConfigSnapshot, DbErr> {
+/// Reads the persisted copy, opening its secrets. Rows that no longer decode are skipped
+/// with a warning rather than stopping the data plane: the control plane's next snapshot
+/// replaces them. A secret the keyring does not open stops the start.
+pub(crate) async fn load<C: ConnectionTrait>(
+    db: &C,
+    keyring: &Keyring,
+) -> Result<ConfigSnapshot, DataError> {
     let revision = state::Entity::find_by_id(REVISION_STATE)
         .one(db)
         .await?
@@ -346,7 +354,9 @@ pub(crate) async fn load<C: ConnectionTrait>(db: &C) -> Result<ConfigSnapshot, D
     };
     for row in subscription::Entity::find().all(db).await? {
         match ConfigSubscription::decode(row.config.as_slice()) {
-            Ok(config) => piece.upserted_subscriptions.push(config),
+            Ok(config) => piece
+                .upserted_subscriptions
+                .push(open_config(keyring, config)?),
             Err(e) => {
                 tracing::warn!(subscription_id = %row.id, error = %e, "stored subscription does not decode; skipped");
             }
@@ -364,10 +374,11 @@ pub(crate) async fn load<C: ConnectionTrait>(db: &C) -> Result<ConfigSnapshot, D
     Ok(snapshot)
 }
 
-/// Writes `pieces` (ending at `revision`) to the persisted copy; call inside a transaction
-/// so the copy and its revision move together.
+/// Writes `pieces` (ending at `revision`) to the persisted copy, secrets sealed; call inside
+/// a transaction so the copy and its revision move together.
 pub(crate) async fn persist<C: ConnectionTrait>(
     tx: &C,
+    keyring: &Keyring,
     pieces: &[WatchConfigResponse],
     revision: u64,
 ) -> Result<(), DbErr> {
@@ -383,7 +394,7 @@ pub(crate) async fn persist<C: ConnectionTrait>(
                 .await?;
         }
         for config in &piece.upserted_subscriptions {
-            upsert_subscription(tx, config).await?;
+            upsert_subscription(tx, &SealedConfig::seal(keyring, config)).await?;
         }
         let mut deleted_keys = piece.deleted_api_key_ids.clone();
         // A re-sent key is deleted and inserted again, so a key whose hash moved to another
@@ -422,12 +433,12 @@ pub(crate) async fn persist<C: ConnectionTrait>(
 /// Stores a subscription as the data plane now holds it.
 pub(crate) async fn upsert_subscription<C: ConnectionTrait>(
     tx: &C,
-    config: &ConfigSubscription,
+    config: &SealedConfig,
 ) -> Result<(), DbErr> {
     subscription::Entity::insert(subscription::ActiveModel {
-        id: Set(config.id.clone()),
-        workspace_id: Set(config.workspace_id.clone()),
-        config: Set(config.encode_to_vec()),
+        id: Set(config.id().to_owned()),
+        workspace_id: Set(config.workspace_id().to_owned()),
+        config: Set(config.encode()),
     })
     .on_conflict(
         OnConflict::column(subscription::Column::Id)

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, TransactionTrait};
+use sluice_core::sealing::Keyring;
 use sluice_proto::control::v1::{WatchConfigRequest, WatchConfigResponse};
 
 use crate::backoff::Backoff;
@@ -20,6 +21,8 @@ pub(crate) struct Watcher {
     pub(crate) copy: Arc<ConfigCopy>,
     pub(crate) control: ControlClient,
     pub(crate) shutdown: Shutdown,
+    /// Seals the secrets of the copy it persists.
+    pub(crate) keyring: Keyring,
 }
 
 impl Watcher {
@@ -108,7 +111,7 @@ impl Watcher {
     ) -> Result<(), sea_orm::DbErr> {
         let next = self.copy.base().apply(pieces);
         let tx = self.db.begin().await?;
-        config_copy::persist(&tx, pieces, revision).await?;
+        config_copy::persist(&tx, &self.keyring, pieces, revision).await?;
         tx.commit().await?;
         let subscriptions = pieces
             .iter()

@@ -406,6 +406,7 @@ pub fn config(control: &FakeControl) -> DataConfig {
             ..SenderConfig::default()
         },
         shutdown_grace: Duration::from_secs(5),
+        keyring: Some(sluice_testkit::keyring()),
         ..DataConfig::default()
     }
 }
