@@ -25,8 +25,8 @@ use sluice_testkit::data::DataHarness;
 use sluice_testkit::process::SluiceProcess;
 use sluice_testkit::receiver::Receiver;
 use sluice_testkit::{
-    ADMIN_KEY, Backend, Clients, ControlHarness, INTERNAL_TOKEN, TestDatabase, WAIT, backends,
-    free_addr,
+    ADMIN_KEY, Backend, Clients, ControlHarness, INTERNAL_TOKEN, MASTER_KEY, TestDatabase, WAIT,
+    backends, free_addr,
 };
 
 /// Received events before the replica in use is killed.
@@ -82,6 +82,7 @@ fn env(token: &str) -> Vec<(String, String)> {
     vec![
         ("SLUICE_ADMIN_KEY".into(), ADMIN_KEY.into()),
         ("SLUICE_INTERNAL_TOKEN".into(), token.into()),
+        ("SLUICE_MASTER_KEY".into(), MASTER_KEY.into()),
         (
             "RUST_LOG".into(),
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -176,6 +177,7 @@ async fn failover(postgres: &Backend, data_backend: &Backend) {
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(2),
+            keyring: Some(sluice_testkit::keyring()),
             ..Default::default()
         },
     )
@@ -431,6 +433,7 @@ async fn planes_with_different_internal_tokens_fail_at_start_naming_the_flag() {
         sluice_data::DataConfig {
             internal_token: INTERNAL_TOKEN.into(),
             control_endpoint: format!("http://{}", free_addr()),
+            keyring: Some(sluice_testkit::keyring()),
             ..Default::default()
         },
     )

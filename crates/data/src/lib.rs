@@ -49,8 +49,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{ControlEndpoint, DataConfig};
 pub use crate::error::{DataError, Violation};
-pub use crate::sync::control_client::check_internal_token;
 pub use crate::state::sealed::reseal_secrets;
+pub use crate::sync::control_client::check_internal_token;
 
 use crate::api::dispatch::DispatchApi;
 use crate::api::ingest::IngestApi;
