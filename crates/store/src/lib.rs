@@ -50,7 +50,6 @@ pub async fn open(url: &str, plane: Plane) -> Result<DatabaseConnection, DbErr> 
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
-        sluice_sqlite_rows::register().map_err(DbErr::Custom)?;
         options
             .max_connections(1)
             .min_connections(1)

@@ -6,8 +6,8 @@
 //! more than the database's own work: every statement is built and its values copied
 //! several times, and a multi-row `INSERT` with a different row count is a different
 //! statement for SQLite to prepare. Here the rows of a statement travel as one JSON
-//! parameter (a JSONB blob read by Sluice's own `sluice_rows` table-valued function on
-//! SQLite, text read by `jsonb_array_elements` on PostgreSQL), so each statement has one fixed SQL text,
+//! parameter (a JSONB blob read by `jsonb_each` on SQLite, text read by
+//! `jsonb_array_elements` on PostgreSQL), so each statement has one fixed SQL text,
 //! prepared once and cached by the driver; and on SQLite a whole cycle (`BEGIN`, the
 //! statements, `COMMIT`) is sent to its connection's thread as one multi-statement query
 //! instead of one hand-off per statement.

@@ -5,17 +5,26 @@
 use std::fmt::Write as _;
 
 use sea_orm::{DbBackend, Value};
-// JSONB's element types, shared with the reader of SQLite's rows (`sluice_rows`).
-use sluice_sqlite_rows::jsonb;
+
+/// JSONB element types (sqlite.org/jsonb.html): the low four bits of an element's header.
+/// Those [`JsonRows`] writes.
+mod jsonb {
+    pub(super) const NULL: u8 = 0;
+    pub(super) const TRUE: u8 = 1;
+    pub(super) const FALSE: u8 = 2;
+    pub(super) const INT: u8 = 3;
+    /// Text as it is, with nothing escaped.
+    pub(super) const TEXTRAW: u8 = 10;
+    pub(super) const ARRAY: u8 = 11;
+}
 
 /// Rows for a statement's parameter, `[[field, ...], ...]`, built without intermediate
 /// values: JSON text for PostgreSQL, SQLite's binary JSON (JSONB) for SQLite.
 ///
-/// SQLite's rows are JSONB because `jsonb_each`, which read them first, had to turn JSON
-/// text into JSONB before it could step through it (a tenth of the instructions of its
-/// threads under `sluice bench`); `sluice_rows`, which reads them now, decodes the same
-/// format. JSONB also stores strings raw (type TEXTRAW), so they need no escaping on the
-/// way in.
+/// SQLite's rows are JSONB because `jsonb_each`, which reads them, has to turn JSON text
+/// into JSONB before it can step through it, and JSON text took a visible share of its
+/// thread's instructions under `sluice bench`. JSONB also stores strings raw (type
+/// TEXTRAW), so they need no escaping on the way in.
 ///
 /// The fields of a row are written in the order of its statement's column list
 /// (`sql::Column`), which is also how the statement reads them back.

@@ -1,6 +1,6 @@
 //! The SQL both planes' hot statements are made of: the named columns a statement's rows
-//! carry, where the rows parameter is read (`sluice_rows` on SQLite,
-//! `jsonb_array_elements` on PostgreSQL) and how a field is taken out of it, id lists, and the multi-row insert
+//! carry, where the rows parameter is read (`jsonb_each` on SQLite, `jsonb_array_elements`
+//! on PostgreSQL) and how a field is taken out of it, id lists, and the multi-row insert
 //! most of the statements are.
 
 use sea_orm::{DbBackend, Statement, Value};
@@ -13,7 +13,10 @@ use super::rows::JsonRows;
 /// A statement lists its columns once. Each row's fields are written in the list's order
 /// ([`rows_param`]) and read back by their place in the same list ([`read_fields`]), so a
 /// row is built and read by its columns' names and no field has a position written by
-/// hand.
+/// hand. The fields stay a JSON array rather than an object keyed by name: SQLite finds
+/// an object's member by comparing the keys before it and copies the larger row for every
+/// field it reads, which made each field markedly dearer than an array's (see
+/// `docs/benchmarks.md`).
 pub(super) struct Column<R> {
     name: &'static str,
     pg_type: &'static str,
@@ -137,35 +140,35 @@ pub(super) fn param(backend: DbBackend, n: usize) -> String {
     }
 }
 
-/// The rows of a JSON parameter as a relation `e` (the `n`th parameter on PostgreSQL).
-/// On PostgreSQL its column `r` is one row (an array) whose fields [`field`] takes out; on
-/// SQLite, `sluice_rows(?)` (the `sluice-sqlite-rows` crate) reads the JSONB of
-/// [`JsonRows`] and gives each row's fields as columns `c0`, `c1`, ... PostgreSQL parses
-/// the text once as `jsonb`, so finding a field skips the fields before it instead of
-/// parsing them: rows of `json` made every `->> i` lex the row's text again from its start
-/// (a 15-field attempt row was lexed about eight times over), and JSON lexing was a fifth
-/// of the server's CPU in `sluice bench` on PostgreSQL; with `jsonb` the server's CPU per
-/// event fell from 100-106 µs to 67-83 µs (4 interleaved rounds of `--events 100000`).
+/// The rows of a rows parameter (the `n`th on PostgreSQL) as a relation `e`, one row per
+/// element, whose fields [`field`] takes out: `e.r` on PostgreSQL, `e.value` on SQLite.
+///
+/// PostgreSQL parses the text once as `jsonb`, so finding a field skips the fields before
+/// it instead of parsing them: with rows of `json` every `->> i` lexed the row's text
+/// again from its start, and JSON lexing became a large share of the server's CPU. SQLite
+/// steps through the JSONB of [`JsonRows`] as it is, with nothing to parse.
 pub(super) fn rows_from(backend: DbBackend, n: usize) -> String {
     match backend {
         DbBackend::Postgres => format!("jsonb_array_elements(${n}::jsonb) AS e(r)"),
-        _ => "sluice_rows(?) AS e".to_owned(),
+        _ => "jsonb_each(?) AS e".to_owned(),
     }
 }
 
-/// Field `i` of a row, as SQL of type `pg_type` (SQLite needs no cast: strings come out as
-/// text, numbers as integers, `true` and `false` as 1 and 0, `null` as NULL).
+/// Field `i` of a row of [`rows_from`], as SQL of type `pg_type` (SQLite needs no cast:
+/// strings come out as text, numbers as integers, `true` and `false` as 1 and 0, `null`
+/// as NULL).
 ///
-/// On SQLite this was `json_extract(e.r, '$[i]')` over `jsonb_each`: every field an SQL
-/// function call that copied its row out of `jsonb_each` and parsed its path, 5.2% of the
-/// planes' CPU with ten subscriptions (perf, `sluice bench --subscriptions 10`); read
-/// through `sluice_rows` a row is decoded once and a field is a column, 1.0%. Bound
-/// parameters were slower than JSON, even with the statement cached (about 5 µs a row
-/// against 4, through sqlx).
+/// On SQLite each field is a `json_extract` call on its row: SQLite's own functions, with
+/// no code of Sluice running inside SQLite. `json_extract` with a `$[i]` path was the
+/// fastest of SQLite's ways to read a field (`->>` builds the path anew for every call,
+/// and an object's member is found by comparing keys); binding every field as a
+/// parameter of a multi-row `VALUES` was slower still through sqlx, and made a new
+/// statement of every row count. What a table-valued function of Sluice's own, decoding
+/// each row once, would save is in `docs/benchmarks.md`.
 pub(super) fn field(backend: DbBackend, i: usize, pg_type: &str) -> String {
     match backend {
         DbBackend::Postgres => format!("(e.r ->> {i})::{pg_type}"),
-        _ => format!("e.c{i}"),
+        _ => format!("json_extract(e.value, '$[{i}]')"),
     }
 }
 
@@ -203,4 +206,125 @@ pub(super) fn insert<R>(
         rows_from(backend, 1),
     );
     Statement::from_sql_and_values(backend, sql, [rows_param(backend, rows, columns)])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use sea_orm::ConnectionTrait;
+
+    use super::*;
+
+    /// A row with a column of every kind.
+    struct Every<'a> {
+        text: &'a str,
+        number: i64,
+        flag: bool,
+        maybe_text: Option<&'a str>,
+        maybe_number: Option<i64>,
+    }
+
+    impl<'a> Every<'a> {
+        const COLUMNS: [Column<Self>; 5] = [
+            Column::text("text", |r| r.text),
+            Column::bigint("number", |r| r.number),
+            Column::boolean("flag", |r| r.flag),
+            Column::opt_text("maybe_text", |r| r.maybe_text),
+            Column::opt_bigint("maybe_number", |r| r.maybe_number),
+        ];
+    }
+
+    /// SQLite reads each field of the rows parameter as the SQL value the column needs:
+    /// strings as text (a NUL as U+FFFD, strings of every JSONB size form whole), integers
+    /// at both ends of 64 bits as integers, booleans as 1 and 0, nulls as NULL.
+    #[tokio::test]
+    async fn sqlite_reads_every_kind_of_column_by_its_place_in_the_list() {
+        let dir = std::env::temp_dir().join(format!("sluice-hot-sql-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = crate::open(
+            &crate::sqlite_url(&dir, crate::Plane::Data),
+            crate::Plane::Data,
+        )
+        .await
+        .unwrap();
+        let long = "é".repeat(35_000);
+        let twelve = "x".repeat(12);
+        let rows = [
+            Every {
+                text: "nul \0 here",
+                number: i64::MIN,
+                flag: true,
+                maybe_text: None,
+                maybe_number: Some(7),
+            },
+            Every {
+                text: &long,
+                number: i64::MAX,
+                flag: false,
+                maybe_text: Some(&twelve),
+                maybe_number: None,
+            },
+        ];
+        let backend = DbBackend::Sqlite;
+        let reads: Vec<String> = read_fields(backend, &Every::COLUMNS, 0)
+            .into_iter()
+            .zip(Every::COLUMNS.iter().map(|c| c.name))
+            .map(|(read, name)| format!("{read} AS {name}, typeof({read}) AS {name}_type"))
+            .collect();
+        let found = db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "SELECT {} FROM {} ORDER BY e.key",
+                    reads.join(", "),
+                    rows_from(backend, 1)
+                ),
+                [rows_param(backend, &rows, &Every::COLUMNS)],
+            ))
+            .await
+            .unwrap();
+        let read = |r: &sea_orm::QueryResult| {
+            let kind = |name: &str| r.try_get::<String>("", &format!("{name}_type")).unwrap();
+            (
+                r.try_get::<String>("", "text").unwrap(),
+                r.try_get::<i64>("", "number").unwrap(),
+                r.try_get::<i64>("", "flag").unwrap(),
+                r.try_get::<Option<String>>("", "maybe_text").unwrap(),
+                r.try_get::<Option<i64>>("", "maybe_number").unwrap(),
+                [
+                    kind("text"),
+                    kind("number"),
+                    kind("flag"),
+                    kind("maybe_text"),
+                    kind("maybe_number"),
+                ],
+            )
+        };
+        assert_eq!(found.len(), 2);
+        assert_eq!(
+            read(&found[0]),
+            (
+                "nul \u{fffd} here".to_owned(),
+                i64::MIN,
+                1,
+                None,
+                Some(7),
+                ["text", "integer", "integer", "null", "integer"].map(str::to_owned)
+            )
+        );
+        assert_eq!(
+            read(&found[1]),
+            (
+                long.clone(),
+                i64::MAX,
+                0,
+                Some(twelve.clone()),
+                None,
+                ["text", "integer", "integer", "text", "null"].map(str::to_owned)
+            )
+        );
+        db.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
