@@ -81,7 +81,6 @@ pub async fn open_with(
         migrate_postgres(&url, plane, store.timeout).await?;
     } else {
         lock_sqlite_file(&url)?;
-        sluice_sqlite_rows::register().map_err(DbErr::Custom)?;
     }
     let timeout = store.timeout;
     let mut options = ConnectOptions::new(url.clone());
