@@ -17,12 +17,13 @@
 //! cycle (a failed delivery's row, a disabled subscription) keep using the entities.
 //!
 //! By concern: `session` (the [`Session`]) with its commit paths per backend (`sqlite`,
-//! `postgres`); `rows` (the [`JsonRows`] writer of the rows parameter); `sql` (the named
+//! `postgres`) and what they share (`finish`); `rows` (the [`JsonRows`] writer of the rows parameter); `sql` (the named
 //! columns of a statement's rows and the SQL fragments that read them); and the
 //! statements of each plane, [`data`] and [`control`].
 
 pub mod control;
 pub mod data;
+mod finish;
 mod postgres;
 mod rows;
 mod session;

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use sea_orm::sqlx::{self, PgPool, Postgres};
 use sea_orm::{DbBackend, DbErr, ExecResult, QueryResult, Statement};
 
-use super::session::{Finish, exec_err, finished, query};
+use super::finish::{Finish, exec_err, finished, query};
 
 /// The PostgreSQL half of a session.
 pub(super) struct PostgresSession {

@@ -2,16 +2,12 @@
 //! statements of `data` and `control` and, as a sea-orm `ConnectionTrait`, any other query
 //! in the same transaction. How each backend sends a cycle is in `sqlite` and `postgres`.
 
-use std::sync::Arc;
-
-use sea_orm::sqlx;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
-    Statement, Values,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, Statement,
 };
-use sea_query_sqlx::SqlxValues;
 use tokio::sync::Mutex;
 
+use super::finish::Finish;
 use super::postgres::PostgresSession;
 use super::sqlite::SqliteSession;
 
@@ -91,39 +87,6 @@ impl Session {
             Backend::Postgres(postgres) => postgres.send(statements, finish).await,
         }
     }
-}
-
-/// What follows the statements a session sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Finish {
-    /// Nothing: the transaction stays open for more.
-    Open,
-    /// The commit.
-    Commit,
-    /// The commit, and the statements do not depend on each other's effects.
-    CommitIndependent,
-}
-
-impl Finish {
-    pub(super) fn commits(self) -> bool {
-        self != Finish::Open
-    }
-}
-
-pub(super) fn exec_err(err: sqlx::Error) -> DbErr {
-    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
-}
-
-pub(super) fn finished() -> DbErr {
-    DbErr::Custom("the session has already ended".to_owned())
-}
-
-/// A statement's SQL and values as sqlx takes them.
-pub(super) fn query(stmt: Statement) -> (String, SqlxValues) {
-    (
-        stmt.sql,
-        SqlxValues(stmt.values.unwrap_or(Values(Vec::new()))),
-    )
 }
 
 impl Drop for Session {

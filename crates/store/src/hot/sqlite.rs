@@ -7,7 +7,7 @@ use sea_orm::sqlx::{self, Sqlite};
 use sea_orm::{DbErr, ExecResult, QueryResult, Statement, Values};
 use sea_query_sqlx::SqlxValues;
 
-use super::session::{Finish, exec_err, finished, query};
+use super::finish::{Finish, exec_err, finished, query};
 
 /// The SQLite half of a session.
 pub(super) struct SqliteSession {
