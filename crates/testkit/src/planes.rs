@@ -36,6 +36,10 @@ pub struct PlaneOptions {
     pub store_timeout: Duration,
     /// The master keys both planes seal their stored secrets with.
     pub keyring: Keyring,
+    /// Consecutive failures that open an endpoint's circuit breaker (0: never).
+    pub circuit_breaker_failures: u32,
+    /// How long an open breaker waits before its probe.
+    pub circuit_breaker_cooldown: Duration,
 }
 
 impl Default for PlaneOptions {
@@ -47,6 +51,8 @@ impl Default for PlaneOptions {
             disable_after_failed_attempts: None,
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
             keyring: crate::keyring(),
+            circuit_breaker_failures: 10,
+            circuit_breaker_cooldown: Duration::from_secs(30),
         }
     }
 }
@@ -107,6 +113,8 @@ impl Planes {
                 ..Default::default()
             },
             disable_after_failed_attempts: options.disable_after_failed_attempts,
+            circuit_breaker_failures: options.circuit_breaker_failures,
+            circuit_breaker_cooldown: options.circuit_breaker_cooldown,
             shutdown_grace: Duration::from_secs(2),
             store_timeout: options.store_timeout,
             keyring: Some(options.keyring),
