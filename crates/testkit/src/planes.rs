@@ -40,6 +40,10 @@ pub struct PlaneOptions {
     pub circuit_breaker_failures: u32,
     /// How long an open breaker waits before its probe.
     pub circuit_breaker_cooldown: Duration,
+    /// Messages a `WatchAttempts` stream may hold for a slow reader.
+    pub attempt_watch_buffer: usize,
+    /// How long a full `WatchAttempts` channel waits for its reader.
+    pub attempt_watch_patience: Duration,
 }
 
 impl Default for PlaneOptions {
@@ -53,6 +57,8 @@ impl Default for PlaneOptions {
             keyring: crate::keyring(),
             circuit_breaker_failures: 10,
             circuit_breaker_cooldown: Duration::from_secs(30),
+            attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
+            attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
         }
     }
 }
@@ -73,6 +79,8 @@ pub struct Planes {
     data: Option<DataHarness>,
     /// The data plane's configuration, to start it again.
     data_config: sluice_data::DataConfig,
+    /// The control plane's `attempt_watch_buffer` and `_patience`, to start it again.
+    attempt_watch: (usize, Duration),
 }
 
 impl Planes {
@@ -89,16 +97,14 @@ impl Planes {
         let control_addr = control_listener.local_addr().unwrap();
         let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let data_addr = data_listener.local_addr().unwrap();
-        let control = ControlServer::start(
-            control_listener,
-            control_db.clone(),
-            control_config(
-                true,
-                Some(format!("http://{data_addr}")),
-                options.keyring.clone(),
-            ),
-        )
-        .await;
+        let mut config = control_config(
+            true,
+            Some(format!("http://{data_addr}")),
+            options.keyring.clone(),
+        );
+        config.attempt_watch_buffer = options.attempt_watch_buffer;
+        config.attempt_watch_patience = options.attempt_watch_patience;
+        let control = ControlServer::start(control_listener, control_db.clone(), config).await;
 
         let config = sluice_data::DataConfig {
             internal_token: INTERNAL_TOKEN.into(),
@@ -131,6 +137,7 @@ impl Planes {
             control: Some(control),
             data: Some(data),
             data_config: config,
+            attempt_watch: (options.attempt_watch_buffer, options.attempt_watch_patience),
         }
     }
 
@@ -202,11 +209,15 @@ impl Planes {
             ControlServer::start(
                 listener,
                 self.control_db.clone(),
-                control_config(
-                    true,
-                    Some(format!("http://{}", self.data_addr)),
-                    self.keyring().clone(),
-                ),
+                sluice_control::ControlConfig {
+                    attempt_watch_buffer: self.attempt_watch.0,
+                    attempt_watch_patience: self.attempt_watch.1,
+                    ..control_config(
+                        true,
+                        Some(format!("http://{}", self.data_addr)),
+                        self.keyring().clone(),
+                    )
+                },
             )
             .await,
         );
