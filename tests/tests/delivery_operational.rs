@@ -335,3 +335,64 @@ async fn catalog(planes: &mut Planes) {
         .unwrap_err();
     assert_invalid(&forged, "event_type");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_disable_is_published_once_by_two_data_plane_replicas() {
+    on_each_backend(PlaneOptions::default(), replicas).await;
+}
+
+async fn replicas(planes: &mut Planes) {
+    if planes.data_db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        eprintln!("SKIPPING the SQLite run: a SQLite file belongs to one data plane");
+        return;
+    }
+    let replica = planes.data_replica().await;
+    let (_, key) = planes.workspace_with_key("Replicas").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let watcher = Receiver::ok().await;
+    let paused = Receiver::ok().await;
+    let (paused_sub, _) = subscribe(&mut c, webhook(&paused.url("/paused"), &["*"])).await;
+    let (watcher_sub, watcher_secret) =
+        subscribe(&mut c, webhook(&watcher.url("/ops"), &["sluice.*"])).await;
+    planes.config_synced().await;
+    replica
+        .wait_for_revision(planes.latest_revision().await)
+        .await;
+
+    c.subscriptions
+        .disable_subscription(pb::DisableSubscriptionRequest {
+            workspace_id: String::new(),
+            id: paused_sub.id.clone(),
+            message: String::new(),
+        })
+        .await
+        .unwrap();
+    // Each replica publishes the event before it records the revision as applied: once
+    // both did, both published, and one message was stored.
+    planes.config_synced().await;
+    replica
+        .wait_for_revision(planes.latest_revision().await)
+        .await;
+    let got = watcher.wait_for(1, WAIT).await;
+    let payload = operational(&got[0], &watcher_secret, DISABLED, &paused_sub.id);
+    assert_eq!(payload["message"], "disabled by a user", "{payload}");
+    assert_eq!(
+        count_rows(
+            &planes.data_db,
+            &format!("dp_messages WHERE event_type = '{DISABLED}'")
+        )
+        .await,
+        1,
+        "two replicas saw the disable; one event is stored"
+    );
+    // Its one delivery is final, and nothing else came.
+    Log::new(&c)
+        .delivery_with_status(
+            got[0].header("webhook-id"),
+            &watcher_sub.id,
+            pb::DeliveryStatus::Succeeded,
+        )
+        .await;
+    assert_eq!(watcher.received().len(), 1, "{:#?}", watcher.received());
+    replica.stop().await;
+}

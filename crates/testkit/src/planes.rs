@@ -187,6 +187,23 @@ impl Planes {
             .await;
     }
 
+    /// Another data-plane replica on the same database and with the same configuration, on
+    /// its own address (PostgreSQL only: a SQLite file belongs to one process). The caller
+    /// stops it.
+    pub async fn data_replica(&self) -> DataHarness {
+        let store = sluice_store::StoreOptions {
+            timeout: self.data_config.store_timeout,
+        };
+        let db = self.data_database.open_with(Plane::Data, &store).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        DataHarness::serve(listener, db, self.data_config.clone()).await
+    }
+
+    /// The control plane's latest config revision.
+    pub async fn latest_revision(&self) -> u64 {
+        count_rows(&self.control_db, "config_changes").await as u64
+    }
+
     /// Stops the data plane and waits until it drained (its database stays).
     pub async fn stop_data(&mut self) {
         if let Some(data) = self.data.take() {
