@@ -396,3 +396,39 @@ async fn replicas(planes: &mut Planes) {
     assert_eq!(watcher.received().len(), 1, "{:#?}", watcher.received());
     replica.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_failure_publishes_disabled_with_its_reason() {
+    let options = PlaneOptions {
+        disable_after_failed_attempts: Some(2),
+        ..single_attempt()
+    };
+    on_each_backend(options, persistent_failure).await;
+}
+
+async fn persistent_failure(planes: &mut Planes) {
+    let (_, key) = planes.workspace_with_key("Failing").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let failing = Receiver::start(Vec::new(), Reply::status(503)).await;
+    let watcher = Receiver::ok().await;
+    let (failing_sub, _) = subscribe(
+        &mut c,
+        webhook(&failing.url("/failing"), &[CONVERSATION_CREATED]),
+    )
+    .await;
+    let (_, watcher_secret) = subscribe(&mut c, webhook(&watcher.url("/ops"), &[DISABLED])).await;
+    planes.config_synced().await;
+    let mut publisher = planes.publisher(&key).await;
+    for n in 0..2 {
+        publish(
+            &mut publisher,
+            event(CONVERSATION_CREATED, &format!(r#"{{"n":{n}}}"#)),
+        )
+        .await;
+    }
+    let got = watcher.wait_for(1, WAIT).await;
+    let payload = operational(&got[0], &watcher_secret, DISABLED, &failing_sub.id);
+    assert_eq!(payload["reason"], "persistent_failure", "{payload}");
+    assert_eq!(payload["last_error"]["status_code"], 503, "{payload}");
+    assert_eq!(failing.received().len(), 2, "{:#?}", failing.received());
+}
