@@ -27,11 +27,15 @@ impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         let db = m.get_connection();
         if m.get_database_backend() == DbBackend::Postgres {
+            // The columns first, without defaults (no rewrite of the table: a volatile
+            // default would be evaluated for every stored row), then the defaults, which
+            // apply to new rows only.
             db.execute_unprepared(
                 "CREATE SEQUENCE attempts_log_seq; \
+                 ALTER TABLE attempts ADD COLUMN log_txid BIGINT, ADD COLUMN log_seq BIGINT; \
                  ALTER TABLE attempts \
-                   ADD COLUMN log_txid BIGINT DEFAULT (pg_current_xact_id()::text::bigint), \
-                   ADD COLUMN log_seq BIGINT DEFAULT nextval('attempts_log_seq'); \
+                   ALTER COLUMN log_txid SET DEFAULT (pg_current_xact_id()::text::bigint), \
+                   ALTER COLUMN log_seq SET DEFAULT nextval('attempts_log_seq'); \
                  ALTER SEQUENCE attempts_log_seq OWNED BY attempts.log_seq",
             )
             .await?;
