@@ -12,6 +12,7 @@ mod m0001_data_initial;
 mod m0002_control_log_tables;
 mod m0002_data_fanout;
 mod m0003_control_log_keys;
+mod m0005_control_events;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0001_control_initial::Migration),
             Box::new(m0002_control_log_tables::Migration),
             Box::new(m0003_control_log_keys::Migration),
+            Box::new(m0005_control_events::Migration),
         ]
     }
 

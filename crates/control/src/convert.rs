@@ -165,5 +165,8 @@ pub fn config_subscription(
         rate_limit_per_second: m.rate_limit_per_second as u32,
         enabled: m.enabled,
         secrets,
+        disabled_reason: reason(m.disabled_reason.as_deref()) as i32,
+        disabled_message: m.disabled_message.clone().unwrap_or_default(),
+        update_time: Some(ts(m.update_ms)),
     })
 }

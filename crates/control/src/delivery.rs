@@ -12,6 +12,7 @@ use sluice_store::now_ms;
 use tonic::{Request, Response, Status};
 
 use crate::ControlPlane;
+use crate::attempt_watch;
 use crate::convert::{ms, opt_ts, ts};
 use crate::error::{ApiError, ApiResult, Violations};
 use crate::page::PageRequest;
@@ -125,8 +126,72 @@ impl DeliveryApi {
     }
 }
 
+type AttemptStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::WatchAttemptsResponse, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl pb::delivery_service_server::DeliveryService for DeliveryApi {
+    type WatchAttemptsStream = AttemptStream;
+
+    async fn watch_attempts(
+        &self,
+        request: Request<pb::WatchAttemptsRequest>,
+    ) -> Result<Response<Self::WatchAttemptsStream>, Status> {
+        let workspace_id = self
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let f = filters(&mut v, &r.event_type, &None, &None);
+        let subscription_id = optional_id(
+            &mut v,
+            IdKind::Subscription,
+            "subscription_id",
+            &r.subscription_id,
+        );
+        let from = if r.cursor.is_empty() {
+            None
+        } else {
+            let position = attempt_watch::Position::from_cursor(&r.cursor);
+            if position.is_none() {
+                v.add(
+                    "cursor",
+                    "not a cursor this server issued; pass a WatchAttemptsResponse's cursor back \
+                     unchanged, or none to start from now",
+                );
+            }
+            position
+        };
+        v.finish()?;
+        if let Some(id) = &subscription_id {
+            find_in(self.0.db(), &workspace_id, id).await?;
+        }
+        let from = match from {
+            Some(position) => position,
+            None => attempt_watch::horizon(self.0.db())
+                .await
+                .map_err(ApiError::from)?,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(self.0.attempt_watch_buffer());
+        let filters = attempt_watch::Filters {
+            workspace_id,
+            subscription_id,
+            event_type: f.event_type,
+            success: r.success,
+        };
+        tokio::spawn(attempt_watch::run(
+            self.0.clone(),
+            filters,
+            from,
+            tx,
+            attempt_proto,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn list_messages(
         &self,
         request: Request<pb::ListMessagesRequest>,

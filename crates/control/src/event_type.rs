@@ -6,6 +6,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 use sluice_core::event::normalize_event_name;
+use sluice_core::operational::{self, BuiltinEventType};
 use sluice_core::validate::multiline_text;
 use sluice_proto::control::v1 as pb;
 use sluice_proto::json::struct_to_json;
@@ -59,6 +60,31 @@ fn version(v: &mut Violations, n: u32) -> i32 {
     }
 }
 
+/// An operational event type as a catalog row (it has none in the database).
+fn builtin_row(workspace_id: &str, builtin: &BuiltinEventType) -> event_type::Model {
+    event_type::Model {
+        workspace_id: workspace_id.to_owned(),
+        name: builtin.name.to_owned(),
+        version: 1,
+        description: builtin.description.to_owned(),
+        json_schema: None,
+        example: None,
+        archived: false,
+        create_ms: 0,
+        update_ms: 0,
+    }
+}
+
+/// Sluice's own event types are not the user's to change.
+fn refuse_builtin(name: &str) -> ApiResult<()> {
+    match normalize_event_name(name) {
+        Ok(name) if operational::is_reserved(&name) => Err(ApiError::FailedPrecondition(format!(
+            "{name:?} is one of Sluice's operational event types, which cannot be changed or archived"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl EventTypeApi {
     /// The event type `name` (`field` names it in errors).
     async fn find(
@@ -69,6 +95,9 @@ impl EventTypeApi {
     ) -> ApiResult<event_type::Model> {
         let name =
             normalize_event_name(name).map_err(|e| ApiError::invalid(field, e.to_string()))?;
+        if let Some(builtin) = operational::builtin(&name) {
+            return Ok(builtin_row(workspace_id, builtin));
+        }
         event_type::Entity::find_by_id((workspace_id.to_owned(), name.clone()))
             .one(self.0.db())
             .await?
@@ -81,6 +110,7 @@ impl EventTypeApi {
         name: &str,
         archived: bool,
     ) -> ApiResult<pb::EventType> {
+        refuse_builtin(name)?;
         let mut row = self
             .find(workspace_id, "name", name)
             .await?
@@ -116,6 +146,14 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
         let Some(name) = name else {
             return Err(ApiError::invalid("event_type.name", "required").into());
         };
+        if operational::is_reserved(&name) {
+            return Err(ApiError::invalid(
+                "event_type.name",
+                "the `sluice.` family is reserved for Sluice's operational events, which every \
+                 workspace's catalog already lists",
+            )
+            .into());
+        }
         let now = now_ms();
         let row = event_type::ActiveModel {
             workspace_id: Set(workspace_id),
@@ -171,7 +209,7 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
         let r = request.into_inner();
         let page = PageRequest::parse("event_types", r.page_size, &r.page_token)?;
         let mut query = event_type::Entity::find()
-            .filter(event_type::Column::WorkspaceId.eq(workspace_id))
+            .filter(event_type::Column::WorkspaceId.eq(workspace_id.clone()))
             .order_by_asc(event_type::Column::Name)
             .limit(page.fetch());
         if !r.show_archived {
@@ -180,7 +218,17 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
         if let Some(after) = &page.after {
             query = query.filter(event_type::Column::Name.gt(after.clone()));
         }
-        let rows = query.all(self.0.db()).await.map_err(ApiError::from)?;
+        let mut rows = query.all(self.0.db()).await.map_err(ApiError::from)?;
+        // The operational event types are in every catalog without a row: merged in name
+        // order, so pages and their tokens work across both.
+        rows.extend(
+            operational::BUILTIN_EVENT_TYPES
+                .iter()
+                .filter(|b| page.after.as_deref().is_none_or(|after| b.name > after))
+                .map(|b| builtin_row(&workspace_id, b)),
+        );
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows.truncate(page.fetch() as usize);
         let (rows, next_page_token) = page.finish(rows, |e| e.name.clone());
         Ok(Response::new(pb::ListEventTypesResponse {
             event_types: rows.into_iter().map(convert::event_type).collect(),
@@ -239,6 +287,7 @@ impl pb::event_type_service_server::EventTypeService for EventTypeApi {
             None
         };
         v.finish()?;
+        refuse_builtin(&input.name)?;
         let mut row = self
             .find(&workspace_id, "event_type.name", &input.name)
             .await?

@@ -5,6 +5,7 @@
 //! and scopes every query to the caller's workspace. It never sends HTTP itself: test sends,
 //! retries and replays go through the data plane's `DispatchService`.
 
+pub mod attempt_watch;
 pub mod auth;
 pub mod convert;
 pub mod delivery;
@@ -46,6 +47,12 @@ pub struct ControlConfig {
     pub data_plane_endpoint: Option<String>,
     /// The master keys that seal the signing secrets at rest (`secrets.rs`).
     pub keyring: Keyring,
+    /// Messages a `WatchAttempts` stream may have waiting for its reader before the reader
+    /// is told it fell behind (`attempt_watch::DEFAULT_BUFFER`).
+    pub attempt_watch_buffer: usize,
+    /// How long a full `WatchAttempts` channel waits for its reader before the reader is
+    /// told it fell behind (`attempt_watch::DEFAULT_PATIENCE`).
+    pub attempt_watch_patience: std::time::Duration,
 }
 
 impl std::fmt::Debug for ControlConfig {
@@ -56,6 +63,8 @@ impl std::fmt::Debug for ControlConfig {
             .field("allow_http", &self.allow_http)
             .field("data_plane_endpoint", &self.data_plane_endpoint)
             .field("keyring", &self.keyring)
+            .field("attempt_watch_buffer", &self.attempt_watch_buffer)
+            .field("attempt_watch_patience", &self.attempt_watch_patience)
             .finish()
     }
 }
@@ -72,6 +81,8 @@ struct Inner {
     auth: Authenticator,
     /// The latest config revision this process committed; wakes watch streams at once.
     revision: watch::Sender<i64>,
+    /// Bumped after each commit of outcomes; wakes `WatchAttempts` streams at once.
+    attempts_logged: watch::Sender<u64>,
     dispatch: Option<DispatchServiceClient<Channel>>,
     /// Cancelled at shutdown: long-lived streams (watch, outcomes) end so the server can stop.
     streams: tokio_util::sync::CancellationToken,
@@ -109,6 +120,7 @@ impl ControlPlane {
                 db,
                 auth,
                 revision: watch::Sender::new(latest),
+                attempts_logged: watch::Sender::new(0),
                 dispatch,
                 config,
                 streams: tokio_util::sync::CancellationToken::new(),
@@ -228,6 +240,33 @@ impl ControlPlane {
         Ok(request)
     }
 
+    /// Wakes `WatchAttempts` streams after a commit of outcomes.
+    fn logged_attempts(&self) {
+        self.inner
+            .attempts_logged
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Follows the commits of outcomes (see [`ControlPlane::logged_attempts`]).
+    fn attempts_logged(&self) -> watch::Receiver<u64> {
+        self.inner.attempts_logged.subscribe()
+    }
+
+    /// `ControlConfig::attempt_watch_buffer`, at least 1.
+    fn attempt_watch_buffer(&self) -> usize {
+        self.inner.config.attempt_watch_buffer.max(1)
+    }
+
+    /// `ControlConfig::attempt_watch_patience`.
+    fn attempt_watch_patience(&self) -> std::time::Duration {
+        self.inner.config.attempt_watch_patience
+    }
+
+    /// Ends when the server stops its long-lived streams.
+    async fn streams_cancelled(&self) {
+        self.inner.streams.cancelled().await;
+    }
+
     /// Wakes watch streams after a commit that recorded config changes.
     fn published(&self, revision: i64) {
         self.inner.revision.send_if_modified(|current| {
@@ -313,6 +352,8 @@ mod tests {
             allow_http: false,
             data_plane_endpoint: None,
             keyring: sluice_core::sealing::Keyring::from_keys(&[[7; 32]]).unwrap(),
+            attempt_watch_buffer: 1,
+            attempt_watch_patience: std::time::Duration::from_secs(1),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("secret_value"), "{shown}");

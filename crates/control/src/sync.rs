@@ -358,6 +358,9 @@ async fn store_outcomes(
             // nothing went before them (a first send).
             session.commit_independent(statements).await?;
             plane.published(revision);
+            if !batch.attempts.is_empty() {
+                plane.logged_attempts();
+            }
             Ok(())
         }
         Err(err) => {

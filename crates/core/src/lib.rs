@@ -9,6 +9,7 @@ pub mod egress;
 pub mod envelope;
 pub mod event;
 pub mod ids;
+pub mod operational;
 pub mod outcome;
 pub mod retry;
 pub mod sealing;

@@ -29,6 +29,7 @@ mod config;
 mod deliver;
 mod error;
 mod metrics;
+mod notices;
 mod shutdown;
 mod state;
 mod sync;
@@ -220,6 +221,8 @@ impl DataPlane {
             control,
             shutdown: shutdown.clone(),
             keyring,
+            publishes: publish_tx.clone(),
+            store_timeout: config.store_timeout,
         };
 
         // The outbox-depth gauge starts from what a previous run left unacked.

@@ -29,6 +29,7 @@ pub(crate) struct PublishJob {
 }
 
 /// A message as ingest built it.
+#[derive(Clone)]
 pub(crate) struct NewMessage {
     pub(crate) id: String,
     pub(crate) workspace_id: String,
@@ -142,6 +143,25 @@ pub(crate) enum OutcomeEvent {
 }
 
 impl OutcomeEvent {
+    /// The operational event written with this outcome, if any.
+    pub(crate) fn notice(&self) -> Option<&OperationalEvent> {
+        match self {
+            OutcomeEvent::Attempt(record) => record.notice.as_deref(),
+            OutcomeEvent::Disabled(disabled) => disabled.notice.as_ref(),
+            OutcomeEvent::Ended(_) | OutcomeEvent::Flush(_) => None,
+        }
+    }
+
+    /// Drops the operational event written with this outcome (see the writer: a retry
+    /// after a commit whose outcome was unknown finds it already stored).
+    pub(crate) fn drop_notice(&mut self) {
+        match self {
+            OutcomeEvent::Attempt(record) => record.notice = None,
+            OutcomeEvent::Disabled(disabled) => disabled.notice = None,
+            OutcomeEvent::Ended(_) | OutcomeEvent::Flush(_) => {}
+        }
+    }
+
     /// Whether someone waits for this event's commit.
     pub(crate) fn is_flush(&self) -> bool {
         matches!(self, OutcomeEvent::Flush(_))
@@ -169,6 +189,19 @@ pub(crate) struct AttemptRecord {
     /// stays held (a retry on a timer). Released only then, so neither this replica's
     /// scanner nor another replica takes the delivery up while its outcome is in flight.
     pub(crate) release_after_commit: Option<u64>,
+    /// The operational event this attempt caused (its endpoint's breaker opened or closed),
+    /// written in the same transaction.
+    pub(crate) notice: Option<Box<OperationalEvent>>,
+}
+
+/// An operational event (`sluice.*`, see `sluice_core::operational`) to publish: a message
+/// built like ingest builds one, and the subscriptions it goes to (never the one it is
+/// about). The writer stores it with the outcome that caused it, in the same transaction,
+/// and hands its deliveries on like a publish's.
+#[derive(Clone)]
+pub(crate) struct OperationalEvent {
+    pub(crate) message: NewMessage,
+    pub(crate) subscription_ids: Vec<String>,
 }
 
 /// A delivery that ends without an attempt.
@@ -188,6 +221,8 @@ pub(crate) struct DisabledSubscription {
     pub(crate) report: SubscriptionDisabled,
     /// The local copy, with `enabled` false, to persist (its secrets sealed).
     pub(crate) config: SealedConfig,
+    /// `sluice.subscription.disabled`, durable with the disable.
+    pub(crate) notice: Option<OperationalEvent>,
 }
 
 /// The writer's end for outcomes: attempts, the timers and the scanner record through it.

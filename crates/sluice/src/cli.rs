@@ -458,6 +458,8 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         allow_http: args.allow_http,
         data_plane_endpoint: Some(args.data_plane_endpoint.clone()),
         keyring: crate::keys::required(args.keys.keyring()?)?,
+        attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
+        attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
     };
     let url = args.storage.url(sluice_store::Plane::Control)?;
     let listener = bind(args.listen, "control plane").await?;
@@ -545,6 +547,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         allow_http: true,
         data_plane_endpoint: Some(format!("http://{}", args.data_listen)),
         keyring,
+        attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
+        attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
     };
     let control_listener = bind(args.control_listen, "control plane").await?;
     let data_listener = bind(args.data_listen, "data plane").await?;

@@ -27,6 +27,8 @@ pub(crate) fn control_config(
         allow_http,
         data_plane_endpoint: data_plane,
         keyring,
+        attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
+        attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
     }
 }
 

@@ -36,6 +36,14 @@ pub struct PlaneOptions {
     pub store_timeout: Duration,
     /// The master keys both planes seal their stored secrets with.
     pub keyring: Keyring,
+    /// Consecutive failures that open an endpoint's circuit breaker (0: never).
+    pub circuit_breaker_failures: u32,
+    /// How long an open breaker waits before its probe.
+    pub circuit_breaker_cooldown: Duration,
+    /// Messages a `WatchAttempts` stream may hold for a slow reader.
+    pub attempt_watch_buffer: usize,
+    /// How long a full `WatchAttempts` channel waits for its reader.
+    pub attempt_watch_patience: Duration,
 }
 
 impl Default for PlaneOptions {
@@ -47,6 +55,10 @@ impl Default for PlaneOptions {
             disable_after_failed_attempts: None,
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
             keyring: crate::keyring(),
+            circuit_breaker_failures: 10,
+            circuit_breaker_cooldown: Duration::from_secs(30),
+            attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
+            attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
         }
     }
 }
@@ -67,6 +79,8 @@ pub struct Planes {
     data: Option<DataHarness>,
     /// The data plane's configuration, to start it again.
     data_config: sluice_data::DataConfig,
+    /// The control plane's `attempt_watch_buffer` and `_patience`, to start it again.
+    attempt_watch: (usize, Duration),
 }
 
 impl Planes {
@@ -83,16 +97,14 @@ impl Planes {
         let control_addr = control_listener.local_addr().unwrap();
         let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let data_addr = data_listener.local_addr().unwrap();
-        let control = ControlServer::start(
-            control_listener,
-            control_db.clone(),
-            control_config(
-                true,
-                Some(format!("http://{data_addr}")),
-                options.keyring.clone(),
-            ),
-        )
-        .await;
+        let mut config = control_config(
+            true,
+            Some(format!("http://{data_addr}")),
+            options.keyring.clone(),
+        );
+        config.attempt_watch_buffer = options.attempt_watch_buffer;
+        config.attempt_watch_patience = options.attempt_watch_patience;
+        let control = ControlServer::start(control_listener, control_db.clone(), config).await;
 
         let config = sluice_data::DataConfig {
             internal_token: INTERNAL_TOKEN.into(),
@@ -107,6 +119,8 @@ impl Planes {
                 ..Default::default()
             },
             disable_after_failed_attempts: options.disable_after_failed_attempts,
+            circuit_breaker_failures: options.circuit_breaker_failures,
+            circuit_breaker_cooldown: options.circuit_breaker_cooldown,
             shutdown_grace: Duration::from_secs(2),
             store_timeout: options.store_timeout,
             keyring: Some(options.keyring),
@@ -123,6 +137,7 @@ impl Planes {
             control: Some(control),
             data: Some(data),
             data_config: config,
+            attempt_watch: (options.attempt_watch_buffer, options.attempt_watch_patience),
         }
     }
 
@@ -172,6 +187,23 @@ impl Planes {
             .await;
     }
 
+    /// Another data-plane replica on the same database and with the same configuration, on
+    /// its own address (PostgreSQL only: a SQLite file belongs to one process). The caller
+    /// stops it.
+    pub async fn data_replica(&self) -> DataHarness {
+        let store = sluice_store::StoreOptions {
+            timeout: self.data_config.store_timeout,
+        };
+        let db = self.data_database.open_with(Plane::Data, &store).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        DataHarness::serve(listener, db, self.data_config.clone()).await
+    }
+
+    /// The control plane's latest config revision.
+    pub async fn latest_revision(&self) -> u64 {
+        count_rows(&self.control_db, "config_changes").await as u64
+    }
+
     /// Stops the data plane and waits until it drained (its database stays).
     pub async fn stop_data(&mut self) {
         if let Some(data) = self.data.take() {
@@ -194,11 +226,15 @@ impl Planes {
             ControlServer::start(
                 listener,
                 self.control_db.clone(),
-                control_config(
-                    true,
-                    Some(format!("http://{}", self.data_addr)),
-                    self.keyring().clone(),
-                ),
+                sluice_control::ControlConfig {
+                    attempt_watch_buffer: self.attempt_watch.0,
+                    attempt_watch_patience: self.attempt_watch.1,
+                    ..control_config(
+                        true,
+                        Some(format!("http://{}", self.data_addr)),
+                        self.keyring().clone(),
+                    )
+                },
             )
             .await,
         );

@@ -178,6 +178,13 @@ pub(crate) fn validate(
     let mut violations = Vec::new();
 
     let event_type = match normalize_event_name(&request.event_type) {
+        Ok(name) if sluice_core::operational::is_reserved(&name) => {
+            violations.push(Violation::new(
+                "event_type",
+                "the `sluice.` family is reserved for Sluice's operational events",
+            ));
+            None
+        }
         Ok(name) => Some(name),
         Err(e) => {
             violations.push(Violation::new("event_type", e.to_string()));
@@ -544,6 +551,13 @@ mod tests {
             (
                 PublishRequest {
                     event_type: "".into(),
+                    ..request()
+                },
+                vec!["event_type"],
+            ),
+            (
+                PublishRequest {
+                    event_type: "sluice.subscription.disabled".into(),
                     ..request()
                 },
                 vec!["event_type"],

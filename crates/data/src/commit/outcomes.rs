@@ -65,6 +65,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
                 let DisabledSubscription {
                     report: disabled,
                     config,
+                    notice: _,
                 } = disabled.as_ref();
                 // First attempts cut off by the disable end failed, with a row of their own.
                 for cut in fanouts.unconcluded_to(&disabled.subscription_id, plan) {

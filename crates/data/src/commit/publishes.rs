@@ -22,7 +22,9 @@ use crate::shutdown::Shutdown;
 use crate::state::claims::{Claims, MAX_HELD};
 use crate::state::fanouts::{EncodedRecord, Fanouts, REPORT_DELAY};
 use crate::state::outbox::ReportBody;
-use crate::work::{DeliveryTask, NewMessage, PublishJob, ScheduledRetry, StoredMessage};
+use crate::work::{
+    DeliveryTask, NewMessage, OperationalEvent, PublishJob, ScheduledRetry, StoredMessage,
+};
 
 /// Keys looked up per query, well under SQLite's and PostgreSQL's bound-parameter limits.
 const KEYS_PER_QUERY: usize = 1000;
@@ -86,43 +88,39 @@ impl Publishes {
 
     /// The lease new deliveries get: held by this process when it will dispatch them from
     /// memory, free (for the scanner) when memory is full or shutdown began.
-    pub(crate) fn in_memory_lease(&self, created: &[&PublishJob]) -> Option<i64> {
-        let deliveries: usize = created.iter().map(|j| j.subscription_ids.len()).sum();
+    pub(crate) fn in_memory_lease(&self, created: &[(&NewMessage, &[String])]) -> Option<i64> {
+        let deliveries: usize = created.iter().map(|(_, ids)| ids.len()).sum();
         let fits = self.claims.len().saturating_add(deliveries) <= MAX_HELD;
         (fits && !self.shutdown.is_requested())
             .then(|| sluice_store::now_ms().saturating_add(self.lease_ms))
     }
 
-    /// The statements that store new events: their messages and their fan-out rows. The
+    /// The statements that store new events (publishes' and operational events', each a
+    /// message and the subscriptions it goes to): their messages and their fan-out rows. The
     /// control plane hears of those this process does not attempt itself in `report`.
     pub(crate) fn store_created(
         &self,
         backend: DbBackend,
-        created: &[&PublishJob],
+        created: &[(&NewMessage, &[String])],
         lease_until: Option<i64>,
         report: &mut ReportBody,
         statements: &mut Vec<Statement>,
     ) {
-        let subscription_lists: Vec<String> = created
-            .iter()
-            .map(|job| job.subscription_ids.join(","))
-            .collect();
+        let subscription_lists: Vec<String> =
+            created.iter().map(|(_, ids)| ids.join(",")).collect();
         let rows: Vec<hot::data::MessageRow> = created
             .iter()
             .zip(&subscription_lists)
-            .map(|(job, subscriptions)| {
-                let m = &job.message;
-                hot::data::MessageRow {
-                    id: &m.id,
-                    workspace_id: &m.workspace_id,
-                    event_type: &m.event_type,
-                    envelope: &m.envelope,
-                    idempotency_key: m.idempotency_key.as_deref(),
-                    traceparent: m.traceparent.as_deref(),
-                    tracestate: m.tracestate.as_deref(),
-                    create_ms: m.create_ms,
-                    subscription_ids: subscriptions,
-                }
+            .map(|((m, _), subscriptions)| hot::data::MessageRow {
+                id: &m.id,
+                workspace_id: &m.workspace_id,
+                event_type: &m.event_type,
+                envelope: &m.envelope,
+                idempotency_key: m.idempotency_key.as_deref(),
+                traceparent: m.traceparent.as_deref(),
+                tracestate: m.tracestate.as_deref(),
+                create_ms: m.create_ms,
+                subscription_ids: subscriptions,
             })
             .collect();
         statements.push(hot::data::insert_messages(backend, &rows));
@@ -130,11 +128,11 @@ impl Publishes {
         // `state::fanouts`).
         let fanouts: Vec<(&str, i64, Option<i64>)> = created
             .iter()
-            .filter(|job| !job.subscription_ids.is_empty())
-            .map(|job| {
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(message, _)| {
                 (
-                    job.message.id.as_str(),
-                    job.message.create_ms.saturating_add(self.first_delay_ms),
+                    message.id.as_str(),
+                    message.create_ms.saturating_add(self.first_delay_ms),
                     lease_until,
                 )
             })
@@ -144,11 +142,11 @@ impl Publishes {
         }
         // The control plane hears of a message with its first attempts' outcomes, unless
         // this process does not make them itself (no subscription, or left to the scanner).
-        for job in created
+        for (message, ids) in created
             .iter()
-            .filter(|job| job.subscription_ids.is_empty() || lease_until.is_none())
+            .filter(|(_, ids)| ids.is_empty() || lease_until.is_none())
         {
-            report.message(&message_record(&job.message, &job.subscription_ids));
+            report.message(&message_record(message, ids));
         }
     }
 
@@ -195,33 +193,77 @@ impl Publishes {
             let (Resolution::Created, Some(lease_until)) = (resolution, lease_until) else {
                 continue;
             };
-            if job.subscription_ids.is_empty() {
-                continue;
-            }
-            // Opened before any attempt can conclude, so the writer sees each conclusion.
-            self.fanouts.open(
-                &job.message.id,
-                message_record(&job.message, &job.subscription_ids),
-                job.subscription_ids.clone(),
-                REPORT_DELAY,
-            );
-            let message = Arc::new(StoredMessage::from_new(job.message));
-            for task in DeliveryTask::first_attempts(
-                &self.claims,
-                &message,
+            self.first_attempts(
+                job.message,
                 job.subscription_ids,
                 lease_until,
-            ) {
-                if self.first_delay_ms == 0 {
-                    due_now.push(task);
-                } else {
-                    later.push(ScheduledRetry {
-                        due_ms: message.create_ms.saturating_add(self.first_delay_ms),
-                        task,
-                    });
-                }
+                &mut due_now,
+                &mut later,
+            );
+        }
+        self.hand_on(due_now, later);
+    }
+
+    /// After the commit: hands the deliveries of operational events written with outcomes to
+    /// the dispatcher, like a publish's.
+    pub(crate) fn hand_on_notices<'a>(
+        &self,
+        notices: impl Iterator<Item = &'a OperationalEvent>,
+        lease_until: Option<i64>,
+    ) {
+        let Some(lease_until) = lease_until else {
+            return;
+        };
+        let mut due_now = Vec::new();
+        let mut later = Vec::new();
+        for notice in notices {
+            self.first_attempts(
+                notice.message.clone(),
+                notice.subscription_ids.clone(),
+                lease_until,
+                &mut due_now,
+                &mut later,
+            );
+        }
+        self.hand_on(due_now, later);
+    }
+
+    /// Opens a new message's fan-out and claims its first attempts, due now or later.
+    fn first_attempts(
+        &self,
+        message: NewMessage,
+        subscription_ids: Vec<String>,
+        lease_until: i64,
+        due_now: &mut Vec<DeliveryTask>,
+        later: &mut Vec<ScheduledRetry>,
+    ) {
+        if subscription_ids.is_empty() {
+            return;
+        }
+        // Opened before any attempt can conclude, so the writer sees each conclusion.
+        self.fanouts.open(
+            &message.id,
+            message_record(&message, &subscription_ids),
+            subscription_ids.clone(),
+            REPORT_DELAY,
+        );
+        let message = Arc::new(StoredMessage::from_new(message));
+        for task in
+            DeliveryTask::first_attempts(&self.claims, &message, subscription_ids, lease_until)
+        {
+            if self.first_delay_ms == 0 {
+                due_now.push(task);
+            } else {
+                later.push(ScheduledRetry {
+                    due_ms: message.create_ms.saturating_add(self.first_delay_ms),
+                    task,
+                });
             }
         }
+    }
+
+    /// Hands first attempts to the dispatcher, or to the timers when they wait.
+    fn hand_on(&self, due_now: Vec<DeliveryTask>, later: Vec<ScheduledRetry>) {
         self.dispatcher.enqueue(due_now);
         for retry in later {
             if let Err(err) = self.retries.try_send(retry) {

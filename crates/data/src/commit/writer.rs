@@ -27,7 +27,7 @@ use crate::commit::publishes::{self, Publishes, Refusal, Resolution};
 use crate::shutdown::Shutdown;
 use crate::state::fanouts::{FanoutPlan, Fanouts};
 use crate::state::outbox::{self, Committed, Outbox, ReportBody};
-use crate::work::{OutcomeEvent, PublishJob};
+use crate::work::{NewMessage, OutcomeEvent, PublishJob};
 
 /// The most events, and separately the most outcomes, committed together.
 const MAX_BATCH: usize = 1000;
@@ -249,7 +249,10 @@ impl Writer {
         let failure = match written {
             Ok(written) => {
                 self.outbox.deleted(&acked);
+                let lease_until = written.lease_until;
                 self.completed(publishes, written);
+                self.publishes
+                    .hand_on_notices(events.iter().filter_map(OutcomeEvent::notice), lease_until);
                 // After the fan-outs moved on (in `completed`), so a scanner that takes up
                 // a released delivery sees its first attempt concluded.
                 outcomes::release_claims(&self.publishes.claims, &events);
@@ -260,6 +263,15 @@ impl Writer {
         };
         if publishes.is_empty() {
             tracing::error!(error = %failure, outcomes = events.len(), "writing attempt outcomes failed; retrying");
+            let mut events = events;
+            if matches!(&failure, WriteFailure::Failed(err) if is_unique_violation(err)) {
+                // Outcomes are written idempotently; the operational events' messages are
+                // not. A conflict means an earlier commit whose outcome was unknown did store
+                // them: they go no further, and the outcomes are written again without them.
+                for event in &mut events {
+                    event.drop_notice();
+                }
+            }
             return Err((events, false));
         }
         match failure {
@@ -376,11 +388,19 @@ impl Writer {
         committing: &AtomicBool,
     ) -> Result<Written, DbErr> {
         let resolutions = self.publishes.resolve(jobs).await?;
-        let created: Vec<&PublishJob> = jobs
+        // New messages: the publishes not repeating an idempotency key, and the operational
+        // events the outcomes carry (durable with the outcome that caused them).
+        let created: Vec<(&NewMessage, &[String])> = jobs
             .iter()
             .zip(&resolutions)
             .filter(|(_, r)| matches!(r, Resolution::Created))
-            .map(|(job, _)| job)
+            .map(|(job, _)| (&job.message, job.subscription_ids.as_slice()))
+            .chain(
+                events
+                    .iter()
+                    .filter_map(OutcomeEvent::notice)
+                    .map(|n| (&n.message, n.subscription_ids.as_slice())),
+            )
             .collect();
         let lease_until = if created.is_empty() {
             None

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::ids::{IdKind, new_id};
+use sluice_core::operational::{self, LastError};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_core::sealing::Keyring;
 use sluice_delivery::{AttemptResult, DeliveryRequest, Sender, slack_message};
@@ -22,7 +23,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::deliver::decision::{NextStep, RetryPolicy, Rule, next_step};
-use crate::deliver::lanes::{Lane, Lanes};
+use crate::deliver::lanes::{BreakerChange, Lane, Lanes};
+use crate::notices::{self, Cause};
 use crate::shutdown::Shutdown;
 use crate::state::claims::Claims;
 use crate::state::config_copy::{ConfigCopy, Endpoint, Subscription};
@@ -30,8 +32,8 @@ use crate::state::sealed::SealedConfig;
 use crate::state::streaks::Streaks;
 use crate::time::{duration_ms, proto_duration, timestamp_from_ms};
 use crate::work::{
-    AttemptRecord, DeliveryTask, DisabledSubscription, EndedDelivery, OutcomeEvent, OutcomeSender,
-    ScheduledRetry, StoredMessage,
+    AttemptRecord, DeliveryTask, DisabledSubscription, EndedDelivery, OperationalEvent,
+    OutcomeEvent, OutcomeSender, ScheduledRetry, StoredMessage,
 };
 
 /// Retries due within this stay in memory on a timer; later ones go back to the database
@@ -84,13 +86,13 @@ impl Attempts {
             }
         };
         let (attempt, result) = sent;
-        lane.record_result(result.is_success());
+        let breaker = lane.record_result(result.is_success());
         let rule = match task.trigger {
             // A replay is one more attempt, not a new run of the schedule.
             AttemptTrigger::Replay => Rule::OneMore,
             _ => Rule::Schedule,
         };
-        self.conclude(&subscription, task, rule, attempt, &result)
+        self.conclude(&subscription, task, rule, attempt, &result, breaker)
             .await;
         true
     }
@@ -164,7 +166,9 @@ impl Attempts {
 
     /// Concludes an attempt of a held delivery under `rule`: counts it in the endpoint's
     /// failure streak, hands the outcome to the writer, then puts a near retry on a timer,
-    /// gives the delivery back to the database, or disables the subscription.
+    /// gives the delivery back to the database, or disables the subscription. A change of
+    /// the endpoint's breaker (`breaker`) or a disable is published as an operational event,
+    /// written with this outcome.
     ///
     /// `task` carries the delivery as it was before the attempt; its claim is this
     /// attempt's and is released here unless the retry stays in memory.
@@ -175,6 +179,7 @@ impl Attempts {
         rule: Rule,
         attempt: Attempt,
         result: &AttemptResult,
+        breaker: Option<BreakerChange>,
     ) {
         let now = now_ms();
         let success = result.is_success();
@@ -245,6 +250,20 @@ impl Attempts {
         } else {
             task.first_failure_ms.or(Some(now))
         };
+        let last_error = (!success).then(|| LastError {
+            status_code: result.status_code,
+            kind: attempt.error_kind.clone(),
+            message: attempt.error_message.clone(),
+        });
+        // A disable says more than the breaker opening on the same attempt: that one is left out.
+        let notice = match (breaker, &disabling) {
+            (Some(change), None) => Some(Box::new(self.breaker_notice(
+                subscription,
+                change,
+                last_error.as_ref(),
+            ))),
+            _ => None,
+        };
         let record = AttemptRecord {
             key: task.key.clone(),
             workspace_id: task.message.workspace_id.clone(),
@@ -262,13 +281,15 @@ impl Attempts {
             first_failure_ms,
             streak,
             release_after_commit: (!stays_held).then_some(task.generation),
+            notice,
         };
         self.outcomes
             .record(OutcomeEvent::Attempt(Box::new(record)))
             .await;
 
         if let Some((reason, message)) = disabling {
-            self.disable(subscription, reason, message).await;
+            self.disable(subscription, reason, message, last_error.as_ref())
+                .await;
             return;
         }
         if let (Some(due_ms), Some(lease), true) = (next_attempt_ms, lease_until_ms, stays_held) {
@@ -315,10 +336,24 @@ impl Attempts {
         subscription: &Subscription,
         reason: DisabledReason,
         message: String,
+        last_error: Option<&LastError>,
     ) {
         if !self.copy.disable_locally(&subscription.id) {
             return;
         }
+        // Only the replica whose attempt concluded the disable gets here (`disable_locally`
+        // answers true once), so it alone publishes the event.
+        let notice = notices::build(
+            &self.copy.current(),
+            subscription,
+            Cause {
+                event_type: operational::SUBSCRIPTION_DISABLED,
+                reason: disabled_reason_code(reason),
+                message: &message,
+                last_error,
+                idempotency_key: None,
+            },
+        );
         self.claims.release_subscription(&subscription.id);
         self.lanes.clear(&subscription.id);
         self.streaks.forget(&subscription.id);
@@ -341,8 +376,52 @@ impl Attempts {
                     disable_time: Some(timestamp_from_ms(now_ms())),
                 },
                 config: SealedConfig::seal(&self.keyring, &config),
+                notice: Some(notice),
             })))
             .await;
+    }
+
+    /// `sluice.endpoint.unhealthy` or `sluice.endpoint.recovered` for a breaker's change.
+    fn breaker_notice(
+        &self,
+        subscription: &Subscription,
+        change: BreakerChange,
+        last_error: Option<&LastError>,
+    ) -> OperationalEvent {
+        let (event_type, reason, message) = match change {
+            BreakerChange::Opened => (
+                operational::ENDPOINT_UNHEALTHY,
+                "consecutive_failures",
+                "consecutive failed attempts opened the endpoint's circuit breaker; deliveries \
+                 pause for the cooldown, then one probe is sent",
+            ),
+            BreakerChange::Closed => (
+                operational::ENDPOINT_RECOVERED,
+                "attempt_succeeded",
+                "an attempt succeeded and closed the endpoint's circuit breaker; deliveries resume",
+            ),
+        };
+        notices::build(
+            &self.copy.current(),
+            subscription,
+            Cause {
+                event_type,
+                reason,
+                message,
+                last_error,
+                idempotency_key: None,
+            },
+        )
+    }
+}
+
+/// The stable code of a disable's reason, as operational events carry it.
+pub(crate) fn disabled_reason_code(reason: DisabledReason) -> &'static str {
+    match reason {
+        DisabledReason::EndpointGone => "endpoint_gone",
+        DisabledReason::PersistentFailure => "persistent_failure",
+        DisabledReason::User => "user",
+        DisabledReason::Unspecified => "unspecified",
     }
 }
 

@@ -24,6 +24,15 @@ pub(crate) struct LaneLimits {
     pub(crate) breaker_cooldown: Duration,
 }
 
+/// A change of an endpoint's breaker that is published as an operational event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BreakerChange {
+    /// Consecutive failures opened it: `sluice.endpoint.unhealthy`.
+    Opened,
+    /// A success closed it again: `sluice.endpoint.recovered`.
+    Closed,
+}
+
 /// Every lane, by subscription id.
 pub(crate) struct Lanes {
     by_subscription: Mutex<foldhash::HashMap<String, Arc<Lane>>>,
@@ -65,11 +74,15 @@ impl Lanes {
 
     /// Counts an attempt made outside the lane (a manual one) in the endpoint's breaker: a
     /// success shows the endpoint is back.
-    pub(crate) fn record_result(&self, subscription_id: &str, success: bool) {
-        if let Some(lane) = self.get(subscription_id) {
-            lane.record_result(success);
-            lane.wake.notify_one();
-        }
+    pub(crate) fn record_result(
+        &self,
+        subscription_id: &str,
+        success: bool,
+    ) -> Option<BreakerChange> {
+        let lane = self.get(subscription_id)?;
+        let change = lane.record_result(success);
+        lane.wake.notify_one();
+        change
     }
 
     fn lock(&self) -> MutexGuard<'_, foldhash::HashMap<String, Arc<Lane>>> {
@@ -149,8 +162,9 @@ impl Lane {
         Arc::clone(&self.concurrency).acquire_owned().await.ok()
     }
 
-    /// Counts an attempt's result in the breaker, and says when its state changed.
-    pub(crate) fn record_result(&self, success: bool) {
+    /// Counts an attempt's result in the breaker, and says when the endpoint went down
+    /// (the breaker opened from closed) or came back (it closed again).
+    pub(crate) fn record_result(&self, success: bool) -> Option<BreakerChange> {
         let mut gate = self.gate();
         let before = gate.breaker.state_name();
         gate.breaker.record(success, Instant::now());
@@ -161,6 +175,11 @@ impl Lane {
                 .breaker_changes
                 .add(1, &[opentelemetry::KeyValue::new("state", after)]);
             tracing::info!(subscription_id = %self.subscription_id, from = before, to = after, "circuit breaker changed state");
+        }
+        match (before, after) {
+            ("closed", "open") => Some(BreakerChange::Opened),
+            ("open" | "half_open", "closed") => Some(BreakerChange::Closed),
+            _ => None,
         }
     }
 

@@ -136,14 +136,15 @@ impl ManualDeliveries {
                 AttemptTrigger::Manual,
             )
             .await;
-        self.attempts
+        let breaker = self
+            .attempts
             .lanes
             .record_result(&subscription.id, result.is_success());
         let rule = Rule::Manual {
             pending_due_ms: stored.pending.then_some(stored.next_attempt_ms),
         };
         self.attempts
-            .conclude(&subscription, task, rule, attempt.clone(), &result)
+            .conclude(&subscription, task, rule, attempt.clone(), &result, breaker)
             .await;
         Ok(attempt)
     }

@@ -497,6 +497,7 @@ mod tests {
                 secret: SigningSecret::generate().to_whsec(),
                 expire_time: None,
             }],
+            ..Default::default()
         }
     }
 

@@ -372,6 +372,7 @@ pub fn subscription(
             secret: secret.to_whsec(),
             expire_time: None,
         }],
+        ..Default::default()
     };
     (config, secret)
 }

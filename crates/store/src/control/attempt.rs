@@ -24,6 +24,11 @@ pub struct Model {
     pub trigger: String,
     #[sea_orm(column_type = "Text")]
     pub url: String,
+    /// Where it was logged, with `log_seq` (migration m0005): the inserting transaction on
+    /// PostgreSQL, 0 on SQLite; `None` for rows logged before.
+    pub log_txid: Option<i64>,
+    /// Its number in the log (a sequence on PostgreSQL, numbered at insert on SQLite).
+    pub log_seq: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

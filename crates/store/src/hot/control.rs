@@ -4,7 +4,7 @@
 use sea_orm::{DbBackend, Statement, Value};
 
 use super::rows::json_strings;
-use super::sql::{Column, insert, is_element};
+use super::sql::{Column, insert, is_element, names, read_fields, rows_from, rows_param};
 
 /// A `messages` row.
 pub struct MessageRow<'a> {
@@ -142,15 +142,36 @@ pub fn existing_attempts<'a>(
     Statement::from_sql_and_values(backend, sql, [Value::String(Some(json_strings(ids)))])
 }
 
-/// Inserts attempts, leaving those already stored.
+/// Inserts attempts, leaving those already stored, each with its log position (migration
+/// m0005): PostgreSQL's column defaults give it; on SQLite, whose one writer makes numbering
+/// order commit order, the insert numbers the rows after the highest number stored (one
+/// probe of the position index per statement; a row left out leaves a harmless gap).
 pub fn insert_attempts(backend: DbBackend, rows: &[AttemptRow<'_>]) -> Statement {
-    insert(
-        backend,
-        "attempts",
-        &AttemptRow::COLUMNS,
-        rows,
-        "ON CONFLICT (id) DO NOTHING",
-    )
+    match backend {
+        DbBackend::Postgres => insert(
+            backend,
+            "attempts",
+            &AttemptRow::COLUMNS,
+            rows,
+            "ON CONFLICT (id) DO NOTHING",
+        ),
+        _ => {
+            let sql = format!(
+                "INSERT INTO attempts ({}, log_txid, log_seq) \
+                 SELECT {}, 0, \
+                   (SELECT COALESCE(MAX(log_seq), 0) FROM attempts WHERE log_txid = 0) + 1 + e.key \
+                 FROM {} WHERE true ON CONFLICT (id) DO NOTHING",
+                names(&AttemptRow::COLUMNS),
+                read_fields(backend, &AttemptRow::COLUMNS, 0).join(", "),
+                rows_from(backend, 1),
+            );
+            Statement::from_sql_and_values(
+                backend,
+                sql,
+                [rows_param(backend, rows, &AttemptRow::COLUMNS)],
+            )
+        }
+    }
 }
 
 /// Like [`insert_attempts`], returning the id of each attempt it stored (rows with column
