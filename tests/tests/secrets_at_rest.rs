@@ -109,6 +109,7 @@ async fn no_secret_at_rest_and_rotation_keeps_every_signature_valid() {
                 allow_http: true,
                 data_plane_endpoint: None,
                 keyring: old.clone(),
+                retention: Default::default(),
             },
         )
         .await;

@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod event;
 pub mod ids;
 pub mod outcome;
+pub mod retention;
 pub mod retry;
 pub mod sealing;
 pub mod signing;

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod data;
 pub mod hot;
+pub mod retention;
 
 use std::time::Duration;
 
@@ -107,6 +108,11 @@ pub async fn open_with(
                     // log's batches). Its size is bounded by the pages one statement touches.
                     .pragma("temp_store", "memory")
                     .page_size(SQLITE_PAGE_SIZE)
+                    // Pages the retention purge frees go to the free list, and
+                    // `PRAGMA incremental_vacuum` (after each purge) gives them back to
+                    // the file system, so the file stops growing. Takes effect on a new
+                    // file; an older one is converted once below.
+                    .auto_vacuum(sea_orm::sqlx::sqlite::SqliteAutoVacuum::Incremental)
             });
     } else {
         let statement_timeout = timeout.as_millis().to_string();
@@ -130,9 +136,37 @@ pub async fn open_with(
     }
     let db = Database::connect(options).await?;
     if !postgres {
+        incremental_auto_vacuum(&db).await?;
         migrate(&db, plane).await?;
     }
     Ok(db)
+}
+
+/// Makes a SQLite file made before retention existed (`auto_vacuum=NONE`) an incremental
+/// auto-vacuum one. SQLite only changes that mode by rebuilding the file, so this runs
+/// `VACUUM` once, at the first start after the upgrade: it rewrites the whole file (a
+/// large database takes a while, and needs as much free disk again) and is never needed
+/// again. A new file gets the mode from its first connection, before any table exists.
+async fn incremental_auto_vacuum(db: &DatabaseConnection) -> Result<(), DbErr> {
+    const INCREMENTAL: i64 = 2;
+    let scalar = |sql: &str| sea_orm::Statement::from_string(DbBackend::Sqlite, sql.to_owned());
+    let mode = db
+        .query_one_raw(scalar("PRAGMA auto_vacuum"))
+        .await?
+        .and_then(|row| row.try_get_by_index::<i64>(0).ok())
+        .unwrap_or(INCREMENTAL);
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    db.execute_unprepared("PRAGMA auto_vacuum = INCREMENTAL")
+        .await?;
+    db.execute_unprepared("VACUUM").await?;
+    tracing::info!(
+        millis = started.elapsed().as_millis() as u64,
+        "converted the SQLite database to incremental auto-vacuum (once), so purged rows give their space back"
+    );
+    Ok(())
 }
 
 /// The advisory lock PostgreSQL replicas take around migrations (the control plane's
@@ -471,6 +505,11 @@ mod tests {
             i64::from(SQLITE_PAGE_SIZE)
         );
         assert_eq!(scalar(&db, "PRAGMA temp_store").await, 2, "2 is MEMORY");
+        assert_eq!(
+            scalar(&db, "PRAGMA auto_vacuum").await,
+            2,
+            "2 is INCREMENTAL"
+        );
         db.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -27,6 +27,7 @@ pub(crate) fn control_config(
         allow_http,
         data_plane_endpoint: data_plane,
         keyring,
+        retention: Default::default(),
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::control::{ControlServer, control_config};
 use crate::data::DataHarness;
-use crate::{Backend, Clients, INTERNAL_TOKEN, Intercepted, TestDatabase, backends, count_rows};
+use crate::{Backend, Clients, INTERNAL_TOKEN, Intercepted, TestDatabase, backends};
 
 /// Knobs of a test deployment.
 #[derive(Clone, Debug)]
@@ -36,6 +36,8 @@ pub struct PlaneOptions {
     pub store_timeout: Duration,
     /// The master keys both planes seal their stored secrets with.
     pub keyring: Keyring,
+    /// Both planes' retention defaults and purge interval (`--retention` and friends).
+    pub retention: sluice_core::retention::RetentionDefaults,
 }
 
 impl Default for PlaneOptions {
@@ -47,6 +49,7 @@ impl Default for PlaneOptions {
             disable_after_failed_attempts: None,
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
             keyring: crate::keyring(),
+            retention: Default::default(),
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct Planes {
     data: Option<DataHarness>,
     /// The data plane's configuration, to start it again.
     data_config: sluice_data::DataConfig,
+    /// The control plane's retention defaults, to start it again.
+    retention: sluice_core::retention::RetentionDefaults,
 }
 
 impl Planes {
@@ -83,16 +88,14 @@ impl Planes {
         let control_addr = control_listener.local_addr().unwrap();
         let data_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let data_addr = data_listener.local_addr().unwrap();
-        let control = ControlServer::start(
-            control_listener,
-            control_db.clone(),
-            control_config(
-                true,
-                Some(format!("http://{data_addr}")),
-                options.keyring.clone(),
-            ),
-        )
-        .await;
+        let mut control_options = control_config(
+            true,
+            Some(format!("http://{data_addr}")),
+            options.keyring.clone(),
+        );
+        control_options.retention = options.retention;
+        let control =
+            ControlServer::start(control_listener, control_db.clone(), control_options).await;
 
         let config = sluice_data::DataConfig {
             internal_token: INTERNAL_TOKEN.into(),
@@ -110,6 +113,7 @@ impl Planes {
             shutdown_grace: Duration::from_secs(2),
             store_timeout: options.store_timeout,
             keyring: Some(options.keyring),
+            retention: options.retention,
             ..Default::default()
         };
         let data = DataHarness::serve(data_listener, data_db.clone(), config.clone()).await;
@@ -123,6 +127,7 @@ impl Planes {
             control: Some(control),
             data: Some(data),
             data_config: config,
+            retention: options.retention,
         }
     }
 
@@ -164,7 +169,8 @@ impl Planes {
 
     /// Waits until the data plane has applied the control plane's latest config revision.
     pub async fn config_synced(&self) {
-        let latest = count_rows(&self.control_db, "config_changes").await as u64;
+        // The highest revision, not the row count: retention compacts old changes away.
+        let latest = crate::database::max_revision(&self.control_db).await as u64;
         self.data
             .as_ref()
             .expect("the data plane is stopped")
@@ -190,18 +196,13 @@ impl Planes {
     pub async fn restart_control(&mut self) {
         assert!(self.control.is_none(), "stop_control first");
         let listener = TcpListener::bind(self.control_addr).await.unwrap();
-        self.control = Some(
-            ControlServer::start(
-                listener,
-                self.control_db.clone(),
-                control_config(
-                    true,
-                    Some(format!("http://{}", self.data_addr)),
-                    self.keyring().clone(),
-                ),
-            )
-            .await,
+        let mut config = control_config(
+            true,
+            Some(format!("http://{}", self.data_addr)),
+            self.keyring().clone(),
         );
+        config.retention = self.retention;
+        self.control = Some(ControlServer::start(listener, self.control_db.clone(), config).await);
     }
 
     /// Stops both planes and starts them again, on the same addresses and databases, with

@@ -357,12 +357,13 @@ pub(crate) fn undeliverable_status(subscription: Option<&Subscription>) -> Deliv
     }
 }
 
-/// The proto status for a stored one; cancelled deliveries show as failed.
+/// The proto status for a stored one.
 fn proto_status(status: DeliveryStatus) -> ProtoDeliveryStatus {
     match status {
         DeliveryStatus::Pending => ProtoDeliveryStatus::Pending,
         DeliveryStatus::Succeeded => ProtoDeliveryStatus::Succeeded,
-        DeliveryStatus::Failed | DeliveryStatus::Cancelled => ProtoDeliveryStatus::Failed,
+        DeliveryStatus::Failed => ProtoDeliveryStatus::Failed,
+        DeliveryStatus::Cancelled => ProtoDeliveryStatus::Cancelled,
     }
 }
 
