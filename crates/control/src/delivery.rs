@@ -209,7 +209,7 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
             .await?;
         let id = request.into_inner().message_id;
         check_id(IdKind::Message, "message_id", &id)?;
-        let row = message::Entity::find_by_id((workspace_id.clone(), id.clone()))
+        let row = message::Entity::find_by_id((id.clone(), workspace_id.clone()))
             .one(self.0.db())
             .await
             .map_err(ApiError::from)?;
