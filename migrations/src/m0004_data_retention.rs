@@ -3,6 +3,10 @@
 //! plane), and a partial index over the ids of messages that still carry an idempotency
 //! key lets the purge find the keys past their window without reading every message (one
 //! more b-tree insert per keyed publish only; most publishes carry no key).
+//!
+//! `dp_deliveries.schedule_start` (the attempts made before the current run of the retry
+//! schedule) lets a manual retry or a replay that fails start the schedule over: the
+//! schedule's step is the attempt number minus it. 0 for every existing row: one run.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -26,6 +30,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
+        m.alter_table(
+            Table::alter()
+                .table("dp_deliveries")
+                .add_column(integer("schedule_start").default(0))
+                .to_owned(),
+        )
+        .await?;
         m.get_connection()
             .execute_unprepared(
                 "CREATE INDEX idx_dp_messages_keyed ON dp_messages (id) \
@@ -39,6 +50,13 @@ impl MigrationTrait for Migration {
         m.get_connection()
             .execute_unprepared("DROP INDEX idx_dp_messages_keyed")
             .await?;
+        m.alter_table(
+            Table::alter()
+                .table("dp_deliveries")
+                .drop_column("schedule_start")
+                .to_owned(),
+        )
+        .await?;
         m.drop_table(Table::drop().table("dp_workspaces").to_owned())
             .await
     }

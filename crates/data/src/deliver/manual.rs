@@ -39,6 +39,7 @@ struct StoredDelivery {
     attempt_count: i32,
     next_attempt_ms: i64,
     first_failure_ms: Option<i64>,
+    schedule_start: i32,
 }
 
 impl ManualDeliveries {
@@ -99,6 +100,7 @@ impl ManualDeliveries {
                 attempt_count: row.attempt_count,
                 next_attempt_ms: row.next_attempt_ms,
                 first_failure_ms: row.first_failure_ms,
+                schedule_start: row.schedule_start,
             },
             Some(_) => return Err(not_found()),
             None => {
@@ -122,6 +124,7 @@ impl ManualDeliveries {
                     attempt_count: i32::from(!pending),
                     next_attempt_ms: message.create_ms,
                     first_failure_ms: None,
+                    schedule_start: 0,
                 }
             }
         };
@@ -152,6 +155,7 @@ impl ManualDeliveries {
             message: Arc::new(StoredMessage::from_row(message)),
             attempt_count: u32::try_from(stored.attempt_count).unwrap_or(0),
             first_failure_ms: stored.first_failure_ms,
+            schedule_start: u32::try_from(stored.schedule_start).unwrap_or(0),
             trigger: AttemptTrigger::Manual,
             generation,
         };
