@@ -388,13 +388,19 @@ pub fn is_unavailable(err: &DbErr) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            // PostgreSQL: connection exceptions (08), operator intervention (57: a
-            // statement cancelled at `statement_timeout`, the server shutting down), lock
-            // not available (55P03). SQLite: BUSY and LOCKED, with their extended codes.
-            code.starts_with("08")
-                || code.starts_with("57")
-                || code == "55P03"
-                || code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // PostgreSQL: connection exceptions (08), operator intervention (57: a
+                // statement cancelled at `statement_timeout`, the server shutting down),
+                // lock not available (55P03). Told apart from SQLite's numeric codes first:
+                // many SQLSTATEs are digits too (22021, a NUL in text, is 5 in its low byte).
+                code.starts_with("08") || code.starts_with("57") || code == "55P03"
+            } else {
+                // SQLite: BUSY and LOCKED, with their extended codes.
+                code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+            }
         }
         _ => false,
     }
@@ -514,6 +520,30 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[tokio::test]
+    async fn an_older_sqlite_file_becomes_incremental_auto_vacuum_once_at_open() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-vacuum-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = sqlite_url(&dir, Plane::Data);
+        // A file made the way an older Sluice made it: no auto-vacuum, a table with a row.
+        let old = Database::connect(url.as_str()).await.unwrap();
+        old.execute_unprepared("CREATE TABLE kept (n INTEGER); INSERT INTO kept VALUES (7)")
+            .await
+            .unwrap();
+        assert_eq!(scalar(&old, "PRAGMA auto_vacuum").await, 0, "0 is NONE");
+        old.close().await.unwrap();
+
+        let db = open(&url, Plane::Data).await.unwrap();
+        assert_eq!(
+            scalar(&db, "PRAGMA auto_vacuum").await,
+            2,
+            "2 is INCREMENTAL"
+        );
+        assert_eq!(scalar(&db, "SELECT n FROM kept").await, 7, "the rows stay");
+        db.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     async fn table_sql(db: &DatabaseConnection, table: &str) -> String {
         db.query_one_raw(sea_orm::Statement::from_string(
             DbBackend::Sqlite,
@@ -572,9 +602,9 @@ mod tests {
         assert_eq!(rows(&db, "dp_messages").await, 1);
         assert_eq!(rows(&db, "dp_fanout").await, 0);
 
-        // Back to the first schema: m0003 (the log's keys), then m0002.
-        ControlMigrator::down(&db, Some(2)).await.unwrap();
-        DataMigrator::down(&db, Some(1)).await.unwrap();
+        // Back to the first schema: m0004 (retention), m0003 (the log's keys), then m0002.
+        ControlMigrator::down(&db, Some(3)).await.unwrap();
+        DataMigrator::down(&db, Some(2)).await.unwrap();
         for table in ["messages", "deliveries", "attempts"] {
             assert!(
                 !table_sql(&db, table).await.contains("WITHOUT ROWID"),
