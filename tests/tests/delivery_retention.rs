@@ -394,6 +394,24 @@ async fn window_in_the_copy(planes: &mut Planes) {
         count_rows(&planes.data_db, &format!("dp_workspaces WHERE id = '{ws}'")).await,
         0
     );
+    // And so it does when a workspace with windows of its own is deleted.
+    set_windows(planes, &ws, Some(7200), None).await;
+    planes.config_synced().await;
+    assert_eq!(
+        count_rows(&planes.data_db, &format!("dp_workspaces WHERE id = '{ws}'")).await,
+        1
+    );
+    let mut admin = planes.clients(Some(ADMIN_KEY)).await;
+    admin
+        .workspaces
+        .delete_workspace(pb::DeleteWorkspaceRequest { id: ws.clone() })
+        .await
+        .unwrap();
+    planes.config_synced().await;
+    assert_eq!(
+        count_rows(&planes.data_db, &format!("dp_workspaces WHERE id = '{ws}'")).await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -267,7 +267,9 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
         self.0.auth().admin(request.metadata()).await?;
         let id = request.into_inner().id;
-        self.find("id", &id).await?;
+        let row = self.find("id", &id).await?;
+        // The data plane holds only the workspaces with windows of their own.
+        let held = row.retention_ms.is_some() || row.idempotency_retention_ms.is_some();
         let revision = self
             .0
             .db()
@@ -300,14 +302,17 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                         // Nothing will deliver what was still pending.
                         crate::cancel_pending_deliveries(tx, &id, &s.id).await?;
                     }
+                    let mut revision = 0;
                     for s in subs {
-                        record_change(tx, CHANGE_SUBSCRIPTION, &s.id, &id).await?;
+                        revision = record_change(tx, CHANGE_SUBSCRIPTION, &s.id, &id).await?;
                     }
                     for k in keys {
-                        record_change(tx, CHANGE_API_KEY, &k.id, &id).await?;
+                        revision = record_change(tx, CHANGE_API_KEY, &k.id, &id).await?;
                     }
-                    // The last change, so its revision is the one to publish.
-                    Ok(record_change(tx, CHANGE_WORKSPACE, &id, &id).await?)
+                    if held {
+                        revision = record_change(tx, CHANGE_WORKSPACE, &id, &id).await?;
+                    }
+                    Ok(revision)
                 })
             })
             .await
