@@ -101,7 +101,7 @@ pub fn parse_window(text: &str) -> Result<Duration, String> {
 pub fn format_window(window: Duration) -> String {
     let secs = window.as_secs();
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs >= size && secs % size == 0 {
+        if secs >= size && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
