@@ -215,6 +215,19 @@ async fn watch(plane: ControlPlane, from: i64, tx: &WatchSender) -> Result<(), A
             let Some(last) = changes.last().map(|c| c.revision) else {
                 break;
             };
+            // A gap after `current`: a rolled-back revision, or changes this watcher had
+            // not read yet compacted away meanwhile (it lagged by a whole window). Then
+            // only a snapshot makes it whole again.
+            if changes[0].revision > current + 1
+                && current < sluice_store::retention::oldest_config_revision(&db).await? - 1
+            {
+                tracing::info!(
+                    revision = current,
+                    "a watcher fell behind the compacted changes; it gets a snapshot"
+                );
+                current = snapshot(&db, &plane.config().keyring, tx).await?;
+                continue;
+            }
             let response = resolve_changes(&db, &plane.config().keyring, &changes, last).await?;
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
