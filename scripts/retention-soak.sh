@@ -51,6 +51,15 @@ BENCH=$!
 size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 start=$(date +%s)
 echo "# data dir $DIR; retention $RETENTION, keys $IDEMPOTENCY, purge every $EVERY; $RATE events/s for $MINUTES min"
+# PostgreSQL reuses a deleted row's space once (auto)vacuum has passed. A server with
+# autovacuum off (some test setups) grows whatever the purge deletes: the script then runs
+# VACUUM itself at each sample, as autovacuum would, and says so.
+VACUUM_BY_HAND=
+if [[ -n "${SLUICE_DATABASE_URL:-}" ]] &&
+  [[ "$(psql "$SLUICE_DATABASE_URL" -Atc "SHOW autovacuum" 2>/dev/null)" == "off" ]]; then
+  VACUUM_BY_HAND=1
+  echo "# autovacuum is off on this server: VACUUM runs at each sample instead"
+fi
 if [[ -n "${SLUICE_DATABASE_URL:-}" ]]; then
   echo "seconds,database_bytes,rss_kib"
 else
@@ -61,6 +70,7 @@ while kill -0 "$BENCH" 2>/dev/null; do
   t=$(($(date +%s) - start))
   rss=$(awk '/^VmRSS/ {print $2}' "/proc/$DEV/status" 2>/dev/null || echo 0)
   if [[ -n "${SLUICE_DATABASE_URL:-}" ]]; then
+    if [[ -n "$VACUUM_BY_HAND" ]]; then psql "$SLUICE_DATABASE_URL" -qc "VACUUM" >/dev/null 2>&1 || true; fi
     bytes=$(psql "$SLUICE_DATABASE_URL" -Atc "SELECT pg_database_size(current_database())" 2>/dev/null || echo 0)
     echo "$t,$bytes,$rss"
   else
