@@ -142,6 +142,14 @@ async fn purge_after_the_window(planes: &mut Planes) {
         purged.message_id
     );
     assert_eq!(dp_messages(planes, &purged.message_id).await, 1);
+    // Another workspace's message is not found; a malformed id is refused by name.
+    let other = get_message(&long_log, &purged.message_id)
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::NotFound, "{other:?}");
+    assert!(!other.message().contains("purged"), "{other:?}");
+    let malformed = get_message(&short_log, "msg_nope").await.unwrap_err();
+    assert_invalid(&malformed, "message_id");
 
     // Past it: gone from both planes' tables, on the window of the message's workspace.
     eventually(
