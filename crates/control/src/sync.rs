@@ -842,7 +842,11 @@ fn attempt_row<'a>(n: &NewAttempt<'a>) -> hot::control::AttemptRow<'a> {
         latency_us: a
             .latency
             .as_ref()
-            .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
+            .map(|d| {
+                d.seconds
+                    .saturating_mul(1_000_000)
+                    .saturating_add(i64::from(d.nanos / 1000))
+            })
             .unwrap_or(0),
         response_excerpt: &a.response_excerpt,
         trigger: trigger_name(a.trigger),
