@@ -12,6 +12,8 @@ mod m0001_data_initial;
 mod m0002_control_log_tables;
 mod m0002_data_fanout;
 mod m0003_control_log_keys;
+mod m0004_control_retention;
+mod m0004_data_retention;
 mod m0005_control_events;
 
 /// Migrations of the control plane's database.
@@ -24,6 +26,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0001_control_initial::Migration),
             Box::new(m0002_control_log_tables::Migration),
             Box::new(m0003_control_log_keys::Migration),
+            Box::new(m0004_control_retention::Migration),
             Box::new(m0005_control_events::Migration),
         ]
     }
@@ -42,6 +45,7 @@ impl MigratorTrait for DataMigrator {
         vec![
             Box::new(m0001_data_initial::Migration),
             Box::new(m0002_data_fanout::Migration),
+            Box::new(m0004_data_retention::Migration),
         ]
     }
 

@@ -51,6 +51,13 @@ pub struct Log {
 }
 
 impl Log {
+    /// The `DeliveryService` client, for calls this type has no shortcut for.
+    pub fn deliveries_client(
+        &self,
+    ) -> pb::delivery_service_client::DeliveryServiceClient<Intercepted> {
+        self.deliveries.clone()
+    }
+
     /// The log as seen by the holder of `clients`' key.
     pub fn new(clients: &Clients) -> Log {
         Log {

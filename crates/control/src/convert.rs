@@ -37,6 +37,16 @@ pub fn workspace(m: workspace::Model) -> pb::Workspace {
         display_name: m.display_name,
         create_time: Some(ts(m.create_ms)),
         update_time: Some(ts(m.update_ms)),
+        retention: m.retention_ms.map(duration_ms),
+        idempotency_retention: m.idempotency_retention_ms.map(duration_ms),
+    }
+}
+
+/// Milliseconds as a proto duration.
+pub fn duration_ms(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 

@@ -6,8 +6,10 @@ use sea_orm::{
 };
 use sluice_core::event::normalize_event_name;
 use sluice_core::ids::IdKind;
+use sluice_core::ids::id_timestamp_ms;
+use sluice_core::retention::{Windows, cutoff_ms, format_window};
 use sluice_proto::control::v1 as pb;
-use sluice_store::control::{attempt, delivery, endpoint_health, message};
+use sluice_store::control::{attempt, delivery, endpoint_health, message, workspace};
 use sluice_store::now_ms;
 use tonic::{Request, Response, Status};
 
@@ -77,6 +79,7 @@ fn status_name(s: pb::DeliveryStatus) -> Option<&'static str> {
         pb::DeliveryStatus::Pending => Some("pending"),
         pb::DeliveryStatus::Succeeded => Some("succeeded"),
         pb::DeliveryStatus::Failed => Some("failed"),
+        pb::DeliveryStatus::Cancelled => Some("cancelled"),
     }
 }
 
@@ -84,6 +87,7 @@ fn status(name: &str) -> pb::DeliveryStatus {
     match name {
         "succeeded" => pb::DeliveryStatus::Succeeded,
         "failed" => pb::DeliveryStatus::Failed,
+        "cancelled" => pb::DeliveryStatus::Cancelled,
         _ => pb::DeliveryStatus::Pending,
     }
 }
@@ -116,7 +120,40 @@ pub fn attempt_proto(a: attempt::Model) -> pb::Attempt {
     }
 }
 
+fn message_proto(m: message::Model) -> pb::Message {
+    pb::Message {
+        id: m.id,
+        workspace_id: m.workspace_id,
+        event_type: m.event_type,
+        create_time: Some(ts(m.create_ms)),
+        delivery_count: m.delivery_count as u32,
+    }
+}
+
 impl DeliveryApi {
+    /// The retention windows of `workspace_id`.
+    async fn windows(&self, workspace_id: &str) -> ApiResult<Windows> {
+        let row = workspace::Entity::find_by_id(workspace_id.to_owned())
+            .one(self.0.db())
+            .await?
+            .ok_or_else(|| ApiError::not_found("workspace", workspace_id))?;
+        Ok(crate::retention::windows(&self.0.config().retention, &row))
+    }
+
+    /// Whether message `id` is older than the workspace's window: purged, or about to be.
+    async fn purged(&self, workspace_id: &str, id: &str) -> ApiResult<Option<String>> {
+        let windows = self.windows(workspace_id).await?;
+        let created = id_timestamp_ms(IdKind::Message, id)
+            .and_then(|ms| i64::try_from(ms).ok())
+            .unwrap_or(i64::MAX);
+        Ok((created < cutoff_ms(now_ms(), windows.retention)).then(|| {
+            format!(
+                "message {id:?} was purged: the workspace keeps messages for {} (its retention)",
+                format_window(windows.retention)
+            )
+        }))
+    }
+
     async fn workspace(
         &self,
         metadata: &tonic::metadata::MetadataMap,
@@ -223,18 +260,33 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
         let rows = query.all(self.0.db()).await.map_err(ApiError::from)?;
         let (rows, next_page_token) = page.finish(rows, |m| m.id.clone());
         Ok(Response::new(pb::ListMessagesResponse {
-            messages: rows
-                .into_iter()
-                .map(|m| pb::Message {
-                    id: m.id,
-                    workspace_id: m.workspace_id,
-                    event_type: m.event_type,
-                    create_time: Some(ts(m.create_ms)),
-                    delivery_count: m.delivery_count as u32,
-                })
-                .collect(),
+            messages: rows.into_iter().map(message_proto).collect(),
             next_page_token,
         }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let workspace_id = self
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let id = request.into_inner().message_id;
+        check_id(IdKind::Message, "message_id", &id)?;
+        let row = message::Entity::find_by_id((id.clone(), workspace_id.clone()))
+            .one(self.0.db())
+            .await
+            .map_err(ApiError::from)?;
+        match row {
+            Some(m) => Ok(Response::new(pb::GetMessageResponse {
+                message: Some(message_proto(m)),
+            })),
+            None => match self.purged(&workspace_id, &id).await? {
+                Some(why) => Err(ApiError::NotFound(why).into()),
+                None => Err(ApiError::not_found("message", &id).into()),
+            },
+        }
     }
 
     async fn list_deliveries(
@@ -457,6 +509,9 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
         );
         v.finish()?;
         find_in(self.0.db(), &workspace_id, &r.subscription_id).await?;
+        if let Some(why) = self.purged(&workspace_id, &r.message_id).await? {
+            return Err(ApiError::FailedPrecondition(why).into());
+        }
         let mut dispatch = self.0.dispatch()?;
         let req = self
             .0
@@ -495,6 +550,23 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
         }
         v.finish()?;
         find_in(self.0.db(), &workspace_id, &r.subscription_id).await?;
+        let windows = self.windows(&workspace_id).await?;
+        let oldest_kept = cutoff_ms(now_ms(), windows.retention);
+        if r.since_time
+            .as_ref()
+            .and_then(ms)
+            .is_some_and(|since| since < oldest_kept)
+        {
+            return Err(ApiError::FailedPrecondition(format!(
+                "since_time is before the workspace's retention window: deliveries older than \
+                 {} were purged; replay from {} or later",
+                format_window(windows.retention),
+                chrono::DateTime::from_timestamp_millis(oldest_kept)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default()
+            ))
+            .into());
+        }
         let mut dispatch = self.0.dispatch()?;
         let req = self
             .0

@@ -11,7 +11,9 @@ pub mod convert;
 pub mod delivery;
 pub mod error;
 pub mod event_type;
+mod metrics;
 pub mod page;
+pub mod retention;
 pub mod secrets;
 pub mod subscription;
 pub mod sync;
@@ -53,6 +55,9 @@ pub struct ControlConfig {
     /// How long a full `WatchAttempts` channel waits for its reader before the reader is
     /// told it fell behind (`attempt_watch::DEFAULT_PATIENCE`).
     pub attempt_watch_patience: std::time::Duration,
+    /// How long the delivery log and `config_changes` are kept where a workspace sets no
+    /// window of its own, and how often the purge runs (`retention.rs`).
+    pub retention: sluice_core::retention::RetentionDefaults,
 }
 
 impl std::fmt::Debug for ControlConfig {
@@ -65,6 +70,7 @@ impl std::fmt::Debug for ControlConfig {
             .field("keyring", &self.keyring)
             .field("attempt_watch_buffer", &self.attempt_watch_buffer)
             .field("attempt_watch_patience", &self.attempt_watch_patience)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -115,6 +121,12 @@ impl ControlPlane {
             None => None,
         };
         let auth = Authenticator::new(&config.admin_key, &config.internal_token, db.clone());
+        let streams = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(retention::run(
+            db.clone(),
+            config.retention,
+            streams.clone(),
+        ));
         Ok(ControlPlane {
             inner: Arc::new(Inner {
                 db,
@@ -123,7 +135,7 @@ impl ControlPlane {
                 attempts_logged: watch::Sender::new(0),
                 dispatch,
                 config,
-                streams: tokio_util::sync::CancellationToken::new(),
+                streams,
             }),
         })
     }
@@ -283,6 +295,8 @@ impl ControlPlane {
 /// The kinds of resource a config change names.
 pub(crate) const CHANGE_SUBSCRIPTION: &str = "subscription";
 pub(crate) const CHANGE_API_KEY: &str = "api_key";
+/// A workspace's retention windows (set, changed, or the workspace deleted).
+pub(crate) const CHANGE_WORKSPACE: &str = "workspace";
 
 /// Records that a resource the data plane holds changed; returns the new revision.
 /// Call inside the transaction that changed it, after `lock_config_writes`.
@@ -304,18 +318,37 @@ pub(crate) async fn record_change<C: ConnectionTrait>(
     Ok(row.revision)
 }
 
-/// Marks the still-pending deliveries of a subscription failed: it was disabled or deleted,
-/// so the data plane delivers none of them (it ends them on its side without an attempt
-/// to report).
+/// Marks the still-pending deliveries of a subscription failed: it was disabled, so the
+/// data plane delivers none of them (it ends them on its side without an attempt to
+/// report); a replay once it is enabled again delivers them.
 pub(crate) async fn fail_pending_deliveries<C: ConnectionTrait>(
     tx: &C,
     workspace_id: &str,
     subscription_id: &str,
 ) -> Result<(), DbErr> {
+    end_pending_deliveries(tx, workspace_id, subscription_id, "failed").await
+}
+
+/// Marks the still-pending deliveries of a deleted subscription cancelled: nothing will
+/// ever deliver them, and they are not failures of the endpoint.
+pub(crate) async fn cancel_pending_deliveries<C: ConnectionTrait>(
+    tx: &C,
+    workspace_id: &str,
+    subscription_id: &str,
+) -> Result<(), DbErr> {
+    end_pending_deliveries(tx, workspace_id, subscription_id, "cancelled").await
+}
+
+async fn end_pending_deliveries<C: ConnectionTrait>(
+    tx: &C,
+    workspace_id: &str,
+    subscription_id: &str,
+    status: &'static str,
+) -> Result<(), DbErr> {
     use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
     use sluice_store::control::delivery;
     delivery::Entity::update_many()
-        .col_expr(delivery::Column::Status, Expr::value("failed"))
+        .col_expr(delivery::Column::Status, Expr::value(status))
         .col_expr(
             delivery::Column::NextAttemptMs,
             Expr::value(Option::<i64>::None),
@@ -354,6 +387,7 @@ mod tests {
             keyring: sluice_core::sealing::Keyring::from_keys(&[[7; 32]]).unwrap(),
             attempt_watch_buffer: 1,
             attempt_watch_patience: std::time::Duration::from_secs(1),
+            retention: Default::default(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("secret_value"), "{shown}");

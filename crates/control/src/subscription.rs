@@ -465,7 +465,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                     subscription::Entity::delete_by_id(row.id.clone())
                         .exec(tx)
                         .await?;
-                    crate::fail_pending_deliveries(tx, &row.workspace_id, &row.id).await?;
+                    crate::cancel_pending_deliveries(tx, &row.workspace_id, &row.id).await?;
                     Ok(record_change(tx, CHANGE_SUBSCRIPTION, &row.id, &row.workspace_id).await?)
                 })
             })

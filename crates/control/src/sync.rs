@@ -22,7 +22,7 @@ use sea_orm::{
 };
 use sluice_core::sealing::Keyring;
 use sluice_proto::control::v1 as pb;
-use sluice_store::control::{api_key, config_change, subscription};
+use sluice_store::control::{api_key, config_change, subscription, workspace};
 use sluice_store::hot::{self, Session};
 use sluice_store::{lock_config_writes, now_ms};
 use tokio::sync::mpsc;
@@ -33,7 +33,10 @@ use tracing::Instrument;
 
 use crate::convert::{self, ms};
 use crate::error::ApiError;
-use crate::{CHANGE_API_KEY, CHANGE_SUBSCRIPTION, ControlPlane, latest_revision, record_change};
+use crate::{
+    CHANGE_API_KEY, CHANGE_SUBSCRIPTION, CHANGE_WORKSPACE, ControlPlane, latest_revision,
+    record_change,
+};
 
 /// Subscriptions per snapshot piece.
 const SNAPSHOT_CHUNK: u64 = 500;
@@ -136,7 +139,16 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
                     batches.len(),
                     batches.iter().map(|b| b.attempts.len()).sum::<usize>(),
                 );
-                let stored = store_outcomes(&plane, batches).instrument(span).await;
+                let stored = match store_outcomes(&plane, batches).instrument(span).await {
+                    Ok(()) => Ok(()),
+                    // The database is down or slow: the data plane keeps the batches and
+                    // sends them again later; nothing is wrong with them.
+                    Err((err @ ApiError::Unavailable(_), _)) => Err(err),
+                    Err((err, batches)) => {
+                        tracing::warn!(error = %err, batches = batches.len(), "storing outcome batches failed; trying each alone");
+                        store_or_set_aside(&plane, batches).await
+                    }
+                };
                 tracing::debug!(
                     batches = counts.0,
                     attempts = counts.1,
@@ -176,8 +188,18 @@ async fn watch(plane: ControlPlane, from: i64, tx: &WatchSender) -> Result<(), A
     let mut woken = plane.inner.revision.subscribe();
     let latest = latest_revision(&db).await?;
     // A revision from the future means this database is not the one the data plane
-    // watched before (restored or replaced): start over with a snapshot.
-    let mut current = if from == 0 || from > latest {
+    // watched before (restored or replaced): start over with a snapshot. So does one from
+    // before the oldest change retention kept: the changes after it are gone.
+    let oldest = sluice_store::retention::oldest_config_revision(&db).await?;
+    let compacted = oldest > 0 && from < oldest - 1;
+    if compacted && from != 0 {
+        tracing::info!(
+            from_revision = from,
+            oldest_kept = oldest,
+            "a watcher resumes from before the compacted changes; it gets a snapshot"
+        );
+    }
+    let mut current = if from == 0 || from > latest || compacted {
         snapshot(&db, &plane.config().keyring, tx).await?
     } else {
         from
@@ -193,6 +215,19 @@ async fn watch(plane: ControlPlane, from: i64, tx: &WatchSender) -> Result<(), A
             let Some(last) = changes.last().map(|c| c.revision) else {
                 break;
             };
+            // A gap after `current`: a rolled-back revision, or changes this watcher had
+            // not read yet compacted away meanwhile (it lagged by a whole window). Then
+            // only a snapshot makes it whole again.
+            if changes[0].revision > current + 1
+                && current < sluice_store::retention::oldest_config_revision(&db).await? - 1
+            {
+                tracing::info!(
+                    revision = current,
+                    "a watcher fell behind the compacted changes; it gets a snapshot"
+                );
+                current = snapshot(&db, &plane.config().keyring, tx).await?;
+                continue;
+            }
             let response = resolve_changes(&db, &plane.config().keyring, &changes, last).await?;
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
@@ -220,9 +255,19 @@ async fn snapshot(
         .filter(api_key::Column::RevokeMs.is_null())
         .all(db)
         .await?;
+    // Only the workspaces with a window of their own: the rest take the defaults.
+    let workspaces = workspace::Entity::find()
+        .filter(
+            sea_orm::Condition::any()
+                .add(workspace::Column::RetentionMs.is_not_null())
+                .add(workspace::Column::IdempotencyRetentionMs.is_not_null()),
+        )
+        .all(db)
+        .await?;
     let mut first = pb::WatchConfigResponse {
         reset: true,
         upserted_api_keys: keys.iter().map(config_key).collect(),
+        upserted_workspaces: workspaces.iter().map(config_workspace).collect(),
         ..Default::default()
     };
     let mut after = String::new();
@@ -259,6 +304,14 @@ fn config_key(k: &api_key::Model) -> pb::ConfigApiKey {
         id: k.id.clone(),
         workspace_id: k.workspace_id.clone(),
         key_hash: k.key_hash.clone(),
+    }
+}
+
+fn config_workspace(w: &workspace::Model) -> pb::ConfigWorkspace {
+    pb::ConfigWorkspace {
+        id: w.id.clone(),
+        retention: w.retention_ms.map(convert::duration_ms),
+        idempotency_retention: w.idempotency_retention_ms.map(convert::duration_ms),
     }
 }
 
@@ -302,6 +355,17 @@ async fn resolve_changes(
                     .deleted_api_key_ids
                     .push(change.resource_id.clone()),
             },
+            CHANGE_WORKSPACE => match workspace::Entity::find_by_id(change.resource_id.clone())
+                .one(db)
+                .await?
+            {
+                Some(w) if w.retention_ms.is_some() || w.idempotency_retention_ms.is_some() => {
+                    response.upserted_workspaces.push(config_workspace(&w))
+                }
+                _ => response
+                    .deleted_workspace_ids
+                    .push(change.resource_id.clone()),
+            },
             other => tracing::warn!(kind = other, "unknown config change kind"),
         }
     }
@@ -312,6 +376,7 @@ fn delivery_status_name(status: i32) -> &'static str {
     match pb::DeliveryStatus::try_from(status) {
         Ok(pb::DeliveryStatus::Succeeded) => "succeeded",
         Ok(pb::DeliveryStatus::Failed) => "failed",
+        Ok(pb::DeliveryStatus::Cancelled) => "cancelled",
         _ => "pending",
     }
 }
@@ -333,26 +398,196 @@ const MAX_ATTEMPTS_PER_COMMIT: usize = 4000;
 /// nothing is at risk meanwhile.
 const STORE_LINGER: Duration = Duration::from_millis(10);
 
-/// Stores one batch in one transaction, with a handful of multi-row statements whatever its
-/// size (a statement costs a round trip to the database, so per-attempt statements would
-/// dominate the cost of a busy data plane). Every insert ignores rows already there, so a
-/// batch resent after a lost ack changes nothing.
-async fn store_outcomes(
+/// How many times an outcome batch that fails to store is tried alone before it is set
+/// aside in `quarantined_outcomes`.
+const MAX_TRIES: u32 = 3;
+/// The wait before trying a failed batch again, times the tries so far.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Stores each of `batches` alone, each tried up to [`MAX_TRIES`] times; one that still
+/// fails (or is malformed, which no retry mends) is set aside in `quarantined_outcomes`
+/// with its error, counted and logged, and acked like the rest, so the data plane's outbox
+/// moves on and the log never stalls behind it. Fails only when the database is
+/// unavailable (the data plane sends the batches again later).
+async fn store_or_set_aside(
     plane: &ControlPlane,
     batches: Vec<pb::ReportOutcomesRequest>,
 ) -> Result<(), ApiError> {
+    for mut batch in batches {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let error = match store_outcomes(plane, vec![batch]).await {
+                Ok(()) => break,
+                Err((err @ ApiError::Unavailable(_), _)) => return Err(err),
+                Err((err, mut back)) => {
+                    batch = back.pop().unwrap_or_default();
+                    err
+                }
+            };
+            let malformed = matches!(error, ApiError::Invalid(_));
+            if tries < MAX_TRIES && !malformed {
+                tokio::time::sleep(RETRY_PAUSE * tries).await;
+                continue;
+            }
+            set_aside(plane, &batch, &error, tries).await?;
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a batch the control plane cannot store in `quarantined_outcomes`, encoded as it
+/// arrived, for an operator to look at; its attempts are missing from the log meanwhile.
+async fn set_aside(
+    plane: &ControlPlane,
+    batch: &pb::ReportOutcomesRequest,
+    error: &ApiError,
+    tries: u32,
+) -> Result<(), ApiError> {
+    use prost::Message as _;
+    use sluice_store::control::quarantined_outcome;
+    quarantined_outcome::ActiveModel {
+        batch_id: Set(i64::try_from(batch.batch_id).unwrap_or(i64::MAX)),
+        body: Set(batch.encode_to_vec()),
+        error: Set(error.to_string()),
+        tries: Set(i32::try_from(tries).unwrap_or(i32::MAX)),
+        create_ms: Set(now_ms()),
+        ..Default::default()
+    }
+    .insert(plane.db())
+    .await?;
+    crate::metrics::metrics().quarantined.add(1, &[]);
+    tracing::error!(
+        batch_id = batch.batch_id,
+        messages = batch.messages.len(),
+        attempts = batch.attempts.len(),
+        tries,
+        error = %error,
+        "an outcome batch could not be stored; set aside in quarantined_outcomes"
+    );
+    Ok(())
+}
+
+/// Refuses a batch whose ids are not Sluice's: it could not be listed or purged by them.
+fn check_batch(batch: &pb::ReportOutcomesRequest) -> Result<(), ApiError> {
+    use sluice_core::ids::{IdKind, is_valid_id};
+    let bad = |field: &str, kind: IdKind, id: &str| {
+        (!is_valid_id(kind, id)).then(|| {
+            let shown: String = id.chars().take(64).collect();
+            ApiError::invalid(field, format!("{shown:?} is not {} id", kind.noun()))
+        })
+    };
+    for m in &batch.messages {
+        if let Some(err) = bad("messages.id", IdKind::Message, &m.id)
+            .or_else(|| bad("messages.workspace_id", IdKind::Workspace, &m.workspace_id))
+        {
+            return Err(err);
+        }
+    }
+    for a in batch.attempts.iter().filter_map(|o| o.attempt.as_ref()) {
+        if let Some(err) = bad("attempts.attempt.id", IdKind::Attempt, &a.id)
+            .or_else(|| {
+                bad(
+                    "attempts.attempt.message_id",
+                    IdKind::Message,
+                    &a.message_id,
+                )
+            })
+            .or_else(|| {
+                bad(
+                    "attempts.attempt.workspace_id",
+                    IdKind::Workspace,
+                    &a.workspace_id,
+                )
+            })
+            .or_else(|| {
+                bad(
+                    "attempts.attempt.subscription_id",
+                    IdKind::Subscription,
+                    &a.subscription_id,
+                )
+            })
+        {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// How many of each part a batch brought, to split merged batches back apart.
+struct Shape {
+    batch_id: u64,
+    first_send: bool,
+    traceparent: String,
+    messages: usize,
+    attempts: usize,
+    disabled: usize,
+}
+
+/// Stores one batch in one transaction, with a handful of multi-row statements whatever its
+/// size (a statement costs a round trip to the database, so per-attempt statements would
+/// dominate the cost of a busy data plane). Every insert ignores rows already there, so a
+/// batch resent after a lost ack changes nothing. On failure the batches come back, as
+/// they were, with the error.
+async fn store_outcomes(
+    plane: &ControlPlane,
+    batches: Vec<pb::ReportOutcomesRequest>,
+) -> Result<(), (ApiError, Vec<pb::ReportOutcomesRequest>)> {
     // Checked for repeats unless every batch says it was never sent before.
     let first_send = batches.iter().all(|b| b.first_send);
+    let mut shapes = Vec::with_capacity(batches.len());
     let mut batch = pb::ReportOutcomesRequest::default();
     for b in batches {
+        shapes.push(Shape {
+            batch_id: b.batch_id,
+            first_send: b.first_send,
+            traceparent: b.traceparent,
+            messages: b.messages.len(),
+            attempts: b.attempts.len(),
+            disabled: b.disabled_subscriptions.len(),
+        });
         batch.messages.extend(b.messages);
         batch.attempts.extend(b.attempts);
         batch
             .disabled_subscriptions
             .extend(b.disabled_subscriptions);
     }
+    match store_merged(plane, &batch, first_send).await {
+        Ok(()) => Ok(()),
+        Err(err) => Err((err, split(batch, shapes))),
+    }
+}
+
+/// The batches `shapes` describe, taken back out of their merge.
+fn split(
+    mut merged: pb::ReportOutcomesRequest,
+    shapes: Vec<Shape>,
+) -> Vec<pb::ReportOutcomesRequest> {
+    let mut messages = merged.messages.drain(..);
+    let mut attempts = merged.attempts.drain(..);
+    let mut disabled = merged.disabled_subscriptions.drain(..);
+    shapes
+        .into_iter()
+        .map(|shape| pb::ReportOutcomesRequest {
+            batch_id: shape.batch_id,
+            first_send: shape.first_send,
+            traceparent: shape.traceparent,
+            messages: messages.by_ref().take(shape.messages).collect(),
+            attempts: attempts.by_ref().take(shape.attempts).collect(),
+            disabled_subscriptions: disabled.by_ref().take(shape.disabled).collect(),
+        })
+        .collect()
+}
+
+async fn store_merged(
+    plane: &ControlPlane,
+    batch: &pb::ReportOutcomesRequest,
+    first_send: bool,
+) -> Result<(), ApiError> {
+    check_batch(batch)?;
     let session = Session::begin(plane.db()).await?;
-    match store_in(&session, &batch, first_send).await {
+    match store_in(&session, batch, first_send).await {
         Ok((statements, revision)) => {
             // Each statement writes its own table, so PostgreSQL may send them as one when
             // nothing went before them (a first send).
@@ -610,7 +845,11 @@ fn attempt_row<'a>(n: &NewAttempt<'a>) -> hot::control::AttemptRow<'a> {
         latency_us: a
             .latency
             .as_ref()
-            .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos / 1000))
+            .map(|d| {
+                d.seconds
+                    .saturating_mul(1_000_000)
+                    .saturating_add(i64::from(d.nanos / 1000))
+            })
             .unwrap_or(0),
         response_excerpt: &a.response_excerpt,
         trigger: trigger_name(a.trigger),

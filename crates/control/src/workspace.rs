@@ -15,7 +15,9 @@ use tonic::{Request, Response, Status};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Violations};
 use crate::page::PageRequest;
-use crate::{CHANGE_API_KEY, CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change};
+use crate::{
+    CHANGE_API_KEY, CHANGE_SUBSCRIPTION, CHANGE_WORKSPACE, ControlPlane, convert, record_change,
+};
 
 /// The longest display name.
 pub const MAX_DISPLAY_NAME: usize = 200;
@@ -28,6 +30,35 @@ fn display_name(v: &mut Violations, field: &str, name: &str) {
         v.add(field, "required");
     } else {
         v.check(field, bounded_text(name, MAX_DISPLAY_NAME));
+    }
+}
+
+/// A retention window as stored (milliseconds), checked: whole seconds from 1 s to 3650
+/// days; `None` when unset (the server's default).
+fn window(v: &mut Violations, field: &str, given: Option<&prost_types::Duration>) -> Option<i64> {
+    let given = given?;
+    if given.seconds < 0 || given.nanos < 0 {
+        v.add(field, "must not be negative");
+        return None;
+    }
+    let window = std::time::Duration::new(given.seconds as u64, given.nanos as u32);
+    v.check(field, sluice_core::retention::check_window(window))?;
+    i64::try_from(window.as_millis()).ok()
+}
+
+/// Idempotency keys live on their message, so they cannot outlive its window.
+fn keys_within_retention(
+    v: &mut Violations,
+    retention_ms: Option<i64>,
+    idempotency_ms: Option<i64>,
+) {
+    if let (Some(retention), Some(idempotency)) = (retention_ms, idempotency_ms)
+        && idempotency > retention
+    {
+        v.add(
+            "workspace.idempotency_retention",
+            "must not be longer than workspace.retention (a key lives on its message)",
+        );
     }
 }
 
@@ -63,6 +94,13 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         let input = request.into_inner().workspace.unwrap_or_default();
         let mut v = Violations::default();
         display_name(&mut v, "workspace.display_name", &input.display_name);
+        let retention_ms = window(&mut v, "workspace.retention", input.retention.as_ref());
+        let idempotency_ms = window(
+            &mut v,
+            "workspace.idempotency_retention",
+            input.idempotency_retention.as_ref(),
+        );
+        keys_within_retention(&mut v, retention_ms, idempotency_ms);
         v.finish()?;
         let now = now_ms();
         let row = workspace::ActiveModel {
@@ -70,10 +108,29 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             display_name: Set(input.display_name),
             create_ms: Set(now),
             update_ms: Set(now),
-        }
-        .insert(self.0.db())
-        .await
-        .map_err(ApiError::from)?;
+            retention_ms: Set(retention_ms),
+            idempotency_retention_ms: Set(idempotency_ms),
+        };
+        let (row, revision) = self
+            .0
+            .db()
+            .transaction::<_, (workspace::Model, i64), ApiError>(|tx| {
+                Box::pin(async move {
+                    lock_config_writes(tx).await?;
+                    let row = row.insert(tx).await?;
+                    // The data plane learns a workspace's own windows from the watch.
+                    let revision =
+                        if row.retention_ms.is_some() || row.idempotency_retention_ms.is_some() {
+                            record_change(tx, CHANGE_WORKSPACE, &row.id, &row.id).await?
+                        } else {
+                            0
+                        };
+                    Ok((row, revision))
+                })
+            })
+            .await
+            .map_err(ApiError::from)?;
+        self.0.published(revision);
         tracing::info!(workspace_id = %row.id, "workspace created");
         Ok(Response::new(pb::CreateWorkspaceResponse {
             workspace: Some(convert::workspace(row)),
@@ -130,28 +187,75 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         if paths.is_empty() {
             v.add(
                 "update_mask",
-                "required: name the fields to update (display_name)",
+                "required: name the fields to update (display_name, retention, idempotency_retention)",
             );
         }
+        let mut new_name = None;
+        let mut new_retention = None;
+        let mut new_idempotency = None;
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
-                    display_name(&mut v, "workspace.display_name", &input.display_name)
+                    display_name(&mut v, "workspace.display_name", &input.display_name);
+                    new_name = Some(input.display_name.clone());
+                }
+                "retention" => {
+                    new_retention = Some(window(
+                        &mut v,
+                        "workspace.retention",
+                        input.retention.as_ref(),
+                    ));
+                }
+                "idempotency_retention" => {
+                    new_idempotency = Some(window(
+                        &mut v,
+                        "workspace.idempotency_retention",
+                        input.idempotency_retention.as_ref(),
+                    ));
                 }
                 other => v.add(
                     "update_mask",
-                    format!("unknown or read-only field {other:?}; updatable: display_name"),
+                    format!(
+                        "unknown or read-only field {other:?}; updatable: display_name, \
+                         retention, idempotency_retention"
+                    ),
                 ),
             }
         }
         v.finish()?;
-        let mut row = self
-            .find("workspace.id", &input.id)
-            .await?
-            .into_active_model();
-        row.display_name = Set(input.display_name);
+        let current = self.find("workspace.id", &input.id).await?;
+        let retention_ms = new_retention.unwrap_or(current.retention_ms);
+        let idempotency_ms = new_idempotency.unwrap_or(current.idempotency_retention_ms);
+        let mut v = Violations::default();
+        keys_within_retention(&mut v, retention_ms, idempotency_ms);
+        v.finish()?;
+        let windows_changed = retention_ms != current.retention_ms
+            || idempotency_ms != current.idempotency_retention_ms;
+        let mut row = current.into_active_model();
+        if let Some(name) = new_name {
+            row.display_name = Set(name);
+        }
+        row.retention_ms = Set(retention_ms);
+        row.idempotency_retention_ms = Set(idempotency_ms);
         row.update_ms = Set(now_ms());
-        let row = row.update(self.0.db()).await.map_err(ApiError::from)?;
+        let (row, revision) = self
+            .0
+            .db()
+            .transaction::<_, (workspace::Model, i64), ApiError>(|tx| {
+                Box::pin(async move {
+                    lock_config_writes(tx).await?;
+                    let row = row.update(tx).await?;
+                    let revision = if windows_changed {
+                        record_change(tx, CHANGE_WORKSPACE, &row.id, &row.id).await?
+                    } else {
+                        0
+                    };
+                    Ok((row, revision))
+                })
+            })
+            .await
+            .map_err(ApiError::from)?;
+        self.0.published(revision);
         Ok(Response::new(pb::UpdateWorkspaceResponse {
             workspace: Some(convert::workspace(row)),
         }))
@@ -163,7 +267,9 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
         self.0.auth().admin(request.metadata()).await?;
         let id = request.into_inner().id;
-        self.find("id", &id).await?;
+        let row = self.find("id", &id).await?;
+        // The data plane holds only the workspaces with windows of their own.
+        let held = row.retention_ms.is_some() || row.idempotency_retention_ms.is_some();
         let revision = self
             .0
             .db()
@@ -171,7 +277,6 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                 let id = id.clone();
                 Box::pin(async move {
                     lock_config_writes(tx).await?;
-                    let mut revision = 0;
                     let subs = subscription::Entity::find()
                         .filter(subscription::Column::WorkspaceId.eq(&id))
                         .all(tx)
@@ -193,11 +298,19 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                         .exec(tx)
                         .await?;
                     workspace::Entity::delete_by_id(id.clone()).exec(tx).await?;
+                    for s in &subs {
+                        // Nothing will deliver what was still pending.
+                        crate::cancel_pending_deliveries(tx, &id, &s.id).await?;
+                    }
+                    let mut revision = 0;
                     for s in subs {
                         revision = record_change(tx, CHANGE_SUBSCRIPTION, &s.id, &id).await?;
                     }
                     for k in keys {
                         revision = record_change(tx, CHANGE_API_KEY, &k.id, &id).await?;
+                    }
+                    if held {
+                        revision = record_change(tx, CHANGE_WORKSPACE, &id, &id).await?;
                     }
                     Ok(revision)
                 })

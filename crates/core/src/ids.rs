@@ -101,6 +101,19 @@ pub fn id_timestamp_ms(kind: IdKind, s: &str) -> Option<u64> {
     Ulid::from_string(rest).ok().map(|ulid| ulid.timestamp_ms())
 }
 
+/// The lowest id of `kind` made at `ms` (unix milliseconds) or later: every id made before
+/// `ms` sorts below it, every id made at or after it does not. Retention deletes by id
+/// ranges with it, on the primary key, where a time column would need an index of its own.
+pub fn lowest_id_at(kind: IdKind, ms: u64) -> String {
+    let ulid = Ulid::from_parts(ms.min((1 << 48) - 1), 0);
+    let mut buffer = [0u8; ULID_CHARS];
+    let encoded = ulid.array_to_str(&mut buffer);
+    let mut id = String::with_capacity(kind.prefix().len() + ULID_CHARS);
+    id.push_str(kind.prefix());
+    id.extend(encoded.chars().map(|c| c.to_ascii_lowercase()));
+    id
+}
+
 /// Why a string is not an id of the expected kind.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum IdError {
@@ -178,6 +191,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn lowest_id_at_splits_ids_by_creation_time() {
+        let before = new_id(IdKind::Message);
+        let ms = id_timestamp_ms(IdKind::Message, &before).unwrap();
+        let bound = lowest_id_at(IdKind::Message, ms + 1);
+        assert!(is_valid_id(IdKind::Message, &bound), "{bound}");
+        assert!(before < bound);
+        assert!(lowest_id_at(IdKind::Message, ms) <= before);
+        assert_eq!(id_timestamp_ms(IdKind::Message, &bound), Some(ms + 1));
+    }
 
     #[test]
     fn prefixes() {

@@ -55,6 +55,9 @@ pub struct DataConfig {
     /// The master keys that seal the stored copy of the signing secrets. Required: the
     /// default has none, and `DataPlane::start` refuses to run without.
     pub keyring: Option<Keyring>,
+    /// How long messages, payloads and idempotency keys are kept where a workspace sets no
+    /// window of its own, and how often the purge runs (`retention.rs`).
+    pub retention: sluice_core::retention::RetentionDefaults,
 }
 
 impl std::fmt::Debug for DataConfig {
@@ -69,6 +72,7 @@ impl std::fmt::Debug for DataConfig {
             .field("lease", &self.lease)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("keyring", &self.keyring)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +97,7 @@ impl Default for DataConfig {
             shutdown_grace: Duration::from_secs(10),
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
             keyring: None,
+            retention: Default::default(),
         }
     }
 }

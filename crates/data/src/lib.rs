@@ -30,6 +30,7 @@ mod deliver;
 mod error;
 mod metrics;
 mod notices;
+mod retention;
 mod shutdown;
 mod state;
 mod sync;
@@ -215,6 +216,12 @@ impl DataPlane {
             control: control.clone(),
             shutdown: shutdown.clone(),
         };
+        let retention = retention::Retention {
+            db: db.clone(),
+            copy: Arc::clone(&copy),
+            defaults: config.retention,
+            shutdown: shutdown.clone(),
+        };
         let watcher = Watcher {
             db: db.clone(),
             copy: Arc::clone(&copy),
@@ -250,6 +257,9 @@ impl DataPlane {
         let scanner_task = tokio::spawn(Arc::clone(&scanner).run());
         let watcher = tokio::spawn(watcher.run());
         let reporter = tokio::spawn(reporter.run());
+        // Off the hot path; it stops at shutdown's first phase (a batch cut short rolls
+        // back), so the shutdown sequence need not wait for it.
+        tokio::spawn(retention.run());
         let (lane_tasks, attempt_tasks) = dispatcher.trackers();
         let lease_holder = Arc::clone(&scanner);
         tokio::spawn(shutdown::run(
@@ -286,6 +296,7 @@ impl DataPlane {
                 attempts,
                 scanner,
                 lease_ms,
+                retention: config.retention,
             },
             max_payload_bytes: config.max_payload_bytes,
         });

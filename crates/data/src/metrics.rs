@@ -20,6 +20,9 @@ pub(crate) struct Metrics {
     pub(crate) retries: Counter<u64>,
     /// Circuit-breaker state changes, by the state entered.
     pub(crate) breaker_changes: Counter<u64>,
+    /// Rows the retention purge deleted (`dp_messages`, `dp_deliveries`) or cleared
+    /// (`idempotency_keys`), by table.
+    pub(crate) purged: Counter<u64>,
     /// Deliveries held in memory waiting for an attempt (set by the dispatcher).
     pub(crate) queue_depth: AtomicI64,
     /// Outbox rows not yet acked by the control plane.
@@ -78,11 +81,22 @@ pub(crate) fn metrics() -> &'static Metrics {
                 .u64_counter("sluice.circuit_breaker.changes")
                 .with_description("Circuit breaker state changes, by the state entered")
                 .build(),
+            purged: meter
+                .u64_counter("sluice.retention.purged")
+                .with_description("Rows deleted (or keys cleared) by the retention purge, by table")
+                .build(),
             queue_depth: AtomicI64::new(0),
             outbox_depth: AtomicI64::new(0),
             _gauges: gauges,
         }
     })
+}
+
+/// Counts rows the purge deleted from `table`.
+pub(crate) fn purged(table: &'static str, rows: u64) {
+    if rows > 0 {
+        metrics().purged.add(rows, &[KeyValue::new("table", table)]);
+    }
 }
 
 /// Records an attempt's outcome.

@@ -89,6 +89,8 @@ pub(crate) struct DeliveryTask {
     pub(crate) attempt_count: u32,
     /// When the first failed attempt of this delivery happened.
     pub(crate) first_failure_ms: Option<i64>,
+    /// Attempts made before the current run of the retry schedule.
+    pub(crate) schedule_start: u32,
     pub(crate) trigger: AttemptTrigger,
     /// This claim's generation in the [`Claims`] registry.
     pub(crate) generation: u64,
@@ -116,6 +118,7 @@ impl DeliveryTask {
                     message: Arc::clone(message),
                     attempt_count: 0,
                     first_failure_ms: None,
+                    schedule_start: 0,
                     trigger: AttemptTrigger::Scheduled,
                     generation,
                 })
@@ -184,6 +187,8 @@ pub(crate) struct AttemptRecord {
     /// The row's lease after this; `None` clears it so any replica's scanner may take it.
     pub(crate) lease_until_ms: Option<i64>,
     pub(crate) first_failure_ms: Option<i64>,
+    /// Attempts made before the current run of the retry schedule.
+    pub(crate) schedule_start: u32,
     pub(crate) streak: StreakChange,
     /// The claim generation to release once this is committed; `None` when the delivery
     /// stays held (a retry on a timer). Released only then, so neither this replica's

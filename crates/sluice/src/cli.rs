@@ -153,6 +153,35 @@ impl StorageArgs {
     }
 }
 
+/// How long both planes keep what they store (`docs/retention.md`).
+#[derive(Debug, Args, Clone)]
+pub struct RetentionArgs {
+    /// How long messages, payloads and the delivery log are kept (a workspace may set its
+    /// own window), and config changes: `30s`, `15m`, `24h`, `30d`.
+    #[arg(long, env = "SLUICE_RETENTION", default_value = "30d",
+          value_parser = sluice_core::retention::parse_window)]
+    pub retention: Duration,
+    /// How long an idempotency key stops a repeat publish (a workspace may set its own).
+    #[arg(long, env = "SLUICE_IDEMPOTENCY_RETENTION", default_value = "24h",
+          value_parser = sluice_core::retention::parse_window)]
+    pub idempotency_retention: Duration,
+    /// How often the purge runs.
+    #[arg(long, env = "SLUICE_RETENTION_INTERVAL", default_value = "1m",
+          value_parser = sluice_core::retention::parse_window)]
+    pub retention_interval: Duration,
+}
+
+impl RetentionArgs {
+    /// The defaults these flags set.
+    pub fn defaults(&self) -> sluice_core::retention::RetentionDefaults {
+        sluice_core::retention::RetentionDefaults {
+            retention: self.retention,
+            idempotency: self.idempotency_retention,
+            every: self.retention_interval,
+        }
+    }
+}
+
 /// Flags of `sluice control`.
 #[derive(Debug, Args, Clone)]
 pub struct ControlArgs {
@@ -179,6 +208,8 @@ pub struct ControlArgs {
     pub keys: MasterKeyArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// Flags of `sluice data`.
@@ -205,6 +236,8 @@ pub struct DataArgs {
     pub keys: MasterKeyArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// How the data plane delivers.
@@ -325,6 +358,9 @@ pub struct DevArgs {
     /// The master keys; when none is given, a development key kept in --data-dir.
     #[command(flatten)]
     pub keys: MasterKeyArgs,
+    /// How long both planes keep what they store.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// Flags of `sluice migrate`.
@@ -460,6 +496,7 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         keyring: crate::keys::required(args.keys.keyring()?)?,
         attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
         attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
+        retention: args.retention.defaults(),
     };
     let url = args.storage.url(sluice_store::Plane::Control)?;
     let listener = bind(args.listen, "control plane").await?;
@@ -492,6 +529,7 @@ async fn run_data(args: DataArgs) -> anyhow::Result<()> {
         .data_config(token, args.control_endpoint.clone())?;
     config.store_timeout = args.storage.options().timeout;
     config.keyring = Some(crate::keys::required(args.keys.keyring()?)?);
+    config.retention = args.retention.defaults();
     sluice_data::check_internal_token(&config, TOKEN_CHECK)
         .await
         .map_err(|e| anyhow::anyhow!("--internal-token (SLUICE_INTERNAL_TOKEN): {e}"))?;
@@ -541,6 +579,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     )?;
     data_config.store_timeout = storage.options().timeout;
     data_config.keyring = Some(keyring.clone());
+    data_config.retention = args.retention.defaults();
     let control_config = sluice_control::ControlConfig {
         admin_key: admin_key.clone(),
         internal_token,
@@ -549,6 +588,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         keyring,
         attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
         attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
+        retention: args.retention.defaults(),
     };
     let control_listener = bind(args.control_listen, "control plane").await?;
     let data_listener = bind(args.data_listen, "data plane").await?;

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod data;
 pub mod hot;
+pub mod retention;
 
 use std::time::Duration;
 
@@ -107,6 +108,11 @@ pub async fn open_with(
                     // log's batches). Its size is bounded by the pages one statement touches.
                     .pragma("temp_store", "memory")
                     .page_size(SQLITE_PAGE_SIZE)
+                    // Pages the retention purge frees go to the free list, and
+                    // `PRAGMA incremental_vacuum` (after each purge) gives them back to
+                    // the file system, so the file stops growing. Takes effect on a new
+                    // file; an older one is converted once below.
+                    .auto_vacuum(sea_orm::sqlx::sqlite::SqliteAutoVacuum::Incremental)
             });
     } else {
         let statement_timeout = timeout.as_millis().to_string();
@@ -130,9 +136,37 @@ pub async fn open_with(
     }
     let db = Database::connect(options).await?;
     if !postgres {
+        incremental_auto_vacuum(&db).await?;
         migrate(&db, plane).await?;
     }
     Ok(db)
+}
+
+/// Makes a SQLite file made before retention existed (`auto_vacuum=NONE`) an incremental
+/// auto-vacuum one. SQLite only changes that mode by rebuilding the file, so this runs
+/// `VACUUM` once, at the first start after the upgrade: it rewrites the whole file (a
+/// large database takes a while, and needs as much free disk again) and is never needed
+/// again. A new file gets the mode from its first connection, before any table exists.
+async fn incremental_auto_vacuum(db: &DatabaseConnection) -> Result<(), DbErr> {
+    const INCREMENTAL: i64 = 2;
+    let scalar = |sql: &str| sea_orm::Statement::from_string(DbBackend::Sqlite, sql.to_owned());
+    let mode = db
+        .query_one_raw(scalar("PRAGMA auto_vacuum"))
+        .await?
+        .and_then(|row| row.try_get_by_index::<i64>(0).ok())
+        .unwrap_or(INCREMENTAL);
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    db.execute_unprepared("PRAGMA auto_vacuum = INCREMENTAL")
+        .await?;
+    db.execute_unprepared("VACUUM").await?;
+    tracing::info!(
+        millis = started.elapsed().as_millis() as u64,
+        "converted the SQLite database to incremental auto-vacuum (once), so purged rows give their space back"
+    );
+    Ok(())
 }
 
 /// The advisory lock PostgreSQL replicas take around migrations (the control plane's
@@ -354,13 +388,19 @@ pub fn is_unavailable(err: &DbErr) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            // PostgreSQL: connection exceptions (08), operator intervention (57: a
-            // statement cancelled at `statement_timeout`, the server shutting down), lock
-            // not available (55P03). SQLite: BUSY and LOCKED, with their extended codes.
-            code.starts_with("08")
-                || code.starts_with("57")
-                || code == "55P03"
-                || code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // PostgreSQL: connection exceptions (08), operator intervention (57: a
+                // statement cancelled at `statement_timeout`, the server shutting down),
+                // lock not available (55P03). Told apart from SQLite's numeric codes first:
+                // many SQLSTATEs are digits too (22021, a NUL in text, is 5 in its low byte).
+                code.starts_with("08") || code.starts_with("57") || code == "55P03"
+            } else {
+                // SQLite: BUSY and LOCKED, with their extended codes.
+                code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+            }
         }
         _ => false,
     }
@@ -471,6 +511,35 @@ mod tests {
             i64::from(SQLITE_PAGE_SIZE)
         );
         assert_eq!(scalar(&db, "PRAGMA temp_store").await, 2, "2 is MEMORY");
+        assert_eq!(
+            scalar(&db, "PRAGMA auto_vacuum").await,
+            2,
+            "2 is INCREMENTAL"
+        );
+        db.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_older_sqlite_file_becomes_incremental_auto_vacuum_once_at_open() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-vacuum-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = sqlite_url(&dir, Plane::Data);
+        // A file made the way an older Sluice made it: no auto-vacuum, a table with a row.
+        let old = Database::connect(url.as_str()).await.unwrap();
+        old.execute_unprepared("CREATE TABLE kept (n INTEGER); INSERT INTO kept VALUES (7)")
+            .await
+            .unwrap();
+        assert_eq!(scalar(&old, "PRAGMA auto_vacuum").await, 0, "0 is NONE");
+        old.close().await.unwrap();
+
+        let db = open(&url, Plane::Data).await.unwrap();
+        assert_eq!(
+            scalar(&db, "PRAGMA auto_vacuum").await,
+            2,
+            "2 is INCREMENTAL"
+        );
+        assert_eq!(scalar(&db, "SELECT n FROM kept").await, 7, "the rows stay");
         db.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -534,7 +603,7 @@ mod tests {
         assert_eq!(rows(&db, "dp_fanout").await, 0);
 
         // Back to the first schema: every later migration goes down (m0005, the log's
-        // positions; m0003, the log's keys; then m0002).
+        // positions; m0004, retention; m0003, the log's keys; then m0002).
         let later = |n: usize| Some(u32::try_from(n).unwrap() - 1);
         ControlMigrator::down(&db, later(ControlMigrator::migrations().len()))
             .await

@@ -29,6 +29,7 @@ pub(crate) fn control_config(
         keyring,
         attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
         attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
+        retention: Default::default(),
     }
 }
 

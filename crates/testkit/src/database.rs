@@ -139,6 +139,19 @@ impl TestDatabase {
     }
 }
 
+/// The control plane's latest config revision (0 before any change).
+pub async fn max_revision(db: &DatabaseConnection) -> i64 {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COALESCE(MAX(revision), 0) AS n FROM config_changes".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
 /// Counts the rows of `table` (which may carry a `WHERE` clause).
 pub async fn count_rows(db: &DatabaseConnection, table: &str) -> i64 {
     let row = db

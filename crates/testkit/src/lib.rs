@@ -27,7 +27,7 @@ use std::time::Duration;
 pub use assertions::{assert_invalid, field_violations};
 pub use clients::{Bearer, Clients, Intercepted, authed, connect};
 pub use control::ControlHarness;
-pub use database::{Backend, TestDatabase, backends, count_rows};
+pub use database::{Backend, TestDatabase, backends, count_rows, max_revision};
 
 /// The admin key of every in-process control plane and deployment.
 pub const ADMIN_KEY: &str = "sk_test_admin_key_0123456789";

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::control::{ControlServer, control_config};
 use crate::data::DataHarness;
-use crate::{Backend, Clients, INTERNAL_TOKEN, Intercepted, TestDatabase, backends, count_rows};
+use crate::{Backend, Clients, INTERNAL_TOKEN, Intercepted, TestDatabase, backends};
 
 /// Knobs of a test deployment.
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub struct PlaneOptions {
     pub attempt_watch_buffer: usize,
     /// How long a full `WatchAttempts` channel waits for its reader.
     pub attempt_watch_patience: Duration,
+    /// Both planes' retention defaults and purge interval (`--retention` and friends).
+    pub retention: sluice_core::retention::RetentionDefaults,
 }
 
 impl Default for PlaneOptions {
@@ -59,6 +61,7 @@ impl Default for PlaneOptions {
             circuit_breaker_cooldown: Duration::from_secs(30),
             attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
             attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
+            retention: Default::default(),
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct Planes {
     data_config: sluice_data::DataConfig,
     /// The control plane's `attempt_watch_buffer` and `_patience`, to start it again.
     attempt_watch: (usize, Duration),
+    /// The control plane's retention defaults, to start it again.
+    retention: sluice_core::retention::RetentionDefaults,
 }
 
 impl Planes {
@@ -104,6 +109,7 @@ impl Planes {
         );
         config.attempt_watch_buffer = options.attempt_watch_buffer;
         config.attempt_watch_patience = options.attempt_watch_patience;
+        config.retention = options.retention;
         let control = ControlServer::start(control_listener, control_db.clone(), config).await;
 
         let config = sluice_data::DataConfig {
@@ -124,6 +130,7 @@ impl Planes {
             shutdown_grace: Duration::from_secs(2),
             store_timeout: options.store_timeout,
             keyring: Some(options.keyring),
+            retention: options.retention,
             ..Default::default()
         };
         let data = DataHarness::serve(data_listener, data_db.clone(), config.clone()).await;
@@ -138,6 +145,7 @@ impl Planes {
             data: Some(data),
             data_config: config,
             attempt_watch: (options.attempt_watch_buffer, options.attempt_watch_patience),
+            retention: options.retention,
         }
     }
 
@@ -179,7 +187,8 @@ impl Planes {
 
     /// Waits until the data plane has applied the control plane's latest config revision.
     pub async fn config_synced(&self) {
-        let latest = count_rows(&self.control_db, "config_changes").await as u64;
+        // The highest revision, not the row count: retention compacts old changes away.
+        let latest = crate::database::max_revision(&self.control_db).await as u64;
         self.data
             .as_ref()
             .expect("the data plane is stopped")
@@ -201,7 +210,7 @@ impl Planes {
 
     /// The control plane's latest config revision.
     pub async fn latest_revision(&self) -> u64 {
-        count_rows(&self.control_db, "config_changes").await as u64
+        crate::database::max_revision(&self.control_db).await as u64
     }
 
     /// Stops the data plane and waits until it drained (its database stays).
@@ -222,22 +231,15 @@ impl Planes {
     pub async fn restart_control(&mut self) {
         assert!(self.control.is_none(), "stop_control first");
         let listener = TcpListener::bind(self.control_addr).await.unwrap();
-        self.control = Some(
-            ControlServer::start(
-                listener,
-                self.control_db.clone(),
-                sluice_control::ControlConfig {
-                    attempt_watch_buffer: self.attempt_watch.0,
-                    attempt_watch_patience: self.attempt_watch.1,
-                    ..control_config(
-                        true,
-                        Some(format!("http://{}", self.data_addr)),
-                        self.keyring().clone(),
-                    )
-                },
-            )
-            .await,
+        let mut config = control_config(
+            true,
+            Some(format!("http://{}", self.data_addr)),
+            self.keyring().clone(),
         );
+        config.attempt_watch_buffer = self.attempt_watch.0;
+        config.attempt_watch_patience = self.attempt_watch.1;
+        config.retention = self.retention;
+        self.control = Some(ControlServer::start(listener, self.control_db.clone(), config).await);
     }
 
     /// Stops both planes and starts them again, on the same addresses and databases, with

@@ -130,7 +130,7 @@ pub(crate) fn answer_flushes(batch: Vec<OutcomeEvent>) {
     }
 }
 
-/// Rows per multi-row statement: 9 values each, well under the bound-parameter limits.
+/// Rows per multi-row statement: 10 values each, well under the bound-parameter limits.
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// Delivery rows to write, the last state of each delivery, in the order first seen.
@@ -154,6 +154,7 @@ impl DeliveryRows {
             next_attempt_ms: Set(record.next_attempt_ms.unwrap_or(record.message_create_ms)),
             lease_until_ms: Set(record.lease_until_ms),
             first_failure_ms: Set(record.first_failure_ms),
+            schedule_start: Set(i32::try_from(record.schedule_start).unwrap_or(i32::MAX)),
             create_ms: Set(record.message_create_ms),
         };
         self.put(&record.key, row, record.next_attempt_ms.is_some());
@@ -175,6 +176,7 @@ impl DeliveryRows {
             next_attempt_ms: Set(create_ms),
             lease_until_ms: Set(None),
             first_failure_ms: Set(None),
+            schedule_start: Set(0),
             create_ms: Set(create_ms),
         };
         self.put(key, row, true);
@@ -209,6 +211,7 @@ impl DeliveryRows {
                     delivery::Column::AttemptCount,
                     delivery::Column::LeaseUntilMs,
                     delivery::Column::FirstFailureMs,
+                    delivery::Column::ScheduleStart,
                 ];
                 if next {
                     columns.push(delivery::Column::NextAttemptMs);

@@ -184,10 +184,11 @@ impl Attempts {
         let now = now_ms();
         let success = result.is_success();
         let (streak, persistent_failure) = self.streaks.note(&subscription.id, success, now);
+        let schedule_start = schedule_start(rule, &task, attempt.attempt_number);
         let next = next_step(
             &self.policy,
             rule,
-            attempt.attempt_number,
+            attempt.attempt_number.saturating_sub(schedule_start),
             success,
             result.is_gone(),
             result.retry_after,
@@ -279,6 +280,7 @@ impl Attempts {
             next_attempt_ms,
             lease_until_ms,
             first_failure_ms,
+            schedule_start,
             streak,
             release_after_commit: (!stays_held).then_some(task.generation),
             notice,
@@ -300,6 +302,7 @@ impl Attempts {
                 task: DeliveryTask {
                     attempt_count,
                     first_failure_ms,
+                    schedule_start,
                     trigger: AttemptTrigger::Scheduled,
                     ..task
                 },
@@ -425,6 +428,24 @@ pub(crate) fn disabled_reason_code(reason: DisabledReason) -> &'static str {
     }
 }
 
+/// The attempts made before the run of the retry schedule that follows attempt
+/// `attempt_number` under `rule`. A replay, or a manual attempt of a delivery that had
+/// ended, starts a new run whose first attempt it is (so a failure retries on the
+/// schedule's second step); a manual attempt of a pending delivery is outside its run
+/// (the run goes on where it was); a scheduled attempt continues its run.
+fn schedule_start(rule: Rule, task: &DeliveryTask, attempt_number: u32) -> u32 {
+    match rule {
+        Rule::Schedule => task.schedule_start,
+        Rule::OneMore
+        | Rule::Manual {
+            pending_due_ms: None,
+        } => attempt_number.saturating_sub(1),
+        Rule::Manual {
+            pending_due_ms: Some(_),
+        } => task.schedule_start.saturating_add(1),
+    }
+}
+
 /// How a delivery ends when its subscription cannot take it.
 pub(crate) fn undeliverable_status(subscription: Option<&Subscription>) -> DeliveryStatus {
     match subscription {
@@ -436,12 +457,13 @@ pub(crate) fn undeliverable_status(subscription: Option<&Subscription>) -> Deliv
     }
 }
 
-/// The proto status for a stored one; cancelled deliveries show as failed.
+/// The proto status for a stored one.
 fn proto_status(status: DeliveryStatus) -> ProtoDeliveryStatus {
     match status {
         DeliveryStatus::Pending => ProtoDeliveryStatus::Pending,
         DeliveryStatus::Succeeded => ProtoDeliveryStatus::Succeeded,
-        DeliveryStatus::Failed | DeliveryStatus::Cancelled => ProtoDeliveryStatus::Failed,
+        DeliveryStatus::Failed => ProtoDeliveryStatus::Failed,
+        DeliveryStatus::Cancelled => ProtoDeliveryStatus::Cancelled,
     }
 }
 

@@ -20,10 +20,11 @@ pub(crate) struct RetryPolicy {
 pub(crate) enum Rule {
     /// The retry schedule: scheduled attempts.
     Schedule,
-    /// One more attempt, with no schedule after it: a replay.
+    /// A replay: one more attempt now; a failure starts a new run of the retry schedule.
     OneMore,
     /// A manual attempt (a redelivery): a failure leaves a delivery that was still pending on
-    /// its own schedule (due at `pending_due_ms`), and ends one that was not.
+    /// its own schedule (due at `pending_due_ms`), and starts a new run of the schedule for
+    /// one that had ended.
     Manual { pending_due_ms: Option<i64> },
 }
 
@@ -42,7 +43,8 @@ pub(crate) enum NextStep {
     Gone,
 }
 
-/// The step after attempt `attempt_number` (1-based) of a delivery, under `rule`.
+/// The step after attempt `attempt_number` (1-based) of the current run of a delivery's
+/// retry schedule, under `rule`.
 ///
 /// `Retry-After` (parsed on 429 and 503 only) is kept within policy bounds and wins when it
 /// asks for a longer wait than the schedule; it never adds attempts beyond the schedule.
@@ -60,15 +62,11 @@ pub(crate) fn next_step(
     if gone {
         return NextStep::Gone;
     }
-    match rule {
-        Rule::Schedule => {}
-        Rule::OneMore
-        | Rule::Manual {
-            pending_due_ms: None,
-        } => return NextStep::Failed,
-        Rule::Manual {
-            pending_due_ms: Some(_),
-        } => return NextStep::KeepSchedule,
+    if let Rule::Manual {
+        pending_due_ms: Some(_),
+    } = rule
+    {
+        return NextStep::KeepSchedule;
     }
     let Some(scheduled) = policy
         .schedule
@@ -154,12 +152,17 @@ mod tests {
     }
 
     #[test]
-    fn replays_and_manual_attempts_take_no_schedule_of_their_own() {
+    fn failed_replays_and_manual_attempts_go_back_on_the_schedule() {
         let policy = policy("0s,5s,5m");
         let cases = [
             // (rule, success, gone, expected)
             (Rule::OneMore, true, false, NextStep::Succeeded),
-            (Rule::OneMore, false, false, NextStep::Failed),
+            (
+                Rule::OneMore,
+                false,
+                false,
+                NextStep::RetryIn(Duration::from_secs(9)),
+            ),
             (Rule::OneMore, false, true, NextStep::Gone),
             (
                 Rule::Manual {
@@ -191,7 +194,7 @@ mod tests {
                 },
                 false,
                 false,
-                NextStep::Failed,
+                NextStep::RetryIn(Duration::from_secs(9)),
             ),
         ];
         for (rule, success, gone, want) in cases {

@@ -29,6 +29,8 @@ pub(crate) struct ManualDeliveries {
     pub(crate) attempts: Arc<Attempts>,
     pub(crate) scanner: Arc<Scanner>,
     pub(crate) lease_ms: i64,
+    /// The default windows, to tell a purged message from one that never was.
+    pub(crate) retention: sluice_core::retention::RetentionDefaults,
 }
 
 /// A delivery as stored before a manual attempt.
@@ -37,9 +39,37 @@ struct StoredDelivery {
     attempt_count: i32,
     next_attempt_ms: i64,
     first_failure_ms: Option<i64>,
+    schedule_start: i32,
 }
 
 impl ManualDeliveries {
+    /// The oldest time `workspace_id` still keeps messages from (unix milliseconds).
+    fn oldest_kept_ms(&self, workspace_id: &str) -> (i64, std::time::Duration) {
+        let windows =
+            crate::retention::windows(&self.retention, &self.attempts.copy.current(), workspace_id);
+        (
+            sluice_core::retention::cutoff_ms(now_ms(), windows.retention),
+            windows.retention,
+        )
+    }
+
+    /// FAILED_PRECONDITION when message `message_id` is older than its workspace's
+    /// retention window: it was purged (or is about to be), so it cannot be sent again.
+    fn refuse_purged(&self, workspace_id: &str, message_id: &str) -> Result<(), DataError> {
+        let (oldest_kept, window) = self.oldest_kept_ms(workspace_id);
+        let created =
+            sluice_core::ids::id_timestamp_ms(sluice_core::ids::IdKind::Message, message_id)
+                .and_then(|ms| i64::try_from(ms).ok())
+                .unwrap_or(i64::MAX);
+        if created < oldest_kept {
+            return Err(DataError::FailedPrecondition(format!(
+                "message {message_id:?} was purged: the workspace keeps messages for {} (its retention)",
+                sluice_core::retention::format_window(window)
+            )));
+        }
+        Ok(())
+    }
+
     /// One attempt of the delivery of `message_id` to `subscription_id` in `workspace_id`,
     /// now; its outcome is recorded like any other.
     pub(crate) async fn redeliver(
@@ -53,6 +83,7 @@ impl ManualDeliveries {
                 "no delivery of message {message_id:?} to subscription {subscription_id:?}"
             ))
         };
+        self.refuse_purged(workspace_id, message_id)?;
         // Outcomes still queued would make the row look older than it is.
         self.attempts.outcomes.flush().await;
         let message = message::Entity::find_by_id(message_id.to_owned())
@@ -69,6 +100,7 @@ impl ManualDeliveries {
                 attempt_count: row.attempt_count,
                 next_attempt_ms: row.next_attempt_ms,
                 first_failure_ms: row.first_failure_ms,
+                schedule_start: row.schedule_start,
             },
             Some(_) => return Err(not_found()),
             None => {
@@ -92,6 +124,7 @@ impl ManualDeliveries {
                     attempt_count: i32::from(!pending),
                     next_attempt_ms: message.create_ms,
                     first_failure_ms: None,
+                    schedule_start: 0,
                 }
             }
         };
@@ -122,6 +155,7 @@ impl ManualDeliveries {
             message: Arc::new(StoredMessage::from_row(message)),
             attempt_count: u32::try_from(stored.attempt_count).unwrap_or(0),
             first_failure_ms: stored.first_failure_ms,
+            schedule_start: u32::try_from(stored.schedule_start).unwrap_or(0),
             trigger: AttemptTrigger::Manual,
             generation,
         };
@@ -157,6 +191,13 @@ impl ManualDeliveries {
         subscription_id: &str,
         since_ms: i64,
     ) -> Result<u64, DataError> {
+        let (oldest_kept, window) = self.oldest_kept_ms(workspace_id);
+        if since_ms < oldest_kept {
+            return Err(DataError::FailedPrecondition(format!(
+                "since_time is before the workspace's retention window: deliveries older than {} were purged",
+                sluice_core::retention::format_window(window)
+            )));
+        }
         self.attempts.outcomes.flush().await;
         let backend = self.db.get_database_backend();
         let lock = if backend == DbBackend::Postgres {

@@ -349,6 +349,7 @@ impl Scanner {
                 message: Arc::clone(message),
                 attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
                 first_failure_ms: row.first_failure_ms,
+                schedule_start: u32::try_from(row.schedule_start).unwrap_or(0),
                 trigger,
                 generation,
             };

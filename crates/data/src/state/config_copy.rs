@@ -18,9 +18,9 @@ use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
 use sluice_delivery::CustomHeaders;
 use sluice_proto::control::v1::{
-    ConfigApiKey, ConfigSubscription, DestinationType, WatchConfigResponse,
+    ConfigApiKey, ConfigSubscription, ConfigWorkspace, DestinationType, WatchConfigResponse,
 };
-use sluice_store::data::{api_key, state, subscription};
+use sluice_store::data::{api_key, state, subscription, workspace};
 use tokio::sync::watch;
 use url::Url;
 
@@ -151,6 +151,9 @@ pub(crate) struct ConfigSnapshot {
     workspace_by_key_hash: HashMap<String, String>,
     /// workspace id → its subscriptions, for matching an event.
     by_workspace: HashMap<String, Vec<Arc<Subscription>>>,
+    /// The workspaces with retention windows of their own, by id (the rest use the data
+    /// plane's defaults).
+    workspaces: HashMap<String, ConfigWorkspace>,
 }
 
 impl ConfigSnapshot {
@@ -161,6 +164,16 @@ impl ConfigSnapshot {
 
     pub(crate) fn subscription(&self, id: &str) -> Option<&Arc<Subscription>> {
         self.subscriptions.get(id)
+    }
+
+    /// The workspaces with retention windows of their own.
+    pub(crate) fn workspaces(&self) -> impl Iterator<Item = &ConfigWorkspace> {
+        self.workspaces.values()
+    }
+
+    /// The retention settings of `workspace_id`, when it has its own.
+    pub(crate) fn workspace(&self, workspace_id: &str) -> Option<&ConfigWorkspace> {
+        self.workspaces.get(workspace_id)
     }
 
     /// The enabled subscriptions of `workspace_id` whose filter passes `event_type`.
@@ -183,6 +196,13 @@ impl ConfigSnapshot {
             if piece.reset {
                 next.subscriptions.clear();
                 next.api_keys.clear();
+                next.workspaces.clear();
+            }
+            for id in &piece.deleted_workspace_ids {
+                next.workspaces.remove(id);
+            }
+            for w in &piece.upserted_workspaces {
+                next.workspaces.insert(w.id.clone(), w.clone());
             }
             for id in &piece.deleted_subscription_ids {
                 next.subscriptions.remove(id);
@@ -362,6 +382,13 @@ pub(crate) async fn load<C: ConnectionTrait>(
             }
         }
     }
+    for row in workspace::Entity::find().all(db).await? {
+        piece.upserted_workspaces.push(ConfigWorkspace {
+            id: row.id,
+            retention: row.retention_ms.map(proto_duration_ms),
+            idempotency_retention: row.idempotency_retention_ms.map(proto_duration_ms),
+        });
+    }
     for row in api_key::Entity::find().all(db).await? {
         piece.upserted_api_keys.push(ConfigApiKey {
             id: row.id,
@@ -386,6 +413,29 @@ pub(crate) async fn persist<C: ConnectionTrait>(
         if piece.reset {
             subscription::Entity::delete_many().exec(tx).await?;
             api_key::Entity::delete_many().exec(tx).await?;
+            workspace::Entity::delete_many().exec(tx).await?;
+        }
+        let mut replaced: Vec<String> = piece.deleted_workspace_ids.clone();
+        replaced.extend(piece.upserted_workspaces.iter().map(|w| w.id.clone()));
+        if !replaced.is_empty() {
+            workspace::Entity::delete_many()
+                .filter(workspace::Column::Id.is_in(replaced))
+                .exec(tx)
+                .await?;
+        }
+        if !piece.upserted_workspaces.is_empty() {
+            workspace::Entity::insert_many(piece.upserted_workspaces.iter().map(|w| {
+                workspace::ActiveModel {
+                    id: Set(w.id.clone()),
+                    retention_ms: Set(w.retention.as_ref().map(duration_proto_ms)),
+                    idempotency_retention_ms: Set(w
+                        .idempotency_retention
+                        .as_ref()
+                        .map(duration_proto_ms)),
+                }
+            }))
+            .exec_without_returning(tx)
+            .await?;
         }
         if !piece.deleted_subscription_ids.is_empty() {
             subscription::Entity::delete_many()
@@ -428,6 +478,22 @@ pub(crate) async fn persist<C: ConnectionTrait>(
         }
     }
     set_state(tx, REVISION_STATE, &revision.to_string()).await
+}
+
+/// Milliseconds as a proto duration.
+fn proto_duration_ms(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A proto duration in milliseconds (negative ones as zero).
+pub(crate) fn duration_proto_ms(d: &prost_types::Duration) -> i64 {
+    d.seconds
+        .max(0)
+        .saturating_mul(1000)
+        .saturating_add(i64::from(d.nanos.max(0) / 1_000_000))
 }
 
 /// Stores a subscription as the data plane now holds it.

@@ -7,5 +7,6 @@ pub mod delivery;
 pub mod endpoint_health;
 pub mod event_type;
 pub mod message;
+pub mod quarantined_outcome;
 pub mod subscription;
 pub mod workspace;

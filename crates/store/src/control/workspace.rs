@@ -10,6 +10,10 @@ pub struct Model {
     pub display_name: String,
     pub create_ms: i64,
     pub update_ms: i64,
+    /// The workspace's own retention window in milliseconds; `None`: the server's default.
+    pub retention_ms: Option<i64>,
+    /// The workspace's own idempotency-key window in milliseconds; `None`: the default.
+    pub idempotency_retention_ms: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

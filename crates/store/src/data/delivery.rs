@@ -17,6 +17,9 @@ pub struct Model {
     pub lease_until_ms: Option<i64>,
     /// When the first failed attempt of the current failure streak happened.
     pub first_failure_ms: Option<i64>,
+    /// Attempts made before the current run of the retry schedule (a failed manual retry
+    /// or replay starts a new run); the schedule's step is the attempt number minus this.
+    pub schedule_start: i32,
     pub create_ms: i64,
 }
 
