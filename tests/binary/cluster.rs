@@ -67,17 +67,18 @@ fn postgres() -> Option<Backend> {
 }
 
 /// The cluster of every scenario: 2 control planes and 3 data planes on `database_url`,
-/// with short retries and `data_flags`.
+/// with `data_flags`, and short retries, waits and grace unless they say otherwise.
 async fn cluster(database_url: &str, data_flags: &[&str]) -> Cluster {
-    let mut flags = vec![
-        "--retry-schedule",
-        "0s,200ms,500ms,1s,2s,5s",
-        "--store-timeout-ms",
-        "1500",
-        "--shutdown-grace-secs",
-        "5",
-    ];
-    flags.extend_from_slice(data_flags);
+    let mut flags = data_flags.to_vec();
+    for (flag, value) in [
+        ("--retry-schedule", "0s,200ms,500ms,1s,2s,5s"),
+        ("--store-timeout-ms", "1500"),
+        ("--shutdown-grace-secs", "5"),
+    ] {
+        if !flags.contains(&flag) {
+            flags.extend([flag, value]);
+        }
+    }
     Cluster::start(
         &sluice_testkit::sluice_bin!(),
         ClusterOptions {

@@ -93,6 +93,7 @@ pub struct ClusterOptions<'a> {
 /// Control planes and data planes as processes on one database. Every data plane is given
 /// every control plane (`--control-endpoint a,b,...`, in the same order); each control
 /// plane is given the first data plane for test sends.
+/// Its logs are removed with it, unless `SLUICE_KEEP_LOGS` is set.
 pub struct Cluster {
     /// The control planes.
     pub controls: Vec<Replica>,
@@ -341,7 +342,11 @@ impl Drop for Cluster {
         // The processes are killed as they drop (`kill_on_drop`).
         self.controls.clear();
         self.datas.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("SLUICE_KEEP_LOGS").is_some() {
+            eprintln!("the cluster's logs are kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
