@@ -306,6 +306,13 @@ async fn a_rolling_restart_of_every_replica_under_load_loses_and_repeats_nothing
         let stopped = began.elapsed();
         replica.restart().await;
         assert!(clean, "{name} did not exit cleanly; logs:\n{}", cluster.logs());
+        // Under load, with a receiver that answers at once, nothing should hold a stop
+        // for the whole grace (5 s).
+        assert!(
+            stopped < Duration::from_secs(4),
+            "{name} took {stopped:?} to stop; logs:\n{}",
+            cluster.logs()
+        );
         restarts.push(format!("{name}: stop {stopped:?}, back {:?}", began.elapsed()));
         // The load flows through the whole cluster again before the next one goes.
         load.wait_more(150 * scale(), ARRIVAL).await;

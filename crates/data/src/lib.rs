@@ -213,6 +213,7 @@ impl DataPlane {
             outbox,
             control: control.clone(),
             shutdown: shutdown.clone(),
+            flush_floor: tokio::sync::OnceCell::new(),
         };
         let watcher = Watcher {
             db: db.clone(),
