@@ -308,7 +308,11 @@ async fn a_rolling_restart_of_every_replica_under_load_loses_and_repeats_nothing
         let clean = replica.terminate().await;
         let stopped = began.elapsed();
         replica.restart().await;
-        assert!(clean, "{name} did not exit cleanly; logs:\n{}", cluster.logs());
+        assert!(
+            clean,
+            "{name} did not exit cleanly; logs:\n{}",
+            cluster.logs()
+        );
         // Under load, with a receiver that answers at once, nothing should hold a stop
         // for the whole grace (5 s).
         assert!(
@@ -316,7 +320,10 @@ async fn a_rolling_restart_of_every_replica_under_load_loses_and_repeats_nothing
             "{name} took {stopped:?} to stop; logs:\n{}",
             cluster.logs()
         );
-        restarts.push(format!("{name}: stop {stopped:?}, back {:?}", began.elapsed()));
+        restarts.push(format!(
+            "{name}: stop {stopped:?}, back {:?}",
+            began.elapsed()
+        ));
         // The load flows through the whole cluster again before the next one goes.
         load.wait_more(150 * scale(), ARRIVAL).await;
     }
@@ -522,7 +529,12 @@ async fn control_planes_killed_one_after_the_other_leave_the_log_exact() {
     receiver
         .wait_until(WAIT, |got| got.iter().any(|r| r.path == "/two"))
         .await
-        .unwrap_or_else(|_| panic!("no event reached the new subscription; logs:\n{}", cluster.logs()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "no event reached the new subscription; logs:\n{}",
+                cluster.logs()
+            )
+        });
     wait_ready(&cluster.data_addrs(), &key, 2).await;
     let watch_moved = moved.elapsed();
     load.wait_more(200 * scale(), ARRIVAL).await;

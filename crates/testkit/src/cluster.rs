@@ -565,7 +565,7 @@ async fn publish_one(clients: &[IngestServiceClient<Intercepted>], shared: &Load
             return;
         }
         plane = (plane + 1) % clients.len();
-        if failovers as usize % clients.len() == 0 {
+        if (failovers as usize).is_multiple_of(clients.len()) {
             // Every plane failed in a row (the database is away, say): a client backs off
             // before the next round rather than spinning.
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -11,7 +11,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use foldhash::fast::RandomState;
 
-
 /// One message to one subscription: the primary key of `dp_deliveries`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DeliveryKey {
