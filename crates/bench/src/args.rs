@@ -49,6 +49,12 @@ pub struct BenchArgs {
     /// ever printed.
     #[arg(long, conflicts_with = "control")]
     pub database_url: Option<String>,
+    /// Start a cluster instead of `sluice dev`: one `sluice control` and this many `sluice
+    /// data` processes on --database-url (PostgreSQL), the events spread evenly over the
+    /// data planes (one stream each, --concurrency and --rate shared among them). CPU is
+    /// summed over every plane process.
+    #[arg(long, requires = "database_url", conflicts_with = "control")]
+    pub data_replicas: Option<u32>,
     /// Benchmark a running control plane at this address (`host:port` or `http://...`)
     /// instead of starting `sluice dev`. Needs --data and --admin-key.
     #[arg(long, requires_all = ["data", "admin_key"])]
@@ -101,6 +107,20 @@ impl BenchArgs {
             && !(rate.is_finite() && rate > 0.0)
         {
             bail!("--rate must be a positive number of events per second");
+        }
+        if let Some(replicas) = self.data_replicas {
+            if replicas == 0 {
+                bail!("--data-replicas must be at least 1");
+            }
+            if self
+                .database_url
+                .as_deref()
+                .is_none_or(|u| u.starts_with("sqlite:"))
+            {
+                bail!(
+                    "--data-replicas needs a PostgreSQL --database-url: a SQLite file has one process"
+                );
+            }
         }
         if self.timeout == 0 || self.setup_timeout == 0 {
             bail!("--timeout and --setup-timeout must be at least 1 second");

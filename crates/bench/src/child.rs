@@ -1,6 +1,6 @@
-//! The planes under test: `sluice dev` started as a child process (so their CPU time and
-//! memory can be read apart from the bench's own publisher and receiver), or planes already
-//! running elsewhere. Also reading a process's CPU time and peak RSS, the machine's steal
+//! The planes under test: `sluice dev` (or a cluster of `sluice control` and several
+//! `sluice data`) started as child processes (so their CPU time and memory can be read
+//! apart from the bench's own publisher and receiver), or planes already running elsewhere. Also reading a process's CPU time and peak RSS, the machine's steal
 //! and a local PostgreSQL server's CPU time, from `/proc`.
 
 use std::fs::File;
@@ -19,16 +19,78 @@ use tonic_health::pb::health_client::HealthClient;
 /// default shutdown grace is 10 s.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
-/// `sluice dev` running as a child of the bench.
+/// The planes the bench started: `sluice dev` (both planes in one process), or with
+/// `--data-replicas N` a cluster of one `sluice control` and N `sluice data` processes.
 pub(crate) struct ChildPlanes {
-    child: Option<Child>,
-    pub(crate) pid: u32,
+    processes: Vec<ChildProcess>,
     pub(crate) control: SocketAddr,
-    pub(crate) data: SocketAddr,
+    /// Every data plane's address (one for `sluice dev`).
+    pub(crate) data: Vec<SocketAddr>,
     pub(crate) admin_key: String,
     pub(crate) data_dir: PathBuf,
-    pub(crate) log_path: PathBuf,
     keep_data_dir: bool,
+}
+
+/// One child process and its log.
+struct ChildProcess {
+    /// What it is, for messages (`sluice dev`, `sluice data #2`).
+    name: String,
+    child: Option<Child>,
+    pid: u32,
+    log_path: PathBuf,
+}
+
+impl ChildProcess {
+    fn spawn(
+        name: String,
+        mut command: Command,
+        log_path: PathBuf,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<ChildProcess> {
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        // The bench decides the backend: PostgreSQL only when asked, never from a variable
+        // left in the environment.
+        match database_url {
+            Some(url) => command.env("SLUICE_DATABASE_URL", url),
+            None => command.env_remove("SLUICE_DATABASE_URL"),
+        };
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(ChildProcess {
+            name,
+            pid: child.id(),
+            child: Some(child),
+            log_path,
+        })
+    }
+
+    /// The last lines of its log, to show when something went wrong.
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            self.child = None;
+            bail!(
+                "{} exited early ({status}); its log ({}):\n{}",
+                self.name,
+                self.log_path.display(),
+                self.log_tail(30)
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Two distinct free loopback ports: bound on port 0 together, then released.
@@ -36,6 +98,12 @@ fn free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let a = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     let b = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok((a.local_addr()?, b.local_addr()?))
+}
+
+/// A free loopback port: bound on port 0, then released.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let a = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(a.local_addr()?)
 }
 
 /// A fresh directory under the system's temp dir.
@@ -72,9 +140,6 @@ impl ChildPlanes {
         let (control, data) = free_ports()?;
         let data_dir = fresh_dir()?;
         let admin_key = sluice_core::apikey::generate_api_key();
-        let log_path = data_dir.join("sluice-dev.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut command = Command::new(&exe);
         command
             .arg("dev")
@@ -85,68 +150,126 @@ impl ChildPlanes {
             .arg("--data-listen")
             .arg(data.to_string())
             .arg("--admin-key")
-            .arg(&admin_key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        // The bench decides the backend: PostgreSQL only when asked, never from a variable
-        // left in the environment.
-        match database_url {
-            Some(url) => command.env("SLUICE_DATABASE_URL", url),
-            None => command.env_remove("SLUICE_DATABASE_URL"),
-        };
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {} dev", exe.display()))?;
+            .arg(&admin_key);
+        let dev = ChildProcess::spawn(
+            "sluice dev".to_owned(),
+            command,
+            data_dir.join("sluice-dev.log"),
+            database_url,
+        )?;
         Ok(ChildPlanes {
-            pid: child.id(),
-            child: Some(child),
+            processes: vec![dev],
             control,
-            data,
+            data: vec![data],
             admin_key,
             data_dir,
-            log_path,
             keep_data_dir,
         })
     }
 
-    /// The last lines of the child's log, to show when something went wrong.
-    pub(crate) fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+    /// Starts one `sluice control` and `replicas` `sluice data` processes of this binary on
+    /// `database_url`, on fresh ports, with a random admin key, internal token and master
+    /// key; their logs go to `control.log` and `data-<n>.log` in a fresh directory.
+    pub(crate) fn spawn_cluster(
+        database_url: &str,
+        replicas: u32,
+        keep_data_dir: bool,
+    ) -> anyhow::Result<ChildPlanes> {
+        let exe = std::env::current_exe().context("cannot find the sluice binary")?;
+        let control = free_port()?;
+        let data: Vec<SocketAddr> = (0..replicas)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<_>>()?;
+        let data_dir = fresh_dir()?;
+        let admin_key = sluice_core::apikey::generate_api_key();
+        let internal_token = sluice_core::apikey::generate_api_key();
+        let master_key = sluice_core::sealing::generate_master_key();
+        let command = |args: &[String]| {
+            let mut command = Command::new(&exe);
+            command
+                .args(args)
+                .env("SLUICE_ADMIN_KEY", &admin_key)
+                .env("SLUICE_INTERNAL_TOKEN", &internal_token)
+                .env("SLUICE_MASTER_KEY", &master_key)
+                .env_remove("SLUICE_MASTER_KEY_FILE");
+            command
+        };
+        let mut processes = vec![ChildProcess::spawn(
+            "sluice control".to_owned(),
+            command(&[
+                "control".to_owned(),
+                "--listen".to_owned(),
+                control.to_string(),
+                "--allow-http".to_owned(),
+                "--data-plane-endpoint".to_owned(),
+                format!("http://{}", data[0]),
+            ]),
+            data_dir.join("control.log"),
+            Some(database_url),
+        )?];
+        for (i, addr) in data.iter().enumerate() {
+            processes.push(ChildProcess::spawn(
+                format!("sluice data #{}", i + 1),
+                command(&[
+                    "data".to_owned(),
+                    "--listen".to_owned(),
+                    addr.to_string(),
+                    "--control-endpoint".to_owned(),
+                    format!("http://{control}"),
+                    "--allow-http".to_owned(),
+                    "--allow-private-destinations".to_owned(),
+                ]),
+                data_dir.join(format!("data-{}.log", i + 1)),
+                Some(database_url),
+            )?);
+        }
+        Ok(ChildPlanes {
+            processes,
+            control,
+            data,
+            admin_key,
+            data_dir,
+            keep_data_dir,
+        })
     }
 
-    /// Fails with the child's log when it has exited.
+    /// The process ids of every plane process.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(|p| p.pid).collect()
+    }
+
+    /// Fails with a process's log when one has exited.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(child) = self.child.as_mut()
-            && let Some(status) = child.try_wait()?
-        {
-            self.child = None;
-            bail!(
-                "sluice dev exited early ({status}); its log ({}):\n{}",
-                self.log_path.display(),
-                self.log_tail(30)
-            );
+        for process in &mut self.processes {
+            process.check_alive()?;
         }
         Ok(())
     }
 
-    /// Waits until both planes answer gRPC health with SERVING.
+    /// Waits until every plane answers gRPC health with SERVING.
     pub(crate) async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        for (what, addr) in [("control plane", self.control), ("data plane", self.data)] {
+        let planes: Vec<(&str, SocketAddr)> = std::iter::once(("control plane", self.control))
+            .chain(self.data.iter().map(|a| ("data plane", *a)))
+            .collect();
+        for (what, addr) in planes {
             loop {
                 self.check_alive()?;
                 if health_serving(&format!("http://{addr}")).await {
                     break;
                 }
                 if Instant::now() >= deadline {
+                    let logs: Vec<String> = self
+                        .processes
+                        .iter()
+                        .map(|p| {
+                            format!("{} ({}):\n{}", p.name, p.log_path.display(), p.log_tail(30))
+                        })
+                        .collect();
                     bail!(
-                        "the {what} on {addr} did not answer gRPC health within {}s; sluice dev's log ({}):\n{}",
+                        "the {what} on {addr} did not answer gRPC health within {}s; logs:\n{}",
                         timeout.as_secs(),
-                        self.log_path.display(),
-                        self.log_tail(30)
+                        logs.join("\n")
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -155,28 +278,37 @@ impl ChildPlanes {
         Ok(())
     }
 
-    /// SIGTERM, then waits (SIGKILL after a grace period). Returns whether it stopped
-    /// gracefully.
+    /// SIGTERM to every process, then waits (SIGKILL after a grace period). Returns whether
+    /// they all stopped gracefully.
     pub(crate) async fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
+        for process in &self.processes {
+            if process.child.is_some() {
+                let pid = nix::unistd::Pid::from_raw(process.pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             }
         }
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut all_clean = true;
+        for process in &mut self.processes {
+            let Some(mut child) = process.child.take() else {
+                continue;
+            };
+            let clean = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break status.success(),
+                    Ok(None) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break false;
+                    }
+                }
+            };
+            all_clean &= clean;
+        }
+        all_clean
     }
 
     /// Removes the data directory unless it is to be kept.
@@ -190,9 +322,11 @@ impl ChildPlanes {
 impl Drop for ChildPlanes {
     fn drop(&mut self) {
         // Never leave a child behind, whatever path the bench left by.
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for process in &mut self.processes {
+            if let Some(mut child) = process.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -125,10 +125,11 @@ impl Planes {
         }
     }
 
-    fn data_url(&self) -> String {
+    /// Every data plane's URL (one unless the bench started several).
+    fn data_urls(&self) -> Vec<String> {
         match self {
-            Planes::Child(c) => format!("http://{}", c.data),
-            Planes::External { data, .. } => endpoint_url(data),
+            Planes::Child(c) => c.data.iter().map(|a| format!("http://{a}")).collect(),
+            Planes::External { data, .. } => vec![endpoint_url(data)],
         }
     }
 
@@ -141,7 +142,7 @@ impl Planes {
 
     fn pids(&self) -> Vec<u32> {
         match self {
-            Planes::Child(c) => vec![c.pid],
+            Planes::Child(c) => c.pids(),
             Planes::External { pids, .. } => pids.clone(),
         }
     }
@@ -220,8 +221,18 @@ pub async fn run(
                     );
                 }
             }
-            say("sluice bench: starting sluice dev as a child process...");
-            let mut child = ChildPlanes::spawn(args.database_url.as_deref(), args.keep_data_dir)?;
+            let mut child = match (args.data_replicas, args.database_url.as_deref()) {
+                (Some(replicas), Some(url)) => {
+                    say(&format!(
+                        "sluice bench: starting sluice control and {replicas} sluice data as child processes..."
+                    ));
+                    ChildPlanes::spawn_cluster(url, replicas, args.keep_data_dir)?
+                }
+                _ => {
+                    say("sluice bench: starting sluice dev as a child process...");
+                    ChildPlanes::spawn(args.database_url.as_deref(), args.keep_data_dir)?
+                }
+            };
             child
                 .wait_healthy(Duration::from_secs(args.setup_timeout))
                 .await?;
@@ -282,7 +293,10 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let setup_deadline = Instant::now() + Duration::from_secs(args.setup_timeout);
     let control = child::connect(&planes.control_url()).await?;
-    let data = child::connect(&planes.data_url()).await?;
+    let mut data = Vec::new();
+    for url in planes.data_urls() {
+        data.push(child::connect(&url).await?);
+    }
 
     let (workspace_id, api_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
     let posts = args.events.min(BASELINE_POSTS);
@@ -397,17 +411,43 @@ async fn warm_up_and_publish(
     args: &BenchArgs,
     receiver: &RunningReceiver,
     planes: &mut Planes,
-    data: &Channel,
+    data: &[Channel],
     api_key: &str,
     setup_deadline: Instant,
 ) -> anyhow::Result<Report> {
     let payload = publisher::payload(args.payload_bytes);
+    for plane in data {
+        warm_up(
+            args,
+            receiver,
+            planes,
+            plane,
+            api_key,
+            setup_deadline,
+            &payload,
+        )
+        .await?;
+    }
+    measured_run(args, receiver, planes, data, api_key, payload).await
+}
+
+/// One warm-up event through `data` until that data plane knows the key and every
+/// subscription and has delivered it.
+async fn warm_up(
+    args: &BenchArgs,
+    receiver: &RunningReceiver,
+    planes: &mut Planes,
+    data: &Channel,
+    api_key: &str,
+    setup_deadline: Instant,
+    payload: &str,
+) -> anyhow::Result<()> {
     let wanted = args.subscriptions as usize;
     let mut ingest = IngestServiceClient::new(data.clone());
     let mut last: String;
     let warm_id = loop {
         planes.check_alive()?;
-        match publisher::publish_one(&mut ingest, api_key, "bench.warmup", &payload).await? {
+        match publisher::publish_one(&mut ingest, api_key, "bench.warmup", payload).await? {
             Ok((id, count)) if count as usize >= wanted => break id,
             Ok((_, count)) => {
                 last = format!("it matched {count} of {wanted} subscriptions");
@@ -456,7 +496,18 @@ async fn warm_up_and_publish(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    Ok(())
+}
 
+/// The measured run, once every data plane is warm.
+async fn measured_run(
+    args: &BenchArgs,
+    receiver: &RunningReceiver,
+    planes: &mut Planes,
+    data: &[Channel],
+    api_key: &str,
+    payload: String,
+) -> anyhow::Result<Report> {
     // The measured run.
     receiver.state.start_injecting();
     let baseline = receiver.state.counters();
@@ -502,8 +553,8 @@ async fn warm_up_and_publish(
     };
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
-    let publish = publisher::publish(
-        data.clone(),
+    let publish = publisher::publish_spread(
+        data,
         PublishPlan {
             events: args.events,
             concurrency: args.concurrency,
@@ -591,6 +642,7 @@ async fn warm_up_and_publish(
             args.database_url.as_deref(),
             matches!(planes, Planes::Child(_)),
         ),
+        data_replicas: data.len(),
         accepted: publish.accepted,
         publish_errors: publish.errors,
         first_publish_error: publish.first_error.clone(),

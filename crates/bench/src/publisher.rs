@@ -247,6 +247,58 @@ pub(crate) async fn publish(
     Ok(outcome)
 }
 
+/// [`publish`] over several data planes at once, one stream each: the events, the
+/// concurrency and the rate shared evenly among them; the outcomes are merged (per-request
+/// vectors one after the other, counts summed, the first errors kept).
+pub(crate) async fn publish_spread(
+    channels: &[Channel],
+    plan: PublishPlan,
+    progress: Arc<PublishProgress>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<PublishOutcome> {
+    if channels.len() == 1 {
+        return publish(channels[0].clone(), plan, progress, deadline).await;
+    }
+    let n = channels.len() as u64;
+    let mut tasks = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        let share = PublishPlan {
+            events: plan.events / n + u64::from((i as u64) < plan.events % n),
+            concurrency: (plan.concurrency / channels.len()).max(1),
+            rate: plan.rate.map(|r| r / n as f64),
+            payload_json: plan.payload_json.clone(),
+            api_key: plan.api_key.clone(),
+        };
+        tasks.push(tokio::spawn(publish(
+            channel.clone(),
+            share,
+            progress.clone(),
+            deadline,
+        )));
+    }
+    let mut merged: Option<PublishOutcome> = None;
+    for task in tasks {
+        let part = task.await??;
+        merged = Some(match merged {
+            None => part,
+            Some(mut all) => {
+                all.started = all.started.min(part.started);
+                all.finished = all.finished.max(part.finished);
+                all.sent_at.extend(part.sent_at);
+                all.acked_at.extend(part.acked_at);
+                all.message_ids.extend(part.message_ids);
+                all.accepted += part.accepted;
+                all.expected_deliveries += part.expected_deliveries;
+                all.errors += part.errors;
+                all.first_error = all.first_error.or(part.first_error);
+                all.stream_error = all.stream_error.or(part.stream_error);
+                all
+            }
+        });
+    }
+    merged.ok_or_else(|| anyhow::anyhow!("no data plane to publish to"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,6 +122,8 @@ pub(crate) struct Report {
     pub(crate) receiver_failure_rate: f64,
     /// `sqlite`, `postgres (host:port)`, or `unknown` for planes the bench did not start.
     pub(crate) backend: String,
+    /// Data-plane processes the events were spread over.
+    pub(crate) data_replicas: usize,
     /// Events accepted by the data plane.
     pub(crate) accepted: u64,
     /// Events refused (per-event errors in the stream's answers).
@@ -270,6 +272,13 @@ impl Report {
             "\nsluice bench: {} events x {} subscription(s), {}-byte payloads, {} in flight ({mode}), backend {}",
             self.events, self.subscriptions, self.payload_bytes, self.concurrency, self.backend
         );
+        if self.data_replicas > 1 {
+            let _ = writeln!(
+                t,
+                "spread over {} data planes, one stream each (CPU summed over every plane process)",
+                self.data_replicas
+            );
+        }
         if self.receiver_delay_ms > 0 || self.receiver_failure_rate > 0.0 {
             let _ = writeln!(
                 t,

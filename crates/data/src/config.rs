@@ -10,6 +10,11 @@ use sluice_delivery::SenderConfig;
 use crate::error::DataError;
 use crate::time::duration_ms;
 
+/// The default of [`DataConfig::max_held_deliveries`]: beyond it new work waits in the
+/// database, which bounds memory however large a backlog grows (a dead endpoint, a replay
+/// of a million).
+pub const DEFAULT_MAX_HELD_DELIVERIES: usize = 100_000;
+
 /// What the data plane is told at start. Its `Debug` hides the internal token.
 #[derive(Clone)]
 pub struct DataConfig {
@@ -46,6 +51,12 @@ pub struct DataConfig {
     pub circuit_breaker_cooldown: Duration,
     /// How long a replica owns a delivery it claimed (PostgreSQL with several replicas).
     pub lease: Duration,
+    /// The most deliveries this process holds in memory: claimed, waiting in a lane or on a
+    /// retry timer, in flight, or with an outcome not yet committed. Beyond it the scanner
+    /// claims no more and new events' deliveries stay in the database (durable already)
+    /// for the scanner to claim as room frees, so memory stays bounded whatever the
+    /// backlog.
+    pub max_held_deliveries: usize,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_grace: Duration,
     /// How long a publish waits for its event to be made durable: past it the publisher is
@@ -70,6 +81,7 @@ impl std::fmt::Debug for DataConfig {
             .field("sender", &self.sender)
             .field("endpoint_concurrency", &self.endpoint_concurrency)
             .field("lease", &self.lease)
+            .field("max_held_deliveries", &self.max_held_deliveries)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("keyring", &self.keyring)
             .field("retention", &self.retention)
@@ -94,6 +106,7 @@ impl Default for DataConfig {
             circuit_breaker_failures: 10,
             circuit_breaker_cooldown: Duration::from_secs(30),
             lease: Duration::from_secs(60),
+            max_held_deliveries: DEFAULT_MAX_HELD_DELIVERIES,
             shutdown_grace: Duration::from_secs(10),
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
             keyring: None,
@@ -149,6 +162,9 @@ impl DataConfig {
         }
         if self.store_timeout < Duration::from_millis(100) {
             return fail("store_timeout must be at least 100 ms");
+        }
+        if self.max_held_deliveries == 0 {
+            return fail("max_held_deliveries must be positive");
         }
         if self.lease < Duration::from_secs(1) {
             return fail("lease must be at least one second");

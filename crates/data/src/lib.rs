@@ -49,7 +49,7 @@ use sluice_store::data::{delivery, fanout as fanout_row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::{ControlEndpoint, DataConfig};
+pub use crate::config::{ControlEndpoint, DEFAULT_MAX_HELD_DELIVERIES, DataConfig};
 pub use crate::error::{DataError, Violation};
 pub use crate::state::sealed::reseal_secrets;
 pub use crate::sync::control_client::check_internal_token;
@@ -150,7 +150,7 @@ impl DataPlane {
             .map_or(0, duration_ms);
 
         let copy = Arc::new(ConfigCopy::new(snapshot));
-        let claims = Arc::new(Claims::default());
+        let claims = Arc::new(Claims::new(config.max_held_deliveries));
         let fanouts = Arc::new(Fanouts::default());
         let outbox = Arc::new(Outbox::default());
         let lanes = Arc::new(Lanes::new(LaneLimits {
@@ -215,6 +215,7 @@ impl DataPlane {
             outbox,
             control: control.clone(),
             shutdown: shutdown.clone(),
+            flush_floor: tokio::sync::OnceCell::new(),
         };
         let retention = retention::Retention {
             db: db.clone(),

@@ -281,6 +281,12 @@ pub struct DeliveryArgs {
     /// replica's work is taken over after this.
     #[arg(long, env = "SLUICE_DELIVERY_LEASE_SECS", default_value_t = 60)]
     pub delivery_lease_secs: u64,
+    /// The most deliveries this replica holds in memory (claimed, waiting in a lane or on
+    /// a timer, in flight); beyond it new work waits in the database for the scanner.
+    #[arg(long, env = "SLUICE_MAX_HELD_DELIVERIES",
+          default_value_t = sluice_data::DEFAULT_MAX_HELD_DELIVERIES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_held_deliveries: usize,
     /// Seconds in-flight work gets to finish on shutdown.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -320,6 +326,7 @@ impl DeliveryArgs {
                 .then_some(self.disable_after_attempts),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             lease: Duration::from_secs(self.delivery_lease_secs.max(1)),
+            max_held_deliveries: self.max_held_deliveries,
             ..Default::default()
         };
         config

@@ -3,7 +3,8 @@
 //! bearer keys ([`clients`]), a recording HTTP receiver ([`receiver`]) and a raw TCP peer
 //! ([`raw`]), the control plane ([`control`]), the data plane ([`data`]) and both wired
 //! together ([`planes`]) in-process on `127.0.0.1:0`, the real binary as child processes
-//! ([`process`]), an OTLP trace collector ([`otlp`]), and the small assertions
+//! ([`process`]) and as a cluster of replicas on one database under load ([`cluster`]), a
+//! cuttable TCP forwarder for network faults ([`proxy`]), an OTLP trace collector ([`otlp`]), and the small assertions
 //! ([`assertions`]).
 //!
 //! Only tests depend on it (as a dev-dependency), so it panics on anything unexpected: a
@@ -13,12 +14,14 @@
 
 pub mod assertions;
 pub mod clients;
+pub mod cluster;
 pub mod control;
 pub mod data;
 pub mod database;
 pub mod otlp;
 pub mod planes;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod receiver;
 

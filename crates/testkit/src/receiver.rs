@@ -235,6 +235,26 @@ impl Receiver {
         }
     }
 
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests arrived, without copying them (for runs of
+    /// thousands); returns whether they did within `timeout`.
+    pub async fn wait_count(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.state.arrived.notified();
+            if self.count() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.count() >= n;
+            }
+        }
+    }
+
     /// Waits until at least `n` requests arrived and returns all of them (panics after
     /// `timeout`).
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {

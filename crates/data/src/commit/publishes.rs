@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::deliver::dispatcher::Dispatcher;
 use crate::error::DataError;
 use crate::shutdown::Shutdown;
-use crate::state::claims::{Claims, MAX_HELD};
+use crate::state::claims::Claims;
 use crate::state::fanouts::{EncodedRecord, Fanouts, REPORT_DELAY};
 use crate::state::outbox::ReportBody;
 use crate::work::{
@@ -90,7 +90,7 @@ impl Publishes {
     /// memory, free (for the scanner) when memory is full or shutdown began.
     pub(crate) fn in_memory_lease(&self, created: &[(&NewMessage, &[String])]) -> Option<i64> {
         let deliveries: usize = created.iter().map(|(_, ids)| ids.len()).sum();
-        let fits = self.claims.len().saturating_add(deliveries) <= MAX_HELD;
+        let fits = deliveries <= self.claims.room();
         (fits && !self.shutdown.is_requested())
             .then(|| sluice_store::now_ms().saturating_add(self.lease_ms))
     }

@@ -198,7 +198,10 @@ impl Writer {
                             continue;
                         }
                     }
-                    carried = failed;
+                    // Added to, never replaced: a cycle that failed without the carried
+                    // outcomes (they were not due yet) must not drop them, or their
+                    // deliveries stay claimed here with no outcome ever written.
+                    carried.extend(failed);
                     retry_at = (!retry_now).then(|| Instant::now() + backoff.next_delay());
                 }
             }

@@ -29,7 +29,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::deliver::dispatcher::Dispatcher;
 use crate::shutdown::Shutdown;
-use crate::state::claims::{Claims, DeliveryKey, MAX_HELD};
+use crate::state::claims::{Claims, DeliveryKey};
 use crate::state::fanouts::{EncodedRecord, Fanouts};
 use crate::work::{
     DeliveryTask, EndedDelivery, OutcomeEvent, OutcomeSender, ScheduledRetry, StoredMessage,
@@ -37,6 +37,12 @@ use crate::work::{
 
 /// How often the scanner looks for due deliveries nobody holds.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon the scanner looks again when its last pass left memory full
+/// (`DataConfig::max_held_deliveries`): more work may wait in the database, and room frees
+/// as fast as the endpoints answer, so waiting a whole [`SCAN_INTERVAL`] would cap a
+/// backlog's drain at one memory's worth a second. A pass while memory is still full
+/// sends no query.
+const REFILL_INTERVAL: Duration = Duration::from_millis(100);
 /// Deliveries due within this are claimed a little early and put on a timer, so a scan
 /// period does not delay them.
 const SCAN_LOOKAHEAD_MS: i64 = 1_000;
@@ -60,23 +66,29 @@ pub(crate) struct Scanner {
 
 impl Scanner {
     /// The scanner task: every [`SCAN_INTERVAL`], renews the leases of what this process
-    /// holds, then claims due deliveries.
+    /// holds, then claims due deliveries; while memory is full, tries to claim again every
+    /// [`REFILL_INTERVAL`] in between.
     pub(crate) async fn run(self: Arc<Self>) {
         let mut interval = tokio::time::interval(SCAN_INTERVAL);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut full = false;
         loop {
-            tokio::select! {
+            let scan = tokio::select! {
                 biased;
                 () = self.shutdown.requested() => return,
-                _ = interval.tick() => {}
-            }
-            // Renewed first, so nothing this replica holds looks free to the claim below.
-            if let Err(err) = self.renew_leases().await {
-                tracing::error!(error = %err, "renewing delivery leases failed");
+                _ = interval.tick() => true,
+                () = tokio::time::sleep(REFILL_INTERVAL), if full => false,
+            };
+            if scan {
+                // Renewed first, so nothing this replica holds looks free to the claim below.
+                if let Err(err) = self.renew_leases().await {
+                    tracing::error!(error = %err, "renewing delivery leases failed");
+                }
             }
             if let Err(err) = self.claim_all_due().await {
                 tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
             }
+            full = self.claims.room() == 0;
         }
     }
 
@@ -98,7 +110,7 @@ impl Scanner {
 
     /// `None` when memory holds all it may.
     fn claim_window(&self) -> Option<ClaimWindow> {
-        let room = MAX_HELD.saturating_sub(self.claims.len());
+        let room = self.claims.room();
         if room == 0 {
             return None;
         }
@@ -393,7 +405,13 @@ impl Scanner {
         let keys = self
             .claims
             .leases_to_renew(now.saturating_add(lease / 2), renewed_until);
-        self.set_leases(&keys, Some(renewed_until)).await
+        let written = self.set_leases(&keys, Some(renewed_until)).await;
+        if written.is_err() {
+            // Not renewed after all (the database is away): the next pass tries them again,
+            // rather than when the lease it believes in would run low.
+            self.claims.forget_leases(&keys);
+        }
+        written
     }
 
     /// Clears the leases of everything this process holds, so another replica can take it at

@@ -11,10 +11,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use foldhash::fast::RandomState;
 
-/// The most deliveries held in memory; beyond it new work waits in the database, which
-/// bounds memory however large a backlog grows (a dead endpoint, a replay of a million).
-pub(crate) const MAX_HELD: usize = 100_000;
-
 /// One message to one subscription: the primary key of `dp_deliveries`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DeliveryKey {
@@ -24,9 +20,17 @@ pub(crate) struct DeliveryKey {
 
 /// The deliveries this process holds, so the scanner does not load one twice and a
 /// withdrawn claim can be recognised.
-#[derive(Default)]
 pub(crate) struct Claims {
     registry: Mutex<Registry>,
+    /// The most held at once: the scanner claims no more, and new publishes' deliveries are
+    /// left to it in the database, once this many are held.
+    max_held: usize,
+}
+
+impl Default for Claims {
+    fn default() -> Self {
+        Claims::new(crate::config::DEFAULT_MAX_HELD_DELIVERIES)
+    }
 }
 
 #[derive(Default)]
@@ -44,6 +48,19 @@ struct Claim {
 }
 
 impl Claims {
+    /// A registry holding `max_held` deliveries at most.
+    pub(crate) fn new(max_held: usize) -> Claims {
+        Claims {
+            registry: Mutex::default(),
+            max_held,
+        }
+    }
+
+    /// How many more deliveries may be held now.
+    pub(crate) fn room(&self) -> usize {
+        self.max_held.saturating_sub(self.len())
+    }
+
     /// Claims `key`, unless this process already holds it. Returns the claim's generation.
     pub(crate) fn claim(&self, key: &DeliveryKey, lease_until_ms: i64) -> Option<u64> {
         let mut registry = self.lock();
@@ -141,6 +158,17 @@ impl Claims {
         keys
     }
 
+    /// Marks the leases of `keys` as unknown (a renewal that failed to be written), so the
+    /// next [`Claims::leases_to_renew`] includes them.
+    pub(crate) fn forget_leases(&self, keys: &[DeliveryKey]) {
+        let mut registry = self.lock();
+        for key in keys {
+            if let Some(claim) = registry.claims.get_mut(key) {
+                claim.lease_until_ms = 0;
+            }
+        }
+    }
+
     /// Every held delivery (to release their leases at shutdown).
     pub(crate) fn keys(&self) -> Vec<DeliveryKey> {
         self.lock().claims.keys().cloned().collect()
@@ -202,6 +230,9 @@ mod tests {
         });
         assert_eq!(renew, [key("msg_1", "sub_1"), key("msg_1", "sub_2")]);
         assert!(claims.leases_to_renew(200, 1_000).is_empty());
+        // A renewal that was not written is tried again at the next pass.
+        claims.forget_leases(&[key("msg_1", "sub_2")]);
+        assert_eq!(claims.leases_to_renew(200, 1_000), [key("msg_1", "sub_2")]);
         claims.release_subscription("sub_1");
         assert_eq!(claims.keys(), [key("msg_1", "sub_2")]);
     }

@@ -473,6 +473,14 @@ pub(crate) async fn persist<C: ConnectionTrait>(
                     key_hash: Set(k.key_hash.clone()),
                 }
             }))
+            // On PostgreSQL the replicas share this copy, and replicas started together
+            // store the same snapshot at once: the second one's insert meets the first's
+            // rows, and takes them as they are.
+            .on_conflict(
+                OnConflict::column(api_key::Column::Id)
+                    .update_columns([api_key::Column::WorkspaceId, api_key::Column::KeyHash])
+                    .to_owned(),
+            )
             .exec_without_returning(tx)
             .await?;
         }

@@ -50,6 +50,11 @@ pub(crate) struct Reporter {
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) control: ControlClient,
     pub(crate) shutdown: Shutdown,
+    /// The outbox's last seq when the shutdown flush began (the writer has stopped by
+    /// then): on PostgreSQL the flush ends once everything up to it is acked. The other
+    /// replicas keep adding rows under load, and those are the next reporter's; waiting
+    /// for the table to empty held a reporting replica's shutdown for its whole grace.
+    pub(crate) flush_floor: tokio::sync::OnceCell<i64>,
 }
 
 impl Reporter {
@@ -135,10 +140,43 @@ impl Reporter {
             return true;
         }
         outbox::delete_acked_now(&self.db, &self.outbox).await;
-        matches!(
-            outbox::read(&self.db, &self.outbox, &BTreeSet::new(), 1).await,
-            Ok(rows) if rows.is_empty()
-        )
+        matches!(self.nothing_left_to_flush(&BTreeSet::new()).await, Ok(true))
+    }
+
+    /// Up to `room` outbox rows not in `unacked`, oldest first; while flushing for shutdown
+    /// on PostgreSQL, only those the flush must send ([`Reporter::flush_floor`]).
+    async fn read_to_send(
+        &self,
+        unacked: &BTreeSet<i64>,
+        room: usize,
+    ) -> Result<Vec<sluice_store::data::outbox::Model>, sea_orm::DbErr> {
+        let mut rows = outbox::read(&self.db, &self.outbox, unacked, room).await?;
+        if self.postgres && self.shutdown.is_flushing_reports() {
+            let floor = self
+                .flush_floor
+                .get_or_try_init(|| outbox::last_seq(&self.db))
+                .await?;
+            rows.retain(|row| row.seq <= *floor);
+        }
+        Ok(rows)
+    }
+
+    /// Whether the shutdown flush has sent everything it must, `unacked` aside: on SQLite
+    /// the whole outbox, on PostgreSQL what was there when the flush began
+    /// ([`Reporter::flush_floor`]).
+    async fn nothing_left_to_flush(&self, unacked: &BTreeSet<i64>) -> Result<bool, sea_orm::DbErr> {
+        let rows = outbox::read(&self.db, &self.outbox, unacked, 1).await?;
+        let Some(first) = rows.first() else {
+            return Ok(true);
+        };
+        if !self.postgres {
+            return Ok(false);
+        }
+        let floor = self
+            .flush_floor
+            .get_or_try_init(|| outbox::last_seq(&self.db))
+            .await?;
+        Ok(first.seq > *floor)
     }
 
     /// Resolves when the shutdown flush is over while a stream is still opening (a replica
@@ -243,7 +281,7 @@ impl Reporter {
             if unacked.len() < WINDOW && (read_table || last_read.elapsed() >= IDLE_CHECK) {
                 last_read = Instant::now();
                 let room = WINDOW - unacked.len();
-                match outbox::read(&self.db, &self.outbox, &unacked, room).await {
+                match self.read_to_send(&unacked, room).await {
                     Ok(rows) => {
                         read_table = rows.len() >= room;
                         for row in rows {
@@ -269,9 +307,9 @@ impl Reporter {
             if unacked.is_empty() && self.shutdown.is_flushing_reports() {
                 // Flushing for shutdown: done when nothing is in flight and nothing is left.
                 outbox::delete_acked_now(&self.db, &self.outbox).await;
-                match outbox::read(&self.db, &self.outbox, &unacked, 1).await {
-                    Ok(rows) if rows.is_empty() => return SessionEnd::Done,
-                    Ok(_) => {
+                match self.nothing_left_to_flush(&unacked).await {
+                    Ok(true) => return SessionEnd::Done,
+                    Ok(false) => {
                         read_table = true;
                         continue;
                     }
