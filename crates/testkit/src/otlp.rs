@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
+pub use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::Notify;
 
@@ -46,6 +46,38 @@ impl ReceivedSpan {
                     other => format!("{other:?}"),
                 })
             })
+    }
+
+    /// An attribute's value exactly as received, type included.
+    pub fn value(&self, key: &str) -> Option<Value> {
+        self.span
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.clone())
+    }
+
+    /// An attribute that must be an int (panics, naming the type received, otherwise):
+    /// the semantic conventions define status codes, ports and counts as ints.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.value(key) {
+            None => None,
+            Some(Value::IntValue(i)) => Some(i),
+            Some(other) => panic!("{key} of span {} is not an int: {other:?}", self.span.name),
+        }
+    }
+
+    /// An attribute that must be a string (panics, naming the type received, otherwise).
+    pub fn string(&self, key: &str) -> Option<String> {
+        match self.value(key) {
+            None => None,
+            Some(Value::StringValue(s)) => Some(s),
+            Some(other) => panic!(
+                "{key} of span {} is not a string: {other:?}",
+                self.span.name
+            ),
+        }
     }
 
     /// Every attribute as `key=value` text, for scanning for leaks.
