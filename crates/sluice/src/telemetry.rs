@@ -169,11 +169,14 @@ where
         + 'static,
 {
     let log_filter = filter.and(filter_fn(|metadata| metadata.is_event()));
+    // Colour only for a person at a terminal: a file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Plain => subscriber
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
                     .with_filter(log_filter),
             )
             .try_init(),
@@ -182,6 +185,7 @@ where
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_writer(std::io::stderr)
+                    .with_ansi(false)
                     .with_filter(log_filter),
             )
             .try_init(),

@@ -20,6 +20,7 @@ pub mod otlp;
 pub mod planes;
 pub mod process;
 pub mod raw;
+pub mod raw_grpc;
 pub mod receiver;
 
 use std::time::Duration;
