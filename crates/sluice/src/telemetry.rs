@@ -51,6 +51,10 @@ pub struct TelemetryArgs {
     /// The sampler's argument (a ratio for the `traceidratio` samplers).
     #[arg(long, global = true, env = "OTEL_TRACES_SAMPLER_ARG")]
     pub traces_sampler_arg: Option<String>,
+    /// Serve the metrics in the Prometheus text format at `http://ADDR/metrics`; off when
+    /// unset.
+    #[arg(long, global = true, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The exporters to flush at exit.
@@ -58,6 +62,8 @@ pub struct TelemetryArgs {
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
+    /// Where `/metrics` is served, when `--metrics-listen` asked for it.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Telemetry {
@@ -91,6 +97,9 @@ pub fn init(
     ]));
 
     let mut telemetry = Telemetry::default();
+    // One meter provider for both metric outlets: OTLP (pushed) and Prometheus (scraped).
+    let mut meters = SdkMeterProvider::builder();
+    let mut otlp_metrics = false;
     let otel_layer = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         None => None,
         Some(endpoint) => {
@@ -114,15 +123,13 @@ pub fn init(
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .build()?;
-            let meter_provider = SdkMeterProvider::builder()
+            meters = meters
                 .with_periodic_exporter(metrics)
-                .with_resource(resource)
-                .build();
-            opentelemetry::global::set_meter_provider(meter_provider.clone());
+                .with_resource(resource);
+            otlp_metrics = true;
             let tracer = tracer_provider.tracer("sluice");
             opentelemetry::global::set_tracer_provider(tracer_provider.clone());
             telemetry.tracer_provider = Some(tracer_provider);
-            telemetry.meter_provider = Some(meter_provider);
             // Spans go to the exporter at INFO whatever RUST_LOG says, without the
             // libraries' own request spans.
             let spans_filter = EnvFilter::new(SPAN_FILTER);
@@ -133,6 +140,22 @@ pub fn init(
             )
         }
     };
+    let prometheus = match args.metrics_listen {
+        Some(addr) => {
+            let reader = crate::prometheus::SharedReader::default();
+            meters = meters.with_reader(reader.clone());
+            Some((addr, reader))
+        }
+        None => None,
+    };
+    if otlp_metrics || prometheus.is_some() {
+        let meter_provider = meters.build();
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        telemetry.meter_provider = Some(meter_provider);
+    }
+    if let Some((addr, reader)) = prometheus {
+        telemetry.metrics_addr = Some(crate::prometheus::serve(addr, reader)?);
+    }
     // Log lines are events only: the fmt layer would otherwise format the fields of every
     // span (four per delivered event) just in case a log line inside it wants them. With
     // export off no layer wants spans, so none is created at all (an absent `Option` layer
@@ -150,6 +173,9 @@ pub fn init(
     }
     if let Some(endpoint) = &args.otlp_endpoint {
         tracing::info!(%endpoint, "exporting traces and metrics over OTLP");
+    }
+    if let Some(addr) = telemetry.metrics_addr {
+        tracing::info!(url = %format!("http://{addr}/metrics"), "serving Prometheus metrics");
     }
     Ok(telemetry)
 }
