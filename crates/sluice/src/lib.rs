@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod keys;
 pub mod listen;
 pub mod prometheus;
+pub mod publish;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
