@@ -607,4 +607,7 @@ fn print_banner(args: &DevArgs, admin_key: &str, master_key: &str) {
         },
         d = args.data_listen,
     );
+    if let Some(addr) = crate::telemetry::metrics_addr() {
+        println!("  metrics        http://{addr}/metrics   (Prometheus)\n");
+    }
 }

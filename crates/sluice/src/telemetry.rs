@@ -57,6 +57,14 @@ pub struct TelemetryArgs {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+static METRICS_ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
+/// Where Prometheus `/metrics` is served in this process, if `--metrics-listen` asked (for
+/// `sluice dev`'s banner).
+pub fn metrics_addr() -> Option<std::net::SocketAddr> {
+    METRICS_ADDR.get().copied()
+}
+
 /// The exporters to flush at exit.
 #[derive(Default)]
 pub struct Telemetry {
@@ -154,7 +162,9 @@ pub fn init(
         telemetry.meter_provider = Some(meter_provider);
     }
     if let Some((addr, reader)) = prometheus {
-        telemetry.metrics_addr = Some(crate::prometheus::serve(addr, reader)?);
+        let bound = crate::prometheus::serve(addr, reader)?;
+        telemetry.metrics_addr = Some(bound);
+        let _ = METRICS_ADDR.set(bound);
     }
     // Log lines are events only: the fmt layer would otherwise format the fields of every
     // span (four per delivered event) just in case a log line inside it wants them. With
