@@ -87,6 +87,23 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         }
     });
 
+    // A progress bar for a file (its lines counted first), drawn only on a terminal.
+    let bar = match &args.file {
+        Some(path) => {
+            let lines = std::io::BufReader::new(std::fs::File::open(path)?)
+                .lines()
+                .count();
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(u64::try_from(lines).unwrap_or(u64::MAX)),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            Some(bar)
+        }
+        None => None,
+    };
     let mut stream = publisher.stream();
     let mut tally = Tally::default();
     let mut sent = 0u64;
@@ -111,8 +128,12 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
             ack = stream.next_ack() => match ack {
                 Some(ack) => {
                     tally.count(ack?);
-                    if tally.answered().is_multiple_of(1000) {
-                        eprintln!("{} of {} answered", tally.answered(), sent);
+                    match &bar {
+                        Some(bar) => bar.inc(1),
+                        None if tally.answered().is_multiple_of(1000) => {
+                            eprintln!("{} of {} answered", tally.answered(), sent);
+                        }
+                        None => {}
                     }
                 }
                 None => break,
@@ -123,6 +144,9 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         }
     }
     let _ = reading.await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
     println!(
         "{} acks ({} new, {} duplicates), {} refused",
         tally.accepted + tally.duplicates,
