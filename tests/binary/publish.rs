@@ -14,6 +14,14 @@ use sluice_testkit::process::Deployment;
 use sluice_testkit::receiver::{Receiver, Reply};
 use sluice_testkit::{TestDatabase, backends, free_addr};
 
+/// Events per test: 2,000, or `SLUICE_PUBLISH_TEST_EVENTS` (10,000 for the check).
+fn events() -> usize {
+    std::env::var("SLUICE_PUBLISH_TEST_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 /// Creates a subscription to `receiver` for `order.*` and waits until the data plane has
 /// the key and the subscription (one probe event is delivered).
 async fn subscribed(deployment: &Deployment, key: &str, receiver: &Receiver) {
@@ -54,6 +62,7 @@ async fn subscribed(deployment: &Deployment, key: &str, receiver: &Receiver) {
 /// every event is acked and each is delivered once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_survives_a_data_plane_crash_without_duplicates() {
+    let events = events();
     let backend = backends().remove(0);
     let control_db = TestDatabase::create(&backend).await;
     let data_db = TestDatabase::create(&backend).await;
@@ -76,7 +85,7 @@ async fn a_stream_survives_a_data_plane_crash_without_duplicates() {
     let mut stream = publisher.stream();
     let sender = tokio::spawn(async move {
         let mut acks = Vec::new();
-        for i in 0..EVENTS {
+        for i in 0..events {
             stream
                 .send(sluice_client::Event::new(
                     "order.created",
@@ -96,7 +105,7 @@ async fn a_stream_survives_a_data_plane_crash_without_duplicates() {
     });
 
     receiver
-        .wait_for(1 + EVENTS / 4, Duration::from_secs(60))
+        .wait_for(1 + events / 4, Duration::from_secs(60))
         .await;
     let mut data = deployment.data.take().unwrap();
     data.kill9().await;
@@ -106,9 +115,9 @@ async fn a_stream_survives_a_data_plane_crash_without_duplicates() {
         .await
         .expect("the stream never finished")
         .unwrap();
-    assert_eq!(acks.len(), EVENTS);
+    assert_eq!(acks.len(), events);
     let sequences: HashSet<u64> = acks.iter().map(|a| a.sequence).collect();
-    assert_eq!(sequences.len(), EVENTS, "an event acked twice");
+    assert_eq!(sequences.len(), events, "an event acked twice");
     for ack in &acks {
         assert!(ack.result.is_ok(), "{ack:?}");
     }
@@ -122,12 +131,12 @@ async fn a_stream_survives_a_data_plane_crash_without_duplicates() {
                 .map(|p| p.header("webhook-id"))
                 .collect::<HashSet<_>>()
                 .len()
-                > EVENTS
+                > events
         })
         .await
         .unwrap();
     let ids: HashSet<&str> = all.iter().map(|p| p.header("webhook-id")).collect();
-    assert_eq!(ids.len(), 1 + EVENTS);
+    assert_eq!(ids.len(), 1 + events);
     let mut per_n = std::collections::HashMap::<i64, HashSet<&str>>::new();
     for post in &all {
         let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
@@ -138,7 +147,7 @@ async fn a_stream_survives_a_data_plane_crash_without_duplicates() {
                 .insert(post.header("webhook-id"));
         }
     }
-    assert_eq!(per_n.len(), EVENTS);
+    assert_eq!(per_n.len(), events);
     assert!(
         per_n.values().all(|ids| ids.len() == 1),
         "an event published twice as two messages"
@@ -149,10 +158,9 @@ async fn a_stream_survives_a_data_plane_crash_without_duplicates() {
     data_db.drop_database().await;
 }
 
-const EVENTS: usize = 2000;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_killed_and_rerun_delivers_each_event_once() {
+    let events = events();
     let backend = backends().remove(0);
     let control_db = TestDatabase::create(&backend).await;
     let data_db = TestDatabase::create(&backend).await;
@@ -197,7 +205,7 @@ async fn publish_killed_and_rerun_delivers_each_event_once() {
         std::env::temp_dir().join(sluice_core::ids::new_id(sluice_core::ids::IdKind::Delivery));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("events.jsonl");
-    let lines: String = (0..EVENTS)
+    let lines: String = (0..events)
         .map(|i| format!("{{\"event_type\":\"order.created\",\"payload\":{{\"n\":{i}}}}}\n"))
         .collect();
     std::fs::write(&file, lines).unwrap();
@@ -219,7 +227,7 @@ async fn publish_killed_and_rerun_delivers_each_event_once() {
     // Killed once a quarter of the events arrived.
     let mut first = publish().spawn().unwrap();
     receiver
-        .wait_for(1 + EVENTS / 4, Duration::from_secs(60))
+        .wait_for(1 + events / 4, Duration::from_secs(60))
         .await;
     first.kill().await.unwrap();
 
@@ -231,18 +239,19 @@ async fn publish_killed_and_rerun_delivers_each_event_once() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.starts_with(&format!("{EVENTS} acks (")), "{stdout}");
+    eprintln!("sluice publish, run again: {stdout}");
+    assert!(stdout.starts_with(&format!("{events} acks (")), "{stdout}");
     assert!(
         !stdout.contains(" 0 duplicates"),
         "the rerun found nothing done: {stdout}"
     );
 
     let posts = receiver
-        .wait_for(1 + EVENTS, Duration::from_secs(120))
+        .wait_for(1 + events, Duration::from_secs(120))
         .await;
     let ids: HashSet<&str> = posts.iter().map(|p| p.header("webhook-id")).collect();
-    assert_eq!(posts.len(), 1 + EVENTS, "a duplicate delivery");
-    assert_eq!(ids.len(), 1 + EVENTS);
+    assert_eq!(posts.len(), 1 + events, "a duplicate delivery");
+    assert_eq!(ids.len(), 1 + events);
 
     drop(deployment);
     let _ = std::fs::remove_dir_all(&dir);
