@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
-use sluice_testkit::otlp::{OtlpCollector, ReceivedSpan};
+use sluice_testkit::otlp::{OtlpCollector, ReceivedSpan, Value};
 use sluice_testkit::process::Deployment;
 use sluice_testkit::receiver::{Receiver, Reply};
 use sluice_testkit::{ADMIN_KEY, TestDatabase, backends};
@@ -33,6 +33,7 @@ async fn one_trace_from_publisher_to_receiver() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
     )
     .await;
@@ -218,6 +219,48 @@ async fn one_trace_from_publisher_to_receiver() {
             "health checks must not be traced"
         );
     }
+    // The metrics over OTLP: deliveries by outcome (a monotonic sum of ints), attempt
+    // latency (a histogram in seconds).
+    use sluice_testkit::otlp::metrics_proto::metric::Data;
+    use sluice_testkit::otlp::metrics_proto::number_data_point::Value as Number;
+    let deliveries = |metrics: &[sluice_testkit::otlp::Metric], outcome: &str| -> i64 {
+        metrics
+            .iter()
+            .filter(|m| m.name == "sluice.deliveries")
+            .filter_map(|m| match &m.data {
+                Some(Data::Sum(sum)) if sum.is_monotonic => Some(sum),
+                _ => None,
+            })
+            .flat_map(|sum| sum.data_points.iter())
+            .filter(|p| {
+                p.attributes.iter().any(|a| {
+                    a.key == "outcome"
+                        && a.value.as_ref().and_then(|v| v.value.as_ref())
+                            == Some(&Value::StringValue(outcome.to_owned()))
+                })
+            })
+            .filter_map(|p| match p.value {
+                Some(Number::AsInt(n)) => Some(n),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let metrics = collector
+        .wait_for_metrics(Duration::from_secs(30), |m| {
+            deliveries(m, "succeeded") >= 1 && deliveries(m, "retry_scheduled") >= 1
+        })
+        .await;
+    let duration = metrics
+        .iter()
+        .find(|m| m.name == "sluice.attempt.duration")
+        .unwrap();
+    assert_eq!(duration.unit, "s");
+    assert!(
+        matches!(duration.data, Some(Data::Histogram(_))),
+        "{duration:?}"
+    );
+
     drop(deployment);
     control_db.drop_database().await;
     data_db.drop_database().await;

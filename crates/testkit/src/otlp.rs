@@ -1,10 +1,16 @@
-//! A real OTLP/gRPC trace collector on `127.0.0.1:0`, built from the published
-//! OpenTelemetry protos, that keeps every span it is sent.
+//! A real OTLP/gRPC trace and metrics collector on `127.0.0.1:0`, built from the published
+//! OpenTelemetry protos, that keeps every span and metric it is sent.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -12,6 +18,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 pub use opentelemetry_proto::tonic::common::v1::any_value::Value;
+pub use opentelemetry_proto::tonic::metrics::v1 as metrics_proto;
+pub use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::Notify;
 
@@ -104,6 +112,7 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Default)]
 struct Store {
     spans: Mutex<Vec<ReceivedSpan>>,
+    metrics: Mutex<Vec<Metric>>,
     arrived: Notify,
 }
 
@@ -144,6 +153,26 @@ impl TraceService for Collector {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.0.metrics.lock().unwrap();
+        for rm in request.into_inner().resource_metrics {
+            for sm in rm.scope_metrics {
+                metrics.extend(sm.metrics);
+            }
+        }
+        drop(metrics);
+        self.0.arrived.notify_waiters();
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 /// The running collector.
 pub struct OtlpCollector {
     /// Where it listens (give `http://{addr}` as `OTEL_EXPORTER_OTLP_ENDPOINT`).
@@ -159,9 +188,11 @@ impl OtlpCollector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = TraceServiceServer::new(Collector(store.clone()));
+        let metrics = MetricsServiceServer::new(Collector(store.clone()));
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });
@@ -169,6 +200,34 @@ impl OtlpCollector {
             addr,
             store,
             server,
+        }
+    }
+
+    /// Every metric export so far (each periodic export repeats the cumulative metrics).
+    pub fn metrics(&self) -> Vec<Metric> {
+        self.store.metrics.lock().unwrap().clone()
+    }
+
+    /// Waits until `done(metrics)` holds (panics after `timeout` with the names received).
+    pub async fn wait_for_metrics(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Metric]) -> bool,
+    ) -> Vec<Metric> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.store.arrived.notified();
+            let metrics = self.metrics();
+            if done(&metrics) {
+                return metrics;
+            }
+            let names: std::collections::BTreeSet<&str> =
+                metrics.iter().map(|m| m.name.as_str()).collect();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metrics never arrived as expected; got {names:?}"
+            );
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
 
