@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
-use sluice_testkit::otlp::{OtlpCollector, ReceivedSpan};
+use sluice_testkit::otlp::{OtlpCollector, ReceivedSpan, Value};
 use sluice_testkit::process::Deployment;
 use sluice_testkit::receiver::{Receiver, Reply};
 use sluice_testkit::{ADMIN_KEY, TestDatabase, backends};
@@ -33,6 +33,7 @@ async fn one_trace_from_publisher_to_receiver() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
     )
     .await;
@@ -142,50 +143,44 @@ async fn one_trace_from_publisher_to_receiver() {
         .find(|s| s.span.name == "sluice.data.v1.IngestService/Publish")
         .unwrap();
     assert_eq!(server.service, "sluice-data");
-    assert_eq!(server.attr("rpc.system").as_deref(), Some("grpc"));
-    assert_eq!(server.attr("rpc.method").as_deref(), Some("Publish"));
-    assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("0"));
+    // Types as the semantic conventions define them: the collector keeps them as sent.
+    assert_eq!(server.string("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        server.string("rpc.service").as_deref(),
+        Some("sluice.data.v1.IngestService")
+    );
+    assert_eq!(server.string("rpc.method").as_deref(), Some("Publish"));
+    assert_eq!(server.int("rpc.grpc.status_code"), Some(0));
     let refused_span = spans.iter().find(|s| s.trace_id() == bad_trace_id).unwrap();
     assert_eq!(
-        refused_span.attr("rpc.grpc.status_code").as_deref(),
-        Some("3"),
+        refused_span.int("rpc.grpc.status_code"),
+        Some(3),
         "{refused_span:?}"
     );
 
     let mut attempts: Vec<&ReceivedSpan> = trace.iter().filter(|s| s.span.name == "POST").collect();
-    attempts.sort_by_key(|s| s.attr("http.request.resend_count"));
+    attempts.sort_by_key(|s| s.int("http.request.resend_count"));
+    assert_eq!(attempts[0].int("http.request.resend_count"), Some(0));
+    assert_eq!(attempts[1].int("http.request.resend_count"), Some(1));
+    assert_eq!(attempts[0].int("http.response.status_code"), Some(500));
     assert_eq!(
-        attempts[0].attr("http.request.resend_count").as_deref(),
-        Some("0")
-    );
-    assert_eq!(
-        attempts[1].attr("http.request.resend_count").as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        attempts[0].attr("http.response.status_code").as_deref(),
-        Some("500")
-    );
-    assert_eq!(
-        attempts[0].attr("error.type").as_deref(),
+        attempts[0].string("error.type").as_deref(),
         Some("http_status")
     );
-    assert_eq!(
-        attempts[1].attr("http.response.status_code").as_deref(),
-        Some("200")
-    );
+    assert_eq!(attempts[1].int("http.response.status_code"), Some(200));
+    assert_eq!(attempts[1].value("error.type"), None);
     for a in &attempts {
-        assert_eq!(a.attr("http.request.method").as_deref(), Some("POST"));
-        assert_eq!(a.attr("server.address").as_deref(), Some("127.0.0.1"));
-        assert_eq!(
-            a.attr("server.port"),
-            Some(receiver.addr.port().to_string())
-        );
-        let url = a.attr("url.full").unwrap();
+        assert_eq!(a.string("http.request.method").as_deref(), Some("POST"));
+        assert_eq!(a.string("server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(a.int("server.port"), Some(i64::from(receiver.addr.port())));
+        let url = a.string("url.full").unwrap();
         assert!(
             url.contains("token=REDACTED") && !url.contains("very-secret-query"),
             "url.full {url}"
         );
+    }
+    for d in trace.iter().filter(|s| s.span.name == "sluice.deliver") {
+        assert!(d.int("sluice.attempt_number").is_some(), "{d:?}");
     }
     // Each HTTP span hangs under a delivery span of the same trace.
     let deliver_ids: Vec<&Vec<u8>> = trace
@@ -224,6 +219,48 @@ async fn one_trace_from_publisher_to_receiver() {
             "health checks must not be traced"
         );
     }
+    // The metrics over OTLP: deliveries by outcome (a monotonic sum of ints), attempt
+    // latency (a histogram in seconds).
+    use sluice_testkit::otlp::metrics_proto::metric::Data;
+    use sluice_testkit::otlp::metrics_proto::number_data_point::Value as Number;
+    let deliveries = |metrics: &[sluice_testkit::otlp::Metric], outcome: &str| -> i64 {
+        metrics
+            .iter()
+            .filter(|m| m.name == "sluice.deliveries")
+            .filter_map(|m| match &m.data {
+                Some(Data::Sum(sum)) if sum.is_monotonic => Some(sum),
+                _ => None,
+            })
+            .flat_map(|sum| sum.data_points.iter())
+            .filter(|p| {
+                p.attributes.iter().any(|a| {
+                    a.key == "outcome"
+                        && a.value.as_ref().and_then(|v| v.value.as_ref())
+                            == Some(&Value::StringValue(outcome.to_owned()))
+                })
+            })
+            .filter_map(|p| match p.value {
+                Some(Number::AsInt(n)) => Some(n),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let metrics = collector
+        .wait_for_metrics(Duration::from_secs(30), |m| {
+            deliveries(m, "succeeded") >= 1 && deliveries(m, "retry_scheduled") >= 1
+        })
+        .await;
+    let duration = metrics
+        .iter()
+        .find(|m| m.name == "sluice.attempt.duration")
+        .unwrap();
+    assert_eq!(duration.unit, "s");
+    assert!(
+        matches!(duration.data, Some(Data::Histogram(_))),
+        "{duration:?}"
+    );
+
     drop(deployment);
     control_db.drop_database().await;
     data_db.drop_database().await;

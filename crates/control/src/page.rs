@@ -79,3 +79,32 @@ impl PageRequest {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any token and size: an answer (a page or INVALID_ARGUMENT), never a panic.
+        #[test]
+        fn any_token_is_answered(size in any::<i32>(), token in any::<String>()) {
+            let _ = PageRequest::parse("subscriptions", size, &token);
+        }
+
+        /// A token made by `finish` reads back as the last key, for its own list only.
+        #[test]
+        fn tokens_round_trip(key in "\\PC{1,60}", size in 1i32..50) {
+            let page = PageRequest::parse("subscriptions", size, "").unwrap();
+            let rows: Vec<String> = (0..=size).map(|_| key.clone()).collect();
+            let (rows, token) = page.finish(rows, Clone::clone);
+            prop_assert_eq!(rows.len(), usize::try_from(size).unwrap());
+            let next = PageRequest::parse("subscriptions", size, &token).unwrap();
+            prop_assert_eq!(next.after.as_deref(), Some(key.as_str()));
+            prop_assert!(PageRequest::parse("workspaces", size, &token).is_err());
+        }
+    }
+}

@@ -129,9 +129,13 @@ impl pb::data_plane_service_server::DataPlaneService for DataPlaneApi {
                     "store_outcomes",
                     otel.name = "sluice.store_outcomes",
                     otel.kind = "consumer",
-                    sluice.batches = batches.len(),
-                    sluice.messages = batches.iter().map(|b| b.messages.len()).sum::<usize>(),
-                    sluice.attempts = batches.iter().map(|b| b.attempts.len()).sum::<usize>(),
+                    sluice.batches = sluice_telemetry::int_attr(batches.len()),
+                    sluice.messages = sluice_telemetry::int_attr(
+                        batches.iter().map(|b| b.messages.len()).sum::<usize>()
+                    ),
+                    sluice.attempts = sluice_telemetry::int_attr(
+                        batches.iter().map(|b| b.attempts.len()).sum::<usize>()
+                    ),
                 );
                 sluice_telemetry::set_parent(&span, Some(&batches[0].traceparent), None);
                 let started = std::time::Instant::now();

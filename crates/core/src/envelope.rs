@@ -86,10 +86,12 @@ pub fn validate_payload(json: &str, max_bytes: usize) -> Result<(), PayloadError
     }
 }
 
-/// The deepest nesting of objects and arrays a payload may have. Far above what real events
-/// use, and well inside common parsers' limits (serde_json's is 128) with the envelope's own
-/// level added.
-pub const MAX_PAYLOAD_DEPTH: usize = 64;
+/// The deepest nesting of objects and arrays a payload may have, in either form
+/// (`payload_json`, or a `payload` Struct, which prost's recursion limit of 100 cuts off
+/// at 33 levels: each level is a Struct, a map entry and a Value). Far above what real
+/// events use, and well inside common parsers' limits (serde_json's is 128) with the
+/// envelope's own level added.
+pub const MAX_PAYLOAD_DEPTH: usize = 32;
 
 /// Whether syntactically valid JSON nests objects and arrays more than `max` levels deep.
 /// Strings are skipped to their closing quote with `memchr` (most of a payload's bytes are
@@ -396,7 +398,7 @@ mod tests {
         let error = validate_payload(&over, usize::MAX).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "payload is not valid JSON: objects and arrays are nested more than 64 levels deep"
+            "payload is not valid JSON: objects and arrays are nested more than 32 levels deep"
         );
         let very_deep = format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
         assert!(matches!(

@@ -175,3 +175,176 @@ mod tests {
         assert_eq!(error.field, "");
     }
 }
+
+/// The caller's mistake hidden in a status tonic made before any handler ran: prost's
+/// decode errors (INTERNAL "failed to decode Protobuf message", for bytes that are not
+/// UTF-8 in a string field or a `payload` Struct nested past prost's recursion limit) become
+/// INVALID_ARGUMENT naming the field where prost's error names it, and a message over the
+/// size limit (tonic's OUT_OF_RANGE) becomes RESOURCE_EXHAUSTED. `None` for every other
+/// status. Used by both planes' servers (a layer rewrites unary answers) and by the publish
+/// stream, whose decode errors reach the handler.
+pub fn decode_failure(status: &Status) -> Option<Status> {
+    const DECODE: &str = "failed to decode Protobuf message: ";
+    const TOO_LARGE: &str = "Error, decoded message length too large: ";
+    match status.code() {
+        Code::Internal => {
+            let rest = status.message().strip_prefix(DECODE)?;
+            Some(decode_violation(rest).map_or_else(
+                |description| {
+                    Status::invalid_argument(format!(
+                        "the request is not a valid protobuf message: {description}"
+                    ))
+                },
+                |(field, description)| DataError::invalid(field, description).into(),
+            ))
+        }
+        Code::OutOfRange => {
+            let rest = status.message().strip_prefix(TOO_LARGE)?;
+            Some(Status::resource_exhausted(format!(
+                "the request message is too large: {rest}"
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Reads prost's decode error text (`Inner.field: Outer.field: description`, innermost
+/// first) into the field path as the request names it (`event.payload`), stopping at the
+/// well-known `google.protobuf` types of a payload, and a description a caller can act on.
+/// `Err(description)` when prost names no field.
+fn decode_violation(text: &str) -> Result<(String, String), String> {
+    let mut stack = Vec::new();
+    let mut rest = text;
+    while let Some((segment, after)) = rest.split_once(": ") {
+        let Some((message, field)) = segment.split_once('.') else {
+            break;
+        };
+        let is_name =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !is_name(message) || !is_name(field) {
+            break;
+        }
+        stack.push((message, field));
+        rest = after;
+    }
+    let description = if rest.contains("recursion limit reached") {
+        format!(
+            "objects and arrays are nested more than {} levels deep",
+            sluice_core::envelope::MAX_PAYLOAD_DEPTH
+        )
+    } else if rest.contains("not UTF-8") {
+        "is not valid UTF-8".to_owned()
+    } else {
+        format!("could not be decoded: {rest}")
+    };
+    let path: Vec<&str> = stack
+        .iter()
+        .rev()
+        .take_while(|(message, _)| !matches!(*message, "Struct" | "Value" | "ListValue"))
+        .map(|(_, field)| *field)
+        .collect();
+    if path.is_empty() {
+        Err(description)
+    } else {
+        Ok((path.join("."), description))
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use prost::Message;
+    use prost_types::value::Kind;
+    use prost_types::{Struct, Value};
+    use sluice_proto::data::v1::{PublishRequest, PublishStreamRequest};
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    fn nested_struct(depth: usize) -> Struct {
+        let mut inner = Struct::default();
+        for _ in 1..depth {
+            let mut outer = Struct::default();
+            outer.fields.insert(
+                "a".into(),
+                Value {
+                    kind: Some(Kind::StructValue(inner)),
+                },
+            );
+            inner = outer;
+        }
+        inner
+    }
+
+    /// What tonic's prost codec answers for `bytes`, then what callers get.
+    fn mapped<M: Message + Default>(bytes: &[u8]) -> Option<Status> {
+        let error = M::decode(bytes).err()?;
+        decode_failure(&Status::internal(error.to_string()))
+    }
+
+    fn field_of(status: &Status) -> String {
+        let bad = status.get_details_bad_request().unwrap();
+        bad.field_violations[0].field.clone()
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_field() {
+        let mut bytes = PublishRequest {
+            event_type: "ab".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let at = bytes.iter().position(|&b| b == b'a').unwrap();
+        bytes[at] = 0xff;
+        let status = mapped::<PublishRequest>(&bytes).unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(field_of(&status), "event_type");
+    }
+
+    #[test]
+    fn a_struct_past_the_limit_names_payload_in_both_rpcs() {
+        // One limit for both payload forms: a Struct as deep as payload_json may be still
+        // decodes, one level more does not (or fails validation, with the same words).
+        let at_limit = PublishRequest {
+            payload: Some(nested_struct(sluice_core::envelope::MAX_PAYLOAD_DEPTH)),
+            ..Default::default()
+        };
+        let stream = PublishStreamRequest {
+            event: Some(at_limit.clone()),
+            ..Default::default()
+        };
+        PublishRequest::decode(&at_limit.encode_to_vec()[..]).unwrap();
+        PublishStreamRequest::decode(&stream.encode_to_vec()[..]).unwrap();
+
+        let deep = PublishRequest {
+            payload: Some(nested_struct(200)),
+            ..Default::default()
+        };
+        let status = mapped::<PublishRequest>(&deep.encode_to_vec()).unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(field_of(&status), "payload");
+        assert!(status.message().contains("nested more than"), "{status:?}");
+        let stream = PublishStreamRequest {
+            event: Some(deep),
+            ..Default::default()
+        };
+        let status = mapped::<PublishStreamRequest>(&stream.encode_to_vec()).unwrap();
+        assert_eq!(field_of(&status), "event.payload");
+    }
+
+    #[test]
+    fn garbage_is_invalid_argument_and_size_is_resource_exhausted() {
+        let status = mapped::<PublishRequest>(&[0xff, 0xff, 0xff]).unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let too_large = Status::out_of_range(
+            "Error, decoded message length too large: found 5000000 bytes, the limit is: 4194304 bytes",
+        );
+        assert_eq!(
+            decode_failure(&too_large).unwrap().code(),
+            Code::ResourceExhausted
+        );
+        assert!(decode_failure(&Status::internal("database")).is_none());
+        assert!(decode_failure(&Status::out_of_range("page")).is_none());
+    }
+}

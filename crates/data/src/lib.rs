@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{ControlEndpoint, DEFAULT_MAX_HELD_DELIVERIES, DataConfig};
-pub use crate::error::{DataError, Violation};
+pub use crate::error::{DataError, Violation, decode_failure};
 pub use crate::state::sealed::reseal_secrets;
 pub use crate::sync::control_client::check_internal_token;
 

@@ -266,7 +266,9 @@ impl Sender {
         let url = request.url;
         // The HTTP client span, with the OpenTelemetry semantic-convention attributes.
         // `url.full` is redacted (see `redacted_url`): no credentials, query values or
-        // Slack path tokens reach the tracing backend.
+        // Slack path tokens reach the tracing backend. Numbers are recorded as `i64`:
+        // tracing-opentelemetry turns `i64` into an int attribute but formats unsigned
+        // integers as strings, and the conventions define these as ints.
         let span = tracing::info_span!(
             "webhook.attempt",
             otel.name = "POST",
@@ -276,15 +278,18 @@ impl Sender {
             url.full = %redacted_url(url),
             url.scheme = url.scheme(),
             server.address = url.host_str().unwrap_or_default(),
-            server.port = url.port_or_known_default(),
-            http.request.resend_count = request.resend_count,
+            server.port = url.port_or_known_default().map(sluice_telemetry::int_attr),
+            http.request.resend_count = sluice_telemetry::int_attr(request.resend_count),
             webhook.id = request.msg_id,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
         let result = self.attempt(request).instrument(span.clone()).await;
         if let Some(code) = result.status_code {
-            span.record("http.response.status_code", code);
+            span.record(
+                "http.response.status_code",
+                sluice_telemetry::int_attr(code),
+            );
         }
         if let Some(kind) = result.error_kind {
             span.record("error.type", kind.as_str());

@@ -43,6 +43,8 @@ pub enum Command {
     Bench(sluice_bench::BenchArgs),
     /// Run a local webhook receiver that prints (and verifies) what it gets.
     Listen(crate::listen::ListenArgs),
+    /// Publish events: one (--event-type, --payload) or JSON lines from --file or stdin.
+    Publish(crate::publish::PublishArgs),
     /// Master keys of the secrets at rest: make one, or re-seal the stored secrets.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -426,6 +428,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => run_migrate(args).await,
         Command::Bench(args) => sluice_bench::run(args, crate::shutdown::on_signal).await,
         Command::Listen(args) => crate::listen::run(args).await,
+        Command::Publish(args) => crate::publish::run(args).await,
         Command::Keys(command) => run_keys(command).await,
     }
 }
@@ -651,4 +654,7 @@ fn print_banner(args: &DevArgs, admin_key: &str, master_key: &str) {
         },
         d = args.data_listen,
     );
+    if let Some(addr) = crate::telemetry::metrics_addr() {
+        println!("  metrics        http://{addr}/metrics   (Prometheus)\n");
+    }
 }

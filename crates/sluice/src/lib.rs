@@ -5,6 +5,8 @@ pub mod cli;
 pub mod dataplane;
 pub mod keys;
 pub mod listen;
+pub mod prometheus;
+pub mod publish;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

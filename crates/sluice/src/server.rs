@@ -50,6 +50,7 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 /// `otel.status_code = ERROR` when it is not OK). The status is read from the response
 /// headers, where tonic puts it for calls that fail before any message; a response without
 /// it is OK at this point (a stream that fails later reports it in trailers, not seen here).
+/// It also rewrites the status of a request that did not decode (`rewrite_decode_failure`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrpcStatusLayer;
 
@@ -87,8 +88,9 @@ where
         Box::pin(async move {
             // Polled inside the server span, which tonic enters around this future.
             let span = tracing::Span::current();
-            let result = response.await;
-            if let Ok(response) = &result {
+            let mut result = response.await;
+            if let Ok(response) = &mut result {
+                rewrite_decode_failure(response.headers_mut());
                 let code = response
                     .headers()
                     .get("grpc-status")
@@ -102,6 +104,26 @@ where
             }
             result
         })
+    }
+}
+
+/// Rewrites the status of a request tonic could not decode (answered in the headers,
+/// before any handler ran) into the caller's mistake it is: INVALID_ARGUMENT naming the
+/// field, or RESOURCE_EXHAUSTED for a message over the size limit
+/// (`sluice_data::decode_failure`).
+fn rewrite_decode_failure(headers: &mut http::HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    let Some(mapped) = sluice_data::decode_failure(&status) else {
+        return;
+    };
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        headers.remove(name);
+    }
+    if mapped.add_header(headers).is_err() {
+        // Only a status that cannot be written as headers fails here; keep a code at least.
+        headers.insert("grpc-status", http::HeaderValue::from(mapped.code() as i32));
     }
 }
 

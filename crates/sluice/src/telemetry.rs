@@ -51,6 +51,18 @@ pub struct TelemetryArgs {
     /// The sampler's argument (a ratio for the `traceidratio` samplers).
     #[arg(long, global = true, env = "OTEL_TRACES_SAMPLER_ARG")]
     pub traces_sampler_arg: Option<String>,
+    /// Serve the metrics in the Prometheus text format at `http://ADDR/metrics`; off when
+    /// unset.
+    #[arg(long, global = true, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+static METRICS_ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
+/// Where Prometheus `/metrics` is served in this process, if `--metrics-listen` asked (for
+/// `sluice dev`'s banner).
+pub fn metrics_addr() -> Option<std::net::SocketAddr> {
+    METRICS_ADDR.get().copied()
 }
 
 /// The exporters to flush at exit.
@@ -58,6 +70,8 @@ pub struct TelemetryArgs {
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
+    /// Where `/metrics` is served, when `--metrics-listen` asked for it.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Telemetry {
@@ -91,6 +105,9 @@ pub fn init(
     ]));
 
     let mut telemetry = Telemetry::default();
+    // One meter provider for both metric outlets: OTLP (pushed) and Prometheus (scraped).
+    let mut meters = SdkMeterProvider::builder();
+    let mut otlp_metrics = false;
     let otel_layer = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         None => None,
         Some(endpoint) => {
@@ -114,15 +131,13 @@ pub fn init(
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .build()?;
-            let meter_provider = SdkMeterProvider::builder()
+            meters = meters
                 .with_periodic_exporter(metrics)
-                .with_resource(resource)
-                .build();
-            opentelemetry::global::set_meter_provider(meter_provider.clone());
+                .with_resource(resource);
+            otlp_metrics = true;
             let tracer = tracer_provider.tracer("sluice");
             opentelemetry::global::set_tracer_provider(tracer_provider.clone());
             telemetry.tracer_provider = Some(tracer_provider);
-            telemetry.meter_provider = Some(meter_provider);
             // Spans go to the exporter at INFO whatever RUST_LOG says, without the
             // libraries' own request spans.
             let spans_filter = EnvFilter::new(SPAN_FILTER);
@@ -133,6 +148,24 @@ pub fn init(
             )
         }
     };
+    let prometheus = match args.metrics_listen {
+        Some(addr) => {
+            let reader = crate::prometheus::SharedReader::default();
+            meters = meters.with_reader(reader.clone());
+            Some((addr, reader))
+        }
+        None => None,
+    };
+    if otlp_metrics || prometheus.is_some() {
+        let meter_provider = meters.build();
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        telemetry.meter_provider = Some(meter_provider);
+    }
+    if let Some((addr, reader)) = prometheus {
+        let bound = crate::prometheus::serve(addr, reader)?;
+        telemetry.metrics_addr = Some(bound);
+        let _ = METRICS_ADDR.set(bound);
+    }
     // Log lines are events only: the fmt layer would otherwise format the fields of every
     // span (four per delivered event) just in case a log line inside it wants them. With
     // export off no layer wants spans, so none is created at all (an absent `Option` layer
@@ -150,6 +183,9 @@ pub fn init(
     }
     if let Some(endpoint) = &args.otlp_endpoint {
         tracing::info!(%endpoint, "exporting traces and metrics over OTLP");
+    }
+    if let Some(addr) = telemetry.metrics_addr {
+        tracing::info!(url = %format!("http://{addr}/metrics"), "serving Prometheus metrics");
     }
     Ok(telemetry)
 }
@@ -169,11 +205,14 @@ where
         + 'static,
 {
     let log_filter = filter.and(filter_fn(|metadata| metadata.is_event()));
+    // Colour only for a person at a terminal: a file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Plain => subscriber
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
                     .with_filter(log_filter),
             )
             .try_init(),
@@ -182,6 +221,7 @@ where
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_writer(std::io::stderr)
+                    .with_ansi(false)
                     .with_filter(log_filter),
             )
             .try_init(),

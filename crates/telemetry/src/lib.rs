@@ -71,3 +71,11 @@ impl Extractor for HeaderExtractor<'_> {
         self.0.keys().map(|k| k.as_str()).collect()
     }
 }
+
+/// A count or code as a span field that OpenTelemetry exports as an int attribute:
+/// tracing-opentelemetry maps `i64` to an int but formats unsigned integers (and `usize`)
+/// as strings, while the semantic conventions define `http.response.status_code`,
+/// `server.port`, `http.request.resend_count` and the like as ints.
+pub fn int_attr<T: TryInto<i64>>(value: T) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
+}

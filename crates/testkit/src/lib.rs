@@ -23,6 +23,7 @@ pub mod planes;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod raw_grpc;
 pub mod receiver;
 
 use std::time::Duration;

@@ -204,6 +204,11 @@ impl Deployment {
         Clients::connect(self.control.addr, key).await
     }
 
+    /// The data plane's gRPC address.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
     /// Creates a workspace and a key for it; returns (workspace id, key).
     pub async fn workspace_with_key(&self, name: &str) -> (String, String) {
         Clients::workspace_with_key(self.control.addr, name).await

@@ -423,6 +423,9 @@ async fn serve_stream(
     let mut pending = FuturesUnordered::new();
     let mut reading = true;
     let mut stopped_by_shutdown = false;
+    // A request that does not decode ends the stream with INVALID_ARGUMENT (naming the
+    // field) or RESOURCE_EXHAUSTED, after the answers of the events before it.
+    let mut refused: Option<Status> = None;
     loop {
         if !reading && pending.is_empty() {
             break;
@@ -453,6 +456,7 @@ async fn serve_stream(
                     Ok(None) => reading = false,
                     Err(status) => {
                         tracing::debug!(code = ?status.code(), "publish stream broke off");
+                        refused = crate::error::decode_failure(&status);
                         reading = false;
                     }
                 }
@@ -469,7 +473,9 @@ async fn serve_stream(
             }
         }
     }
-    if stopped_by_shutdown {
+    if let Some(status) = refused {
+        let _ = out.send(Err(status)).await;
+    } else if stopped_by_shutdown {
         let _ = out.send(Err(shutting_down().into())).await;
     }
 }

@@ -132,7 +132,7 @@ impl Attempts {
             sluice.message_id = %message.id,
             sluice.subscription_id = %subscription_id,
             sluice.event_type = %message.event_type,
-            sluice.attempt_number = attempt_number,
+            sluice.attempt_number = sluice_telemetry::int_attr(attempt_number),
             sluice.trigger = trigger.as_str_name(),
         );
         sluice_telemetry::set_parent(

@@ -366,8 +366,8 @@ async fn send(
         otel.name = "sluice.report_outcomes",
         otel.kind = "producer",
         sluice.batch_id = batch.seq,
-        sluice.messages = batch.messages,
-        sluice.attempts = batch.attempts,
+        sluice.messages = sluice_telemetry::int_attr(batch.messages),
+        sluice.attempts = sluice_telemetry::int_attr(batch.attempts),
     );
     let traceparent = sluice_telemetry::span_headers(&span)
         .map(|(parent, _)| parent)
