@@ -27,6 +27,12 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// The most headers a response may have (hyper's default).
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// The most bytes of a response head (status line and headers) read over HTTP/1: hyper's
+/// buffer limit, which reqwest does not expose.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 8192 + 4096 * 100;
+
 /// Headers the sender owns. A custom header with one of these names is dropped: it would
 /// break the signature, the body framing or the trace, and subscription validation should
 /// have refused it already.
@@ -235,6 +241,8 @@ impl Sender {
             // request (headers and all) in case it is needed.
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(user_agent.clone())
+            // hyper's default, set here so the error message can name it.
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
             // HTTP/2 is negotiated by ALPN on TLS; plain http stays HTTP/1.1 (no prior
             // knowledge), which every receiver understands.
             .build()
@@ -463,10 +471,10 @@ impl Sender {
             );
         }
         if let Some(tls) = chain.iter().find_map(|e| e.downcast_ref::<rustls::Error>()) {
-            return (
-                AttemptErrorKind::Tls,
-                format!("TLS with the destination failed: {tls}"),
-            );
+            return (AttemptErrorKind::Tls, describe_tls(tls));
+        }
+        if let Some(message) = describe_http1_parse(&cause) {
+            return (AttemptErrorKind::Other, message);
         }
         if err.is_connect() {
             return (
@@ -502,6 +510,53 @@ impl Sender {
             format!("reading the response body failed: {cause}"),
         )
     }
+}
+
+/// A TLS failure named as a person would look for it, with what to change.
+fn describe_tls(tls: &rustls::Error) -> String {
+    use rustls::CertificateError as Cert;
+    let certificate = match tls {
+        rustls::Error::InvalidCertificate(certificate) => certificate,
+        rustls::Error::InvalidMessage(_) => {
+            return format!(
+                "TLS with the destination failed: it did not answer with TLS ({tls}); is it serving plain HTTP on an https URL?"
+            );
+        }
+        other => return format!("TLS with the destination failed: {other}"),
+    };
+    match certificate {
+        Cert::Expired | Cert::ExpiredContext { .. } => format!(
+            "TLS with the destination failed: its certificate has expired ({certificate}); the endpoint must renew it"
+        ),
+        Cert::NotValidYet | Cert::NotValidYetContext { .. } => format!(
+            "TLS with the destination failed: its certificate is not valid yet ({certificate}); check the endpoint's certificate dates and clock"
+        ),
+        Cert::NotValidForName | Cert::NotValidForNameContext { .. } => format!(
+            "TLS with the destination failed: its certificate does not name the URL's host (wrong name: {certificate}); serve a certificate for that host or use a URL with a name the certificate covers"
+        ),
+        Cert::UnknownIssuer => "TLS with the destination failed: its certificate is signed by an unknown certificate authority (self-signed or a private CA); use a certificate from a public CA, or trust the CA with --extra-ca-file".to_owned(),
+        Cert::Revoked => "TLS with the destination failed: its certificate has been revoked; the endpoint must replace it".to_owned(),
+        other => format!("TLS with the destination failed: invalid certificate ({other})"),
+    }
+}
+
+/// The HTTP/1 parse failures hyper describes in its own terms ("invalid HTTP version
+/// parsed", "message head is too large"), said as what the endpoint did and what to change.
+/// Matched on hyper's messages, which its error kinds do not expose; the sender's tests pin
+/// them.
+fn describe_http1_parse(cause: &str) -> Option<String> {
+    if cause.starts_with("invalid HTTP version parsed") {
+        return Some(
+            "the endpoint did not answer in HTTP/1.x, as one that answers in HTTP/2 without TLS (h2c) does; Sluice does not speak h2c: serve HTTP/1.1 or HTTPS".to_owned(),
+        );
+    }
+    if cause.starts_with("message head is too large") {
+        return Some(format!(
+            "the endpoint's response head (status line and headers) is over the limit of {MAX_RESPONSE_HEADERS} headers or {} KiB; answer with fewer or smaller headers",
+            MAX_RESPONSE_HEAD_BYTES / 1024
+        ));
+    }
+    None
 }
 
 /// The `host` header of a request to `url`: its host, and its port unless it is the

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use sluice_core::egress::AllowList;
 use sluice_core::signing::{SigningSecret, verify};
 use sluice_delivery::{
-    AttemptErrorKind, AttemptResult, CustomHeaders, DEFAULT_USER_AGENT, DeliveryRequest, Sender,
-    SenderConfig, slack_message,
+    AttemptErrorKind, AttemptResult, CustomHeaders, DEFAULT_USER_AGENT, DeliveryRequest,
+    MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, Sender, SenderConfig, slack_message,
 };
 use sluice_testkit::raw::{AfterAnswer, RawPeer};
 use sluice_testkit::receiver::{Receiver, Reply};
@@ -426,9 +426,67 @@ async fn a_receiver_that_does_not_speak_tls_is_a_tls_failure() {
     let sender = local_sender(|config| config.allow_http = false);
     let result = send_to(&sender, &url(&peer.url("https", "/")), &[], &[]).await;
     assert_eq!(result.error_kind, Some(AttemptErrorKind::Tls), "{result:?}");
+    let message = result.error_message.clone().expect("message");
+    assert!(message.contains("plain HTTP on an https URL"), "{message}");
     let hello = peer.next_read().await;
     // 0x16: a TLS handshake record, i.e. the ClientHello.
     assert_eq!(hello.first(), Some(&0x16));
+}
+
+#[tokio::test]
+async fn an_http2_only_endpoint_without_tls_is_named_as_h2c() {
+    // What an h2c-only server writes first on any connection: its SETTINGS frame (empty),
+    // then GOAWAY (PROTOCOL_ERROR) once it sees an HTTP/1.1 request instead of the preface.
+    const SETTINGS_THEN_GOAWAY: &[u8] = &[
+        0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, no parameters
+        0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        1, // GOAWAY, last stream 0, PROTOCOL_ERROR
+    ];
+    let mut peer = RawPeer::start(SETTINGS_THEN_GOAWAY, AfterAnswer::Close).await;
+    let sender = local_sender(|_| {});
+    let result = send_to(&sender, &url(&peer.url("http", "/hook")), &[], &[]).await;
+    let message = result.error_message.clone().expect("message");
+    assert_eq!(
+        result.error_kind,
+        Some(AttemptErrorKind::Other),
+        "{result:?}"
+    );
+    assert!(
+        message.contains("HTTP/2 without TLS (h2c)") && message.contains("serve HTTP/1.1 or HTTPS"),
+        "{message}"
+    );
+    assert!(peer.next_read().await.starts_with(b"POST /hook HTTP/1.1"));
+}
+
+#[tokio::test]
+async fn a_response_head_over_the_limit_names_the_limit() {
+    // One header more than the sender reads.
+    let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
+    for i in 0..MAX_RESPONSE_HEADERS {
+        answer.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    answer.extend_from_slice(b"\r\n");
+    let answer: &'static [u8] = answer.leak();
+    let peer = RawPeer::start(answer, AfterAnswer::Close).await;
+    let sender = local_sender(|_| {});
+    let result = send_to(&sender, &url(&peer.url("http", "/")), &[], &[]).await;
+    let message = result.error_message.clone().expect("message");
+    assert_eq!(result.status_code, None, "{result:?}");
+    assert!(
+        message.contains(&format!("{MAX_RESPONSE_HEADERS} headers"))
+            && message.contains(&format!("{} KiB", MAX_RESPONSE_HEAD_BYTES / 1024)),
+        "{message}"
+    );
+
+    // A head of one header fewer is read.
+    let mut fits = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
+    for i in 0..MAX_RESPONSE_HEADERS - 1 {
+        fits.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    fits.extend_from_slice(b"\r\n");
+    let peer = RawPeer::start(fits.leak(), AfterAnswer::Close).await;
+    let result = send_to(&sender, &url(&peer.url("http", "/")), &[], &[]).await;
+    assert!(result.is_success(), "{result:?}");
 }
 
 #[tokio::test]
