@@ -109,6 +109,12 @@ pub enum SenderBuildError {
     /// `user_agent` contains characters not allowed in a header value.
     #[error("the configured user-agent is not a valid HTTP header value")]
     InvalidUserAgent,
+    /// The extra certificate authorities are not a PEM bundle of certificates.
+    #[error("the extra CA file is not a PEM bundle of certificates")]
+    ExtraCa(#[source] reqwest::Error),
+    /// The extra CA file holds no certificate at all.
+    #[error("the extra CA file holds no certificate")]
+    ExtraCaEmpty,
     /// reqwest refused the client configuration (for example, no TLS backend).
     #[error("building the HTTP client failed")]
     Client(#[source] reqwest::Error),
@@ -220,7 +226,17 @@ impl Sender {
             allow_private: config.allow_private,
             allow_list: config.allow_list.clone(),
         };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.extra_ca_pem {
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(SenderBuildError::ExtraCa)?;
+            if certificates.is_empty() {
+                return Err(SenderBuildError::ExtraCaEmpty);
+            }
+            // Added to the system's roots, not instead of them.
+            builder = builder.tls_certs_merge(certificates);
+        }
+        let client = builder
             // A redirect would dial a destination the egress guard never saw in the URL
             // check, and receivers must answer the URL they registered.
             .redirect(reqwest::redirect::Policy::none())

@@ -21,6 +21,7 @@ pub mod planes;
 pub mod process;
 pub mod raw;
 pub mod receiver;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -44,6 +44,9 @@ pub struct PlaneOptions {
     pub attempt_watch_buffer: usize,
     /// How long a full `WatchAttempts` channel waits for its reader.
     pub attempt_watch_patience: Duration,
+    /// Certificate authorities the sender trusts besides the system's (`--extra-ca-file`),
+    /// e.g. a [`crate::tls::TestCa`]'s.
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for PlaneOptions {
@@ -59,6 +62,7 @@ impl Default for PlaneOptions {
             circuit_breaker_cooldown: Duration::from_secs(30),
             attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
             attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
+            extra_ca_pem: None,
         }
     }
 }
@@ -116,6 +120,7 @@ impl Planes {
                 allow_private: options.allow_private,
                 request_timeout: options.request_timeout,
                 connect_timeout: Duration::from_secs(2),
+                extra_ca_pem: options.extra_ca_pem.clone(),
                 ..Default::default()
             },
             disable_after_failed_attempts: options.disable_after_failed_attempts,
