@@ -14,4 +14,5 @@ pub mod outcome;
 pub mod retry;
 pub mod sealing;
 pub mod signing;
+pub mod signing_ed25519;
 pub mod validate;
