@@ -12,6 +12,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sluice_core::outcome::AttemptErrorKind;
 use sluice_core::retry::parse_retry_after;
 use sluice_core::signing::{SigningSecret, signature_header};
+use sluice_core::signing_ed25519::{AsymmetricKey, push_signature_v1a};
 use tracing::Instrument;
 use url::Url;
 
@@ -156,6 +157,9 @@ pub struct DeliveryRequest<'a> {
     /// Signing secrets; empty sends the request unsigned (Slack incoming webhooks), several
     /// sign it once per secret during a rotation.
     pub secrets: &'a [&'a SigningSecret],
+    /// ed25519 keys, each adding a `v1a` signature after the `v1` ones (both during a
+    /// rotation); empty for a subscription that signs symmetrically only.
+    pub asymmetric_keys: &'a [&'a AsymmetricKey],
     /// The subscription's custom headers, parsed once per subscription.
     pub headers: &'a CustomHeaders,
     /// W3C `traceparent` of the attempt's span, when tracing is on.
@@ -416,9 +420,21 @@ impl Sender {
             .map_err(|_| "the message id is not a valid header value".to_owned())?;
         headers.insert(WEBHOOK_ID, msg_id);
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        if !request.secrets.is_empty() {
-            let signatures =
+        if !request.secrets.is_empty() || !request.asymmetric_keys.is_empty() {
+            let mut signatures =
                 signature_header(request.secrets, request.msg_id, timestamp, &request.body);
+            for key in request.asymmetric_keys {
+                if !signatures.is_empty() {
+                    signatures.push(' ');
+                }
+                push_signature_v1a(
+                    &mut signatures,
+                    key,
+                    request.msg_id,
+                    timestamp,
+                    &request.body,
+                );
+            }
             // The header takes the string's buffer; nothing is copied.
             let mut value = HeaderValue::from_maybe_shared(Bytes::from(signatures))
                 .map_err(|_| "the signature is not a valid header value".to_owned())?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_core::egress::AllowList;
 use sluice_core::signing::{SigningSecret, verify};
+use sluice_core::signing_ed25519::{AsymmetricKey, verify_v1a};
 use sluice_delivery::{
     AttemptErrorKind, AttemptResult, CustomHeaders, DEFAULT_USER_AGENT, DeliveryRequest,
     MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, Sender, SenderConfig, slack_message,
@@ -58,6 +59,7 @@ async fn send_to(
             msg_id: "msg_test",
             body: Bytes::from_static(BODY.as_bytes()),
             secrets,
+            asymmetric_keys: &[],
             headers: &CustomHeaders::new(headers),
             traceparent: None,
             tracestate: None,
@@ -87,6 +89,7 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
             msg_id: "msg_test",
             body: Bytes::from_static(BODY.as_bytes()),
             secrets: &[&secret],
+            asymmetric_keys: &[],
             headers: &CustomHeaders::new(&custom),
             traceparent: Some(traceparent),
             tracestate: Some("vendor=1"),
@@ -204,6 +207,116 @@ async fn two_secrets_give_two_signatures_that_both_verify() {
     }
 }
 
+/// A receiver's `v1a` check written from the Standard Webhooks spec alone: strip `whpk_`,
+/// base64-decode the 32-byte public key; for each space-separated entry starting `v1a,`,
+/// base64-decode the 64-byte signature and check ed25519 over `{id}.{timestamp}.{body}`.
+fn spec_verify_v1a(whpk: &str, id: &str, timestamp: &str, header: &str, body: &[u8]) -> bool {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use ed25519_dalek::Verifier as _;
+    let Some(encoded) = whpk.strip_prefix("whpk_") else {
+        return false;
+    };
+    let Ok(bytes) = STANDARD.decode(encoded) else {
+        return false;
+    };
+    let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+        return false;
+    };
+    let Ok(public) = ed25519_dalek::VerifyingKey::from_bytes(&bytes) else {
+        return false;
+    };
+    let mut content = format!("{id}.{timestamp}.").into_bytes();
+    content.extend_from_slice(body);
+    header.split(' ').any(|entry| {
+        entry
+            .strip_prefix("v1a,")
+            .and_then(|sig| STANDARD.decode(sig).ok())
+            .and_then(|sig| ed25519_dalek::Signature::from_slice(&sig).ok())
+            .is_some_and(|sig| public.verify(&content, &sig).is_ok())
+    })
+}
+
+#[tokio::test]
+async fn symmetric_and_asymmetric_keys_each_add_a_signature_that_verifies() {
+    let receiver = answering(Reply::status(200)).await;
+    let sender = local_sender(|_| {});
+    let secret = SigningSecret::generate();
+    let current = AsymmetricKey::generate();
+    let previous = AsymmetricKey::generate();
+    let url = url(&receiver.url("/hook"));
+    for (secrets, keys, want) in [
+        (
+            vec![&secret],
+            vec![&current, &previous],
+            ["v1,", "v1a,", "v1a,"].as_slice(),
+        ),
+        (vec![], vec![&current], ["v1a,"].as_slice()),
+    ] {
+        let result = sender
+            .send(&DeliveryRequest {
+                url: &url,
+                msg_id: "msg_test",
+                body: Bytes::from_static(BODY.as_bytes()),
+                secrets: &secrets,
+                asymmetric_keys: &keys,
+                headers: &CustomHeaders::default(),
+                traceparent: None,
+                tracestate: None,
+                resend_count: 0,
+            })
+            .await;
+        assert!(result.is_success(), "{result:?}");
+        let got = receiver.next().await;
+        let header = got.header("webhook-signature");
+        let entries: Vec<&str> = header.split(' ').collect();
+        assert_eq!(entries.len(), want.len(), "{header}");
+        for (entry, prefix) in entries.iter().zip(want) {
+            assert!(entry.starts_with(prefix), "{header}");
+        }
+        let timestamp = got.header("webhook-timestamp");
+        for key in &keys {
+            let whpk = key.public_key().to_whpk();
+            assert!(
+                spec_verify_v1a(&whpk, "msg_test", timestamp, header, &got.body),
+                "{header}"
+            );
+            assert_eq!(
+                verify_v1a(
+                    &key.public_key(),
+                    "msg_test",
+                    timestamp,
+                    header,
+                    &got.body,
+                    now(),
+                    300
+                ),
+                Ok(())
+            );
+        }
+        let stranger = AsymmetricKey::generate().public_key().to_whpk();
+        assert!(!spec_verify_v1a(
+            &stranger, "msg_test", timestamp, header, &got.body
+        ));
+        let tampered = [got.body.as_ref(), b" "].concat();
+        assert!(!spec_verify_v1a(
+            &current.public_key().to_whpk(),
+            "msg_test",
+            timestamp,
+            header,
+            &tampered
+        ));
+        assert_eq!(got.verify(&secret).is_ok(), !secrets.is_empty());
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
 #[tokio::test]
 async fn unsigned_slack_message() {
     let receiver = answering(Reply::status(200).body("ok")).await;
@@ -221,6 +334,7 @@ async fn unsigned_slack_message() {
             msg_id: "msg_test",
             body: Bytes::from(body),
             secrets: &[],
+            asymmetric_keys: &[],
             headers: &CustomHeaders::default(),
             traceparent: None,
             tracestate: None,

@@ -33,6 +33,7 @@ async fn send(sender: &Sender, url: &str) -> AttemptResult {
             msg_id: "msg_tls",
             body: Bytes::from_static(BODY.as_bytes()),
             secrets: &[],
+            asymmetric_keys: &[],
             headers: &CustomHeaders::default(),
             traceparent: None,
             tracestate: None,

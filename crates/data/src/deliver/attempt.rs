@@ -118,6 +118,7 @@ impl Attempts {
             msg_id: &message.id,
             body,
             secrets: &secrets,
+            asymmetric_keys: &[],
             headers: &endpoint.custom_headers,
             traceparent: message.traceparent.as_deref(),
             tracestate: message.tracestate.as_deref(),
