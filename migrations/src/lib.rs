@@ -13,6 +13,7 @@ mod m0002_control_log_tables;
 mod m0002_data_fanout;
 mod m0003_control_log_keys;
 mod m0005_control_events;
+mod m0006_control_trust;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0002_control_log_tables::Migration),
             Box::new(m0003_control_log_keys::Migration),
             Box::new(m0005_control_events::Migration),
+            Box::new(m0006_control_trust::Migration),
         ]
     }
 

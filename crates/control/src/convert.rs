@@ -40,6 +40,24 @@ pub fn workspace(m: workspace::Model) -> pb::Workspace {
     }
 }
 
+/// The stored scheme name as its proto enum.
+pub fn signature_scheme(name: &str) -> pb::SignatureScheme {
+    match name {
+        "asymmetric" => pb::SignatureScheme::Asymmetric,
+        "both" => pb::SignatureScheme::Both,
+        _ => pb::SignatureScheme::Symmetric,
+    }
+}
+
+/// Whether the stored scheme signs `v1` (HMAC) and `v1a` (ed25519).
+pub fn signs(scheme: &str) -> (bool, bool) {
+    match scheme {
+        "asymmetric" => (false, true),
+        "both" => (true, true),
+        _ => (true, false),
+    }
+}
+
 /// An API key row as its proto (without the key, which is not stored).
 pub fn api_key(m: api_key::Model) -> pb::ApiKey {
     pb::ApiKey {
@@ -128,6 +146,12 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
         disable_time: opt_ts(m.disable_ms),
         create_time: Some(ts(m.create_ms)),
         update_time: Some(ts(m.update_ms)),
+        signature_scheme: signature_scheme(&m.signature_scheme) as i32,
+        public_key: if signs(&m.signature_scheme).1 {
+            m.public_key.unwrap_or_default()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -143,17 +167,36 @@ pub fn config_subscription(
             .open(sealed)
             .map_err(|e| crate::secrets::does_not_open(&m.id, e))
     };
-    let mut secrets = vec![pb::ConfigSecret {
-        secret: open(&m.secret)?,
-        expire_time: None,
-    }];
-    if let (Some(previous), Some(expire)) = (&m.previous_secret, m.previous_secret_expire_ms)
-        && expire > now_ms
-    {
+    // `whsec_` secrets sign `v1`, `whsk_` keys `v1a`; the data plane tells them apart by
+    // their prefix. Current ones first, then the previous ones of a rotation.
+    let (symmetric, asymmetric) = signs(&m.signature_scheme);
+    let mut secrets = Vec::with_capacity(4);
+    let live_previous = m
+        .previous_secret_expire_ms
+        .filter(|expire| *expire > now_ms);
+    if symmetric {
         secrets.push(pb::ConfigSecret {
-            secret: open(previous)?,
-            expire_time: Some(ts(expire)),
+            secret: open(&m.secret)?,
+            expire_time: None,
         });
+        if let (Some(previous), Some(expire)) = (&m.previous_secret, live_previous) {
+            secrets.push(pb::ConfigSecret {
+                secret: open(previous)?,
+                expire_time: Some(ts(expire)),
+            });
+        }
+    }
+    if asymmetric && let Some(key) = &m.signing_key {
+        secrets.push(pb::ConfigSecret {
+            secret: open(key)?,
+            expire_time: None,
+        });
+        if let (Some(previous), Some(expire)) = (&m.previous_signing_key, live_previous) {
+            secrets.push(pb::ConfigSecret {
+                secret: open(previous)?,
+                expire_time: Some(ts(expire)),
+            });
+        }
     }
     Ok(pb::ConfigSubscription {
         id: m.id.clone(),

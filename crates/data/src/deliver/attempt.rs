@@ -113,12 +113,13 @@ impl Attempts {
             message.envelope.clone()
         };
         let secrets = endpoint.signing_secrets(attempt_ms);
+        let keys = endpoint.signing_keys(attempt_ms);
         let request = DeliveryRequest {
             url: &endpoint.url,
             msg_id: &message.id,
             body,
             secrets: &secrets,
-            asymmetric_keys: &[],
+            asymmetric_keys: &keys,
             headers: &endpoint.custom_headers,
             traceparent: message.traceparent.as_deref(),
             tracestate: message.tracestate.as_deref(),

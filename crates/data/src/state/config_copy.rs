@@ -16,6 +16,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait
 use sluice_core::event::EventFilter;
 use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
+use sluice_core::signing_ed25519::{AsymmetricKey, SECRET_KEY_PREFIX};
 use sluice_delivery::CustomHeaders;
 use sluice_proto::control::v1::{
     ConfigApiKey, ConfigSubscription, DestinationType, WatchConfigResponse,
@@ -44,9 +45,18 @@ pub(crate) struct Endpoint {
 
 #[derive(Debug)]
 struct Secret {
-    secret: SigningSecret,
+    secret: SecretKind,
     /// Unix milliseconds after which this secret no longer signs; `None` for the current one.
     expire_ms: Option<i64>,
+}
+
+/// What a stored secret signs with, told apart by its prefix.
+#[derive(Debug)]
+enum SecretKind {
+    /// `whsec_`: `v1` (HMAC-SHA256).
+    Symmetric(SigningSecret),
+    /// `whsk_`: `v1a` (ed25519).
+    Asymmetric(AsymmetricKey),
 }
 
 impl Endpoint {
@@ -61,8 +71,15 @@ impl Endpoint {
         };
         let mut secrets = Vec::with_capacity(config.secrets.len());
         for (index, secret) in config.secrets.iter().enumerate() {
-            let parsed = SigningSecret::parse(&secret.secret)
-                .map_err(|e| format!("secrets[{index}]: {e}"))?;
+            let parsed = if secret.secret.starts_with(SECRET_KEY_PREFIX) {
+                AsymmetricKey::parse(&secret.secret)
+                    .map(SecretKind::Asymmetric)
+                    .map_err(|e| format!("secrets[{index}]: ed25519 key {e}"))?
+            } else {
+                SigningSecret::parse(&secret.secret)
+                    .map(SecretKind::Symmetric)
+                    .map_err(|e| format!("secrets[{index}]: {e}"))?
+            };
             let expire_ms = secret
                 .expire_time
                 .as_ref()
@@ -96,11 +113,32 @@ impl Endpoint {
         if self.slack {
             return Vec::new();
         }
+        self.live(now_ms)
+            .filter_map(|s| match s {
+                SecretKind::Symmetric(secret) => Some(secret),
+                SecretKind::Asymmetric(_) => None,
+            })
+            .collect()
+    }
+
+    /// The ed25519 keys that sign an attempt made at `now_ms` (`v1a`), current first.
+    pub(crate) fn signing_keys(&self, now_ms: i64) -> Vec<&AsymmetricKey> {
+        if self.slack {
+            return Vec::new();
+        }
+        self.live(now_ms)
+            .filter_map(|s| match s {
+                SecretKind::Asymmetric(key) => Some(key),
+                SecretKind::Symmetric(_) => None,
+            })
+            .collect()
+    }
+
+    fn live(&self, now_ms: i64) -> impl Iterator<Item = &SecretKind> {
         self.secrets
             .iter()
-            .filter(|s| s.expire_ms.is_none_or(|expire| expire > now_ms))
+            .filter(move |s| s.expire_ms.is_none_or(|expire| expire > now_ms))
             .map(|s| &s.secret)
-            .collect()
     }
 }
 
