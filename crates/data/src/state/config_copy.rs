@@ -637,6 +637,34 @@ mod tests {
     }
 
     #[test]
+    fn whsk_keys_sign_v1a_and_expire_like_secrets() {
+        let mut config = sub("sub_a", "wrk_1", &["*"], true);
+        for expire in [None, Some(100)] {
+            config.secrets.push(ConfigSecret {
+                secret: AsymmetricKey::generate().to_whsk(),
+                expire_time: expire.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            });
+        }
+        let endpoint = Endpoint::parse(&config).unwrap();
+        assert_eq!(endpoint.signing_secrets(99_999).len(), 1);
+        assert_eq!(endpoint.signing_keys(99_999).len(), 2);
+        assert_eq!(endpoint.signing_keys(100_000).len(), 1);
+
+        // Asymmetric only: still a signed webhook.
+        config.secrets.remove(0);
+        let endpoint = Endpoint::parse(&config).unwrap();
+        assert!(endpoint.signing_secrets(0).is_empty());
+        assert_eq!(endpoint.signing_keys(0).len(), 2);
+
+        config.secrets[0].secret = "whsk_AAAA".into();
+        let refused = Endpoint::parse(&config).unwrap_err();
+        assert!(
+            refused.contains("ed25519") && !refused.contains("AAAA"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn local_disables_last_until_the_control_plane_agrees() {
         let base = ConfigSnapshot::default().apply(&[WatchConfigResponse {
             reset: true,
