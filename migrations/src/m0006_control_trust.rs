@@ -2,7 +2,9 @@
 //! signs with, and its key pair's secret half sealed like the `whsec_` secret (the previous
 //! one kept through a rotation's grace period, which `previous_secret_expire_ms` bounds for
 //! both kinds), and the current public key in clear (it is public; Get and List show it
-//! without opening anything). Existing subscriptions stay symmetric.
+//! without opening anything). Existing subscriptions stay symmetric. Endpoint
+//! authentication: `auth`, the `Authorization` header value sealed, and `auth_type`
+//! (`basic` or `bearer`; null for none).
 
 use sea_orm_migration::prelude::*;
 
@@ -21,6 +23,8 @@ enum Subscriptions {
     SigningKey,
     PreviousSigningKey,
     PublicKey,
+    Auth,
+    AuthType,
 }
 
 #[async_trait::async_trait]
@@ -43,6 +47,8 @@ impl MigrationTrait for Migration {
             Subscriptions::SigningKey,
             Subscriptions::PreviousSigningKey,
             Subscriptions::PublicKey,
+            Subscriptions::Auth,
+            Subscriptions::AuthType,
         ] {
             m.alter_table(
                 Table::alter()
@@ -57,6 +63,8 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for column in [
+            Subscriptions::AuthType,
+            Subscriptions::Auth,
             Subscriptions::PublicKey,
             Subscriptions::PreviousSigningKey,
             Subscriptions::SigningKey,

@@ -152,6 +152,13 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
         } else {
             String::new()
         },
+        // The credentials themselves are never returned.
+        auth: None,
+        auth_type: match m.auth_type.as_deref() {
+            Some("basic") => pb::EndpointAuthType::Basic,
+            Some("bearer") => pb::EndpointAuthType::Bearer,
+            _ => pb::EndpointAuthType::None,
+        } as i32,
     }
 }
 
@@ -197,6 +204,16 @@ pub fn config_subscription(
                 expire_time: Some(ts(expire)),
             });
         }
+    }
+    if let Some(auth) = &m.auth {
+        secrets.push(pb::ConfigSecret {
+            secret: format!(
+                "{}{}",
+                sluice_core::validate::AUTHORIZATION_SECRET_PREFIX,
+                open(auth)?
+            ),
+            expire_time: None,
+        });
     }
     Ok(pb::ConfigSubscription {
         id: m.id.clone(),

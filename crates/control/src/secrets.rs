@@ -23,10 +23,11 @@ use crate::error::ApiError;
 const BATCH: u64 = 200;
 
 /// The secrets of one row as stored: (id, secret, previous secret, signing key, previous
-/// signing key).
+/// signing key, endpoint authorization).
 type StoredSecrets = (
     String,
     String,
+    Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -51,6 +52,7 @@ pub async fn reseal_secrets<C: ConnectionTrait>(
                 subscription::Column::PreviousSecret,
                 subscription::Column::SigningKey,
                 subscription::Column::PreviousSigningKey,
+                subscription::Column::Auth,
             ])
             .filter(subscription::Column::Id.gt(after.as_str()))
             .order_by_asc(subscription::Column::Id)
@@ -80,7 +82,7 @@ async fn reseal_row<C: ConnectionTrait>(
     db: &C,
     keyring: &Keyring,
     scope: Reseal,
-    (id, mut secret, mut previous, mut key, mut previous_key): StoredSecrets,
+    (id, mut secret, mut previous, mut key, mut previous_key, mut auth): StoredSecrets,
 ) -> Result<bool, ApiError> {
     let reseal = |stored: &Option<String>| match stored {
         Some(s) => keyring.reseal(s, scope).map_err(|e| does_not_open(&id, e)),
@@ -101,10 +103,12 @@ async fn reseal_row<C: ConnectionTrait>(
         let new_previous = reseal(&previous)?;
         let new_key = reseal(&key)?;
         let new_previous_key = reseal(&previous_key)?;
+        let new_auth = reseal(&auth)?;
         if new_secret.is_none()
             && new_previous.is_none()
             && new_key.is_none()
             && new_previous_key.is_none()
+            && new_auth.is_none()
         {
             return Ok(false);
         }
@@ -119,6 +123,7 @@ async fn reseal_row<C: ConnectionTrait>(
             &previous_key,
             new_previous_key,
         );
+        let (auth_value, auth_held) = optional(subscription::Column::Auth, &auth, new_auth);
         let written = subscription::Entity::update_many()
             .col_expr(
                 subscription::Column::Secret,
@@ -127,11 +132,13 @@ async fn reseal_row<C: ConnectionTrait>(
             .col_expr(subscription::Column::PreviousSecret, previous_value)
             .col_expr(subscription::Column::SigningKey, key_value)
             .col_expr(subscription::Column::PreviousSigningKey, previous_key_value)
+            .col_expr(subscription::Column::Auth, auth_value)
             .filter(subscription::Column::Id.eq(id.as_str()))
             .filter(subscription::Column::Secret.eq(secret.as_str()))
             .filter(previous_held)
             .filter(key_held)
             .filter(previous_key_held)
+            .filter(auth_held)
             .exec(db)
             .await?;
         if written.rows_affected == 1 {
@@ -140,11 +147,12 @@ async fn reseal_row<C: ConnectionTrait>(
         // Changed since it was read (rotated, deleted): read it again.
         match subscription::Entity::find_by_id(id.clone()).one(db).await? {
             Some(row) => {
-                (secret, previous, key, previous_key) = (
+                (secret, previous, key, previous_key, auth) = (
                     row.secret,
                     row.previous_secret,
                     row.signing_key,
                     row.previous_signing_key,
+                    row.auth,
                 )
             }
             None => return Ok(false),

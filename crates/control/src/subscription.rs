@@ -13,7 +13,10 @@ use sluice_core::event::{EventFilter, normalize_event_name};
 use sluice_core::ids::{IdKind, new_id};
 use sluice_core::signing::SigningSecret;
 use sluice_core::signing_ed25519::AsymmetricKey;
-use sluice_core::validate::{MAX_CUSTOM_HEADERS, custom_header, endpoint_url, multiline_text};
+use sluice_core::validate::{
+    MAX_CUSTOM_HEADERS, basic_authorization, basic_password, basic_username, bearer_token,
+    custom_header, endpoint_url, multiline_text,
+};
 use sluice_proto::control::v1 as pb;
 use sluice_proto::json::struct_to_json;
 use sluice_store::control::{event_type, subscription};
@@ -34,7 +37,7 @@ pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// The longest grace period of a rotation.
 pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 /// Updatable fields, for `update_mask`.
-pub const UPDATABLE: [&str; 7] = [
+pub const UPDATABLE: [&str; 8] = [
     "description",
     "url",
     "destination_type",
@@ -42,6 +45,7 @@ pub const UPDATABLE: [&str; 7] = [
     "headers",
     "rate_limit_per_second",
     "signature_scheme",
+    "auth",
 ];
 
 /// The `SubscriptionService` implementation.
@@ -59,6 +63,9 @@ struct Fields {
     rate_limit_per_second: i32,
     /// `None`: unspecified (symmetric on create, unchanged on update).
     signature_scheme: Option<&'static str>,
+    /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value);
+    /// `None` for none.
+    auth: Option<(&'static str, String)>,
 }
 
 /// A new ed25519 key: sealed for storage, and its public half in clear.
@@ -169,6 +176,44 @@ fn validate(
                 None
             }
         };
+    }
+    if selected("auth") {
+        f.auth = match input.auth.as_ref().and_then(|a| a.method.as_ref()) {
+            None => None,
+            Some(pb::endpoint_auth::Method::Basic(basic)) => {
+                let user = v.check(
+                    "subscription.auth.basic.username",
+                    basic_username(&basic.username),
+                );
+                let password = v.check(
+                    "subscription.auth.basic.password",
+                    basic_password(&basic.password),
+                );
+                user.zip(password).map(|_| {
+                    (
+                        "basic",
+                        basic_authorization(&basic.username, &basic.password),
+                    )
+                })
+            }
+            Some(pb::endpoint_auth::Method::Bearer(bearer)) => v
+                .check(
+                    "subscription.auth.bearer.token",
+                    bearer_token(&bearer.token),
+                )
+                .map(|_| ("bearer", format!("Bearer {}", bearer.token))),
+        };
+        if f.auth.is_some()
+            && input
+                .headers
+                .keys()
+                .any(|name| name.eq_ignore_ascii_case("authorization"))
+        {
+            v.add(
+                "subscription.auth",
+                "set either `auth` or a custom Authorization header, not both",
+            );
+        }
     }
     if selected("rate_limit_per_second") {
         if input.rate_limit_per_second > MAX_RATE_LIMIT {
@@ -311,6 +356,11 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             signing_key: Set(signing_key),
             previous_signing_key: Set(None),
             public_key: Set(public_key),
+            auth_type: Set(f.auth.as_ref().map(|(kind, _)| (*kind).to_owned())),
+            auth: Set(f
+                .auth
+                .as_ref()
+                .map(|(_, value)| self.0.config().keyring.seal(value))),
             create_ms: Set(now),
             update_ms: Set(now),
         };
@@ -458,6 +508,10 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         v.finish()?;
         let paths_owned = paths.clone();
         let fresh_key = new_signing_key(&self.0.config().keyring);
+        let sealed_auth = f
+            .auth
+            .as_ref()
+            .map(|(kind, value)| ((*kind).to_owned(), self.0.config().keyring.seal(value)));
         let row = self
             .modify(&workspace_id, "subscription.id", &input.id, move |row| {
                 let has = |p: &str| paths_owned.iter().any(|x| x == p);
@@ -487,6 +541,11 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 }
                 if has("rate_limit_per_second") {
                     row.rate_limit_per_second = Set(f.rate_limit_per_second);
+                }
+                if has("auth") {
+                    let (kind, sealed) = sealed_auth.unzip();
+                    row.auth_type = Set(kind);
+                    row.auth = Set(sealed);
                 }
                 if let Some(scheme) = f.signature_scheme.filter(|_| has("signature_scheme")) {
                     row.signature_scheme = Set(scheme.to_owned());

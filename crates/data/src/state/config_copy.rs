@@ -17,6 +17,7 @@ use sluice_core::event::EventFilter;
 use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
 use sluice_core::signing_ed25519::{AsymmetricKey, SECRET_KEY_PREFIX};
+use sluice_core::validate::AUTHORIZATION_SECRET_PREFIX;
 use sluice_delivery::CustomHeaders;
 use sluice_proto::control::v1::{
     ConfigApiKey, ConfigSubscription, DestinationType, WatchConfigResponse,
@@ -70,7 +71,12 @@ impl Endpoint {
             _ => url.host_str() == Some("hooks.slack.com"),
         };
         let mut secrets = Vec::with_capacity(config.secrets.len());
+        let mut authorization = None;
         for (index, secret) in config.secrets.iter().enumerate() {
+            if let Some(value) = secret.secret.strip_prefix(AUTHORIZATION_SECRET_PREFIX) {
+                authorization = Some(value.to_owned());
+                continue;
+            }
             let parsed = if secret.secret.starts_with(SECRET_KEY_PREFIX) {
                 AsymmetricKey::parse(&secret.secret)
                     .map(SecretKind::Asymmetric)
@@ -95,9 +101,16 @@ impl Endpoint {
         let mut headers: Vec<(String, String)> = config
             .headers
             .iter()
+            .filter(|(name, _)| {
+                // The endpoint's authentication replaces a custom Authorization header.
+                authorization.is_none() || !name.eq_ignore_ascii_case("authorization")
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers.sort();
+        if let Some(value) = authorization {
+            headers.push(("authorization".to_owned(), value));
+        }
         let custom_headers = CustomHeaders::new(&headers);
         Ok(Endpoint {
             url,

@@ -44,6 +44,12 @@ pub struct Model {
     /// The current key's public half, `whpk_`, in clear.
     #[sea_orm(column_type = "Text", nullable)]
     pub public_key: Option<String>,
+    /// The endpoint's `Authorization` header value, sealed (m0006).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub auth: Option<String>,
+    /// `basic` or `bearer` when `auth` is set.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub auth_type: Option<String>,
     pub create_ms: i64,
     pub update_ms: i64,
 }
