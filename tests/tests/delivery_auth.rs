@@ -4,11 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+use sea_orm::{ActiveModelTrait as _, IntoActiveModel as _, Set};
 use sluice_proto::control::v1 as pb;
 use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
 use sluice_testkit::receiver::{Receiver, with_id};
 use sluice_testkit::{WAIT, assert_invalid};
-use sluice_tests::control::{get_subscription, mask};
+use sluice_tests::control::{get_subscription, mask, stored_subscription};
 use sluice_tests::delivery::*;
 
 const PASSWORD: &str = "s3cr3t-pa55";
@@ -185,4 +186,45 @@ async fn auth(planes: &mut Planes) {
         .unwrap_err();
     assert_invalid(&status, "subscription.url");
     assert!(status.to_string().contains("`auth`"), "{status:?}");
+
+    // A URL with credentials stored before they were refused: Get shows it without them,
+    // and so does the attempt log.
+    let (legacy, _) = subscribe(
+        &mut c,
+        webhook(&receiver.url("/legacy"), &["conversation.*"]),
+    )
+    .await;
+    let with_user = receiver
+        .url("/legacy")
+        .replace("http://", "http://bob:hunter2@");
+    let mut row = stored_subscription(&planes.control_db, &legacy.id)
+        .await
+        .unwrap()
+        .into_active_model();
+    row.url = Set(with_user);
+    row.update(&planes.control_db).await.unwrap();
+    let shown = get_subscription(&mut c, "", &legacy.id).await;
+    assert_eq!(shown.url, receiver.url("/legacy"));
+    let listed = format!(
+        "{:?}",
+        c.subscriptions
+            .list_subscriptions(pb::ListSubscriptionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    );
+    assert!(!listed.contains("hunter2"), "{listed}");
+    // Another change through the API sends the row to the data plane.
+    set_auth(&mut c, &legacy.id, None).await;
+    planes.config_synced().await;
+    let fourth = publish(&mut publisher, event(CONVERSATION_CREATED, r#"{"n":4}"#)).await;
+    let attempt = eventually("the legacy attempt in the log", WAIT, async || {
+        log.attempts_of(&fourth.message_id)
+            .await
+            .into_iter()
+            .find(|a| a.subscription_id == legacy.id)
+    })
+    .await;
+    assert!(!attempt.url.contains("hunter2"), "{attempt:?}");
+    assert_eq!(attempt.url, receiver.url("/legacy"));
 }

@@ -131,7 +131,7 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
         id: m.id,
         workspace_id: m.workspace_id,
         description: m.description,
-        url: m.url,
+        url: sluice_core::validate::without_credentials(&m.url),
         destination_type: destination_type(&m.destination_type) as i32,
         filters: serde_json::from_str(&m.filters).unwrap_or_default(),
         headers: serde_json::from_str(&m.headers).unwrap_or_default(),

@@ -154,6 +154,19 @@ pub fn bearer_token(token: &str) -> Result<(), AuthError> {
     }
 }
 
+/// `url` without user info, for showing a URL stored before such URLs were refused (in Get
+/// and List answers and attempt records); other URLs come back unchanged.
+pub fn without_credentials(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Why a custom header was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum HeaderError {
@@ -388,6 +401,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn stored_credentials_are_not_shown() {
+        assert_eq!(
+            without_credentials("https://alice:s3cr3t@example.com/hook?x=1"),
+            "https://example.com/hook?x=1"
+        );
+        assert_eq!(
+            without_credentials("https://example.com/hook?x=1"),
+            "https://example.com/hook?x=1"
+        );
+    }
 
     #[test]
     fn endpoint_credentials() {

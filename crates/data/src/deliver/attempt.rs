@@ -161,7 +161,8 @@ impl Attempts {
             latency: Some(proto_duration(result.latency)),
             response_excerpt: result.response_excerpt.clone(),
             trigger: trigger as i32,
-            url: endpoint.url.to_string(),
+            // A URL stored before user info was refused keeps it out of the log.
+            url: sluice_core::validate::without_credentials(endpoint.url.as_str()),
         };
         (attempt, result)
     }
