@@ -15,6 +15,7 @@ mod m0003_control_log_keys;
 mod m0004_control_retention;
 mod m0004_data_retention;
 mod m0005_control_events;
+mod m0006_control_trust;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0003_control_log_keys::Migration),
             Box::new(m0004_control_retention::Migration),
             Box::new(m0005_control_events::Migration),
+            Box::new(m0006_control_trust::Migration),
         ]
     }
 

@@ -98,6 +98,11 @@ async fn create_subscription_refuses_bad_input() {
             ("URL over 2048 bytes", long_url),
             ("blank URL", "   ".into()),
             ("missing URL", String::new()),
+            (
+                "user and password in the URL",
+                "https://alice:s3cr3t@example.com/hook".into(),
+            ),
+            ("user in the URL", "https://alice@example.com/hook".into()),
         ];
         for (what, url) in url_cases {
             invalid!(
@@ -108,6 +113,30 @@ async fn create_subscription_refuses_bad_input() {
                     .create_subscription(create(pb::Subscription { url, ..valid() }))
             );
         }
+        // The refusal says what to do about the credentials, and never repeats them.
+        let status = invalid!(
+            h,
+            "credentials in an http URL",
+            "subscription.url",
+            c.subscriptions
+                .create_subscription(create(pb::Subscription {
+                    url: "http://alice:s3cr3t@example.com/hook".into(),
+                    ..valid()
+                }))
+        );
+        let violations = field_violations(&status);
+        let (_, why) = violations
+            .iter()
+            .find(|(field, _)| field == "subscription.url")
+            .unwrap();
+        assert!(
+            why.contains("credentials in URLs are not accepted"),
+            "{why}"
+        );
+        assert!(
+            !why.contains("s3cr3t") && !status.message().contains("s3cr3t"),
+            "{why}"
+        );
 
         invalid!(
             h,
@@ -511,6 +540,17 @@ async fn update_and_rotate_refuse_bad_input_and_change_nothing() {
                 update(
                     pb::Subscription {
                         url: "http://example.com/x".into(),
+                        ..valid()
+                    },
+                    &["url"],
+                ),
+                "subscription.url",
+            ),
+            (
+                "credentials in the URL",
+                update(
+                    pb::Subscription {
+                        url: "https://alice:s3cr3t@example.com/x".into(),
                         ..valid()
                     },
                     &["url"],

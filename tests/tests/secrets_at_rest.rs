@@ -31,12 +31,16 @@ async fn no_secret_at_rest_and_rotation_keeps_every_signature_valid() {
         let mut clients = planes.clients(Some(&key)).await;
         let url = receiver.url("/hook");
         // A secret the test chooses, then rotated with a grace period: the stored row holds
-        // a current and a previous secret, and deliveries carry a signature by each.
+        // a current and a previous secret (and ed25519 key), and deliveries carry a
+        // signature by each.
         let first = SigningSecret::generate().to_whsec();
         let subscription = clients
             .subscriptions
             .create_subscription(pb::CreateSubscriptionRequest {
-                subscription: Some(webhook(&url, &["*"])),
+                subscription: Some(pb::Subscription {
+                    signature_scheme: pb::SignatureScheme::Both as i32,
+                    ..webhook(&url, &["*"])
+                }),
                 secret: first.clone(),
                 ..Default::default()
             })
@@ -78,6 +82,13 @@ async fn no_secret_at_rest_and_rotation_keeps_every_signature_valid() {
         );
         assert_eq!((again.0.resealed, again.1.resealed), (0, 0), "idempotent");
         assert_sealed_under(planes, &subscription.id, new.current_id()).await;
+        let row = stored_subscription(&planes.control_db, &subscription.id)
+            .await
+            .unwrap();
+        assert!(
+            row.signing_key.is_some() && row.previous_signing_key.is_some(),
+            "the ed25519 keys were rotated with the secret and are re-sealed too"
+        );
 
         // Only the new key from now on.
         let only_new = Keyring::parse(&new_key).unwrap();
@@ -323,6 +334,12 @@ async fn assert_sealed_under(planes: &Planes, subscription_id: &str, key_id: &st
     );
     if let Some(previous) = &row.previous_secret {
         assert!(previous.starts_with(&prefix), "control plane: {previous}");
+    }
+    for key in [&row.signing_key, &row.previous_signing_key]
+        .into_iter()
+        .flatten()
+    {
+        assert!(key.starts_with(&prefix), "control plane: ed25519 key {key}");
     }
     for config in data_rows(planes).await {
         let config = pb::ConfigSubscription::decode(config.as_slice()).unwrap();

@@ -50,6 +50,24 @@ pub fn duration_ms(ms: i64) -> prost_types::Duration {
     }
 }
 
+/// The stored scheme name as its proto enum.
+pub fn signature_scheme(name: &str) -> pb::SignatureScheme {
+    match name {
+        "asymmetric" => pb::SignatureScheme::Asymmetric,
+        "both" => pb::SignatureScheme::Both,
+        _ => pb::SignatureScheme::Symmetric,
+    }
+}
+
+/// Whether the stored scheme signs `v1` (HMAC) and `v1a` (ed25519).
+pub fn signs(scheme: &str) -> (bool, bool) {
+    match scheme {
+        "asymmetric" => (false, true),
+        "both" => (true, true),
+        _ => (true, false),
+    }
+}
+
 /// An API key row as its proto (without the key, which is not stored).
 pub fn api_key(m: api_key::Model) -> pb::ApiKey {
     pb::ApiKey {
@@ -123,7 +141,7 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
         id: m.id,
         workspace_id: m.workspace_id,
         description: m.description,
-        url: m.url,
+        url: sluice_core::validate::without_credentials(&m.url),
         destination_type: destination_type(&m.destination_type) as i32,
         filters: serde_json::from_str(&m.filters).unwrap_or_default(),
         headers: serde_json::from_str(&m.headers).unwrap_or_default(),
@@ -138,6 +156,19 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
         disable_time: opt_ts(m.disable_ms),
         create_time: Some(ts(m.create_ms)),
         update_time: Some(ts(m.update_ms)),
+        signature_scheme: signature_scheme(&m.signature_scheme) as i32,
+        public_key: if signs(&m.signature_scheme).1 {
+            m.public_key.unwrap_or_default()
+        } else {
+            String::new()
+        },
+        // The credentials themselves are never returned.
+        auth: None,
+        auth_type: match m.auth_type.as_deref() {
+            Some("basic") => pb::EndpointAuthType::Basic,
+            Some("bearer") => pb::EndpointAuthType::Bearer,
+            _ => pb::EndpointAuthType::None,
+        } as i32,
     }
 }
 
@@ -153,16 +184,45 @@ pub fn config_subscription(
             .open(sealed)
             .map_err(|e| crate::secrets::does_not_open(&m.id, e))
     };
-    let mut secrets = vec![pb::ConfigSecret {
-        secret: open(&m.secret)?,
-        expire_time: None,
-    }];
-    if let (Some(previous), Some(expire)) = (&m.previous_secret, m.previous_secret_expire_ms)
-        && expire > now_ms
-    {
+    // `whsec_` secrets sign `v1`, `whsk_` keys `v1a`; the data plane tells them apart by
+    // their prefix. Current ones first, then the previous ones of a rotation.
+    let (symmetric, asymmetric) = signs(&m.signature_scheme);
+    let mut secrets = Vec::with_capacity(4);
+    let live_previous = m
+        .previous_secret_expire_ms
+        .filter(|expire| *expire > now_ms);
+    if symmetric {
         secrets.push(pb::ConfigSecret {
-            secret: open(previous)?,
-            expire_time: Some(ts(expire)),
+            secret: open(&m.secret)?,
+            expire_time: None,
+        });
+        if let (Some(previous), Some(expire)) = (&m.previous_secret, live_previous) {
+            secrets.push(pb::ConfigSecret {
+                secret: open(previous)?,
+                expire_time: Some(ts(expire)),
+            });
+        }
+    }
+    if asymmetric && let Some(key) = &m.signing_key {
+        secrets.push(pb::ConfigSecret {
+            secret: open(key)?,
+            expire_time: None,
+        });
+        if let (Some(previous), Some(expire)) = (&m.previous_signing_key, live_previous) {
+            secrets.push(pb::ConfigSecret {
+                secret: open(previous)?,
+                expire_time: Some(ts(expire)),
+            });
+        }
+    }
+    if let Some(auth) = &m.auth {
+        secrets.push(pb::ConfigSecret {
+            secret: format!(
+                "{}{}",
+                sluice_core::validate::AUTHORIZATION_SECRET_PREFIX,
+                open(auth)?
+            ),
+            expire_time: None,
         });
     }
     Ok(pb::ConfigSubscription {

@@ -12,7 +12,11 @@ use sea_orm::{
 use sluice_core::event::{EventFilter, normalize_event_name};
 use sluice_core::ids::{IdKind, new_id};
 use sluice_core::signing::SigningSecret;
-use sluice_core::validate::{MAX_CUSTOM_HEADERS, custom_header, endpoint_url, multiline_text};
+use sluice_core::signing_ed25519::AsymmetricKey;
+use sluice_core::validate::{
+    MAX_CUSTOM_HEADERS, basic_authorization, basic_password, basic_username, bearer_token,
+    custom_header, endpoint_url, multiline_text,
+};
 use sluice_proto::control::v1 as pb;
 use sluice_proto::json::struct_to_json;
 use sluice_store::control::{event_type, subscription};
@@ -33,13 +37,15 @@ pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// The longest grace period of a rotation.
 pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 /// Updatable fields, for `update_mask`.
-pub const UPDATABLE: [&str; 6] = [
+pub const UPDATABLE: [&str; 8] = [
     "description",
     "url",
     "destination_type",
     "filters",
     "headers",
     "rate_limit_per_second",
+    "signature_scheme",
+    "auth",
 ];
 
 /// The `SubscriptionService` implementation.
@@ -55,6 +61,17 @@ struct Fields {
     filters: String,
     headers: String,
     rate_limit_per_second: i32,
+    /// `None`: unspecified (symmetric on create, unchanged on update).
+    signature_scheme: Option<&'static str>,
+    /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value);
+    /// `None` for none.
+    auth: Option<(&'static str, String)>,
+}
+
+/// A new ed25519 key: sealed for storage, and its public half in clear.
+fn new_signing_key(keyring: &sluice_core::sealing::Keyring) -> (String, String) {
+    let key = AsymmetricKey::generate();
+    (keyring.seal(&key.to_whsk()), key.public_key().to_whpk())
 }
 
 /// The destination type of `url` when none is given.
@@ -142,6 +159,62 @@ fn validate(
         }
         f.headers = serde_json::to_string(&headers).unwrap_or_default();
     }
+    if selected("signature_scheme") {
+        f.signature_scheme = match pb::SignatureScheme::try_from(input.signature_scheme) {
+            Ok(pb::SignatureScheme::Unspecified) => None,
+            Ok(pb::SignatureScheme::Symmetric) => Some("symmetric"),
+            Ok(pb::SignatureScheme::Asymmetric) => Some("asymmetric"),
+            Ok(pb::SignatureScheme::Both) => Some("both"),
+            Err(_) => {
+                v.add(
+                    "subscription.signature_scheme",
+                    format!(
+                        "unknown value {}; use SIGNATURE_SCHEME_SYMMETRIC, _ASYMMETRIC or _BOTH",
+                        input.signature_scheme
+                    ),
+                );
+                None
+            }
+        };
+    }
+    if selected("auth") {
+        f.auth = match input.auth.as_ref().and_then(|a| a.method.as_ref()) {
+            None => None,
+            Some(pb::endpoint_auth::Method::Basic(basic)) => {
+                let user = v.check(
+                    "subscription.auth.basic.username",
+                    basic_username(&basic.username),
+                );
+                let password = v.check(
+                    "subscription.auth.basic.password",
+                    basic_password(&basic.password),
+                );
+                user.zip(password).map(|_| {
+                    (
+                        "basic",
+                        basic_authorization(&basic.username, &basic.password),
+                    )
+                })
+            }
+            Some(pb::endpoint_auth::Method::Bearer(bearer)) => v
+                .check(
+                    "subscription.auth.bearer.token",
+                    bearer_token(&bearer.token),
+                )
+                .map(|_| ("bearer", format!("Bearer {}", bearer.token))),
+        };
+        if f.auth.is_some()
+            && input
+                .headers
+                .keys()
+                .any(|name| name.eq_ignore_ascii_case("authorization"))
+        {
+            v.add(
+                "subscription.auth",
+                "set either `auth` or a custom Authorization header, not both",
+            );
+        }
+    }
     if selected("rate_limit_per_second") {
         if input.rate_limit_per_second > MAX_RATE_LIMIT {
             v.add(
@@ -164,6 +237,17 @@ fn parse_secret(v: &mut Violations, field: &str, secret: &str) -> String {
     v.check(field, SigningSecret::parse(secret))
         .map(|s| s.to_whsec())
         .unwrap_or_default()
+}
+
+/// The `whpk_` public key of a stored (opened) `whsk_` key.
+fn public_of(whsk: &str, subscription_id: &str) -> ApiResult<String> {
+    AsymmetricKey::parse(whsk)
+        .map(|key| key.public_key().to_whpk())
+        .map_err(|e| {
+            ApiError::Internal(format!(
+                "subscription {subscription_id}: its stored ed25519 key does not parse: {e}"
+            ))
+        })
 }
 
 impl SubscriptionApi {
@@ -245,6 +329,13 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let destination = f
             .destination_type
             .unwrap_or_else(|| inferred_destination(&f.url));
+        let scheme = f.signature_scheme.unwrap_or("symmetric");
+        let (signing_key, public_key) = if convert::signs(scheme).1 {
+            let (sealed, public) = new_signing_key(&self.0.config().keyring);
+            (Some(sealed), Some(public))
+        } else {
+            (None, None)
+        };
         let row = subscription::ActiveModel {
             id: Set(new_id(IdKind::Subscription)),
             workspace_id: Set(workspace_id),
@@ -261,6 +352,15 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             secret: Set(self.0.config().keyring.seal(&secret)),
             previous_secret: Set(None),
             previous_secret_expire_ms: Set(None),
+            signature_scheme: Set(scheme.to_owned()),
+            signing_key: Set(signing_key),
+            previous_signing_key: Set(None),
+            public_key: Set(public_key),
+            auth_type: Set(f.auth.as_ref().map(|(kind, _)| (*kind).to_owned())),
+            auth: Set(f
+                .auth
+                .as_ref()
+                .map(|(_, value)| self.0.config().keyring.seal(value))),
             create_ms: Set(now),
             update_ms: Set(now),
         };
@@ -407,6 +507,11 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let f = validate(&mut v, &input, has, self.0.config().allow_http);
         v.finish()?;
         let paths_owned = paths.clone();
+        let fresh_key = new_signing_key(&self.0.config().keyring);
+        let sealed_auth = f
+            .auth
+            .as_ref()
+            .map(|(kind, value)| ((*kind).to_owned(), self.0.config().keyring.seal(value)));
         let row = self
             .modify(&workspace_id, "subscription.id", &input.id, move |row| {
                 let has = |p: &str| paths_owned.iter().any(|x| x == p);
@@ -436,6 +541,26 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 }
                 if has("rate_limit_per_second") {
                     row.rate_limit_per_second = Set(f.rate_limit_per_second);
+                }
+                if has("auth") {
+                    let (kind, sealed) = sealed_auth.unzip();
+                    row.auth_type = Set(kind);
+                    row.auth = Set(sealed);
+                }
+                if let Some(scheme) = f.signature_scheme.filter(|_| has("signature_scheme")) {
+                    row.signature_scheme = Set(scheme.to_owned());
+                    // The first switch to asymmetric signing makes the key pair; a later
+                    // one keeps it, so receivers keep their public key.
+                    let has_key = matches!(
+                        &row.signing_key,
+                        sea_orm::ActiveValue::Set(Some(_))
+                            | sea_orm::ActiveValue::Unchanged(Some(_))
+                    );
+                    if convert::signs(scheme).1 && !has_key {
+                        let (sealed, public) = fresh_key;
+                        row.signing_key = Set(Some(sealed));
+                        row.public_key = Set(Some(public));
+                    }
                 }
             })
             .await?;
@@ -551,10 +676,23 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 (Some(s), Some(expire)) if expire > now => (open(s)?, Some(convert::ts(expire))),
                 _ => (String::new(), None),
             };
+        let asymmetric = convert::signs(&row.signature_scheme).1;
+        let previous_public_key = match (&row.previous_signing_key, row.previous_secret_expire_ms) {
+            (Some(sealed), Some(expire)) if asymmetric && expire > now => {
+                public_of(&open(sealed)?, &row.id)?
+            }
+            _ => String::new(),
+        };
         Ok(Response::new(pb::RevealSubscriptionSecretResponse {
             secret: open(&row.secret)?,
             previous_secret,
             previous_secret_expire_time,
+            public_key: if asymmetric {
+                row.public_key.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            previous_public_key,
         }))
     }
 
@@ -582,6 +720,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let expire = (grace_secs > 0).then(|| now_ms() + grace_secs * 1000);
         // Stored sealed; the old secret moves to `previous_secret` as stored (sealed too).
         let new_secret = self.0.config().keyring.seal(&secret);
+        // The ed25519 key pair rotates with the secret, under the same grace period, when
+        // the subscription has one.
+        let (new_key, new_public) = new_signing_key(&self.0.config().keyring);
         let row = self
             .modify(&workspace_id, "id", &r.id, move |row| {
                 let old = match &row.secret {
@@ -591,12 +732,28 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 row.secret = Set(new_secret);
                 row.previous_secret = Set(expire.map(|_| old));
                 row.previous_secret_expire_ms = Set(expire);
+                let old_key = match &row.signing_key {
+                    sea_orm::ActiveValue::Set(k) | sea_orm::ActiveValue::Unchanged(k) => k.clone(),
+                    sea_orm::ActiveValue::NotSet => None,
+                };
+                if let Some(old_key) = old_key {
+                    row.signing_key = Set(Some(new_key));
+                    row.public_key = Set(Some(new_public));
+                    row.previous_signing_key = Set(expire.map(|_| old_key));
+                } else {
+                    row.previous_signing_key = Set(None);
+                }
             })
             .await?;
         tracing::info!(subscription_id = %row.id, grace_secs, "signing secret rotated");
         Ok(Response::new(pb::RotateSubscriptionSecretResponse {
             secret,
             previous_secret_expire_time: convert::opt_ts(expire),
+            public_key: if convert::signs(&row.signature_scheme).1 {
+                row.public_key.unwrap_or_default()
+            } else {
+                String::new()
+            },
         }))
     }
 

@@ -15,4 +15,5 @@ pub mod retention;
 pub mod retry;
 pub mod sealing;
 pub mod signing;
+pub mod signing_ed25519;
 pub mod validate;

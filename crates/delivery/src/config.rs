@@ -38,6 +38,9 @@ pub struct SenderConfig {
     /// as they came back and opened new ones, nearly one per delivery, each with its
     /// handshake (docs/benchmarks.md has the measurement).
     pub max_idle_per_host: usize,
+    /// Certificate authorities trusted besides the system's, as a PEM bundle: for
+    /// endpoints whose certificates a private CA signs (`--extra-ca-file`).
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for SenderConfig {
@@ -51,6 +54,7 @@ impl Default for SenderConfig {
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             response_excerpt_bytes: 4096,
             max_idle_per_host: usize::MAX,
+            extra_ca_pem: None,
         }
     }
 }

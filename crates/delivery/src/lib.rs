@@ -25,7 +25,8 @@ mod slack;
 pub use config::{DEFAULT_USER_AGENT, SenderConfig};
 pub use egress::EgressDenied;
 pub use sender::{
-    AttemptResult, CustomHeaders, DeliveryRequest, Sender, SenderBuildError, redacted_url,
+    AttemptResult, CustomHeaders, DeliveryRequest, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS,
+    Sender, SenderBuildError, redacted_url,
 };
 pub use slack::slack_message;
 

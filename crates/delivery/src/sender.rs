@@ -12,6 +12,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sluice_core::outcome::AttemptErrorKind;
 use sluice_core::retry::parse_retry_after;
 use sluice_core::signing::{SigningSecret, signature_header};
+use sluice_core::signing_ed25519::{AsymmetricKey, push_signature_v1a};
 use tracing::Instrument;
 use url::Url;
 
@@ -26,6 +27,12 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 /// W3C trace context, so the receiver can continue the delivery's trace.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The most headers a response may have (hyper's default).
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// The most bytes of a response head (status line and headers) read over HTTP/1: hyper's
+/// buffer limit, which reqwest does not expose.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 /// Headers the sender owns. A custom header with one of these names is dropped: it would
 /// break the signature, the body framing or the trace, and subscription validation should
@@ -103,6 +110,12 @@ pub enum SenderBuildError {
     /// `user_agent` contains characters not allowed in a header value.
     #[error("the configured user-agent is not a valid HTTP header value")]
     InvalidUserAgent,
+    /// The extra certificate authorities are not a PEM bundle of certificates.
+    #[error("the extra CA file is not a PEM bundle of certificates")]
+    ExtraCa(#[source] reqwest::Error),
+    /// The extra CA file holds no certificate at all.
+    #[error("the extra CA file holds no certificate")]
+    ExtraCaEmpty,
     /// reqwest refused the client configuration (for example, no TLS backend).
     #[error("building the HTTP client failed")]
     Client(#[source] reqwest::Error),
@@ -144,6 +157,9 @@ pub struct DeliveryRequest<'a> {
     /// Signing secrets; empty sends the request unsigned (Slack incoming webhooks), several
     /// sign it once per secret during a rotation.
     pub secrets: &'a [&'a SigningSecret],
+    /// ed25519 keys, each adding a `v1a` signature after the `v1` ones (both during a
+    /// rotation); empty for a subscription that signs symmetrically only.
+    pub asymmetric_keys: &'a [&'a AsymmetricKey],
     /// The subscription's custom headers, parsed once per subscription.
     pub headers: &'a CustomHeaders,
     /// W3C `traceparent` of the attempt's span, when tracing is on.
@@ -214,7 +230,17 @@ impl Sender {
             allow_private: config.allow_private,
             allow_list: config.allow_list.clone(),
         };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.extra_ca_pem {
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(SenderBuildError::ExtraCa)?;
+            if certificates.is_empty() {
+                return Err(SenderBuildError::ExtraCaEmpty);
+            }
+            // Added to the system's roots, not instead of them.
+            builder = builder.tls_certs_merge(certificates);
+        }
+        let client = builder
             // A redirect would dial a destination the egress guard never saw in the URL
             // check, and receivers must answer the URL they registered.
             .redirect(reqwest::redirect::Policy::none())
@@ -235,6 +261,8 @@ impl Sender {
             // request (headers and all) in case it is needed.
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(user_agent.clone())
+            // hyper's default, set here so the error message can name it.
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
             // HTTP/2 is negotiated by ALPN on TLS; plain http stays HTTP/1.1 (no prior
             // knowledge), which every receiver understands.
             .build()
@@ -397,9 +425,21 @@ impl Sender {
             .map_err(|_| "the message id is not a valid header value".to_owned())?;
         headers.insert(WEBHOOK_ID, msg_id);
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        if !request.secrets.is_empty() {
-            let signatures =
+        if !request.secrets.is_empty() || !request.asymmetric_keys.is_empty() {
+            let mut signatures =
                 signature_header(request.secrets, request.msg_id, timestamp, &request.body);
+            for key in request.asymmetric_keys {
+                if !signatures.is_empty() {
+                    signatures.push(' ');
+                }
+                push_signature_v1a(
+                    &mut signatures,
+                    key,
+                    request.msg_id,
+                    timestamp,
+                    &request.body,
+                );
+            }
             // The header takes the string's buffer; nothing is copied.
             let mut value = HeaderValue::from_maybe_shared(Bytes::from(signatures))
                 .map_err(|_| "the signature is not a valid header value".to_owned())?;
@@ -468,10 +508,10 @@ impl Sender {
             );
         }
         if let Some(tls) = chain.iter().find_map(|e| e.downcast_ref::<rustls::Error>()) {
-            return (
-                AttemptErrorKind::Tls,
-                format!("TLS with the destination failed: {tls}"),
-            );
+            return (AttemptErrorKind::Tls, describe_tls(tls));
+        }
+        if let Some(message) = describe_http1_parse(&cause) {
+            return (AttemptErrorKind::Other, message);
         }
         if err.is_connect() {
             return (
@@ -507,6 +547,53 @@ impl Sender {
             format!("reading the response body failed: {cause}"),
         )
     }
+}
+
+/// A TLS failure named as a person would look for it, with what to change.
+fn describe_tls(tls: &rustls::Error) -> String {
+    use rustls::CertificateError as Cert;
+    let certificate = match tls {
+        rustls::Error::InvalidCertificate(certificate) => certificate,
+        rustls::Error::InvalidMessage(_) => {
+            return format!(
+                "TLS with the destination failed: it did not answer with TLS ({tls}); is it serving plain HTTP on an https URL?"
+            );
+        }
+        other => return format!("TLS with the destination failed: {other}"),
+    };
+    match certificate {
+        Cert::Expired | Cert::ExpiredContext { .. } => format!(
+            "TLS with the destination failed: its certificate has expired ({certificate}); the endpoint must renew it"
+        ),
+        Cert::NotValidYet | Cert::NotValidYetContext { .. } => format!(
+            "TLS with the destination failed: its certificate is not valid yet ({certificate}); check the endpoint's certificate dates and clock"
+        ),
+        Cert::NotValidForName | Cert::NotValidForNameContext { .. } => format!(
+            "TLS with the destination failed: its certificate does not name the URL's host (wrong name: {certificate}); serve a certificate for that host or use a URL with a name the certificate covers"
+        ),
+        Cert::UnknownIssuer => "TLS with the destination failed: its certificate is signed by an unknown certificate authority (self-signed or a private CA); use a certificate from a public CA, or trust the CA with --extra-ca-file".to_owned(),
+        Cert::Revoked => "TLS with the destination failed: its certificate has been revoked; the endpoint must replace it".to_owned(),
+        other => format!("TLS with the destination failed: invalid certificate ({other})"),
+    }
+}
+
+/// The HTTP/1 parse failures hyper describes in its own terms ("invalid HTTP version
+/// parsed", "message head is too large"), said as what the endpoint did and what to change.
+/// Matched on hyper's messages, which its error kinds do not expose; the sender's tests pin
+/// them.
+fn describe_http1_parse(cause: &str) -> Option<String> {
+    if cause.starts_with("invalid HTTP version parsed") {
+        return Some(
+            "the endpoint did not answer in HTTP/1.x, as one that answers in HTTP/2 without TLS (h2c) does; Sluice does not speak h2c: serve HTTP/1.1 or HTTPS".to_owned(),
+        );
+    }
+    if cause.starts_with("message head is too large") {
+        return Some(format!(
+            "the endpoint's response head (status line and headers) is over the limit of {MAX_RESPONSE_HEADERS} headers or {} KiB; answer with fewer or smaller headers",
+            MAX_RESPONSE_HEAD_BYTES / 1024
+        ));
+    }
+    None
 }
 
 /// The `host` header of a request to `url`: its host, and its port unless it is the

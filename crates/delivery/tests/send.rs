@@ -9,9 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_core::egress::AllowList;
 use sluice_core::signing::{SigningSecret, verify};
+use sluice_core::signing_ed25519::{AsymmetricKey, verify_v1a};
 use sluice_delivery::{
-    AttemptErrorKind, AttemptResult, CustomHeaders, DEFAULT_USER_AGENT, DeliveryRequest, Sender,
-    SenderConfig, slack_message,
+    AttemptErrorKind, AttemptResult, CustomHeaders, DEFAULT_USER_AGENT, DeliveryRequest,
+    MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, Sender, SenderConfig, slack_message,
 };
 use sluice_testkit::raw::{AfterAnswer, RawPeer};
 use sluice_testkit::receiver::{Receiver, Reply};
@@ -58,6 +59,7 @@ async fn send_to(
             msg_id: "msg_test",
             body: Bytes::from_static(BODY.as_bytes()),
             secrets,
+            asymmetric_keys: &[],
             headers: &CustomHeaders::new(headers),
             traceparent: None,
             tracestate: None,
@@ -87,6 +89,7 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
             msg_id: "msg_test",
             body: Bytes::from_static(BODY.as_bytes()),
             secrets: &[&secret],
+            asymmetric_keys: &[],
             headers: &CustomHeaders::new(&custom),
             traceparent: Some(traceparent),
             tracestate: Some("vendor=1"),
@@ -204,6 +207,116 @@ async fn two_secrets_give_two_signatures_that_both_verify() {
     }
 }
 
+/// A receiver's `v1a` check written from the Standard Webhooks spec alone: strip `whpk_`,
+/// base64-decode the 32-byte public key; for each space-separated entry starting `v1a,`,
+/// base64-decode the 64-byte signature and check ed25519 over `{id}.{timestamp}.{body}`.
+fn spec_verify_v1a(whpk: &str, id: &str, timestamp: &str, header: &str, body: &[u8]) -> bool {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use ed25519_dalek::Verifier as _;
+    let Some(encoded) = whpk.strip_prefix("whpk_") else {
+        return false;
+    };
+    let Ok(bytes) = STANDARD.decode(encoded) else {
+        return false;
+    };
+    let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+        return false;
+    };
+    let Ok(public) = ed25519_dalek::VerifyingKey::from_bytes(&bytes) else {
+        return false;
+    };
+    let mut content = format!("{id}.{timestamp}.").into_bytes();
+    content.extend_from_slice(body);
+    header.split(' ').any(|entry| {
+        entry
+            .strip_prefix("v1a,")
+            .and_then(|sig| STANDARD.decode(sig).ok())
+            .and_then(|sig| ed25519_dalek::Signature::from_slice(&sig).ok())
+            .is_some_and(|sig| public.verify(&content, &sig).is_ok())
+    })
+}
+
+#[tokio::test]
+async fn symmetric_and_asymmetric_keys_each_add_a_signature_that_verifies() {
+    let receiver = answering(Reply::status(200)).await;
+    let sender = local_sender(|_| {});
+    let secret = SigningSecret::generate();
+    let current = AsymmetricKey::generate();
+    let previous = AsymmetricKey::generate();
+    let url = url(&receiver.url("/hook"));
+    for (secrets, keys, want) in [
+        (
+            vec![&secret],
+            vec![&current, &previous],
+            ["v1,", "v1a,", "v1a,"].as_slice(),
+        ),
+        (vec![], vec![&current], ["v1a,"].as_slice()),
+    ] {
+        let result = sender
+            .send(&DeliveryRequest {
+                url: &url,
+                msg_id: "msg_test",
+                body: Bytes::from_static(BODY.as_bytes()),
+                secrets: &secrets,
+                asymmetric_keys: &keys,
+                headers: &CustomHeaders::default(),
+                traceparent: None,
+                tracestate: None,
+                resend_count: 0,
+            })
+            .await;
+        assert!(result.is_success(), "{result:?}");
+        let got = receiver.next().await;
+        let header = got.header("webhook-signature");
+        let entries: Vec<&str> = header.split(' ').collect();
+        assert_eq!(entries.len(), want.len(), "{header}");
+        for (entry, prefix) in entries.iter().zip(want) {
+            assert!(entry.starts_with(prefix), "{header}");
+        }
+        let timestamp = got.header("webhook-timestamp");
+        for key in &keys {
+            let whpk = key.public_key().to_whpk();
+            assert!(
+                spec_verify_v1a(&whpk, "msg_test", timestamp, header, &got.body),
+                "{header}"
+            );
+            assert_eq!(
+                verify_v1a(
+                    &key.public_key(),
+                    "msg_test",
+                    timestamp,
+                    header,
+                    &got.body,
+                    now(),
+                    300
+                ),
+                Ok(())
+            );
+        }
+        let stranger = AsymmetricKey::generate().public_key().to_whpk();
+        assert!(!spec_verify_v1a(
+            &stranger, "msg_test", timestamp, header, &got.body
+        ));
+        let tampered = [got.body.as_ref(), b" "].concat();
+        assert!(!spec_verify_v1a(
+            &current.public_key().to_whpk(),
+            "msg_test",
+            timestamp,
+            header,
+            &tampered
+        ));
+        assert_eq!(got.verify(&secret).is_ok(), !secrets.is_empty());
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
 #[tokio::test]
 async fn unsigned_slack_message() {
     let receiver = answering(Reply::status(200).body("ok")).await;
@@ -221,6 +334,7 @@ async fn unsigned_slack_message() {
             msg_id: "msg_test",
             body: Bytes::from(body),
             secrets: &[],
+            asymmetric_keys: &[],
             headers: &CustomHeaders::default(),
             traceparent: None,
             tracestate: None,
@@ -426,9 +540,67 @@ async fn a_receiver_that_does_not_speak_tls_is_a_tls_failure() {
     let sender = local_sender(|config| config.allow_http = false);
     let result = send_to(&sender, &url(&peer.url("https", "/")), &[], &[]).await;
     assert_eq!(result.error_kind, Some(AttemptErrorKind::Tls), "{result:?}");
+    let message = result.error_message.clone().expect("message");
+    assert!(message.contains("plain HTTP on an https URL"), "{message}");
     let hello = peer.next_read().await;
     // 0x16: a TLS handshake record, i.e. the ClientHello.
     assert_eq!(hello.first(), Some(&0x16));
+}
+
+#[tokio::test]
+async fn an_http2_only_endpoint_without_tls_is_named_as_h2c() {
+    // What an h2c-only server writes first on any connection: its SETTINGS frame (empty),
+    // then GOAWAY (PROTOCOL_ERROR) once it sees an HTTP/1.1 request instead of the preface.
+    const SETTINGS_THEN_GOAWAY: &[u8] = &[
+        0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, no parameters
+        0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        1, // GOAWAY, last stream 0, PROTOCOL_ERROR
+    ];
+    let mut peer = RawPeer::start(SETTINGS_THEN_GOAWAY, AfterAnswer::Close).await;
+    let sender = local_sender(|_| {});
+    let result = send_to(&sender, &url(&peer.url("http", "/hook")), &[], &[]).await;
+    let message = result.error_message.clone().expect("message");
+    assert_eq!(
+        result.error_kind,
+        Some(AttemptErrorKind::Other),
+        "{result:?}"
+    );
+    assert!(
+        message.contains("HTTP/2 without TLS (h2c)") && message.contains("serve HTTP/1.1 or HTTPS"),
+        "{message}"
+    );
+    assert!(peer.next_read().await.starts_with(b"POST /hook HTTP/1.1"));
+}
+
+#[tokio::test]
+async fn a_response_head_over_the_limit_names_the_limit() {
+    // One header more than the sender reads.
+    let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
+    for i in 0..MAX_RESPONSE_HEADERS {
+        answer.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    answer.extend_from_slice(b"\r\n");
+    let answer: &'static [u8] = answer.leak();
+    let peer = RawPeer::start(answer, AfterAnswer::Close).await;
+    let sender = local_sender(|_| {});
+    let result = send_to(&sender, &url(&peer.url("http", "/")), &[], &[]).await;
+    let message = result.error_message.clone().expect("message");
+    assert_eq!(result.status_code, None, "{result:?}");
+    assert!(
+        message.contains(&format!("{MAX_RESPONSE_HEADERS} headers"))
+            && message.contains(&format!("{} KiB", MAX_RESPONSE_HEAD_BYTES / 1024)),
+        "{message}"
+    );
+
+    // A head of one header fewer is read.
+    let mut fits = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
+    for i in 0..MAX_RESPONSE_HEADERS - 1 {
+        fits.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    fits.extend_from_slice(b"\r\n");
+    let peer = RawPeer::start(fits.leak(), AfterAnswer::Close).await;
+    let result = send_to(&sender, &url(&peer.url("http", "/")), &[], &[]).await;
+    assert!(result.is_success(), "{result:?}");
 }
 
 #[tokio::test]

@@ -254,6 +254,9 @@ pub struct DeliveryArgs {
     /// Addresses or CIDRs that are allowed even though private (comma-separated).
     #[arg(long, env = "SLUICE_EGRESS_ALLOW", value_delimiter = ',')]
     pub egress_allow: Vec<String>,
+    /// A PEM file of certificate authorities trusted for endpoints besides the system's.
+    #[arg(long, env = "SLUICE_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<std::path::PathBuf>,
     /// Delays before each attempt, comma-separated (`0s,5s,5m,30m,2h,5h,10h,10h`).
     #[arg(
         long,
@@ -308,7 +311,14 @@ impl DeliveryArgs {
         if self.endpoint_concurrency == 0 {
             bail!("--endpoint-concurrency must be at least 1");
         }
+        let extra_ca_pem = match &self.extra_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("--extra-ca-file: reading {}: {e}", path.display())
+            })?),
+            None => None,
+        };
         let sender = sluice_delivery::SenderConfig {
+            extra_ca_pem,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             allow_http: self.allow_http,

@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod raw;
 pub mod raw_grpc;
 pub mod receiver;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -46,6 +46,9 @@ pub struct PlaneOptions {
     pub attempt_watch_patience: Duration,
     /// Both planes' retention defaults and purge interval (`--retention` and friends).
     pub retention: sluice_core::retention::RetentionDefaults,
+    /// Certificate authorities the sender trusts besides the system's (`--extra-ca-file`),
+    /// e.g. a [`crate::tls::TestCa`]'s.
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for PlaneOptions {
@@ -62,6 +65,7 @@ impl Default for PlaneOptions {
             attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
             attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
             retention: Default::default(),
+            extra_ca_pem: None,
         }
     }
 }
@@ -122,6 +126,7 @@ impl Planes {
                 allow_private: options.allow_private,
                 request_timeout: options.request_timeout,
                 connect_timeout: Duration::from_secs(2),
+                extra_ca_pem: options.extra_ca_pem.clone(),
                 ..Default::default()
             },
             disable_after_failed_attempts: options.disable_after_failed_attempts,

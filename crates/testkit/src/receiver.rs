@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use sluice_core::signing::{SigningSecret, VerifyError, verify};
 use tokio::sync::{Notify, watch};
@@ -84,6 +84,8 @@ pub struct Received {
     pub at: Instant,
     /// The sender's address: one per connection.
     pub peer: SocketAddr,
+    /// The HTTP version it came over (HTTP/2 only by ALPN on the TLS receiver).
+    pub version: Version,
 }
 
 impl Received {
@@ -147,6 +149,8 @@ struct ReceiverState {
 pub struct Receiver {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// `http`, or `https` for [`Receiver::start_tls`].
+    scheme: &'static str,
     state: Arc<ReceiverState>,
     /// How many requests [`Receiver::next`] and [`Receiver::drain`] have handed out.
     taken: Mutex<usize>,
@@ -175,6 +179,53 @@ impl Receiver {
         });
         Receiver {
             addr,
+            scheme: "http",
+            state,
+            taken: Mutex::new(0),
+            server,
+        }
+    }
+
+    /// An HTTPS receiver with the TLS settings `tls` (see [`crate::tls`]), speaking HTTP/1.1
+    /// or HTTP/2 as ALPN decides, otherwise like [`Receiver::start`]. A connection whose
+    /// handshake fails is dropped.
+    pub async fn start_tls(
+        script: Vec<Reply>,
+        default: Reply,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Receiver {
+        let state = Arc::new(ReceiverState {
+            script: Mutex::new(script.into()),
+            default,
+            received: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            open: watch::Sender::new(true),
+        });
+        let app = Router::new().fallback(receive).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((socket, peer)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+                connections.spawn(async move {
+                    let Ok(stream) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            scheme: "https",
             state,
             taken: Mutex::new(0),
             server,
@@ -186,9 +237,14 @@ impl Receiver {
         Receiver::start(Vec::new(), Reply::status(200)).await
     }
 
-    /// The URL of `path` on this receiver.
+    /// The URL of `path` on this receiver (by its address, `127.0.0.1`).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
+    }
+
+    /// The URL of `path` on this receiver by the name `localhost`.
+    pub fn url_by_name(&self, path: &str) -> String {
+        format!("{}://localhost:{}{path}", self.scheme, self.addr.port())
     }
 
     /// The next requests get `replies`, in order, after what is scripted already.
@@ -302,6 +358,7 @@ async fn receive(
     State(state): State<Arc<ReceiverState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
+    version: Version,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -320,6 +377,7 @@ async fn receive(
         body,
         at: Instant::now(),
         peer,
+        version,
     });
     state.arrived.notify_waiters();
     let _ = open.wait_for(|open| *open).await;

@@ -113,11 +113,13 @@ impl Attempts {
             message.envelope.clone()
         };
         let secrets = endpoint.signing_secrets(attempt_ms);
+        let keys = endpoint.signing_keys(attempt_ms);
         let request = DeliveryRequest {
             url: &endpoint.url,
             msg_id: &message.id,
             body,
             secrets: &secrets,
+            asymmetric_keys: &keys,
             headers: &endpoint.custom_headers,
             traceparent: message.traceparent.as_deref(),
             tracestate: message.tracestate.as_deref(),
@@ -159,7 +161,8 @@ impl Attempts {
             latency: Some(proto_duration(result.latency)),
             response_excerpt: result.response_excerpt.clone(),
             trigger: trigger as i32,
-            url: endpoint.url.to_string(),
+            // A URL stored before user info was refused keeps it out of the log.
+            url: sluice_core::validate::without_credentials(endpoint.url.as_str()),
         };
         (attempt, result)
     }

@@ -16,6 +16,8 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait
 use sluice_core::event::EventFilter;
 use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
+use sluice_core::signing_ed25519::{AsymmetricKey, SECRET_KEY_PREFIX};
+use sluice_core::validate::AUTHORIZATION_SECRET_PREFIX;
 use sluice_delivery::CustomHeaders;
 use sluice_proto::control::v1::{
     ConfigApiKey, ConfigSubscription, ConfigWorkspace, DestinationType, WatchConfigResponse,
@@ -44,9 +46,18 @@ pub(crate) struct Endpoint {
 
 #[derive(Debug)]
 struct Secret {
-    secret: SigningSecret,
+    secret: SecretKind,
     /// Unix milliseconds after which this secret no longer signs; `None` for the current one.
     expire_ms: Option<i64>,
+}
+
+/// What a stored secret signs with, told apart by its prefix.
+#[derive(Debug)]
+enum SecretKind {
+    /// `whsec_`: `v1` (HMAC-SHA256).
+    Symmetric(SigningSecret),
+    /// `whsk_`: `v1a` (ed25519).
+    Asymmetric(AsymmetricKey),
 }
 
 impl Endpoint {
@@ -60,9 +71,21 @@ impl Endpoint {
             _ => url.host_str() == Some("hooks.slack.com"),
         };
         let mut secrets = Vec::with_capacity(config.secrets.len());
+        let mut authorization = None;
         for (index, secret) in config.secrets.iter().enumerate() {
-            let parsed = SigningSecret::parse(&secret.secret)
-                .map_err(|e| format!("secrets[{index}]: {e}"))?;
+            if let Some(value) = secret.secret.strip_prefix(AUTHORIZATION_SECRET_PREFIX) {
+                authorization = Some(value.to_owned());
+                continue;
+            }
+            let parsed = if secret.secret.starts_with(SECRET_KEY_PREFIX) {
+                AsymmetricKey::parse(&secret.secret)
+                    .map(SecretKind::Asymmetric)
+                    .map_err(|e| format!("secrets[{index}]: ed25519 key {e}"))?
+            } else {
+                SigningSecret::parse(&secret.secret)
+                    .map(SecretKind::Symmetric)
+                    .map_err(|e| format!("secrets[{index}]: {e}"))?
+            };
             let expire_ms = secret
                 .expire_time
                 .as_ref()
@@ -78,9 +101,16 @@ impl Endpoint {
         let mut headers: Vec<(String, String)> = config
             .headers
             .iter()
+            .filter(|(name, _)| {
+                // The endpoint's authentication replaces a custom Authorization header.
+                authorization.is_none() || !name.eq_ignore_ascii_case("authorization")
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers.sort();
+        if let Some(value) = authorization {
+            headers.push(("authorization".to_owned(), value));
+        }
         let custom_headers = CustomHeaders::new(&headers);
         Ok(Endpoint {
             url,
@@ -96,11 +126,32 @@ impl Endpoint {
         if self.slack {
             return Vec::new();
         }
+        self.live(now_ms)
+            .filter_map(|s| match s {
+                SecretKind::Symmetric(secret) => Some(secret),
+                SecretKind::Asymmetric(_) => None,
+            })
+            .collect()
+    }
+
+    /// The ed25519 keys that sign an attempt made at `now_ms` (`v1a`), current first.
+    pub(crate) fn signing_keys(&self, now_ms: i64) -> Vec<&AsymmetricKey> {
+        if self.slack {
+            return Vec::new();
+        }
+        self.live(now_ms)
+            .filter_map(|s| match s {
+                SecretKind::Asymmetric(key) => Some(key),
+                SecretKind::Symmetric(_) => None,
+            })
+            .collect()
+    }
+
+    fn live(&self, now_ms: i64) -> impl Iterator<Item = &SecretKind> {
         self.secrets
             .iter()
-            .filter(|s| s.expire_ms.is_none_or(|expire| expire > now_ms))
+            .filter(move |s| s.expire_ms.is_none_or(|expire| expire > now_ms))
             .map(|s| &s.secret)
-            .collect()
     }
 }
 
@@ -670,6 +721,34 @@ mod tests {
         let endpoint = Endpoint::parse(&config).unwrap();
         assert!(endpoint.slack);
         assert!(endpoint.signing_secrets(0).is_empty());
+    }
+
+    #[test]
+    fn whsk_keys_sign_v1a_and_expire_like_secrets() {
+        let mut config = sub("sub_a", "wrk_1", &["*"], true);
+        for expire in [None, Some(100)] {
+            config.secrets.push(ConfigSecret {
+                secret: AsymmetricKey::generate().to_whsk(),
+                expire_time: expire.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            });
+        }
+        let endpoint = Endpoint::parse(&config).unwrap();
+        assert_eq!(endpoint.signing_secrets(99_999).len(), 1);
+        assert_eq!(endpoint.signing_keys(99_999).len(), 2);
+        assert_eq!(endpoint.signing_keys(100_000).len(), 1);
+
+        // Asymmetric only: still a signed webhook.
+        config.secrets.remove(0);
+        let endpoint = Endpoint::parse(&config).unwrap();
+        assert!(endpoint.signing_secrets(0).is_empty());
+        assert_eq!(endpoint.signing_keys(0).len(), 2);
+
+        config.secrets[0].secret = "whsk_AAAA".into();
+        let refused = Endpoint::parse(&config).unwrap_err();
+        assert!(
+            refused.contains("ed25519") && !refused.contains("AAAA"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -32,6 +32,24 @@ pub struct Model {
     /// The previous secret, signing too until `previous_secret_expire_ms`.
     pub previous_secret: Option<String>,
     pub previous_secret_expire_ms: Option<i64>,
+    /// `symmetric`, `asymmetric` or `both` (m0006).
+    pub signature_scheme: String,
+    /// The ed25519 key in `whsk_` form, sealed; set once the subscription signs
+    /// asymmetrically.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub signing_key: Option<String>,
+    /// The previous ed25519 key, sealed, signing too until `previous_secret_expire_ms`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub previous_signing_key: Option<String>,
+    /// The current key's public half, `whpk_`, in clear.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub public_key: Option<String>,
+    /// The endpoint's `Authorization` header value, sealed (m0006).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub auth: Option<String>,
+    /// `basic` or `bearer` when `auth` is set.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub auth_type: Option<String>,
     pub create_ms: i64,
     pub update_ms: i64,
 }
