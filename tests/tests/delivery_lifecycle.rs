@@ -111,27 +111,14 @@ async fn manual_back_on_schedule(planes: &mut Planes) {
     assert!(!manual.success, "{manual:?}");
     assert_eq!(manual.attempt_number, 3, "{manual:?}");
     // Back on the schedule: its second step (200 ms) brings a fourth attempt, which succeeds.
-    receiver.wait_for(4, WAIT).await;
-    let delivered = log
-        .delivery_with_status(
-            &published.message_id,
-            &sub.id,
-            pb::DeliveryStatus::Succeeded,
-        )
-        .await;
-    assert_eq!(delivered.attempt_count, 4, "{delivered:?}");
-    let attempts = log.attempts_of(&published.message_id).await;
-    let triggers: Vec<i32> = attempts.iter().map(|a| a.trigger).collect();
-    assert_eq!(
-        triggers,
-        [
-            pb::AttemptTrigger::Scheduled as i32,
-            pb::AttemptTrigger::Scheduled as i32,
-            pb::AttemptTrigger::Manual as i32,
-            pb::AttemptTrigger::Scheduled as i32,
-        ],
-        "{attempts:#?}"
-    );
+    succeeded_back_on_schedule(
+        &receiver,
+        &log,
+        &published.message_id,
+        &sub.id,
+        pb::AttemptTrigger::Manual,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,23 +152,38 @@ async fn replay_back_on_schedule(planes: &mut Planes) {
         .unwrap()
         .into_inner();
     assert_eq!(replayed.queued_count, 1);
+    succeeded_back_on_schedule(
+        &receiver,
+        &log,
+        &published.message_id,
+        &sub.id,
+        pb::AttemptTrigger::Replay,
+    )
+    .await;
+}
+
+/// The fourth attempt (the schedule's, after two scheduled failures and the `manual` one)
+/// reached the receiver and succeeded, and the log shows the attempts in that order.
+async fn succeeded_back_on_schedule(
+    receiver: &Receiver,
+    log: &Log,
+    message_id: &str,
+    subscription_id: &str,
+    manual: pb::AttemptTrigger,
+) {
     receiver.wait_for(4, WAIT).await;
     let delivered = log
-        .delivery_with_status(
-            &published.message_id,
-            &sub.id,
-            pb::DeliveryStatus::Succeeded,
-        )
+        .delivery_with_status(message_id, subscription_id, pb::DeliveryStatus::Succeeded)
         .await;
     assert_eq!(delivered.attempt_count, 4, "{delivered:?}");
-    let attempts = log.attempts_of(&published.message_id).await;
+    let attempts = log.attempts_of(message_id).await;
     let triggers: Vec<i32> = attempts.iter().map(|a| a.trigger).collect();
     assert_eq!(
         triggers,
         [
             pb::AttemptTrigger::Scheduled as i32,
             pb::AttemptTrigger::Scheduled as i32,
-            pb::AttemptTrigger::Replay as i32,
+            manual as i32,
             pb::AttemptTrigger::Scheduled as i32,
         ],
         "{attempts:#?}"
