@@ -11,6 +11,7 @@ use std::time::Duration;
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_testkit::process::Deployment;
+use sluice_testkit::publish_when_configured;
 use sluice_testkit::receiver::{Received, Receiver};
 use sluice_testkit::{Backend, TestDatabase, backends};
 use tokio_stream::StreamExt;
@@ -63,19 +64,9 @@ async fn run(backend: &Backend) {
 
     // Warm-up: once one event arrives, the data plane has the subscription.
     let mut ingest = deployment.publisher(&key).await;
-    let warmup = loop {
-        match ingest.publish(event(0)).await {
-            Ok(r) if r.get_ref().delivery_count == 1 => break r.into_inner().message_id,
-            Ok(_) => {}
-            // The key is not on the data plane yet.
-            Err(status) if status.code() == tonic::Code::Unauthenticated => {}
-            Err(status) => panic!("warm-up publish failed: {status:?}"),
-        }
-        // The data plane learns the key and the subscription from the control plane's watch
-        // stream; until then the publish is refused or matches nothing. No event to await
-        // from outside the process.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let warmup = publish_when_configured(&mut ingest, || event(0))
+        .await
+        .message_id;
     receiver.wait_for(1, Duration::from_secs(10)).await;
 
     // The burst: 64 in flight on one stream; kill -9 the data plane mid-way.

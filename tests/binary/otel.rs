@@ -12,6 +12,7 @@ use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_testkit::otlp::{OtlpCollector, ReceivedSpan, Value};
 use sluice_testkit::process::Deployment;
+use sluice_testkit::publish_when_configured;
 use sluice_testkit::receiver::{Receiver, Reply};
 use sluice_testkit::{ADMIN_KEY, TestDatabase, backends};
 
@@ -58,7 +59,7 @@ async fn one_trace_from_publisher_to_receiver() {
     let mut ingest = deployment.publisher(&key).await;
     // Wait until the data plane has the key and the subscription (from the watch stream).
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let message_id = loop {
+    let message_id = publish_when_configured(&mut ingest, || {
         let mut request = tonic::Request::new(dpb::PublishRequest {
             event_type: "conversation.created".into(),
             payload_json: r#"{"conversation":{"id":"cnv_1"}}"#.into(),
@@ -70,15 +71,10 @@ async fn one_trace_from_publisher_to_receiver() {
                 .parse()
                 .unwrap(),
         );
-        match ingest.publish(request).await {
-            Ok(r) if r.get_ref().delivery_count == 1 => break r.into_inner().message_id,
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
-            Err(s) => panic!("publish failed: {s:?}"),
-        }
-        // No event to await from outside the process: the config arrives by its watch stream.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        request
+    })
+    .await
+    .message_id;
 
     // A refused call: its server span carries the gRPC status.
     let bad_trace_id = "0af7651916cd43dd8448eb211c80319c";

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_testkit::process::Deployment;
+use sluice_testkit::publish_when_configured;
 use sluice_testkit::receiver::{Receiver, Reply};
 use sluice_testkit::{TestDatabase, backends, free_addr};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -69,21 +70,12 @@ async fn metrics_endpoint_shows_deliveries_by_outcome() {
         .await
         .unwrap();
     let mut ingest = deployment.publisher(&key).await;
-    loop {
-        let request = dpb::PublishRequest {
-            event_type: "conversation.created".into(),
-            payload_json: "{}".into(),
-            ..Default::default()
-        };
-        match ingest.publish(request).await {
-            Ok(r) if r.get_ref().delivery_count == 1 => break,
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
-            Err(s) => panic!("publish failed: {s:?}"),
-        }
-        // No event to await from outside the process: the config arrives by its watch stream.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_when_configured(&mut ingest, || dpb::PublishRequest {
+        event_type: "conversation.created".into(),
+        payload_json: "{}".into(),
+        ..Default::default()
+    })
+    .await;
     receiver.wait_for(2, Duration::from_secs(20)).await;
 
     // The counters are recorded just after each attempt's answer: scrape until they show.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_testkit::process::Deployment;
+use sluice_testkit::publish_when_configured;
 use sluice_testkit::receiver::{Receiver, Reply};
 use sluice_testkit::{TestDatabase, backends, free_addr};
 
@@ -39,21 +40,12 @@ async fn subscribed(deployment: &Deployment, key: &str, receiver: &Receiver) {
         .await
         .unwrap();
     let mut ingest = deployment.publisher(key).await;
-    loop {
-        let request = dpb::PublishRequest {
-            event_type: "order.probe".into(),
-            payload_json: "{}".into(),
-            ..Default::default()
-        };
-        match ingest.publish(request).await {
-            Ok(r) if r.get_ref().delivery_count == 1 => break,
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
-            Err(s) => panic!("publish failed: {s:?}"),
-        }
-        // No event to await from outside the process: the config arrives by its watch stream.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_when_configured(&mut ingest, || dpb::PublishRequest {
+        event_type: "order.probe".into(),
+        payload_json: "{}".into(),
+        ..Default::default()
+    })
+    .await;
     receiver.wait_for(1, Duration::from_secs(20)).await;
 }
 
@@ -184,21 +176,12 @@ async fn publish_killed_and_rerun_delivers_each_event_once() {
     // Until the data plane has the key and the subscription (from its watch stream), with
     // an event type the subscription does not match.
     let mut ingest = deployment.publisher(&key).await;
-    loop {
-        let request = dpb::PublishRequest {
-            event_type: "order.probe".into(),
-            payload_json: "{}".into(),
-            ..Default::default()
-        };
-        match ingest.publish(request).await {
-            Ok(r) if r.get_ref().delivery_count == 1 => break,
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
-            Err(s) => panic!("publish failed: {s:?}"),
-        }
-        // No event to await from outside the process: the config arrives by its watch stream.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_when_configured(&mut ingest, || dpb::PublishRequest {
+        event_type: "order.probe".into(),
+        payload_json: "{}".into(),
+        ..Default::default()
+    })
+    .await;
     receiver.wait_for(1, Duration::from_secs(20)).await;
 
     let dir =

@@ -55,6 +55,25 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 }
 
 /// An ingest client of the data plane at `addr`, publishing with `key`.
+/// Publishes `request()` until the data plane accepts it and matches exactly one
+/// subscription, and returns that answer: a data plane learns keys and subscriptions from
+/// its watch stream, so until then a publish is refused (UNAUTHENTICATED) or matches
+/// nothing. Nothing outside its process can be awaited for that, so it tries every 50 ms.
+pub async fn publish_when_configured<R: tonic::IntoRequest<dpb::PublishRequest>>(
+    ingest: &mut dpb::ingest_service_client::IngestServiceClient<Intercepted>,
+    mut request: impl FnMut() -> R,
+) -> dpb::PublishResponse {
+    loop {
+        match ingest.publish(request()).await {
+            Ok(r) if r.get_ref().delivery_count == 1 => return r.into_inner(),
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
+            Err(s) => panic!("publish failed: {s:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) async fn ingest_client(
     addr: SocketAddr,
     key: &str,
