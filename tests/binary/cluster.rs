@@ -434,25 +434,7 @@ async fn the_database_cut_away_under_load_loses_nothing_acked_and_every_plane_co
 
 /// Every attempt of the delivery log, all pages.
 async fn attempts(clients: &Clients) -> Vec<sluice_proto::control::v1::Attempt> {
-    let mut request = sluice_proto::control::v1::ListAttemptsRequest {
-        page_size: 1000,
-        ..Default::default()
-    };
-    let mut all = Vec::new();
-    loop {
-        let page = clients
-            .deliveries
-            .clone()
-            .list_attempts(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.attempts);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        request.page_token = page.next_page_token;
-    }
+    sluice_testkit::all_attempts(&clients.deliveries, Default::default()).await
 }
 
 /// Polls the delivery log until it holds exactly one attempt per receiver hit, delivery by

@@ -105,25 +105,7 @@ async fn latest_revision(db: &DatabaseConnection) -> u64 {
 
 /// Every attempt of the delivery log, all pages.
 async fn attempts(clients: &Clients) -> Vec<pb::Attempt> {
-    let mut request = pb::ListAttemptsRequest {
-        page_size: 1000,
-        ..Default::default()
-    };
-    let mut all = Vec::new();
-    loop {
-        let page = clients
-            .deliveries
-            .clone()
-            .list_attempts(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.attempts);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        request.page_token = page.next_page_token;
-    }
+    sluice_testkit::all_attempts(&clients.deliveries, Default::default()).await
 }
 
 /// Creates a subscription to everything, delivered to `url`; returns its id.

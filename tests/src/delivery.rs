@@ -67,23 +67,8 @@ impl Log {
     }
 
     /// Every attempt matching `request`, all pages.
-    pub async fn attempts(&self, mut request: pb::ListAttemptsRequest) -> Vec<pb::Attempt> {
-        request.page_size = 1000;
-        let mut all = Vec::new();
-        loop {
-            let page = self
-                .deliveries
-                .clone()
-                .list_attempts(request.clone())
-                .await
-                .unwrap()
-                .into_inner();
-            all.extend(page.attempts);
-            if page.next_page_token.is_empty() {
-                return all;
-            }
-            request.page_token = page.next_page_token;
-        }
+    pub async fn attempts(&self, request: pb::ListAttemptsRequest) -> Vec<pb::Attempt> {
+        sluice_testkit::all_attempts(&self.deliveries, request).await
     }
 
     /// Every attempt of one message, oldest (lowest attempt number) first.

@@ -55,6 +55,28 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 }
 
 /// An ingest client of the data plane at `addr`, publishing with `key`.
+/// Every attempt of the delivery log matching `request`, all pages (1,000 a page).
+pub async fn all_attempts(
+    deliveries: &pb::delivery_service_client::DeliveryServiceClient<Intercepted>,
+    mut request: pb::ListAttemptsRequest,
+) -> Vec<pb::Attempt> {
+    request.page_size = 1000;
+    let mut all = Vec::new();
+    loop {
+        let page = deliveries
+            .clone()
+            .list_attempts(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.attempts);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
 /// Publishes `request()` until the data plane accepts it and matches exactly one
 /// subscription, and returns that answer: a data plane learns keys and subscriptions from
 /// its watch stream, so until then a publish is refused (UNAUTHENTICATED) or matches

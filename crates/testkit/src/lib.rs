@@ -30,7 +30,9 @@ pub mod tls;
 use std::time::Duration;
 
 pub use assertions::{assert_invalid, field_violations};
-pub use clients::{Bearer, Clients, Intercepted, authed, connect, publish_when_configured};
+pub use clients::{
+    Bearer, Clients, Intercepted, all_attempts, authed, connect, publish_when_configured,
+};
 pub use control::ControlHarness;
 pub use database::{Backend, TestDatabase, backends, count_rows, max_revision};
 
