@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let protos: Vec<PathBuf> = [
         "sluice/control/v1/common.proto",
+        "sluice/control/v1/policy.proto",
         "sluice/control/v1/workspace.proto",
         "sluice/control/v1/event_type.proto",
         "sluice/control/v1/subscription.proto",

@@ -123,6 +123,7 @@ async fn no_secret_at_rest_and_rotation_keeps_every_signature_valid() {
                 attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
                 attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
                 retention: Default::default(),
+                policy_defaults: Default::default(),
             },
         )
         .await;

@@ -39,6 +39,7 @@ pub fn workspace(m: workspace::Model) -> pb::Workspace {
         update_time: Some(ts(m.update_ms)),
         retention: m.retention_ms.map(duration_ms),
         idempotency_retention: m.idempotency_retention_ms.map(duration_ms),
+        retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
     }
 }
 
@@ -169,6 +170,10 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
             Some("bearer") => pb::EndpointAuthType::Bearer,
             _ => pb::EndpointAuthType::None,
         } as i32,
+        retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
+        // Resolved by GetSubscription only (it reads the workspace).
+        effective_retry_policy: None,
+        payload_shape: crate::policy::shape_proto(&m.payload_shape),
     }
 }
 
@@ -238,5 +243,7 @@ pub fn config_subscription(
         disabled_reason: reason(m.disabled_reason.as_deref()) as i32,
         disabled_message: m.disabled_message.clone().unwrap_or_default(),
         update_time: Some(ts(m.update_ms)),
+        retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
+        payload_shape: crate::policy::shape_proto(&m.payload_shape),
     })
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event_type;
 mod metrics;
 pub mod page;
+mod policy;
 pub mod retention;
 pub mod secrets;
 pub mod subscription;
@@ -58,6 +59,9 @@ pub struct ControlConfig {
     /// How long the delivery log and `config_changes` are kept where a workspace sets no
     /// window of its own, and how often the purge runs (`retention.rs`).
     pub retention: sluice_core::retention::RetentionDefaults,
+    /// The server's retry policy (the data plane's flags), which `GetSubscription` shows
+    /// where neither the workspace nor the subscription sets a value (`policy.rs`).
+    pub policy_defaults: sluice_core::policy::Defaults,
 }
 
 impl std::fmt::Debug for ControlConfig {
@@ -71,6 +75,7 @@ impl std::fmt::Debug for ControlConfig {
             .field("attempt_watch_buffer", &self.attempt_watch_buffer)
             .field("attempt_watch_patience", &self.attempt_watch_patience)
             .field("retention", &self.retention)
+            .field("policy_defaults", &self.policy_defaults)
             .finish()
     }
 }
@@ -388,6 +393,7 @@ mod tests {
             attempt_watch_buffer: 1,
             attempt_watch_patience: std::time::Duration::from_secs(1),
             retention: Default::default(),
+            policy_defaults: Default::default(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("secret_value"), "{shown}");

@@ -36,8 +36,8 @@ pub const MAX_RATE_LIMIT: u32 = 100_000;
 pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// The longest grace period of a rotation.
 pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
-/// Updatable fields, for `update_mask`.
-pub const UPDATABLE: [&str; 8] = [
+/// Updatable fields, for `update_mask` (besides `retry_policy.<field>`).
+pub const UPDATABLE: [&str; 10] = [
     "description",
     "url",
     "destination_type",
@@ -46,6 +46,8 @@ pub const UPDATABLE: [&str; 8] = [
     "rate_limit_per_second",
     "signature_scheme",
     "auth",
+    "payload_shape",
+    "retry_policy",
 ];
 
 /// The `SubscriptionService` implementation.
@@ -66,6 +68,8 @@ struct Fields {
     /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value);
     /// `None` for none.
     auth: Option<(&'static str, String)>,
+    /// `None`: unspecified (the envelope on create, unchanged on update).
+    payload_shape: Option<sluice_core::policy::PayloadShape>,
 }
 
 /// A new ed25519 key: sealed for storage, and its public half in clear.
@@ -215,6 +219,10 @@ fn validate(
             );
         }
     }
+    if selected("payload_shape") {
+        f.payload_shape =
+            crate::policy::payload_shape(v, "subscription.payload_shape", input.payload_shape);
+    }
     if selected("rate_limit_per_second") {
         if input.rate_limit_per_second > MAX_RATE_LIMIT {
             v.add(
@@ -324,6 +332,11 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let mut v = Violations::default();
         let f = validate(&mut v, &input, |_| true, self.0.config().allow_http);
         let secret = parse_secret(&mut v, "secret", &r.secret);
+        let retry_policy = crate::policy::read(
+            &mut v,
+            "subscription.retry_policy",
+            input.retry_policy.as_ref(),
+        );
         v.finish()?;
         let now = now_ms();
         let destination = f
@@ -361,6 +374,8 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 .auth
                 .as_ref()
                 .map(|(_, value)| self.0.config().keyring.seal(value))),
+            retry_policy: Set(retry_policy.and_then(|p| p.to_json())),
+            payload_shape: Set(f.payload_shape.unwrap_or_default().as_str().to_owned()),
             create_ms: Set(now),
             update_ms: Set(now),
         };
@@ -396,8 +411,19 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let row = self.find(&workspace_id, &request.get_ref().id).await?;
+        let workspace = sluice_store::control::workspace::Entity::find_by_id(workspace_id)
+            .one(self.0.db())
+            .await
+            .map_err(ApiError::from)?;
+        let effective = crate::policy::effective(
+            &self.0.config().policy_defaults,
+            workspace.as_ref().and_then(|w| w.retry_policy.as_deref()),
+            row.retry_policy.as_deref(),
+        );
+        let mut subscription = convert::subscription(row);
+        subscription.effective_retry_policy = Some(effective);
         Ok(Response::new(pb::GetSubscriptionResponse {
-            subscription: Some(convert::subscription(row)),
+            subscription: Some(subscription),
         }))
     }
 
@@ -490,11 +516,11 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             );
         }
         for path in &paths {
-            if !UPDATABLE.contains(&path.as_str()) {
+            if !UPDATABLE.contains(&path.as_str()) && !crate::policy::is_policy_path(path) {
                 v.add(
                     "update_mask",
                     format!(
-                        "unknown or read-only field {path:?}; updatable: {}",
+                        "unknown or read-only field {path:?}; updatable: {}, retry_policy.<field>",
                         UPDATABLE.join(", ")
                     ),
                 );
@@ -506,6 +532,22 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         }
         let f = validate(&mut v, &input, has, self.0.config().allow_http);
         v.finish()?;
+        // A policy change is merged into the stored one (field by field), so read it first.
+        let new_policy = if paths.iter().any(|p| crate::policy::is_policy_path(p)) {
+            let current = self.find(&workspace_id, &input.id).await?;
+            let mut v = Violations::default();
+            let merged = crate::policy::update(
+                &mut v,
+                "subscription.retry_policy",
+                input.retry_policy.as_ref(),
+                &paths,
+                current.retry_policy.as_deref(),
+            );
+            v.finish()?;
+            merged.map(|p| p.and_then(|p| p.to_json()))
+        } else {
+            None
+        };
         let paths_owned = paths.clone();
         let fresh_key = new_signing_key(&self.0.config().keyring);
         let sealed_auth = f
@@ -541,6 +583,12 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 }
                 if has("rate_limit_per_second") {
                     row.rate_limit_per_second = Set(f.rate_limit_per_second);
+                }
+                if let Some(policy) = new_policy {
+                    row.retry_policy = Set(policy);
+                }
+                if let Some(shape) = f.payload_shape {
+                    row.payload_shape = Set(shape.as_str().to_owned());
                 }
                 if has("auth") {
                     let (kind, sealed) = sealed_auth.unzip();

@@ -259,12 +259,14 @@ async fn snapshot(
         .filter(api_key::Column::RevokeMs.is_null())
         .all(db)
         .await?;
-    // Only the workspaces with a window of their own: the rest take the defaults.
+    // Only the workspaces with a window or a retry policy of their own: the rest take the
+    // defaults.
     let workspaces = workspace::Entity::find()
         .filter(
             sea_orm::Condition::any()
                 .add(workspace::Column::RetentionMs.is_not_null())
-                .add(workspace::Column::IdempotencyRetentionMs.is_not_null()),
+                .add(workspace::Column::IdempotencyRetentionMs.is_not_null())
+                .add(workspace::Column::RetryPolicy.is_not_null()),
         )
         .all(db)
         .await?;
@@ -316,6 +318,7 @@ fn config_workspace(w: &workspace::Model) -> pb::ConfigWorkspace {
         id: w.id.clone(),
         retention: w.retention_ms.map(convert::duration_ms),
         idempotency_retention: w.idempotency_retention_ms.map(convert::duration_ms),
+        retry_policy: crate::policy::to_proto(w.retry_policy.as_deref()),
     }
 }
 
@@ -363,7 +366,7 @@ async fn resolve_changes(
                 .one(db)
                 .await?
             {
-                Some(w) if w.retention_ms.is_some() || w.idempotency_retention_ms.is_some() => {
+                Some(w) if crate::policy::held(&w) => {
                     response.upserted_workspaces.push(config_workspace(&w))
                 }
                 _ => response

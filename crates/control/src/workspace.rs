@@ -101,6 +101,11 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             input.idempotency_retention.as_ref(),
         );
         keys_within_retention(&mut v, retention_ms, idempotency_ms);
+        let retry_policy = crate::policy::read(
+            &mut v,
+            "workspace.retry_policy",
+            input.retry_policy.as_ref(),
+        );
         v.finish()?;
         let now = now_ms();
         let row = workspace::ActiveModel {
@@ -110,6 +115,7 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             update_ms: Set(now),
             retention_ms: Set(retention_ms),
             idempotency_retention_ms: Set(idempotency_ms),
+            retry_policy: Set(retry_policy.and_then(|p| p.to_json())),
         };
         let (row, revision) = self
             .0
@@ -118,13 +124,12 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                 Box::pin(async move {
                     lock_config_writes(tx).await?;
                     let row = row.insert(tx).await?;
-                    // The data plane learns a workspace's own windows from the watch.
-                    let revision =
-                        if row.retention_ms.is_some() || row.idempotency_retention_ms.is_some() {
-                            record_change(tx, CHANGE_WORKSPACE, &row.id, &row.id).await?
-                        } else {
-                            0
-                        };
+                    // The data plane learns a workspace's own windows and policy from the watch.
+                    let revision = if crate::policy::held(&row) {
+                        record_change(tx, CHANGE_WORKSPACE, &row.id, &row.id).await?
+                    } else {
+                        0
+                    };
                     Ok((row, revision))
                 })
             })
@@ -187,7 +192,8 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         if paths.is_empty() {
             v.add(
                 "update_mask",
-                "required: name the fields to update (display_name, retention, idempotency_retention)",
+                "required: name the fields to update (display_name, retention, \
+                 idempotency_retention, retry_policy, retry_policy.<field>)",
             );
         }
         let mut new_name = None;
@@ -213,25 +219,41 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                         input.idempotency_retention.as_ref(),
                     ));
                 }
+                other if crate::policy::is_policy_path(other) => {}
                 other => v.add(
                     "update_mask",
                     format!(
                         "unknown or read-only field {other:?}; updatable: display_name, \
-                         retention, idempotency_retention"
+                         retention, idempotency_retention, retry_policy, retry_policy.<field>"
                     ),
                 ),
             }
         }
         v.finish()?;
         let current = self.find("workspace.id", &input.id).await?;
+        let mut v = Violations::default();
+        let new_policy = crate::policy::update(
+            &mut v,
+            "workspace.retry_policy",
+            input.retry_policy.as_ref(),
+            &paths,
+            current.retry_policy.as_deref(),
+        )
+        .map(|p| p.and_then(|p| p.to_json()));
+        v.finish()?;
         let retention_ms = new_retention.unwrap_or(current.retention_ms);
         let idempotency_ms = new_idempotency.unwrap_or(current.idempotency_retention_ms);
         let mut v = Violations::default();
         keys_within_retention(&mut v, retention_ms, idempotency_ms);
         v.finish()?;
+        let policy = new_policy.unwrap_or_else(|| current.retry_policy.clone());
+        // The data plane holds a workspace while it sets a window or a policy: any change
+        // of those (one going back to the defaults included) is sent.
         let windows_changed = retention_ms != current.retention_ms
-            || idempotency_ms != current.idempotency_retention_ms;
+            || idempotency_ms != current.idempotency_retention_ms
+            || policy != current.retry_policy;
         let mut row = current.into_active_model();
+        row.retry_policy = Set(policy);
         if let Some(name) = new_name {
             row.display_name = Set(name);
         }
@@ -268,8 +290,8 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         self.0.auth().admin(request.metadata()).await?;
         let id = request.into_inner().id;
         let row = self.find("id", &id).await?;
-        // The data plane holds only the workspaces with windows of their own.
-        let held = row.retention_ms.is_some() || row.idempotency_retention_ms.is_some();
+        // The data plane holds only the workspaces with windows or a policy of their own.
+        let held = crate::policy::held(&row);
         let revision = self
             .0
             .db()

@@ -147,6 +147,17 @@ const FIXED_BYTES: usize = PART_ID.len()
     + PART_END.len()
     + 6;
 const MAX_U32_DIGITS: usize = 10;
+/// Where an envelope built by [`build_envelope`] splits: its head (`{"id":…,"workspace_id":…`,
+/// without the payload) and the payload's bytes, as `(head_end, payload_start)`. The payload
+/// is last and the strings before it are JSON-escaped (a quote inside one is `\"`), so the
+/// first `,"payload":` is the payload's own key. `None` for anything else.
+pub fn split_envelope(envelope: &[u8]) -> Option<(usize, usize)> {
+    let head_end = memchr::memmem::find(envelope, PART_PAYLOAD)?;
+    let payload_start = head_end + PART_PAYLOAD.len();
+    (envelope.last() == Some(&b'}') && payload_start < envelope.len())
+        .then_some((head_end, payload_start))
+}
+
 /// `2024-01-15T10:30:00.000Z`
 const TIMESTAMP_BYTES: usize = 24;
 
@@ -228,6 +239,28 @@ mod tests {
             .and_hms_milli_opt(h, mi, s, milli)
             .unwrap();
         Utc.from_utc_datetime(&naive)
+    }
+
+    #[test]
+    fn splits_head_and_payload() {
+        let payload = r#"{"note":",\"payload\":1","n": 1.50}"#;
+        let envelope = build_envelope(
+            "msg_1",
+            "a.b",
+            1,
+            at(2024, 1, 15, 10, 30, 0, 0),
+            "wrk_\",payload\":",
+            payload,
+        );
+        let (head, start) = split_envelope(&envelope).unwrap();
+        assert_eq!(&envelope[start..envelope.len() - 1], payload.as_bytes());
+        let mut thin = envelope[..head].to_vec();
+        thin.push(b'}');
+        let thin: serde_json::Value = serde_json::from_slice(&thin).unwrap();
+        assert_eq!(thin["workspace_id"], "wrk_\",payload\":");
+        assert_eq!(thin.get("payload"), None);
+        assert_eq!(split_envelope(b"{}"), None);
+        assert_eq!(split_envelope(br#"{"payload":{}}"#), None);
     }
 
     #[test]

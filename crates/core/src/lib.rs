@@ -11,6 +11,7 @@ pub mod event;
 pub mod ids;
 pub mod operational;
 pub mod outcome;
+pub mod policy;
 pub mod retention;
 pub mod retry;
 pub mod sealing;

@@ -139,6 +139,11 @@ impl DataPlane {
         let (retry_tx, retry_rx) = mpsc::channel(RETRY_QUEUE);
         let outcomes = OutcomeSender::new(outcome_tx);
         let policy = RetryPolicy {
+            defaults: sluice_core::policy::Defaults::new(
+                &config.retry,
+                config.sender.request_timeout,
+                config.disable_after_failing_for,
+            ),
             schedule: config.retry.clone(),
             jitter: config.retry_jitter,
             retry_after_min: config.retry_after_min,

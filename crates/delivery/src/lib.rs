@@ -26,7 +26,7 @@ pub use config::{DEFAULT_USER_AGENT, SenderConfig};
 pub use egress::EgressDenied;
 pub use sender::{
     AttemptResult, CustomHeaders, DeliveryRequest, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS,
-    Sender, SenderBuildError, redacted_url,
+    SendOptions, Sender, SenderBuildError, redacted_url,
 };
 pub use slack::slack_message;
 

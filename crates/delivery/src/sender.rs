@@ -27,6 +27,9 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 /// W3C trace context, so the receiver can continue the delivery's trace.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// The event type of a `RAW` or `THIN` body, which does not carry it in the envelope
+/// (`sluice_core::policy::EVENT_TYPE_HEADER`).
+const WEBHOOK_EVENT_TYPE: HeaderName = HeaderName::from_static("webhook-event-type");
 
 /// The most headers a response may have (hyper's default).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
@@ -171,6 +174,16 @@ pub struct DeliveryRequest<'a> {
     pub resend_count: u32,
 }
 
+/// Choices of one attempt beyond its request, each off by default: a subscription's retry
+/// policy or payload shape sets them, so the default path costs nothing more.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendOptions<'a> {
+    /// The total timeout of this attempt instead of the sender's `request_timeout`.
+    pub timeout: Option<Duration>,
+    /// Sent as `webhook-event-type` (bodies without the envelope).
+    pub event_type: Option<&'a str>,
+}
+
 /// What one attempt did, for the retry decision and the attempt log.
 #[derive(Clone, Debug)]
 pub struct AttemptResult {
@@ -291,6 +304,15 @@ impl Sender {
     /// Makes one attempt. Never fails as a Rust error: every failure is described in the
     /// result, which is what the attempt log and the retry decision need.
     pub async fn send(&self, request: &DeliveryRequest<'_>) -> AttemptResult {
+        self.send_with(request, SendOptions::default()).await
+    }
+
+    /// [`Sender::send`] with per-attempt options.
+    pub async fn send_with(
+        &self,
+        request: &DeliveryRequest<'_>,
+        options: SendOptions<'_>,
+    ) -> AttemptResult {
         let url = request.url;
         // The HTTP client span, with the OpenTelemetry semantic-convention attributes.
         // `url.full` is redacted (see `redacted_url`): no credentials, query values or
@@ -312,7 +334,10 @@ impl Sender {
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        let result = self.attempt(request).instrument(span.clone()).await;
+        let result = self
+            .attempt(request, options)
+            .instrument(span.clone())
+            .await;
         if let Some(code) = result.status_code {
             span.record(
                 "http.response.status_code",
@@ -326,7 +351,11 @@ impl Sender {
         result
     }
 
-    async fn attempt(&self, request: &DeliveryRequest<'_>) -> AttemptResult {
+    async fn attempt(
+        &self,
+        request: &DeliveryRequest<'_>,
+        options: SendOptions<'_>,
+    ) -> AttemptResult {
         let webhook_timestamp = Utc::now().timestamp();
         if let Err(denied) = self.inner.policy.check_url(request.url) {
             tracing::debug!(error = %denied, "destination refused before sending");
@@ -337,7 +366,15 @@ impl Sender {
             );
         }
         let headers = match self.headers(request, webhook_timestamp) {
-            Ok(headers) => headers,
+            Ok(mut headers) => {
+                if let Some(value) = options
+                    .event_type
+                    .and_then(|name| HeaderValue::from_str(name).ok())
+                {
+                    headers.insert(WEBHOOK_EVENT_TYPE, value);
+                }
+                headers
+            }
             Err(message) => {
                 return AttemptResult::failed(webhook_timestamp, AttemptErrorKind::Other, message);
             }
@@ -348,12 +385,15 @@ impl Sender {
         let mut http_request = reqwest::Request::new(reqwest::Method::POST, request.url.clone());
         *http_request.headers_mut() = headers;
         *http_request.body_mut() = Some(request.body.clone().into());
+        // A per-request timeout replaces the client's total one (connect to body read).
+        *http_request.timeout_mut() = options.timeout;
+        let timeout = options.timeout.unwrap_or(self.inner.config.request_timeout);
         let started = Instant::now();
         let sent = self.inner.client.execute(http_request).await;
         let mut response = match sent {
             Ok(response) => response,
             Err(err) => {
-                let (kind, message) = self.describe_send_error(err);
+                let (kind, message) = self.describe_send_error(err, timeout);
                 let mut result = AttemptResult::failed(webhook_timestamp, kind, message);
                 result.latency = started.elapsed();
                 return result;
@@ -371,7 +411,7 @@ impl Sender {
             // The answer did not fully arrive: the attempt failed however it started, and
             // the message keeps the status for context.
             Some(err) => {
-                let (kind, message) = self.describe_body_error(err);
+                let (kind, message) = self.describe_body_error(err, timeout);
                 (Some(kind), Some(format!("{message} (after HTTP {status})")))
             }
             None if status.is_success() => (None, None),
@@ -479,7 +519,11 @@ impl Sender {
 
     /// Maps a failure before any response arrived to a kind and a message. Messages are
     /// built from the innermost cause, never from reqwest's own Display, which names the URL.
-    fn describe_send_error(&self, err: reqwest::Error) -> (AttemptErrorKind, String) {
+    fn describe_send_error(
+        &self,
+        err: reqwest::Error,
+        timeout: Duration,
+    ) -> (AttemptErrorKind, String) {
         let err = err.without_url();
         let chain = error_chain(&err);
         if let Some(denied) = chain.iter().find_map(|e| e.downcast_ref::<EgressDenied>()) {
@@ -491,13 +535,10 @@ impl Sender {
             let message = if err.is_connect() {
                 format!(
                     "timed out while connecting (connect timeout {:?}, total timeout {:?})",
-                    config.connect_timeout, config.request_timeout
+                    config.connect_timeout, timeout
                 )
             } else {
-                format!(
-                    "no response within the total timeout of {:?}",
-                    config.request_timeout
-                )
+                format!("no response within the total timeout of {timeout:?}")
             };
             return (AttemptErrorKind::Timeout, message);
         }
@@ -529,15 +570,16 @@ impl Sender {
     }
 
     /// Maps a failure while reading the response body (after the status arrived).
-    fn describe_body_error(&self, err: reqwest::Error) -> (AttemptErrorKind, String) {
+    fn describe_body_error(
+        &self,
+        err: reqwest::Error,
+        timeout: Duration,
+    ) -> (AttemptErrorKind, String) {
         let err = err.without_url();
         if err.is_timeout() {
             return (
                 AttemptErrorKind::Timeout,
-                format!(
-                    "the response body did not arrive within the total timeout of {:?}",
-                    self.inner.config.request_timeout
-                ),
+                format!("the response body did not arrive within the total timeout of {timeout:?}"),
             );
         }
         let chain = error_chain(&err);

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::policy_flags::PolicyArgs;
 use crate::telemetry::TelemetryArgs;
 
 /// Sluice: webhook delivery. Two gRPC planes, one binary.
@@ -212,6 +213,8 @@ pub struct ControlArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// Flags of `sluice data`.
@@ -257,28 +260,17 @@ pub struct DeliveryArgs {
     /// A PEM file of certificate authorities trusted for endpoints besides the system's.
     #[arg(long, env = "SLUICE_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<std::path::PathBuf>,
-    /// Delays before each attempt, comma-separated (`0s,5s,5m,30m,2h,5h,10h,10h`).
-    #[arg(
-        long,
-        env = "SLUICE_RETRY_SCHEDULE",
-        default_value = "0s,5s,5m,30m,2h,5h,10h,10h"
-    )]
-    pub retry_schedule: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Largest payload accepted, in bytes.
     #[arg(long, env = "SLUICE_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
     pub max_payload_bytes: usize,
     /// Connect timeout of an attempt, in milliseconds.
     #[arg(long, env = "SLUICE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
-    /// Total timeout of an attempt, in milliseconds.
-    #[arg(long, env = "SLUICE_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
-    pub request_timeout_ms: u64,
     /// Attempts in flight per endpoint at most.
     #[arg(long, env = "SLUICE_ENDPOINT_CONCURRENCY", default_value_t = 16)]
     pub endpoint_concurrency: usize,
-    /// Disable an endpoint whose every attempt failed for this many hours.
-    #[arg(long, env = "SLUICE_DISABLE_AFTER_HOURS", default_value_t = 120)]
-    pub disable_after_hours: u64,
     /// Or after this many consecutive failed attempts (0: only the period counts).
     #[arg(long, env = "SLUICE_DISABLE_AFTER_ATTEMPTS", default_value_t = 0)]
     pub disable_after_attempts: u32,
@@ -304,8 +296,7 @@ impl DeliveryArgs {
         internal_token: String,
         control_endpoint: String,
     ) -> anyhow::Result<sluice_data::DataConfig> {
-        let retry = sluice_core::retry::RetrySchedule::parse(&self.retry_schedule)
-            .map_err(|e| anyhow::anyhow!("--retry-schedule: {e}"))?;
+        let retry = self.policy.schedule()?;
         let allow_list = sluice_core::egress::AllowList::parse(&self.egress_allow)
             .map_err(|e| anyhow::anyhow!("--egress-allow: {e}"))?;
         if self.endpoint_concurrency == 0 {
@@ -320,7 +311,7 @@ impl DeliveryArgs {
         let sender = sluice_delivery::SenderConfig {
             extra_ca_pem,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            request_timeout: self.policy.request_timeout(),
             allow_http: self.allow_http,
             allow_private: self.allow_private_destinations,
             allow_list,
@@ -333,7 +324,7 @@ impl DeliveryArgs {
             max_payload_bytes: self.max_payload_bytes,
             sender,
             endpoint_concurrency: self.endpoint_concurrency,
-            disable_after_failing_for: Duration::from_secs(self.disable_after_hours * 3600),
+            disable_after_failing_for: self.policy.disable_after(),
             disable_after_failed_attempts: (self.disable_after_attempts > 0)
                 .then_some(self.disable_after_attempts),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
@@ -517,6 +508,7 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
         attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
         retention: args.retention.defaults(),
+        policy_defaults: args.policy.defaults()?,
     };
     let url = args.storage.url(sluice_store::Plane::Control)?;
     let listener = bind(args.listen, "control plane").await?;
@@ -609,6 +601,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
         attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
         retention: args.retention.defaults(),
+        policy_defaults: delivery.policy.defaults()?,
     };
     let control_listener = bind(args.control_listen, "control plane").await?;
     let data_listener = bind(args.data_listen, "data plane").await?;

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod keys;
 pub mod listen;
+pub mod policy_flags;
 pub mod prometheus;
 pub mod publish;
 pub mod server;

@@ -30,6 +30,7 @@ pub(crate) fn control_config(
         attempt_watch_buffer: sluice_control::attempt_watch::DEFAULT_BUFFER,
         attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
         retention: Default::default(),
+        policy_defaults: Default::default(),
     }
 }
 

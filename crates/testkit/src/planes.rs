@@ -114,9 +114,7 @@ impl Planes {
         config.attempt_watch_buffer = options.attempt_watch_buffer;
         config.attempt_watch_patience = options.attempt_watch_patience;
         config.retention = options.retention;
-        let control = ControlServer::start(control_listener, control_db.clone(), config).await;
-
-        let config = sluice_data::DataConfig {
+        let data_config = sluice_data::DataConfig {
             internal_token: INTERNAL_TOKEN.into(),
             control_endpoint: format!("http://{control_addr}"),
             retry: sluice_core::retry::RetrySchedule::parse(&options.retry_schedule).unwrap(),
@@ -138,6 +136,10 @@ impl Planes {
             retention: options.retention,
             ..Default::default()
         };
+        // The control plane shows the data plane's flags as the server's level of the policy.
+        config.policy_defaults = policy_defaults(&data_config);
+        let control = ControlServer::start(control_listener, control_db.clone(), config).await;
+        let config = data_config;
         let data = DataHarness::serve(data_listener, data_db.clone(), config.clone()).await;
         Planes {
             control_addr,
@@ -244,6 +246,7 @@ impl Planes {
         config.attempt_watch_buffer = self.attempt_watch.0;
         config.attempt_watch_patience = self.attempt_watch.1;
         config.retention = self.retention;
+        config.policy_defaults = policy_defaults(&self.data_config);
         self.control = Some(ControlServer::start(listener, self.control_db.clone(), config).await);
     }
 
@@ -308,4 +311,13 @@ impl<F: Future> Future for CatchUnwind<F> {
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
+}
+
+/// The server's level of the retry policy that a data plane with `config` applies.
+fn policy_defaults(config: &sluice_data::DataConfig) -> sluice_core::policy::Defaults {
+    sluice_core::policy::Defaults::new(
+        &config.retry,
+        config.sender.request_timeout,
+        config.disable_after_failing_for,
+    )
 }

@@ -115,6 +115,14 @@ impl DispatchService for DispatchApi {
             tracestate: None,
             create_ms: now.timestamp_millis(),
         };
+        // The subscription's policy as the control plane sent it, under its workspace's.
+        let own = crate::state::policy::overrides(subscription.retry_policy.as_ref());
+        let snapshot = self.manual.attempts.copy.current();
+        let timeout = self
+            .manual
+            .attempts
+            .plan(&snapshot, &subscription.workspace_id, own.as_ref())
+            .request_timeout_override();
         let (attempt, _) = self
             .manual
             .attempts
@@ -124,6 +132,7 @@ impl DispatchService for DispatchApi {
                 &subscription.id,
                 1,
                 AttemptTrigger::Manual,
+                timeout,
             )
             .await;
         Ok(Response::new(SendTestResponse {

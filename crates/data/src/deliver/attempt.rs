@@ -12,8 +12,9 @@ use bytes::Bytes;
 use sluice_core::ids::{IdKind, new_id};
 use sluice_core::operational::{self, LastError};
 use sluice_core::outcome::DeliveryStatus;
+use sluice_core::policy::{Effective, PayloadShape, Source};
 use sluice_core::sealing::Keyring;
-use sluice_delivery::{AttemptResult, DeliveryRequest, Sender, slack_message};
+use sluice_delivery::{AttemptResult, DeliveryRequest, SendOptions, Sender, slack_message};
 use sluice_proto::control::v1::{
     Attempt, AttemptOutcome, AttemptTrigger, DeliveryStatus as ProtoDeliveryStatus, DisabledReason,
     SubscriptionDisabled,
@@ -27,7 +28,7 @@ use crate::deliver::lanes::{BreakerChange, Lane, Lanes};
 use crate::notices::{self, Cause};
 use crate::shutdown::Shutdown;
 use crate::state::claims::Claims;
-use crate::state::config_copy::{ConfigCopy, Endpoint, Subscription};
+use crate::state::config_copy::{ConfigCopy, ConfigSnapshot, Endpoint, Subscription};
 use crate::state::sealed::SealedConfig;
 use crate::state::streaks::Streaks;
 use crate::time::{duration_ms, proto_duration, timestamp_from_ms};
@@ -59,6 +60,21 @@ pub(crate) struct Attempts {
 }
 
 impl Attempts {
+    /// The retry policy that applies to `subscription` now: its own, its workspace's, the
+    /// flags'. Borrowed, nothing built: the default path is a check for no overrides.
+    pub(crate) fn plan<'a>(
+        &'a self,
+        snapshot: &'a ConfigSnapshot,
+        workspace_id: &str,
+        own: Option<&'a sluice_core::policy::Overrides>,
+    ) -> Effective<'a> {
+        sluice_core::policy::resolve(
+            &self.policy.defaults,
+            snapshot.workspace_policy(workspace_id),
+            own,
+        )
+    }
+
     /// Makes a lane's attempt of a held delivery and concludes it; false when no request was
     /// sent (the claim was withdrawn, the subscription is gone or disabled, or shutdown's
     /// grace ran out).
@@ -76,8 +92,15 @@ impl Attempts {
             }
         };
         let attempt_number = task.attempt_count.saturating_add(1);
+        let timeout = self
+            .plan(
+                &snapshot,
+                &subscription.workspace_id,
+                subscription.policy.as_ref(),
+            )
+            .request_timeout_override();
         let sent = tokio::select! {
-            sent = self.send(&subscription.endpoint, &task.message, &subscription.id, attempt_number, task.trigger) => sent,
+            sent = self.send(&subscription.endpoint, &task.message, &subscription.id, attempt_number, task.trigger, timeout) => sent,
             () = self.shutdown.attempts_aborted() => {
                 // Shutdown's grace ran out. Nothing is recorded: the delivery stays pending and
                 // is attempted again after the restart (the receiver dedupes by webhook-id).
@@ -97,7 +120,8 @@ impl Attempts {
         true
     }
 
-    /// Sends one attempt to `endpoint` and describes it as an `Attempt` for the log.
+    /// Sends one attempt to `endpoint` (within `timeout` when the subscription's policy sets
+    /// one) and describes it as an `Attempt` for the log.
     pub(crate) async fn send(
         &self,
         endpoint: &Endpoint,
@@ -105,12 +129,21 @@ impl Attempts {
         subscription_id: &str,
         attempt_number: u32,
         trigger: AttemptTrigger,
+        timeout: Option<Duration>,
     ) -> (Attempt, AttemptResult) {
         let attempt_ms = now_ms();
+        let mut options = SendOptions {
+            timeout,
+            event_type: None,
+        };
         let body = if endpoint.slack {
             slack_body(message)
-        } else {
+        } else if endpoint.shape == PayloadShape::Envelope {
             message.envelope.clone()
+        } else {
+            // The body no longer carries the event type: a header does.
+            options.event_type = Some(&message.event_type);
+            crate::deliver::shape::body(endpoint.shape, &message.envelope)
         };
         let secrets = endpoint.signing_secrets(attempt_ms);
         let keys = endpoint.signing_keys(attempt_ms);
@@ -142,7 +175,11 @@ impl Attempts {
             message.traceparent.as_deref(),
             message.tracestate.as_deref(),
         );
-        let result = self.sender.send(&request).instrument(span).await;
+        let result = self
+            .sender
+            .send_with(&request, options)
+            .instrument(span)
+            .await;
         let attempt = Attempt {
             id: new_id(IdKind::Attempt),
             message_id: message.id.clone(),
@@ -186,10 +223,26 @@ impl Attempts {
     ) {
         let now = now_ms();
         let success = result.is_success();
-        let (streak, persistent_failure) = self.streaks.note(&subscription.id, success, now);
+        // Resolved now, from the copy in effect: a workspace's change applies at once.
+        let snapshot = self.copy.current();
+        let plan = self.plan(
+            &snapshot,
+            &subscription.workspace_id,
+            subscription.policy.as_ref(),
+        );
+        let failing_for =
+            (plan.disable_after_ms.1 != Source::ServerDefault).then(|| plan.disable_after());
+        let (streak, persistent_failure) =
+            self.streaks
+                .note(&subscription.id, success, now, failing_for);
         let schedule_start = schedule_start(rule, &task, attempt.attempt_number);
+        let age = Duration::from_millis(
+            u64::try_from(now.saturating_sub(task.message.create_ms)).unwrap_or(0),
+        );
         let next = next_step(
             &self.policy,
+            &plan,
+            age,
             rule,
             attempt.attempt_number.saturating_sub(schedule_start),
             success,

@@ -4,12 +4,16 @@
 
 use std::time::Duration;
 
+use sluice_core::policy::{Defaults, Effective};
 use sluice_core::retry::{RetrySchedule, clamp_retry_after, with_jitter};
 
 /// How retries are spaced, from the data plane's configuration.
 #[derive(Clone, Debug)]
 pub(crate) struct RetryPolicy {
     pub(crate) schedule: RetrySchedule,
+    /// The server's level of the layered policy (the schedule's retries, the request
+    /// timeout, the disable period); a workspace's or subscription's policy overrides it.
+    pub(crate) defaults: Defaults,
     pub(crate) jitter: f64,
     pub(crate) retry_after_min: Duration,
     pub(crate) retry_after_max: Duration,
@@ -44,12 +48,16 @@ pub(crate) enum NextStep {
 }
 
 /// The step after attempt `attempt_number` (1-based) of the current run of a delivery's
-/// retry schedule, under `rule`.
+/// retry schedule, under `rule`, with the subscription's effective policy `plan` (its
+/// retry delays and limit), for a message `age` old.
 ///
 /// `Retry-After` (parsed on 429 and 503 only) is kept within policy bounds and wins when it
 /// asks for a longer wait than the schedule; it never adds attempts beyond the schedule.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn next_step(
     policy: &RetryPolicy,
+    plan: &Effective<'_>,
+    age: Duration,
     rule: Rule,
     attempt_number: u32,
     success: bool,
@@ -68,10 +76,7 @@ pub(crate) fn next_step(
     {
         return NextStep::KeepSchedule;
     }
-    let Some(scheduled) = policy
-        .schedule
-        .delay_before_attempt(attempt_number.saturating_add(1))
-    else {
+    let Some(scheduled) = plan.next_delay(attempt_number, age) else {
         return NextStep::Failed;
     };
     let mut delay = with_jitter(scheduled, policy.jitter);
@@ -92,12 +97,18 @@ mod tests {
     use super::*;
 
     fn policy(schedule: &str) -> RetryPolicy {
+        let schedule = RetrySchedule::parse(schedule).unwrap();
         RetryPolicy {
-            schedule: RetrySchedule::parse(schedule).unwrap(),
+            defaults: Defaults::new(&schedule, Duration::from_secs(15), Duration::from_secs(60)),
+            schedule,
             jitter: 0.0,
             retry_after_min: Duration::from_secs(1),
             retry_after_max: Duration::from_secs(3600),
         }
+    }
+
+    fn plan(policy: &RetryPolicy) -> Effective<'_> {
+        sluice_core::policy::resolve(&policy.defaults, None, None)
     }
 
     #[test]
@@ -128,7 +139,16 @@ mod tests {
         ];
         for (attempt, success, gone, retry_after, want) in cases {
             assert_eq!(
-                next_step(&policy, Rule::Schedule, attempt, success, gone, retry_after),
+                next_step(
+                    &policy,
+                    &plan(&policy),
+                    Duration::ZERO,
+                    Rule::Schedule,
+                    attempt,
+                    success,
+                    gone,
+                    retry_after
+                ),
                 want,
                 "attempt {attempt} success {success} gone {gone} retry-after {retry_after:?}"
             );
@@ -140,8 +160,16 @@ mod tests {
         let mut policy = policy("0s,10s");
         policy.jitter = 0.2;
         for _ in 0..1000 {
-            let NextStep::RetryIn(d) = next_step(&policy, Rule::Schedule, 1, false, false, None)
-            else {
+            let NextStep::RetryIn(d) = next_step(
+                &policy,
+                &plan(&policy),
+                Duration::ZERO,
+                Rule::Schedule,
+                1,
+                false,
+                false,
+                None,
+            ) else {
                 panic!("expected a retry");
             };
             assert!(
@@ -201,6 +229,8 @@ mod tests {
             assert_eq!(
                 next_step(
                     &policy,
+                    &plan(&policy),
+                    Duration::ZERO,
                     rule,
                     1,
                     success,

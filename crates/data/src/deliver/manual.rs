@@ -160,6 +160,10 @@ impl ManualDeliveries {
             generation,
         };
         let attempt_number = task.attempt_count.saturating_add(1);
+        let timeout = self
+            .attempts
+            .plan(&snapshot, workspace_id, subscription.policy.as_ref())
+            .request_timeout_override();
         let (attempt, result) = self
             .attempts
             .send(
@@ -168,6 +172,7 @@ impl ManualDeliveries {
                 &subscription.id,
                 attempt_number,
                 AttemptTrigger::Manual,
+                timeout,
             )
             .await;
         let breaker = self

@@ -12,4 +12,5 @@ pub(crate) mod lanes;
 pub(crate) mod manual;
 pub(crate) mod rate_limit;
 pub(crate) mod scanner;
+pub(crate) mod shape;
 pub(crate) mod timers;

@@ -14,6 +14,7 @@ use prost::Message as _;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sluice_core::event::EventFilter;
+use sluice_core::policy::{Overrides, PayloadShape};
 use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
 use sluice_core::signing_ed25519::{AsymmetricKey, SECRET_KEY_PREFIX};
@@ -40,6 +41,8 @@ pub(crate) struct Endpoint {
     pub(crate) slack: bool,
     /// Custom headers, parsed once, sorted by name so requests are reproducible.
     pub(crate) custom_headers: CustomHeaders,
+    /// The body to send (Slack keeps its own message whatever this says).
+    pub(crate) shape: PayloadShape,
     /// Current secret first, then older ones still within their grace period.
     secrets: Vec<Secret>,
 }
@@ -116,6 +119,7 @@ impl Endpoint {
             url,
             slack,
             custom_headers,
+            shape: crate::state::policy::shape(config.payload_shape),
             secrets,
         })
     }
@@ -164,6 +168,8 @@ pub(crate) struct Subscription {
     pub(crate) rate_limit_per_second: u32,
     pub(crate) enabled: bool,
     pub(crate) endpoint: Endpoint,
+    /// The subscription's own retry policy; `None` (the usual case) inherits everything.
+    pub(crate) policy: Option<Overrides>,
     /// What the control plane sent, kept to persist a local change (a disable) faithfully.
     pub(crate) config: ConfigSubscription,
 }
@@ -180,6 +186,7 @@ impl Subscription {
             rate_limit_per_second: config.rate_limit_per_second,
             enabled: config.enabled,
             endpoint,
+            policy: crate::state::policy::overrides(config.retry_policy.as_ref()),
             config,
         })
     }
@@ -205,6 +212,8 @@ pub(crate) struct ConfigSnapshot {
     /// The workspaces with retention windows of their own, by id (the rest use the data
     /// plane's defaults).
     workspaces: HashMap<String, ConfigWorkspace>,
+    /// The workspaces' own retry policies, by id; empty unless one sets a policy.
+    workspace_policies: HashMap<String, Overrides>,
 }
 
 impl ConfigSnapshot {
@@ -225,6 +234,14 @@ impl ConfigSnapshot {
     /// The retention settings of `workspace_id`, when it has its own.
     pub(crate) fn workspace(&self, workspace_id: &str) -> Option<&ConfigWorkspace> {
         self.workspaces.get(workspace_id)
+    }
+
+    /// The retry policy `workspace_id` sets, if any. Free when no workspace sets one.
+    pub(crate) fn workspace_policy(&self, workspace_id: &str) -> Option<&Overrides> {
+        if self.workspace_policies.is_empty() {
+            return None;
+        }
+        self.workspace_policies.get(workspace_id)
     }
 
     /// The enabled subscriptions of `workspace_id` whose filter passes `event_type`.
@@ -287,6 +304,14 @@ impl ConfigSnapshot {
     }
 
     fn reindex(&mut self) {
+        self.workspace_policies = self
+            .workspaces
+            .values()
+            .filter_map(|w| {
+                let policy = crate::state::policy::overrides(w.retry_policy.as_ref())?;
+                Some((w.id.clone(), policy))
+            })
+            .collect();
         self.workspace_by_key_hash = self
             .api_keys
             .values()
@@ -438,6 +463,9 @@ pub(crate) async fn load<C: ConnectionTrait>(
             id: row.id,
             retention: row.retention_ms.map(proto_duration_ms),
             idempotency_retention: row.idempotency_retention_ms.map(proto_duration_ms),
+            retry_policy: row.retry_policy.and_then(|bytes| {
+                sluice_proto::control::v1::RetryPolicy::decode(bytes.as_slice()).ok()
+            }),
         });
     }
     for row in api_key::Entity::find().all(db).await? {
@@ -483,6 +511,7 @@ pub(crate) async fn persist<C: ConnectionTrait>(
                         .idempotency_retention
                         .as_ref()
                         .map(duration_proto_ms)),
+                    retry_policy: Set(w.retry_policy.as_ref().map(|p| p.encode_to_vec())),
                 }
             }))
             .exec_without_returning(tx)

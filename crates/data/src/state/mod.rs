@@ -7,5 +7,6 @@ pub(crate) mod claims;
 pub(crate) mod config_copy;
 pub(crate) mod fanouts;
 pub(crate) mod outbox;
+pub(crate) mod policy;
 pub(crate) mod sealed;
 pub(crate) mod streaks;

@@ -115,12 +115,14 @@ impl Streaks {
     }
 
     /// Records one attempt's result. Returns what to persist, and the streak when it now
-    /// warrants disabling the subscription.
+    /// warrants disabling the subscription: failing for `failing_for` when the
+    /// subscription's policy sets it, for the configured period otherwise.
     pub(crate) fn note(
         &self,
         subscription_id: &str,
         success: bool,
         now: i64,
+        failing_for: Option<Duration>,
     ) -> (StreakChange, Option<Streak>) {
         let mut streaks = self.lock();
         let before = streaks.get(subscription_id).copied();
@@ -139,7 +141,7 @@ impl Streaks {
         let exceeded = after.filter(|streak| {
             streak.warrants_disable(
                 now,
-                self.disable_after.failing_for,
+                failing_for.unwrap_or(self.disable_after.failing_for),
                 self.disable_after.failed_attempts,
             )
         });
@@ -223,24 +225,24 @@ mod tests {
             },
         );
         assert!(matches!(
-            streaks.note("sub_1", true, 1),
+            streaks.note("sub_1", true, 1, None),
             (StreakChange::Unchanged, None)
         ));
         assert!(matches!(
-            streaks.note("sub_1", false, 1),
+            streaks.note("sub_1", false, 1, None),
             (StreakChange::Set(_), None)
         ));
-        let (change, exceeded) = streaks.note("sub_1", false, 2);
+        let (change, exceeded) = streaks.note("sub_1", false, 2, None);
         assert!(matches!(change, StreakChange::Set(_)));
         assert_eq!(exceeded.map(|s| s.failures), Some(2));
         assert!(matches!(
-            streaks.note("sub_1", true, 3),
+            streaks.note("sub_1", true, 3, None),
             (StreakChange::Clear, None)
         ));
-        streaks.note("sub_2", false, 1);
+        streaks.note("sub_2", false, 1, None);
         streaks.forget("sub_2");
         assert!(matches!(
-            streaks.note("sub_2", true, 2),
+            streaks.note("sub_2", true, 2, None),
             (StreakChange::Unchanged, None)
         ));
     }

@@ -50,6 +50,12 @@ pub struct Model {
     /// `basic` or `bearer` when `auth` is set.
     #[sea_orm(column_type = "Text", nullable)]
     pub auth_type: Option<String>,
+    /// The subscription's own retry policy, JSON of `sluice_core::policy::Overrides`; `None`
+    /// inherits (m0007).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub retry_policy: Option<String>,
+    /// `envelope`, `raw` or `thin` (m0007).
+    pub payload_shape: String,
     pub create_ms: i64,
     pub update_ms: i64,
 }

@@ -14,6 +14,10 @@ pub struct Model {
     pub retention_ms: Option<i64>,
     /// The workspace's own idempotency-key window in milliseconds; `None`: the default.
     pub idempotency_retention_ms: Option<i64>,
+    /// The workspace's own retry policy, JSON of `sluice_core::policy::Overrides`; `None`:
+    /// the server's (m0007).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub retry_policy: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,5 +1,5 @@
-//! Entity of the `dp_workspaces` table: the workspaces' own retention windows, as the
-//! configuration watch sent them.
+//! Entity of the `dp_workspaces` table: the workspaces' own retention windows and retry
+//! policy, as the configuration watch sent them.
 
 use sea_orm::entity::prelude::*;
 
@@ -10,6 +10,8 @@ pub struct Model {
     pub id: String,
     pub retention_ms: Option<i64>,
     pub idempotency_retention_ms: Option<i64>,
+    /// The workspace's `RetryPolicy` as protobuf bytes; `None`: none (m0007).
+    pub retry_policy: Option<Vec<u8>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,74 @@
+//! The delivery policy in the configuration copy: a workspace's or a subscription's
+//! `RetryPolicy` as sent by the control plane (which validated it), read into
+//! `sluice_core::policy::Overrides`, and the subscription's payload shape. Resolved against
+//! the data plane's flags at attempt time (`deliver/attempt.rs`), so a workspace's change
+//! applies to its subscriptions at their next attempt.
+
+use std::time::Duration;
+
+use sluice_core::policy::{Limit, Overrides, PayloadShape};
+use sluice_proto::control::v1 as pb;
+
+fn ms(d: &prost_types::Duration) -> u64 {
+    let d = Duration::new(
+        d.seconds.max(0) as u64,
+        d.nanos.clamp(0, 999_999_999) as u32,
+    );
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The overrides a `RetryPolicy` sets; `None` when it sets nothing (the default path).
+pub(crate) fn overrides(policy: Option<&pb::RetryPolicy>) -> Option<Overrides> {
+    let p = policy?;
+    let limit = if p.max_attempts > 0 {
+        Some(Limit::Attempts(p.max_attempts))
+    } else {
+        p.max_age.as_ref().map(|age| Limit::AgeMs(ms(age)))
+    };
+    Overrides {
+        retry_delays_ms: (!p.schedule.is_empty()).then(|| p.schedule.iter().map(ms).collect()),
+        limit,
+        request_timeout_ms: p.request_timeout.as_ref().map(ms),
+        disable_after_ms: p.disable_after.as_ref().map(ms),
+    }
+    .non_empty()
+}
+
+/// The payload shape of a subscription; unspecified (or unknown) is the envelope.
+pub(crate) fn shape(value: i32) -> PayloadShape {
+    match pb::PayloadShape::try_from(value) {
+        Ok(pb::PayloadShape::Raw) => PayloadShape::Raw,
+        Ok(pb::PayloadShape::Thin) => PayloadShape::Thin,
+        _ => PayloadShape::Envelope,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_the_control_plane_sends() {
+        assert_eq!(overrides(None), None);
+        assert_eq!(overrides(Some(&pb::RetryPolicy::default())), None);
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        let policy = pb::RetryPolicy {
+            schedule: vec![d(0, 200_000_000), d(1, 0)],
+            max_age: Some(d(60, 0)),
+            request_timeout: Some(d(2, 0)),
+            ..Default::default()
+        };
+        assert_eq!(
+            overrides(Some(&policy)),
+            Some(Overrides {
+                retry_delays_ms: Some(vec![200, 1_000]),
+                limit: Some(Limit::AgeMs(60_000)),
+                request_timeout_ms: Some(2_000),
+                disable_after_ms: None,
+            })
+        );
+        assert_eq!(shape(pb::PayloadShape::Thin as i32), PayloadShape::Thin);
+        assert_eq!(shape(0), PayloadShape::Envelope);
+        assert_eq!(shape(99), PayloadShape::Envelope);
+    }
+}
