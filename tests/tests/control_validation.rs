@@ -1303,3 +1303,264 @@ async fn event_type_update_ignores_fields_outside_the_mask() {
         problems.join("\n")
     );
 }
+
+/// A duration of `ms` milliseconds (negative ones too).
+fn millis(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms / 1000,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_policies_and_payload_shapes_refuse_bad_input() {
+    for backend in backends() {
+        let h = ControlHarness::start(&backend, false, None).await;
+        let (ws, key) = h.workspace_with_key("Tideflow").await;
+        let mut c = h.clients(Some(&key)).await;
+        let mut admin = h.clients(Some(ADMIN_KEY)).await;
+        let policy = |p: pb::RetryPolicy| pb::Subscription {
+            retry_policy: Some(p),
+            ..valid()
+        };
+        let delays = |ms: &[i64]| ms.iter().map(|d| millis(*d)).collect::<Vec<_>>();
+        let p = pb::RetryPolicy::default;
+        let week_and_a_bit = 7 * 24 * 3600 * 1000 + 1;
+        let cases: Vec<(&str, pb::Subscription, &str)> = vec![
+            (
+                "a negative delay",
+                policy(pb::RetryPolicy {
+                    schedule: delays(&[200, -1]),
+                    ..p()
+                }),
+                "subscription.retry_policy.schedule[1]",
+            ),
+            (
+                "a zero delay",
+                policy(pb::RetryPolicy {
+                    schedule: delays(&[0]),
+                    ..p()
+                }),
+                "subscription.retry_policy.schedule[0]",
+            ),
+            (
+                "a delay over 7 days",
+                policy(pb::RetryPolicy {
+                    schedule: delays(&[200, 400, week_and_a_bit]),
+                    ..p()
+                }),
+                "subscription.retry_policy.schedule[2]",
+            ),
+            (
+                "a delay of part of a millisecond",
+                policy(pb::RetryPolicy {
+                    schedule: vec![prost_types::Duration {
+                        seconds: 1,
+                        nanos: 500,
+                    }],
+                    ..p()
+                }),
+                "subscription.retry_policy.schedule[0]",
+            ),
+            (
+                "51 delays",
+                policy(pb::RetryPolicy {
+                    schedule: delays(&[200; 51]),
+                    ..p()
+                }),
+                "subscription.retry_policy.schedule",
+            ),
+            (
+                "a timeout under 1 s",
+                policy(pb::RetryPolicy {
+                    request_timeout: Some(millis(500)),
+                    ..p()
+                }),
+                "subscription.retry_policy.request_timeout",
+            ),
+            (
+                "a timeout over 120 s",
+                policy(pb::RetryPolicy {
+                    request_timeout: Some(millis(121_000)),
+                    ..p()
+                }),
+                "subscription.retry_policy.request_timeout",
+            ),
+            (
+                "101 attempts",
+                policy(pb::RetryPolicy {
+                    max_attempts: 101,
+                    ..p()
+                }),
+                "subscription.retry_policy.max_attempts",
+            ),
+            (
+                "max_attempts and max_age",
+                policy(pb::RetryPolicy {
+                    max_attempts: 3,
+                    max_age: Some(millis(60_000)),
+                    ..p()
+                }),
+                "subscription.retry_policy.max_age",
+            ),
+            (
+                "a zero max_age",
+                policy(pb::RetryPolicy {
+                    max_age: Some(millis(0)),
+                    ..p()
+                }),
+                "subscription.retry_policy.max_age",
+            ),
+            (
+                "a negative disable_after",
+                policy(pb::RetryPolicy {
+                    disable_after: Some(millis(-5_000)),
+                    ..p()
+                }),
+                "subscription.retry_policy.disable_after",
+            ),
+            (
+                "an unknown payload shape",
+                pb::Subscription {
+                    payload_shape: 9,
+                    ..valid()
+                },
+                "subscription.payload_shape",
+            ),
+        ];
+        for (what, subscription, field) in cases {
+            invalid!(
+                h,
+                what,
+                field,
+                c.subscriptions.create_subscription(create(subscription))
+            );
+        }
+
+        // Updates: the stored subscription does not change.
+        let (sub, _) = create_subscription(
+            &mut c,
+            "",
+            policy(pb::RetryPolicy {
+                schedule: delays(&[200]),
+                max_attempts: 4,
+                ..p()
+            }),
+        )
+        .await;
+        let stored = stored_subscription(&h.db, &sub.id).await;
+        let update = |s: pb::Subscription, paths: &[&str]| pb::UpdateSubscriptionRequest {
+            workspace_id: String::new(),
+            subscription: Some(pb::Subscription {
+                id: sub.id.clone(),
+                ..s
+            }),
+            update_mask: mask(paths),
+        };
+        let cases = [
+            (
+                "a bad delay, by field",
+                update(
+                    policy(pb::RetryPolicy {
+                        schedule: delays(&[-200]),
+                        ..p()
+                    }),
+                    &["retry_policy.schedule"],
+                ),
+                "subscription.retry_policy.schedule[0]",
+            ),
+            (
+                "max_age while max_attempts is stored",
+                update(
+                    policy(pb::RetryPolicy {
+                        max_age: Some(millis(60_000)),
+                        ..p()
+                    }),
+                    &["retry_policy.max_age"],
+                ),
+                "subscription.retry_policy.max_age",
+            ),
+            (
+                "an unknown policy field",
+                update(policy(p()), &["retry_policy.jitter"]),
+                "update_mask",
+            ),
+            (
+                "an unknown payload shape",
+                update(
+                    pb::Subscription {
+                        payload_shape: -1,
+                        ..valid()
+                    },
+                    &["payload_shape"],
+                ),
+                "subscription.payload_shape",
+            ),
+        ];
+        for (what, request, field) in cases {
+            invalid!(h, what, field, c.subscriptions.update_subscription(request));
+            assert_eq!(
+                stored_subscription(&h.db, &sub.id).await,
+                stored,
+                "{what}: the subscription changed"
+            );
+        }
+
+        // Workspaces: the same rules under `workspace.retry_policy`.
+        invalid!(
+            h,
+            "a workspace with a zero delay",
+            "workspace.retry_policy.schedule[0]",
+            admin
+                .workspaces
+                .create_workspace(pb::CreateWorkspaceRequest {
+                    workspace: Some(pb::Workspace {
+                        display_name: "Bad policy".into(),
+                        retry_policy: Some(pb::RetryPolicy {
+                            schedule: delays(&[0]),
+                            ..p()
+                        }),
+                        ..Default::default()
+                    }),
+                })
+        );
+        let update = |policy: pb::RetryPolicy, paths: &[&str]| pb::UpdateWorkspaceRequest {
+            workspace: Some(pb::Workspace {
+                id: ws.clone(),
+                retry_policy: Some(policy),
+                ..Default::default()
+            }),
+            update_mask: mask(paths),
+        };
+        for (what, request, field) in [
+            (
+                "a workspace timeout of zero",
+                update(
+                    pb::RetryPolicy {
+                        request_timeout: Some(millis(0)),
+                        ..p()
+                    },
+                    &["retry_policy"],
+                ),
+                "workspace.retry_policy.request_timeout",
+            ),
+            (
+                "an unknown workspace policy field",
+                update(p(), &["retry_policy.nope"]),
+                "update_mask",
+            ),
+        ] {
+            invalid!(h, what, field, admin.workspaces.update_workspace(request));
+        }
+        let workspace = admin
+            .workspaces
+            .get_workspace(pb::GetWorkspaceRequest { id: ws.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .workspace
+            .unwrap();
+        assert_eq!(workspace.retry_policy, None);
+        h.stop().await;
+    }
+}
