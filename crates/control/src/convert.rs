@@ -171,7 +171,7 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
             _ => pb::EndpointAuthType::None,
         } as i32,
         retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
-        // Resolved by GetSubscription only (it reads the workspace).
+        // Resolved by the service, which reads the workspace (`SubscriptionApi::shown`).
         effective_retry_policy: None,
         payload_shape: crate::policy::shape_proto(&m.payload_shape),
     }

@@ -19,7 +19,7 @@ use sluice_core::validate::{
 };
 use sluice_proto::control::v1 as pb;
 use sluice_proto::json::struct_to_json;
-use sluice_store::control::{event_type, subscription};
+use sluice_store::control::{event_type, subscription, workspace};
 use sluice_store::{lock_config_writes, now_ms};
 use tonic::{Request, Response, Status};
 
@@ -259,6 +259,37 @@ fn public_of(whsk: &str, subscription_id: &str) -> ApiResult<String> {
 }
 
 impl SubscriptionApi {
+    /// A subscription as answered: its row with the effective retry policy (its own, its
+    /// workspace's, the server's, each value with its source).
+    async fn shown(&self, row: subscription::Model) -> ApiResult<pb::Subscription> {
+        Ok(self.shown_all(vec![row]).await?.pop().unwrap_or_default())
+    }
+
+    /// [`Self::shown`] of rows of one workspace, which is read once.
+    async fn shown_all(&self, rows: Vec<subscription::Model>) -> ApiResult<Vec<pb::Subscription>> {
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let workspace = workspace::Entity::find_by_id(first.workspace_id.clone())
+            .one(self.0.db())
+            .await?;
+        let workspace_policy = workspace.and_then(|w| w.retry_policy);
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let effective = crate::policy::effective(
+                    &self.0.config().policy_defaults,
+                    workspace_policy.as_deref(),
+                    row.retry_policy.as_deref(),
+                );
+                pb::Subscription {
+                    effective_retry_policy: Some(effective),
+                    ..convert::subscription(row)
+                }
+            })
+            .collect())
+    }
+
     async fn find(&self, workspace_id: &str, id: &str) -> ApiResult<subscription::Model> {
         check_id(IdKind::Subscription, "id", id)?;
         find_in(self.0.db(), workspace_id, id).await
@@ -396,7 +427,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         self.0.published(revision);
         tracing::info!(workspace_id = %row.workspace_id, subscription_id = %row.id, "subscription created");
         Ok(Response::new(pb::CreateSubscriptionResponse {
-            subscription: Some(convert::subscription(row)),
+            subscription: Some(self.shown(row).await?),
             secret,
         }))
     }
@@ -411,19 +442,8 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .workspace(request.metadata(), &request.get_ref().workspace_id)
             .await?;
         let row = self.find(&workspace_id, &request.get_ref().id).await?;
-        let workspace = sluice_store::control::workspace::Entity::find_by_id(workspace_id)
-            .one(self.0.db())
-            .await
-            .map_err(ApiError::from)?;
-        let effective = crate::policy::effective(
-            &self.0.config().policy_defaults,
-            workspace.as_ref().and_then(|w| w.retry_policy.as_deref()),
-            row.retry_policy.as_deref(),
-        );
-        let mut subscription = convert::subscription(row);
-        subscription.effective_retry_policy = Some(effective);
         Ok(Response::new(pb::GetSubscriptionResponse {
-            subscription: Some(subscription),
+            subscription: Some(self.shown(row).await?),
         }))
     }
 
@@ -488,7 +508,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         };
         let (rows, next_page_token) = page.finish(rows, |s| s.id.clone());
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: rows.into_iter().map(convert::subscription).collect(),
+            subscriptions: self.shown_all(rows).await?,
             next_page_token,
         }))
     }
@@ -613,7 +633,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             })
             .await?;
         Ok(Response::new(pb::UpdateSubscriptionResponse {
-            subscription: Some(convert::subscription(row)),
+            subscription: Some(self.shown(row).await?),
         }))
     }
 
@@ -666,7 +686,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             })
             .await?;
         Ok(Response::new(pb::EnableSubscriptionResponse {
-            subscription: Some(convert::subscription(row)),
+            subscription: Some(self.shown(row).await?),
         }))
     }
 
@@ -697,7 +717,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             })
             .await?;
         Ok(Response::new(pb::DisableSubscriptionResponse {
-            subscription: Some(convert::subscription(row)),
+            subscription: Some(self.shown(row).await?),
         }))
     }
 
