@@ -269,7 +269,7 @@ fn check_range(
         ));
         return None;
     }
-    if value.subsec_nanos() % 1_000_000 != 0 {
+    if !value.subsec_nanos().is_multiple_of(1_000_000) {
         out.push(violation(field, "must be whole milliseconds"));
         return None;
     }
