@@ -235,6 +235,43 @@ async fn layered(planes: &mut Planes) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_data_plane_keeps_a_workspace_policy_across_a_restart_without_the_control_plane() {
+    on_each_backend(PlaneOptions::default(), restart).await;
+}
+
+async fn restart(planes: &mut Planes) {
+    let (workspace_id, key) = planes.workspace_with_key("Restart").await;
+    let mut admin = planes.clients(Some(ADMIN_KEY)).await;
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::start(vec![], Reply::status(500)).await;
+    set_workspace_policy(
+        &mut admin,
+        &workspace_id,
+        pb::RetryPolicy {
+            schedule: schedule(&[400]),
+            max_attempts: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/r"), &["conversation.*"])).await;
+    planes.config_synced().await;
+    planes.stop_control().await;
+    planes.restart_data().await;
+    let mut publisher = planes.publisher(&key).await;
+    let published = publish(&mut publisher, event(CONVERSATION_CREATED, "{}")).await;
+    // The workspace's 400 ms, not the server's 20 ms: read from the data plane's own copy.
+    let received = receiver.wait_for(2, WAIT).await;
+    let gap = gaps(&received, "/r")[0];
+    assert!(gap >= Duration::from_millis(390), "{gap:?}");
+    planes.restart_control().await;
+    let delivery = Log::new(&planes.clients(Some(&key)).await)
+        .delivery_with_status(&published.message_id, &sub.id, pb::DeliveryStatus::Failed)
+        .await;
+    assert_eq!(delivery.attempt_count, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_policy_request_timeout_cuts_slow_attempts() {
     on_each_backend(PlaneOptions::default(), timeout).await;
 }

@@ -227,6 +227,16 @@ impl Planes {
         }
     }
 
+    /// Stops the data plane and starts it again on the same address and database: it starts
+    /// from the configuration copy it persisted (the control plane may be down).
+    pub async fn restart_data(&mut self) {
+        self.stop_data().await;
+        let listener = TcpListener::bind(self.data_addr).await.unwrap();
+        self.data = Some(
+            DataHarness::serve(listener, self.data_db.clone(), self.data_config.clone()).await,
+        );
+    }
+
     /// Stops the control plane (its database stays).
     pub async fn stop_control(&mut self) {
         if let Some(control) = self.control.take() {
