@@ -167,6 +167,8 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
         auth_type: match m.auth_type.as_deref() {
             Some("basic") => pb::EndpointAuthType::Basic,
             Some("bearer") => pb::EndpointAuthType::Bearer,
+            Some("oauth2") => pb::EndpointAuthType::Oauth2ClientCredentials,
+            Some("mtls") => pb::EndpointAuthType::MutualTls,
             _ => pb::EndpointAuthType::None,
         } as i32,
     }
@@ -216,12 +218,16 @@ pub fn config_subscription(
         }
     }
     if let Some(auth) = &m.auth {
+        use sluice_core::validate::{
+            AUTHORIZATION_SECRET_PREFIX, MUTUAL_TLS_SECRET_PREFIX, OAUTH2_SECRET_PREFIX,
+        };
+        let prefix = match m.auth_type.as_deref() {
+            Some("oauth2") => OAUTH2_SECRET_PREFIX,
+            Some("mtls") => MUTUAL_TLS_SECRET_PREFIX,
+            _ => AUTHORIZATION_SECRET_PREFIX,
+        };
         secrets.push(pb::ConfigSecret {
-            secret: format!(
-                "{}{}",
-                sluice_core::validate::AUTHORIZATION_SECRET_PREFIX,
-                open(auth)?
-            ),
+            secret: format!("{prefix}{}", open(auth)?),
             expire_time: None,
         });
     }

@@ -9,6 +9,7 @@ pub mod attempt_watch;
 pub mod auth;
 pub mod convert;
 pub mod delivery;
+mod endpoint_auth;
 pub mod error;
 pub mod event_type;
 mod metrics;

@@ -63,8 +63,8 @@ struct Fields {
     rate_limit_per_second: i32,
     /// `None`: unspecified (symmetric on create, unchanged on update).
     signature_scheme: Option<&'static str>,
-    /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value);
-    /// `None` for none.
+    /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value) or
+    /// (`oauth2` or `mtls`, their settings as JSON, see `endpoint_auth.rs`); `None` for none.
     auth: Option<(&'static str, String)>,
 }
 
@@ -202,8 +202,15 @@ fn validate(
                     bearer_token(&bearer.token),
                 )
                 .map(|_| ("bearer", format!("Bearer {}", bearer.token))),
+            Some(pb::endpoint_auth::Method::Oauth2ClientCredentials(oauth2)) => {
+                crate::endpoint_auth::oauth2(v, oauth2, allow_http).map(|json| ("oauth2", json))
+            }
+            Some(pb::endpoint_auth::Method::MutualTls(tls)) => {
+                crate::endpoint_auth::mutual_tls(v, tls).map(|json| ("mtls", json))
+            }
         };
-        if f.auth.is_some()
+        // mTLS authenticates in the handshake; every other method is the Authorization header.
+        if f.auth.as_ref().is_some_and(|(kind, _)| *kind != "mtls")
             && input
                 .headers
                 .keys()

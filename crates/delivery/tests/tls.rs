@@ -38,6 +38,7 @@ async fn send(sender: &Sender, url: &str) -> AttemptResult {
             traceparent: None,
             tracestate: None,
             resend_count: 0,
+            credentials: None,
         })
         .await
 }

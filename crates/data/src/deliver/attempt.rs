@@ -124,6 +124,7 @@ impl Attempts {
             traceparent: message.traceparent.as_deref(),
             tracestate: message.tracestate.as_deref(),
             resend_count: attempt_number.saturating_sub(1),
+            credentials: endpoint.credentials.as_ref(),
         };
         // One span per delivery attempt, a child of the message's ingest span (its context
         // was stored with the message, so the trace survives the queue, retries and restarts).

@@ -18,7 +18,7 @@ use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
 use sluice_core::signing_ed25519::{AsymmetricKey, SECRET_KEY_PREFIX};
 use sluice_core::validate::AUTHORIZATION_SECRET_PREFIX;
-use sluice_delivery::CustomHeaders;
+use sluice_delivery::{CustomHeaders, EndpointCredentials};
 use sluice_proto::control::v1::{
     ConfigApiKey, ConfigSubscription, ConfigWorkspace, DestinationType, WatchConfigResponse,
 };
@@ -40,6 +40,9 @@ pub(crate) struct Endpoint {
     pub(crate) slack: bool,
     /// Custom headers, parsed once, sorted by name so requests are reproducible.
     pub(crate) custom_headers: CustomHeaders,
+    /// OAuth2 client credentials (with their token cache) or a TLS client certificate
+    /// (with its client): kept as long as the subscription is unchanged.
+    pub(crate) credentials: Option<EndpointCredentials>,
     /// Current secret first, then older ones still within their grace period.
     secrets: Vec<Secret>,
 }
@@ -72,9 +75,14 @@ impl Endpoint {
         };
         let mut secrets = Vec::with_capacity(config.secrets.len());
         let mut authorization = None;
+        let mut credentials = None;
         for (index, secret) in config.secrets.iter().enumerate() {
             if let Some(value) = secret.secret.strip_prefix(AUTHORIZATION_SECRET_PREFIX) {
                 authorization = Some(value.to_owned());
+                continue;
+            }
+            if let Some(parsed) = crate::state::endpoint_auth::credentials(&secret.secret) {
+                credentials = Some(parsed.map_err(|e| format!("secrets[{index}]: {e}"))?);
                 continue;
             }
             let parsed = if secret.secret.starts_with(SECRET_KEY_PREFIX) {
@@ -103,7 +111,9 @@ impl Endpoint {
             .iter()
             .filter(|(name, _)| {
                 // The endpoint's authentication replaces a custom Authorization header.
-                authorization.is_none() || !name.eq_ignore_ascii_case("authorization")
+                (authorization.is_none()
+                    && !matches!(credentials, Some(EndpointCredentials::OAuth2(_))))
+                    || !name.eq_ignore_ascii_case("authorization")
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -116,6 +126,7 @@ impl Endpoint {
             url,
             slack,
             custom_headers,
+            credentials,
             secrets,
         })
     }
