@@ -162,8 +162,9 @@ impl Attempts {
             latency: Some(proto_duration(result.latency)),
             response_excerpt: result.response_excerpt.clone(),
             trigger: trigger as i32,
-            // A URL stored before user info was refused keeps it out of the log.
-            url: sluice_core::validate::without_credentials(endpoint.url.as_str()),
+            // Without user info: a URL stored before it was refused had it taken out (and
+            // sent as Basic auth) when the subscription was parsed.
+            url: endpoint.url.as_str().to_owned(),
         };
         (attempt, result)
     }

@@ -66,7 +66,8 @@ enum SecretKind {
 impl Endpoint {
     /// Parses the sending half of a subscription. Errors never quote the URL or a secret.
     pub(crate) fn parse(config: &ConfigSubscription) -> Result<Endpoint, String> {
-        let url = Url::parse(&config.url).map_err(|e| format!("url: {e}"))?;
+        let mut url = Url::parse(&config.url).map_err(|e| format!("url: {e}"))?;
+        let legacy_authorization = crate::state::endpoint_auth::take_legacy_user_info(&mut url);
         let slack = match DestinationType::try_from(config.destination_type) {
             Ok(DestinationType::Slack) => true,
             Ok(DestinationType::Webhook) => false,
@@ -102,6 +103,10 @@ impl Endpoint {
                 secret: parsed,
                 expire_ms,
             });
+        }
+        if authorization.is_none() && credentials.is_none() {
+            // A URL with user info stored before it was refused: sent as it always meant.
+            authorization = legacy_authorization;
         }
         if secrets.is_empty() && !slack {
             return Err("secrets: a webhook subscription needs a signing secret".to_owned());
