@@ -633,7 +633,10 @@ fn client_builder(
         .retry(reqwest::retry::never().max_retries_per_request(0))
         .user_agent(user_agent.clone())
         // hyper's default, set here so the error message can name it.
-        .http1_max_headers(MAX_RESPONSE_HEADERS))
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
+        // The same head limit over HTTP/2 (hyper's default is 16 KiB there), so both
+        // versions read the same answers and the error can name one limit.
+        .http2_max_header_list_size(MAX_RESPONSE_HEAD_BYTES as u32))
     // HTTP/2 is negotiated by ALPN on TLS; plain http stays HTTP/1.1 (no prior
     // knowledge), which every receiver understands.
 }
@@ -714,7 +717,8 @@ fn refuses_client_certificate(alert: rustls::AlertDescription) -> bool {
 }
 
 /// The HTTP/1 parse failures hyper describes in its own terms ("invalid HTTP version
-/// parsed", "message head is too large"), said as what the endpoint did and what to change.
+/// parsed", "message head is too large"), and h2's reset of a malformed answer, said as
+/// what the endpoint did and what to change.
 /// Matched on hyper's messages, which its error kinds do not expose; the sender's tests pin
 /// them.
 fn describe_http1_parse(cause: &str) -> Option<String> {
@@ -722,6 +726,14 @@ fn describe_http1_parse(cause: &str) -> Option<String> {
         return Some(
             "the endpoint did not answer in HTTP/1.x, as one that answers in HTTP/2 without TLS (h2c) does; Sluice does not speak h2c: serve HTTP/1.1 or HTTPS".to_owned(),
         );
+    }
+    // h2's text for a stream it reset itself with PROTOCOL_ERROR: over the head limit
+    // (`http2_max_header_list_size`) or a header HTTP/2 forbids in the answer.
+    if cause.starts_with("stream error detected: unspecific protocol error detected") {
+        return Some(format!(
+            "the endpoint's HTTP/2 answer was refused as malformed (stream reset with PROTOCOL_ERROR): its response head is over the limit of {} KiB, or carries a header HTTP/2 forbids (`connection`, `transfer-encoding`, ...); answer with fewer, smaller, HTTP/2-valid headers",
+            MAX_RESPONSE_HEAD_BYTES / 1024
+        ));
     }
     if cause.starts_with("message head is too large") {
         return Some(format!(
