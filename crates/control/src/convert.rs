@@ -137,6 +137,7 @@ fn reason(name: Option<&str>) -> pb::DisabledReason {
 
 /// A subscription row as its proto (without secrets).
 pub fn subscription(m: subscription::Model) -> pb::Subscription {
+    let verification_state = crate::verification::state(&m) as i32;
     pb::Subscription {
         id: m.id,
         workspace_id: m.workspace_id,
@@ -171,6 +172,14 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
             Some("mtls") => pb::EndpointAuthType::MutualTls,
             _ => pb::EndpointAuthType::None,
         } as i32,
+        verification_required: m.verification_required,
+        verification_state,
+        verification_message: if m.verification_required {
+            m.verification_message.unwrap_or_default()
+        } else {
+            String::new()
+        },
+        verify_time: opt_ts(m.verify_ms),
     }
 }
 
@@ -244,5 +253,6 @@ pub fn config_subscription(
         disabled_reason: reason(m.disabled_reason.as_deref()) as i32,
         disabled_message: m.disabled_message.clone().unwrap_or_default(),
         update_time: Some(ts(m.update_ms)),
+        awaiting_verification: crate::verification::awaiting(m),
     })
 }

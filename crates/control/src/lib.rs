@@ -18,6 +18,7 @@ pub mod retention;
 pub mod secrets;
 pub mod subscription;
 pub mod sync;
+pub mod verification;
 pub mod workspace;
 
 use std::sync::Arc;

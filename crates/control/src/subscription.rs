@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{ApiError, ApiResult, Violations};
 use crate::page::PageRequest;
 use crate::workspace::check_id;
-use crate::{CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change};
+use crate::{CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change, verification};
 
 /// The longest description or disable message.
 pub const MAX_DESCRIPTION: usize = 2000;
@@ -37,7 +37,7 @@ pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// The longest grace period of a rotation.
 pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 /// Updatable fields, for `update_mask`.
-pub const UPDATABLE: [&str; 8] = [
+pub const UPDATABLE: [&str; 9] = [
     "description",
     "url",
     "destination_type",
@@ -46,6 +46,7 @@ pub const UPDATABLE: [&str; 8] = [
     "rate_limit_per_second",
     "signature_scheme",
     "auth",
+    "verification_required",
 ];
 
 /// The `SubscriptionService` implementation.
@@ -66,6 +67,8 @@ struct Fields {
     /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value) or
     /// (`oauth2` or `mtls`, their settings as JSON, see `endpoint_auth.rs`); `None` for none.
     auth: Option<(&'static str, String)>,
+    /// Whether the endpoint must prove ownership before deliveries.
+    verification_required: bool,
 }
 
 /// A new ed25519 key: sealed for storage, and its public half in clear.
@@ -222,6 +225,9 @@ fn validate(
             );
         }
     }
+    if selected("verification_required") {
+        f.verification_required = input.verification_required;
+    }
     if selected("rate_limit_per_second") {
         if input.rate_limit_per_second > MAX_RATE_LIMIT {
             v.add(
@@ -368,6 +374,14 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 .auth
                 .as_ref()
                 .map(|(_, value)| self.0.config().keyring.seal(value))),
+            verification_required: Set(f.verification_required),
+            verification_state: Set(f
+                .verification_required
+                .then(|| verification::PENDING.to_owned())),
+            verification_message: Set(f
+                .verification_required
+                .then(|| verification::PENDING_MESSAGE.to_owned())),
+            verify_ms: Set(None),
             create_ms: Set(now),
             update_ms: Set(now),
         };
@@ -387,6 +401,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .map_err(ApiError::from)?;
         self.0.published(revision);
         tracing::info!(workspace_id = %row.workspace_id, subscription_id = %row.id, "subscription created");
+        if row.verification_required {
+            verification::spawn(self.0.clone(), row.workspace_id.clone(), row.id.clone());
+        }
         Ok(Response::new(pb::CreateSubscriptionResponse {
             subscription: Some(convert::subscription(row)),
             secret,
@@ -519,9 +536,34 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .auth
             .as_ref()
             .map(|(kind, value)| ((*kind).to_owned(), self.0.config().keyring.seal(value)));
+        let verify_after = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let verify_flag = std::sync::Arc::clone(&verify_after);
         let row = self
             .modify(&workspace_id, "subscription.id", &input.id, move |row| {
                 let has = |p: &str| paths_owned.iter().any(|x| x == p);
+                let url_changed = has("url")
+                    && matches!(&row.url, sea_orm::ActiveValue::Unchanged(old) if *old != f.url);
+                let was_required = matches!(
+                    &row.verification_required,
+                    sea_orm::ActiveValue::Unchanged(true)
+                );
+                let required = if has("verification_required") {
+                    f.verification_required
+                } else {
+                    was_required
+                };
+                row.verification_required = Set(required);
+                if !required {
+                    row.verification_state = Set(None);
+                    row.verification_message = Set(None);
+                    row.verify_ms = Set(None);
+                } else if !was_required || url_changed {
+                    // Before the first delivery, and again after the URL changes.
+                    row.verification_state = Set(Some(verification::PENDING.to_owned()));
+                    row.verification_message = Set(Some(verification::PENDING_MESSAGE.to_owned()));
+                    row.verify_ms = Set(None);
+                    verify_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 if has("description") {
                     row.description = Set(f.description);
                 }
@@ -571,6 +613,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 }
             })
             .await?;
+        if verify_after.load(std::sync::atomic::Ordering::Relaxed) {
+            verification::spawn(self.0.clone(), row.workspace_id.clone(), row.id.clone());
+        }
         Ok(Response::new(pb::UpdateSubscriptionResponse {
             subscription: Some(convert::subscription(row)),
         }))
@@ -826,6 +871,23 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             error_message: attempt.error_message,
             latency: attempt.latency,
             response_excerpt: attempt.response_excerpt,
+        }))
+    }
+
+    async fn verify_subscription(
+        &self,
+        request: Request<pb::VerifySubscriptionRequest>,
+    ) -> Result<Response<pb::VerifySubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let id = &request.get_ref().id;
+        check_id(IdKind::Subscription, "id", id)?;
+        let row = verification::verify(&self.0, &workspace_id, id).await?;
+        Ok(Response::new(pb::VerifySubscriptionResponse {
+            subscription: Some(convert::subscription(row)),
         }))
     }
 }

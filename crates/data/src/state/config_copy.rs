@@ -179,6 +179,8 @@ pub(crate) struct Subscription {
     pub(crate) filter: EventFilter,
     pub(crate) rate_limit_per_second: u32,
     pub(crate) enabled: bool,
+    /// The endpoint has not proved ownership yet: deliveries wait, unattempted.
+    pub(crate) awaiting_verification: bool,
     pub(crate) endpoint: Endpoint,
     /// What the control plane sent, kept to persist a local change (a disable) faithfully.
     pub(crate) config: ConfigSubscription,
@@ -195,6 +197,7 @@ impl Subscription {
             filter,
             rate_limit_per_second: config.rate_limit_per_second,
             enabled: config.enabled,
+            awaiting_verification: config.awaiting_verification,
             endpoint,
             config,
         })
