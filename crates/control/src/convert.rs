@@ -137,7 +137,7 @@ fn reason(name: Option<&str>) -> pb::DisabledReason {
 
 /// A subscription row as its proto (without secrets).
 pub fn subscription(m: subscription::Model) -> pb::Subscription {
-    let verification_state = crate::verification::state(&m) as i32;
+    let verification_state = crate::verify_state::state(&m) as i32;
     pb::Subscription {
         id: m.id,
         workspace_id: m.workspace_id,
@@ -253,6 +253,6 @@ pub fn config_subscription(
         disabled_reason: reason(m.disabled_reason.as_deref()) as i32,
         disabled_message: m.disabled_message.clone().unwrap_or_default(),
         update_time: Some(ts(m.update_ms)),
-        awaiting_verification: crate::verification::awaiting(m),
+        awaiting_verification: crate::verify_state::awaiting(m),
     })
 }

@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod subscription;
 pub mod sync;
 pub mod verification;
+pub mod verify_state;
 pub mod workspace;
 
 use std::sync::Arc;

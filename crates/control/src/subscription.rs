@@ -26,7 +26,9 @@ use tonic::{Request, Response, Status};
 use crate::error::{ApiError, ApiResult, Violations};
 use crate::page::PageRequest;
 use crate::workspace::check_id;
-use crate::{CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change, verification};
+use crate::{
+    CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change, verification, verify_state,
+};
 
 /// The longest description or disable message.
 pub const MAX_DESCRIPTION: usize = 2000;
@@ -377,10 +379,10 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             verification_required: Set(f.verification_required),
             verification_state: Set(f
                 .verification_required
-                .then(|| verification::PENDING.to_owned())),
+                .then(|| verify_state::PENDING.to_owned())),
             verification_message: Set(f
                 .verification_required
-                .then(|| verification::PENDING_MESSAGE.to_owned())),
+                .then(|| verify_state::PENDING_MESSAGE.to_owned())),
             verify_ms: Set(None),
             create_ms: Set(now),
             update_ms: Set(now),
@@ -559,8 +561,8 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                     row.verify_ms = Set(None);
                 } else if !was_required || url_changed {
                     // Before the first delivery, and again after the URL changes.
-                    row.verification_state = Set(Some(verification::PENDING.to_owned()));
-                    row.verification_message = Set(Some(verification::PENDING_MESSAGE.to_owned()));
+                    row.verification_state = Set(Some(verify_state::PENDING.to_owned()));
+                    row.verification_message = Set(Some(verify_state::PENDING_MESSAGE.to_owned()));
                     row.verify_ms = Set(None);
                     verify_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -17,38 +17,11 @@ use sluice_store::control::subscription;
 use sluice_store::{lock_config_writes, now_ms};
 
 use crate::error::{ApiError, ApiResult};
-use crate::subscription::find_in;
+use crate::verify_state::{FAILED, PENDING, VERIFIED};
 use crate::{CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change};
 
 /// The event type of the verification request.
 pub const VERIFICATION_EVENT: &str = "sluice.endpoint.verification";
-/// A verification is under way, or could not be sent.
-pub(crate) const PENDING: &str = "pending";
-/// The endpoint answered the challenge.
-pub(crate) const VERIFIED: &str = "verified";
-/// The endpoint did not answer the challenge.
-pub(crate) const FAILED: &str = "failed";
-
-/// The message of a subscription whose verification has not concluded yet.
-pub(crate) const PENDING_MESSAGE: &str = "waiting for the endpoint to answer the `sluice.endpoint.verification` challenge; deliveries wait until it does";
-
-/// The proto state of a stored one.
-pub(crate) fn state(m: &subscription::Model) -> pb::VerificationState {
-    if !m.verification_required {
-        return pb::VerificationState::NotRequired;
-    }
-    match m.verification_state.as_deref() {
-        Some(VERIFIED) => pb::VerificationState::Verified,
-        Some(FAILED) => pb::VerificationState::Failed,
-        _ => pb::VerificationState::Pending,
-    }
-}
-
-/// Whether the data plane must hold the subscription's deliveries.
-pub(crate) fn awaiting(m: &subscription::Model) -> bool {
-    m.verification_required && m.verification_state.as_deref() != Some(VERIFIED)
-}
-
 /// Sends the challenge in the background (after a create or a URL change); the outcome is
 /// stored on the subscription.
 pub(crate) fn spawn(plane: ControlPlane, workspace_id: String, id: String) {
@@ -57,6 +30,20 @@ pub(crate) fn spawn(plane: ControlPlane, workspace_id: String, id: String) {
             tracing::warn!(subscription_id = %id, error = ?err, "endpoint verification not concluded");
         }
     });
+}
+
+/// A subscription of one workspace; another workspace's id is NOT_FOUND.
+async fn find_in<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    workspace_id: &str,
+    id: &str,
+) -> ApiResult<subscription::Model> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    subscription::Entity::find_by_id(id.to_owned())
+        .filter(subscription::Column::WorkspaceId.eq(workspace_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscription", id))
 }
 
 /// Sends the challenge now and stores the outcome; returns the subscription as stored.

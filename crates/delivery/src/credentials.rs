@@ -22,7 +22,18 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::excerpt::read_capped;
-use crate::sender::Sender;
+
+/// What fetching a token needs of the sender: its shared client, its egress check of a
+/// URL and its description of a send failure. (The sender uses this module; this module
+/// does not import the sender.)
+pub(crate) struct TokenFetch<'a> {
+    /// The shared client (its resolver enforces the egress policy on the address dialled).
+    pub(crate) client: &'a reqwest::Client,
+    /// The egress checks that need no DNS, as a message.
+    pub(crate) check_url: &'a (dyn Fn(&Url) -> Result<(), String> + Sync),
+    /// A send failure said so a person can act on it, never naming the URL.
+    pub(crate) describe: &'a (dyn Fn(reqwest::Error) -> String + Sync),
+}
 
 /// The most bytes of a token endpoint's answer that are read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -323,7 +334,7 @@ impl OAuth2Client {
     /// Returns the value and whether it was fetched now.
     pub(crate) async fn authorization(
         &self,
-        sender: &Sender,
+        fetch: &TokenFetch<'_>,
         rejected: Option<&HeaderValue>,
     ) -> Result<(HeaderValue, bool), String> {
         let mut cache = self.cache.lock().await;
@@ -334,15 +345,15 @@ impl OAuth2Client {
             }
         }
         *cache = None;
-        let token = self.fetch(sender).await?;
+        let token = self.fetch(fetch).await?;
         let authorization = token.authorization.clone();
         *cache = Some(token);
         Ok((authorization, true))
     }
 
-    async fn fetch(&self, sender: &Sender) -> Result<CachedToken, String> {
+    async fn fetch(&self, with: &TokenFetch<'_>) -> Result<CachedToken, String> {
         let fail = |why: String| format!("fetching the endpoint's OAuth2 token failed: {why}");
-        if let Err(denied) = sender.check_url(&self.token_url) {
+        if let Err(denied) = (with.check_url)(&self.token_url) {
             return Err(fail(format!("the token URL is refused: {denied}")));
         }
         let mut headers = HeaderMap::with_capacity(4);
@@ -356,10 +367,10 @@ impl OAuth2Client {
         *request.headers_mut() = headers;
         *request.body_mut() = Some(self.form.clone().into());
         let started = Instant::now();
-        let mut response = match sender.client().execute(request).await {
+        let mut response = match with.client.execute(request).await {
             Ok(response) => response,
             Err(err) => {
-                let (_, message) = sender.describe_send_error(err);
+                let message = (with.describe)(err);
                 return Err(fail(format!("the token endpoint: {message}")));
             }
         };
@@ -481,12 +492,15 @@ impl MutualTlsClient {
         })
     }
 
-    /// The client presenting this certificate.
-    pub(crate) fn client(&self, sender: &Sender) -> Result<&reqwest::Client, String> {
+    /// The client presenting this certificate, built on first use from `builder` (the
+    /// shared client's settings).
+    pub(crate) fn client(
+        &self,
+        builder: impl FnOnce() -> Result<reqwest::ClientBuilder, ()>,
+    ) -> Result<&reqwest::Client, String> {
         self.client
             .get_or_init(|| {
-                sender
-                    .client_builder()
+                builder()
                     .and_then(|builder| {
                         let builder = builder.identity(self.identity.clone());
                         let builder = if self.cas.is_empty() {

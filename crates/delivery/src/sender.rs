@@ -17,7 +17,7 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::SenderConfig;
-use crate::credentials::EndpointCredentials;
+use crate::credentials::{EndpointCredentials, TokenFetch};
 use crate::egress::{EgressDenied, EgressPolicy, GuardedResolver};
 use crate::excerpt::{read_capped, to_excerpt};
 
@@ -252,13 +252,8 @@ impl Sender {
         &self.inner.config
     }
 
-    /// The shared client (endpoints without a TLS client certificate, token endpoints).
-    pub(crate) fn client(&self) -> &reqwest::Client {
-        &self.inner.client
-    }
-
     /// A builder with the shared client's settings, for an endpoint's own client.
-    pub(crate) fn client_builder(&self) -> Result<reqwest::ClientBuilder, ()> {
+    fn client_builder(&self) -> Result<reqwest::ClientBuilder, ()> {
         client_builder(
             &self.inner.config,
             &self.inner.policy,
@@ -412,11 +407,19 @@ impl Sender {
         };
         let oauth2 = match credentials {
             EndpointCredentials::MutualTls(tls) => {
-                return Ok(tls.client(self)?.execute(build(headers)).await);
+                let client = tls.client(|| self.client_builder())?;
+                return Ok(client.execute(build(headers)).await);
             }
             EndpointCredentials::OAuth2(oauth2) => oauth2,
         };
-        let (token, fresh) = oauth2.authorization(self, None).await?;
+        let check_url = |url: &Url| self.inner.policy.check_url(url).map_err(|d| d.to_string());
+        let describe = |err: reqwest::Error| self.describe_send_error(err).1;
+        let fetch = TokenFetch {
+            client: &self.inner.client,
+            check_url: &check_url,
+            describe: &describe,
+        };
+        let (token, fresh) = oauth2.authorization(&fetch, None).await?;
         headers.insert(header::AUTHORIZATION, token.clone());
         let retry_headers = (!fresh).then(|| headers.clone());
         let sent = self.inner.client.execute(build(headers)).await;
@@ -430,7 +433,7 @@ impl Sender {
         // more request. A 401 to a token fetched just now is the endpoint's answer.
         tracing::debug!("the endpoint refused the cached OAuth2 token; fetching a new one");
         drop(sent);
-        let (token, _) = oauth2.authorization(self, Some(&token)).await?;
+        let (token, _) = oauth2.authorization(&fetch, Some(&token)).await?;
         headers.insert(header::AUTHORIZATION, token);
         Ok(self.inner.client.execute(build(headers)).await)
     }
@@ -519,7 +522,7 @@ impl Sender {
 
     /// Maps a failure before any response arrived to a kind and a message. Messages are
     /// built from the innermost cause, never from reqwest's own Display, which names the URL.
-    pub(crate) fn describe_send_error(&self, err: reqwest::Error) -> (AttemptErrorKind, String) {
+    fn describe_send_error(&self, err: reqwest::Error) -> (AttemptErrorKind, String) {
         let err = err.without_url();
         let chain = error_chain(&err);
         if let Some(denied) = chain.iter().find_map(|e| e.downcast_ref::<EgressDenied>()) {
