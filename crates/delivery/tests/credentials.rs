@@ -300,3 +300,98 @@ fn mtls_settings_that_do_not_parse_or_match_name_their_field() {
         assert!(!err.to_string().contains("BEGIN"), "{err}");
     }
 }
+
+/// Every log line and span (with its fields) written while it is the default subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_credential_reaches_logs_or_spans() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    // OAuth2: a token, a 401 and a new token, then a token endpoint that refuses.
+    let tokens = Receiver::start(
+        vec![token("tok-secret-1", 3600)],
+        token("tok-secret-2", 3600),
+    )
+    .await;
+    let endpoint = Receiver::start(
+        vec![Reply::status(200), Reply::status(401)],
+        Reply::status(200),
+    )
+    .await;
+    let sender = sender(true, None);
+    let credentials = oauth2(&tokens.url("/token"));
+    for _ in 0..2 {
+        let result = send(&sender, &endpoint.url("/hook"), Some(&credentials)).await;
+        assert!(result.is_success(), "{result:?}");
+    }
+    assert_eq!(bearers(&endpoint)[2], "Bearer tok-secret-2");
+    let refusing = Receiver::start(Vec::new(), Reply::status(401)).await;
+    let result = send(
+        &sender,
+        &endpoint.url("/hook"),
+        Some(&oauth2(&refusing.url("/t"))),
+    )
+    .await;
+    assert!(!result.is_success());
+    let client_basic =
+        base64::engine::general_purpose::STANDARD.encode("client-1:s3cr3t%2Fwith%3Aodd%26chars");
+
+    // mTLS.
+    let server_ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let client = client_ca.issue_client("sluice");
+    let tls = Receiver::start_tls(
+        Vec::new(),
+        Reply::status(200),
+        server_ca
+            .issue(NAMES, Validity::Current)
+            .server_config_requiring_client_certs(&[b"h2", b"http/1.1"], &client_ca),
+    )
+    .await;
+    let mtls = mutual_tls(&client, &server_ca.cert_pem);
+    let result = send(&sender, &tls.url_by_name("/hook"), Some(&mtls)).await;
+    assert!(result.is_success(), "{result:?}");
+    let key_body: String = client
+        .key_pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let debug = format!("{credentials:?} {mtls:?}");
+
+    let logged = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    assert!(
+        logged.contains("webhook.attempt"),
+        "the capture works: {logged}"
+    );
+    for secret in [
+        SECRET,
+        "tok-secret-1",
+        "tok-secret-2",
+        client_basic.as_str(),
+        &key_body[..40],
+    ] {
+        assert!(!logged.contains(secret), "{secret} logged");
+        assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
+    }
+}
