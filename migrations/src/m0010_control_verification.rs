@@ -1,4 +1,6 @@
-//! Endpoint ownership verification (issue 23), opt-in per subscription:
+//! Endpoint ownership verification (issue 23), opt-in per workspace
+//! (`workspaces.require_endpoint_verification`: its new subscriptions require it) or per
+//! subscription:
 //! `verification_required`, and the state of the last verification (`verification_state`:
 //! `pending`, `verified` or `failed`; null when not required), why, for people
 //! (`verification_message`), and when it concluded (`verify_ms`). Existing subscriptions
@@ -15,6 +17,12 @@ impl MigrationName for Migration {
 }
 
 #[derive(DeriveIden)]
+enum Workspaces {
+    Table,
+    RequireEndpointVerification,
+}
+
+#[derive(DeriveIden)]
 enum Subscriptions {
     Table,
     VerificationRequired,
@@ -26,6 +34,18 @@ enum Subscriptions {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Workspaces::Table)
+                .add_column(
+                    ColumnDef::new(Workspaces::RequireEndpointVerification)
+                        .boolean()
+                        .not_null()
+                        .default(false),
+                )
+                .to_owned(),
+        )
+        .await?;
         // One column per statement: SQLite's ALTER TABLE adds one at a time.
         let columns = [
             ColumnDef::new(Subscriptions::VerificationRequired)
@@ -73,6 +93,13 @@ impl MigrationTrait for Migration {
             )
             .await?;
         }
+        m.alter_table(
+            Table::alter()
+                .table(Workspaces::Table)
+                .drop_column(Workspaces::RequireEndpointVerification)
+                .to_owned(),
+        )
+        .await?;
         Ok(())
     }
 }

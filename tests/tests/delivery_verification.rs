@@ -171,3 +171,60 @@ async fn verification(planes: &mut Planes) {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_can_require_verification_of_its_new_subscriptions() {
+    on_each_backend(PlaneOptions::default(), workspace_requirement).await;
+}
+
+async fn workspace_requirement(planes: &mut Planes) {
+    let (workspace_id, key) = planes.workspace_with_key("Strict").await;
+    let mut admin = planes.clients(Some(sluice_testkit::ADMIN_KEY)).await;
+    let workspace = admin
+        .workspaces
+        .update_workspace(pb::UpdateWorkspaceRequest {
+            workspace: Some(pb::Workspace {
+                id: workspace_id.clone(),
+                require_endpoint_verification: true,
+                ..Default::default()
+            }),
+            update_mask: mask(&["require_endpoint_verification"]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap();
+    assert!(workspace.require_endpoint_verification);
+
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::start(Vec::new(), Reply::echo()).await;
+    // Not asked for, but the workspace requires it.
+    let (sub, _) = subscribe(&mut c, webhook(&receiver.url("/s"), &["*"])).await;
+    assert!(sub.verification_required);
+    assert_eq!(
+        sub.verification_state,
+        pb::VerificationState::Pending as i32
+    );
+    let verified = concluded(&mut c, &sub.id).await;
+    assert_eq!(
+        verified.verification_state,
+        pb::VerificationState::Verified as i32,
+        "{verified:?}"
+    );
+    // It cannot be turned off while the workspace requires it.
+    let status = c
+        .subscriptions
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            workspace_id: String::new(),
+            subscription: Some(pb::Subscription {
+                id: sub.id.clone(),
+                verification_required: false,
+                ..Default::default()
+            }),
+            update_mask: mask(&["verification_required"]),
+        })
+        .await
+        .unwrap_err();
+    sluice_testkit::assert_invalid(&status, "subscription.verification_required");
+}

@@ -39,6 +39,7 @@ pub fn workspace(m: workspace::Model) -> pb::Workspace {
         update_time: Some(ts(m.update_ms)),
         retention: m.retention_ms.map(duration_ms),
         idempotency_retention: m.idempotency_retention_ms.map(duration_ms),
+        require_endpoint_verification: m.require_endpoint_verification,
     }
 }
 

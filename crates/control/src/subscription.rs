@@ -19,7 +19,7 @@ use sluice_core::validate::{
 };
 use sluice_proto::control::v1 as pb;
 use sluice_proto::json::struct_to_json;
-use sluice_store::control::{event_type, subscription};
+use sluice_store::control::{event_type, subscription, workspace};
 use sluice_store::{lock_config_writes, now_ms};
 use tonic::{Request, Response, Status};
 
@@ -310,6 +310,17 @@ impl SubscriptionApi {
     }
 }
 
+/// Whether the workspace requires endpoint verification of its new subscriptions.
+async fn workspace_requires_verification<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    workspace_id: &str,
+) -> ApiResult<bool> {
+    Ok(workspace::Entity::find_by_id(workspace_id.to_owned())
+        .one(db)
+        .await?
+        .is_some_and(|w| w.require_endpoint_verification))
+}
+
 /// A subscription of one workspace; another workspace's id is NOT_FOUND.
 pub(crate) async fn find_in<C: sea_orm::ConnectionTrait>(
     db: &C,
@@ -337,9 +348,11 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let r = request.into_inner();
         let input = r.subscription.unwrap_or_default();
         let mut v = Violations::default();
-        let f = validate(&mut v, &input, |_| true, self.0.config().allow_http);
+        let mut f = validate(&mut v, &input, |_| true, self.0.config().allow_http);
         let secret = parse_secret(&mut v, "secret", &r.secret);
         v.finish()?;
+        f.verification_required |=
+            workspace_requires_verification(self.0.db(), &workspace_id).await?;
         let now = now_ms();
         let destination = f
             .destination_type
@@ -531,6 +544,15 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             v.add("subscription.id", "required");
         }
         let f = validate(&mut v, &input, has, self.0.config().allow_http);
+        if has("verification_required")
+            && !f.verification_required
+            && workspace_requires_verification(self.0.db(), &workspace_id).await?
+        {
+            v.add(
+                "subscription.verification_required",
+                "the workspace requires endpoint verification (require_endpoint_verification)",
+            );
+        }
         v.finish()?;
         let paths_owned = paths.clone();
         let fresh_key = new_signing_key(&self.0.config().keyring);

@@ -110,6 +110,7 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             update_ms: Set(now),
             retention_ms: Set(retention_ms),
             idempotency_retention_ms: Set(idempotency_ms),
+            require_endpoint_verification: Set(input.require_endpoint_verification),
         };
         let (row, revision) = self
             .0
@@ -187,12 +188,13 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         if paths.is_empty() {
             v.add(
                 "update_mask",
-                "required: name the fields to update (display_name, retention, idempotency_retention)",
+                "required: name the fields to update (display_name, retention, idempotency_retention, require_endpoint_verification)",
             );
         }
         let mut new_name = None;
         let mut new_retention = None;
         let mut new_idempotency = None;
+        let mut new_verification = None;
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
@@ -213,11 +215,14 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                         input.idempotency_retention.as_ref(),
                     ));
                 }
+                "require_endpoint_verification" => {
+                    new_verification = Some(input.require_endpoint_verification);
+                }
                 other => v.add(
                     "update_mask",
                     format!(
                         "unknown or read-only field {other:?}; updatable: display_name, \
-                         retention, idempotency_retention"
+                         retention, idempotency_retention, require_endpoint_verification"
                     ),
                 ),
             }
@@ -234,6 +239,9 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         let mut row = current.into_active_model();
         if let Some(name) = new_name {
             row.display_name = Set(name);
+        }
+        if let Some(required) = new_verification {
+            row.require_endpoint_verification = Set(required);
         }
         row.retention_ms = Set(retention_ms);
         row.idempotency_retention_ms = Set(idempotency_ms);

@@ -14,6 +14,8 @@ pub struct Model {
     pub retention_ms: Option<i64>,
     /// The workspace's own idempotency-key window in milliseconds; `None`: the default.
     pub idempotency_retention_ms: Option<i64>,
+    /// New subscriptions require endpoint ownership verification (m0010).
+    pub require_endpoint_verification: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
