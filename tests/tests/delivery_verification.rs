@@ -105,6 +105,19 @@ async fn verification(planes: &mut Planes) {
         "only the challenge reached the endpoint"
     );
     assert!(log.attempts_to(&sub.id).await.is_empty());
+    // A manual retry does not get around it.
+    let status = c
+        .deliveries
+        .retry_delivery(pb::RetryDeliveryRequest {
+            workspace_id: String::new(),
+            message_id: ids[0].clone(),
+            subscription_id: sub.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("verif"), "{status:?}");
+    assert_eq!(receiver.count(), 1);
 
     // The endpoint answers the challenge: verified, and the pending deliveries flow.
     receiver.script([Reply::echo()]);
