@@ -18,6 +18,7 @@ mod m0005_control_events;
 mod m0006_control_trust;
 mod m0007_control_policy;
 mod m0007_data_policy;
+mod m0010_control_verification;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0005_control_events::Migration),
             Box::new(m0006_control_trust::Migration),
             Box::new(m0007_control_policy::Migration),
+            Box::new(m0010_control_verification::Migration),
         ]
     }
 

@@ -227,4 +227,211 @@ async fn auth(planes: &mut Planes) {
     .await;
     assert!(!attempt.url.contains("hunter2"), "{attempt:?}");
     assert_eq!(attempt.url, receiver.url("/legacy"));
+    // The user info is sent as it always meant: HTTP Basic, base64("bob:hunter2").
+    let got = receiver.wait_for(5, WAIT).await;
+    let legacy_request = with_id(&got, &fourth.message_id)
+        .into_iter()
+        .find(|r| r.path == "/legacy")
+        .unwrap();
+    assert_eq!(
+        legacy_request.header("authorization"),
+        "Basic Ym9iOmh1bnRlcjI="
+    );
+}
+
+const CLIENT_SECRET: &str = "cs_7b1f0e9d8c";
+
+fn oauth2(token_url: &str, client_secret: &str) -> pb::EndpointAuth {
+    pb::EndpointAuth {
+        method: Some(pb::endpoint_auth::Method::Oauth2ClientCredentials(
+            pb::OAuth2ClientCredentials {
+                token_url: token_url.into(),
+                client_id: "client-e2e".into(),
+                client_secret: client_secret.into(),
+                scope: "hooks".into(),
+                audience: String::new(),
+            },
+        )),
+    }
+}
+
+fn mutual_tls(cert: &str, key: &str, ca: &str) -> pb::EndpointAuth {
+    pb::EndpointAuth {
+        method: Some(pb::endpoint_auth::Method::MutualTls(pb::MutualTls {
+            certificate_pem: cert.into(),
+            private_key_pem: key.into(),
+            ca_certificates_pem: ca.into(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth2_and_mtls_credentials_are_used_and_never_shown() {
+    on_each_backend(PlaneOptions::default(), oauth2_and_mtls).await;
+}
+
+async fn oauth2_and_mtls(planes: &mut Planes) {
+    use sluice_testkit::receiver::Reply;
+    use sluice_testkit::tls::{TestCa, Validity};
+
+    let (_, key) = planes.workspace_with_key("Trust").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let log = Log::new(&c);
+    let tokens = Receiver::start(
+        Vec::new(),
+        Reply::status(200)
+            .body(r#"{"access_token":"tok-e2e","token_type":"bearer","expires_in":3600}"#),
+    )
+    .await;
+    let endpoint = Receiver::ok().await;
+    let (oauth_sub, _) = subscribe(
+        &mut c,
+        pb::Subscription {
+            auth: Some(oauth2(&tokens.url("/token"), CLIENT_SECRET)),
+            ..webhook(&endpoint.url("/oauth"), &["conversation.*"])
+        },
+    )
+    .await;
+    assert_eq!(
+        oauth_sub.auth_type,
+        pb::EndpointAuthType::Oauth2ClientCredentials as i32
+    );
+
+    let server_ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let client = client_ca.issue_client("sluice");
+    let tls = Receiver::start_tls(
+        Vec::new(),
+        Reply::status(200),
+        server_ca
+            .issue(&["localhost"], Validity::Current)
+            .server_config_requiring_client_certs(&[b"h2", b"http/1.1"], &client_ca),
+    )
+    .await;
+    let (tls_sub, _) = subscribe(
+        &mut c,
+        pb::Subscription {
+            auth: Some(mutual_tls(
+                &client.cert_pem,
+                &client.key_pem,
+                &server_ca.cert_pem,
+            )),
+            ..webhook(&tls.url_by_name("/mtls"), &["conversation.*"])
+        },
+    )
+    .await;
+    assert_eq!(tls_sub.auth_type, pb::EndpointAuthType::MutualTls as i32);
+
+    let shown = format!(
+        "{oauth_sub:?} {tls_sub:?} {:?} {:?} {:?}",
+        get_subscription(&mut c, "", &oauth_sub.id).await,
+        get_subscription(&mut c, "", &tls_sub.id).await,
+        c.subscriptions
+            .list_subscriptions(pb::ListSubscriptionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    );
+    for secret in [CLIENT_SECRET, "PRIVATE KEY", "client-e2e", "/token"] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+    }
+
+    planes.config_synced().await;
+    let mut publisher = planes.publisher(&key).await;
+    for n in 0..3 {
+        publish(
+            &mut publisher,
+            event(CONVERSATION_CREATED, &format!(r#"{{"n":{n}}}"#)),
+        )
+        .await;
+    }
+    let got = endpoint.wait_for(3, WAIT).await;
+    assert!(
+        got.iter()
+            .all(|r| r.header("authorization") == "Bearer tok-e2e"),
+        "{got:?}"
+    );
+    assert_eq!(tokens.count(), 1, "one token for three deliveries");
+    tls.wait_for(3, WAIT).await;
+    let attempts = eventually("six attempts in the log", WAIT, async || {
+        let mut all = log.attempts_to(&oauth_sub.id).await;
+        all.extend(log.attempts_to(&tls_sub.id).await);
+        (all.len() >= 6).then_some(all)
+    })
+    .await;
+    assert!(attempts.iter().all(|a| a.success), "{attempts:?}");
+    let logged = format!("{attempts:?}");
+    for secret in [CLIENT_SECRET, "tok-e2e", "PRIVATE KEY"] {
+        assert!(!logged.contains(secret), "{secret} logged: {logged}");
+    }
+
+    // Bad credentials name their field; an update with them changes nothing.
+    let other = TestCa::new().issue_client("other");
+    let bad_cases = [
+        (
+            oauth2("", CLIENT_SECRET),
+            "subscription.auth.oauth2_client_credentials.token_url",
+        ),
+        (
+            oauth2("ftp://idp.example.com/token", CLIENT_SECRET),
+            "subscription.auth.oauth2_client_credentials.token_url",
+        ),
+        (
+            oauth2("https://idp.example.com/token", ""),
+            "subscription.auth.oauth2_client_credentials.client_secret",
+        ),
+        (
+            mutual_tls("not a certificate", &client.key_pem, ""),
+            "subscription.auth.mutual_tls.certificate_pem",
+        ),
+        (
+            mutual_tls(&client.cert_pem, &other.key_pem, ""),
+            "subscription.auth.mutual_tls.private_key_pem",
+        ),
+        (
+            mutual_tls(&client.cert_pem, &client.key_pem, "junk"),
+            "subscription.auth.mutual_tls.ca_certificates_pem",
+        ),
+    ];
+    for (auth, field) in bad_cases {
+        let status = c
+            .subscriptions
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(pb::Subscription {
+                    auth: Some(auth.clone()),
+                    ..webhook(&endpoint.url("/bad"), &["*"])
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_invalid(&status, field);
+        assert!(!status.message().contains("PRIVATE KEY"), "{status:?}");
+        let status = c
+            .subscriptions
+            .update_subscription(pb::UpdateSubscriptionRequest {
+                workspace_id: String::new(),
+                subscription: Some(pb::Subscription {
+                    id: tls_sub.id.clone(),
+                    auth: Some(auth),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["auth"]),
+            })
+            .await
+            .unwrap_err();
+        assert_invalid(&status, field);
+    }
+    let unchanged = get_subscription(&mut c, "", &tls_sub.id).await;
+    assert_eq!(unchanged.auth_type, pb::EndpointAuthType::MutualTls as i32);
+    let stored = stored_subscription(&planes.control_db, &tls_sub.id)
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .auth
+            .as_deref()
+            .is_some_and(|a| a.starts_with("sealed:")),
+        "stored sealed"
+    );
 }

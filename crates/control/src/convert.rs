@@ -40,6 +40,7 @@ pub fn workspace(m: workspace::Model) -> pb::Workspace {
         retention: m.retention_ms.map(duration_ms),
         idempotency_retention: m.idempotency_retention_ms.map(duration_ms),
         retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
+        require_endpoint_verification: m.require_endpoint_verification,
     }
 }
 
@@ -138,6 +139,7 @@ fn reason(name: Option<&str>) -> pb::DisabledReason {
 
 /// A subscription row as its proto (without secrets).
 pub fn subscription(m: subscription::Model) -> pb::Subscription {
+    let verification_state = crate::verify_state::state(&m) as i32;
     pb::Subscription {
         id: m.id,
         workspace_id: m.workspace_id,
@@ -168,12 +170,22 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
         auth_type: match m.auth_type.as_deref() {
             Some("basic") => pb::EndpointAuthType::Basic,
             Some("bearer") => pb::EndpointAuthType::Bearer,
+            Some("oauth2") => pb::EndpointAuthType::Oauth2ClientCredentials,
+            Some("mtls") => pb::EndpointAuthType::MutualTls,
             _ => pb::EndpointAuthType::None,
         } as i32,
         retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
         // Resolved by the service, which reads the workspace (`SubscriptionApi::shown`).
         effective_retry_policy: None,
         payload_shape: crate::policy::shape_proto(&m.payload_shape),
+        verification_required: m.verification_required,
+        verification_state,
+        verification_message: if m.verification_required {
+            m.verification_message.unwrap_or_default()
+        } else {
+            String::new()
+        },
+        verify_time: opt_ts(m.verify_ms),
     }
 }
 
@@ -221,12 +233,16 @@ pub fn config_subscription(
         }
     }
     if let Some(auth) = &m.auth {
+        use sluice_core::validate::{
+            AUTHORIZATION_SECRET_PREFIX, MUTUAL_TLS_SECRET_PREFIX, OAUTH2_SECRET_PREFIX,
+        };
+        let prefix = match m.auth_type.as_deref() {
+            Some("oauth2") => OAUTH2_SECRET_PREFIX,
+            Some("mtls") => MUTUAL_TLS_SECRET_PREFIX,
+            _ => AUTHORIZATION_SECRET_PREFIX,
+        };
         secrets.push(pb::ConfigSecret {
-            secret: format!(
-                "{}{}",
-                sluice_core::validate::AUTHORIZATION_SECRET_PREFIX,
-                open(auth)?
-            ),
+            secret: format!("{prefix}{}", open(auth)?),
             expire_time: None,
         });
     }
@@ -245,5 +261,6 @@ pub fn config_subscription(
         update_time: Some(ts(m.update_ms)),
         retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
         payload_shape: crate::policy::shape_proto(&m.payload_shape),
+        awaiting_verification: crate::verify_state::awaiting(m),
     })
 }

@@ -9,6 +9,7 @@ pub mod attempt_watch;
 pub mod auth;
 pub mod convert;
 pub mod delivery;
+mod endpoint_auth;
 pub mod error;
 pub mod event_type;
 mod metrics;
@@ -18,6 +19,8 @@ pub mod retention;
 pub mod secrets;
 pub mod subscription;
 pub mod sync;
+pub mod verification;
+pub mod verify_state;
 pub mod workspace;
 
 use std::sync::Arc;

@@ -26,7 +26,9 @@ use tonic::{Request, Response, Status};
 use crate::error::{ApiError, ApiResult, Violations};
 use crate::page::PageRequest;
 use crate::workspace::check_id;
-use crate::{CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change};
+use crate::{
+    CHANGE_SUBSCRIPTION, ControlPlane, convert, record_change, verification, verify_state,
+};
 
 /// The longest description or disable message.
 pub const MAX_DESCRIPTION: usize = 2000;
@@ -37,7 +39,7 @@ pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// The longest grace period of a rotation.
 pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 /// Updatable fields, for `update_mask` (besides `retry_policy.<field>`).
-pub const UPDATABLE: [&str; 10] = [
+pub const UPDATABLE: [&str; 11] = [
     "description",
     "url",
     "destination_type",
@@ -48,6 +50,7 @@ pub const UPDATABLE: [&str; 10] = [
     "auth",
     "payload_shape",
     "retry_policy",
+    "verification_required",
 ];
 
 /// The `SubscriptionService` implementation.
@@ -65,11 +68,13 @@ struct Fields {
     rate_limit_per_second: i32,
     /// `None`: unspecified (symmetric on create, unchanged on update).
     signature_scheme: Option<&'static str>,
-    /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value);
-    /// `None` for none.
+    /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value) or
+    /// (`oauth2` or `mtls`, their settings as JSON, see `endpoint_auth.rs`); `None` for none.
     auth: Option<(&'static str, String)>,
     /// `None`: unspecified (the envelope on create, unchanged on update).
     payload_shape: Option<sluice_core::policy::PayloadShape>,
+    /// Whether the endpoint must prove ownership before deliveries.
+    verification_required: bool,
 }
 
 /// A new ed25519 key: sealed for storage, and its public half in clear.
@@ -206,8 +211,15 @@ fn validate(
                     bearer_token(&bearer.token),
                 )
                 .map(|_| ("bearer", format!("Bearer {}", bearer.token))),
+            Some(pb::endpoint_auth::Method::Oauth2ClientCredentials(oauth2)) => {
+                crate::endpoint_auth::oauth2(v, oauth2, allow_http).map(|json| ("oauth2", json))
+            }
+            Some(pb::endpoint_auth::Method::MutualTls(tls)) => {
+                crate::endpoint_auth::mutual_tls(v, tls).map(|json| ("mtls", json))
+            }
         };
-        if f.auth.is_some()
+        // mTLS authenticates in the handshake; every other method is the Authorization header.
+        if f.auth.as_ref().is_some_and(|(kind, _)| *kind != "mtls")
             && input
                 .headers
                 .keys()
@@ -222,6 +234,9 @@ fn validate(
     if selected("payload_shape") {
         f.payload_shape =
             crate::policy::payload_shape(v, "subscription.payload_shape", input.payload_shape);
+    }
+    if selected("verification_required") {
+        f.verification_required = input.verification_required;
     }
     if selected("rate_limit_per_second") {
         if input.rate_limit_per_second > MAX_RATE_LIMIT {
@@ -334,6 +349,17 @@ impl SubscriptionApi {
     }
 }
 
+/// Whether the workspace requires endpoint verification of its new subscriptions.
+async fn workspace_requires_verification<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    workspace_id: &str,
+) -> ApiResult<bool> {
+    Ok(workspace::Entity::find_by_id(workspace_id.to_owned())
+        .one(db)
+        .await?
+        .is_some_and(|w| w.require_endpoint_verification))
+}
+
 /// A subscription of one workspace; another workspace's id is NOT_FOUND.
 pub(crate) async fn find_in<C: sea_orm::ConnectionTrait>(
     db: &C,
@@ -361,7 +387,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let r = request.into_inner();
         let input = r.subscription.unwrap_or_default();
         let mut v = Violations::default();
-        let f = validate(&mut v, &input, |_| true, self.0.config().allow_http);
+        let mut f = validate(&mut v, &input, |_| true, self.0.config().allow_http);
         let secret = parse_secret(&mut v, "secret", &r.secret);
         let retry_policy = crate::policy::read(
             &mut v,
@@ -369,6 +395,8 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             input.retry_policy.as_ref(),
         );
         v.finish()?;
+        f.verification_required |=
+            workspace_requires_verification(self.0.db(), &workspace_id).await?;
         let now = now_ms();
         let destination = f
             .destination_type
@@ -407,6 +435,14 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 .map(|(_, value)| self.0.config().keyring.seal(value))),
             retry_policy: Set(retry_policy.and_then(|p| p.to_json())),
             payload_shape: Set(f.payload_shape.unwrap_or_default().as_str().to_owned()),
+            verification_required: Set(f.verification_required),
+            verification_state: Set(f
+                .verification_required
+                .then(|| verify_state::PENDING.to_owned())),
+            verification_message: Set(f
+                .verification_required
+                .then(|| verify_state::PENDING_MESSAGE.to_owned())),
+            verify_ms: Set(None),
             create_ms: Set(now),
             update_ms: Set(now),
         };
@@ -426,6 +462,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .map_err(ApiError::from)?;
         self.0.published(revision);
         tracing::info!(workspace_id = %row.workspace_id, subscription_id = %row.id, "subscription created");
+        if row.verification_required {
+            verification::spawn(self.0.clone(), row.workspace_id.clone(), row.id.clone());
+        }
         Ok(Response::new(pb::CreateSubscriptionResponse {
             subscription: Some(self.shown(row).await?),
             secret,
@@ -551,6 +590,15 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             v.add("subscription.id", "required");
         }
         let f = validate(&mut v, &input, has, self.0.config().allow_http);
+        if has("verification_required")
+            && !f.verification_required
+            && workspace_requires_verification(self.0.db(), &workspace_id).await?
+        {
+            v.add(
+                "subscription.verification_required",
+                "the workspace requires endpoint verification (require_endpoint_verification)",
+            );
+        }
         v.finish()?;
         // A policy change is merged into the stored one (field by field), so read it first.
         let new_policy = if paths.iter().any(|p| crate::policy::is_policy_path(p)) {
@@ -574,9 +622,34 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             .auth
             .as_ref()
             .map(|(kind, value)| ((*kind).to_owned(), self.0.config().keyring.seal(value)));
+        let verify_after = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let verify_flag = std::sync::Arc::clone(&verify_after);
         let row = self
             .modify(&workspace_id, "subscription.id", &input.id, move |row| {
                 let has = |p: &str| paths_owned.iter().any(|x| x == p);
+                let url_changed = has("url")
+                    && matches!(&row.url, sea_orm::ActiveValue::Unchanged(old) if *old != f.url);
+                let was_required = matches!(
+                    &row.verification_required,
+                    sea_orm::ActiveValue::Unchanged(true)
+                );
+                let required = if has("verification_required") {
+                    f.verification_required
+                } else {
+                    was_required
+                };
+                row.verification_required = Set(required);
+                if !required {
+                    row.verification_state = Set(None);
+                    row.verification_message = Set(None);
+                    row.verify_ms = Set(None);
+                } else if !was_required || url_changed {
+                    // Before the first delivery, and again after the URL changes.
+                    row.verification_state = Set(Some(verify_state::PENDING.to_owned()));
+                    row.verification_message = Set(Some(verify_state::PENDING_MESSAGE.to_owned()));
+                    row.verify_ms = Set(None);
+                    verify_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 if has("description") {
                     row.description = Set(f.description);
                 }
@@ -632,6 +705,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 }
             })
             .await?;
+        if verify_after.load(std::sync::atomic::Ordering::Relaxed) {
+            verification::spawn(self.0.clone(), row.workspace_id.clone(), row.id.clone());
+        }
         Ok(Response::new(pb::UpdateSubscriptionResponse {
             subscription: Some(self.shown(row).await?),
         }))
@@ -887,6 +963,23 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             error_message: attempt.error_message,
             latency: attempt.latency,
             response_excerpt: attempt.response_excerpt,
+        }))
+    }
+
+    async fn verify_subscription(
+        &self,
+        request: Request<pb::VerifySubscriptionRequest>,
+    ) -> Result<Response<pb::VerifySubscriptionResponse>, Status> {
+        let workspace_id = self
+            .0
+            .auth()
+            .workspace(request.metadata(), &request.get_ref().workspace_id)
+            .await?;
+        let id = &request.get_ref().id;
+        check_id(IdKind::Subscription, "id", id)?;
+        let row = verification::verify(&self.0, &workspace_id, id).await?;
+        Ok(Response::new(pb::VerifySubscriptionResponse {
+            subscription: Some(convert::subscription(row)),
         }))
     }
 }

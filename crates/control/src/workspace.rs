@@ -116,6 +116,7 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             retention_ms: Set(retention_ms),
             idempotency_retention_ms: Set(idempotency_ms),
             retry_policy: Set(retry_policy.and_then(|p| p.to_json())),
+            require_endpoint_verification: Set(input.require_endpoint_verification),
         };
         let (row, revision) = self
             .0
@@ -193,12 +194,14 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             v.add(
                 "update_mask",
                 "required: name the fields to update (display_name, retention, \
-                 idempotency_retention, retry_policy, retry_policy.<field>)",
+                 idempotency_retention, retry_policy, retry_policy.<field>, \
+                 require_endpoint_verification)",
             );
         }
         let mut new_name = None;
         let mut new_retention = None;
         let mut new_idempotency = None;
+        let mut new_verification = None;
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
@@ -219,12 +222,16 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                         input.idempotency_retention.as_ref(),
                     ));
                 }
+                "require_endpoint_verification" => {
+                    new_verification = Some(input.require_endpoint_verification);
+                }
                 other if crate::policy::is_policy_path(other) => {}
                 other => v.add(
                     "update_mask",
                     format!(
                         "unknown or read-only field {other:?}; updatable: display_name, \
-                         retention, idempotency_retention, retry_policy, retry_policy.<field>"
+                         retention, idempotency_retention, retry_policy, retry_policy.<field>, \
+                         require_endpoint_verification"
                     ),
                 ),
             }
@@ -256,6 +263,9 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         row.retry_policy = Set(policy);
         if let Some(name) = new_name {
             row.display_name = Set(name);
+        }
+        if let Some(required) = new_verification {
+            row.require_endpoint_verification = Set(required);
         }
         row.retention_ms = Set(retention_ms);
         row.idempotency_retention_ms = Set(idempotency_ms);

@@ -81,6 +81,10 @@ pub fn endpoint_url(s: &str, allow_http: bool) -> Result<Url, UrlError> {
 /// The prefix that marks, among the secrets the control plane sends the data plane, the
 /// endpoint's `Authorization` header value (beside `whsec_` and `whsk_` signing keys).
 pub const AUTHORIZATION_SECRET_PREFIX: &str = "authorization:";
+/// The prefix of the endpoint's OAuth2 client credentials (JSON) among those secrets.
+pub const OAUTH2_SECRET_PREFIX: &str = "oauth2:";
+/// The prefix of the endpoint's TLS client certificate and key (JSON) among those secrets.
+pub const MUTUAL_TLS_SECRET_PREFIX: &str = "mtls:";
 
 /// The longest user name, password or bearer token of endpoint authentication, in bytes.
 pub const MAX_AUTH_BYTES: usize = 4096;

@@ -17,12 +17,17 @@
 //!   signatures or header values.
 
 mod config;
+mod credentials;
 mod egress;
 mod excerpt;
 mod sender;
 mod slack;
 
 pub use config::{DEFAULT_USER_AGENT, SenderConfig};
+pub use credentials::{
+    EndpointCredentials, MAX_PEM_BYTES, MutualTlsClient, MutualTlsError, MutualTlsSettings,
+    OAuth2Client, OAuth2Settings,
+};
 pub use egress::EgressDenied;
 pub use sender::{
     AttemptResult, CustomHeaders, DeliveryRequest, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS,

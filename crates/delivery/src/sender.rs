@@ -17,6 +17,7 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::SenderConfig;
+use crate::credentials::{EndpointCredentials, TokenFetch};
 use crate::egress::{EgressDenied, EgressPolicy, GuardedResolver};
 use crate::excerpt::{read_capped, to_excerpt};
 
@@ -172,6 +173,9 @@ pub struct DeliveryRequest<'a> {
     /// How many attempts of this delivery came before this one (0 for the first), for
     /// the `http.request.resend_count` span attribute.
     pub resend_count: u32,
+    /// Credentials the sender handles itself (an OAuth2 token, a TLS client certificate);
+    /// `None` for most endpoints, which then cost nothing more.
+    pub credentials: Option<&'a EndpointCredentials>,
 }
 
 /// Choices of one attempt beyond its request, each off by default: a subscription's retry
@@ -243,41 +247,7 @@ impl Sender {
             allow_private: config.allow_private,
             allow_list: config.allow_list.clone(),
         };
-        let mut builder = reqwest::Client::builder();
-        if let Some(pem) = &config.extra_ca_pem {
-            let certificates =
-                reqwest::Certificate::from_pem_bundle(pem).map_err(SenderBuildError::ExtraCa)?;
-            if certificates.is_empty() {
-                return Err(SenderBuildError::ExtraCaEmpty);
-            }
-            // Added to the system's roots, not instead of them.
-            builder = builder.tls_certs_merge(certificates);
-        }
-        let client = builder
-            // A redirect would dial a destination the egress guard never saw in the URL
-            // check, and receivers must answer the URL they registered.
-            .redirect(reqwest::redirect::Policy::none())
-            // An HTTP(S)_PROXY from the environment would connect on our behalf, out of
-            // reach of the resolver that enforces the egress policy.
-            .no_proxy()
-            .dns_resolver(GuardedResolver {
-                policy: policy.clone(),
-            })
-            // Second line of defence behind the URL check in `send`.
-            .https_only(!config.allow_http)
-            .connect_timeout(config.connect_timeout)
-            // Total: connect, request, response head and the body reads in `read_capped`.
-            .timeout(config.request_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_host)
-            // Sluice's own schedule retries failed attempts, each a POST the log records.
-            // reqwest's transparent retry of refused HTTP/2 streams would also clone every
-            // request (headers and all) in case it is needed.
-            .retry(reqwest::retry::never().max_retries_per_request(0))
-            .user_agent(user_agent.clone())
-            // hyper's default, set here so the error message can name it.
-            .http1_max_headers(MAX_RESPONSE_HEADERS)
-            // HTTP/2 is negotiated by ALPN on TLS; plain http stays HTTP/1.1 (no prior
-            // knowledge), which every receiver understands.
+        let client = client_builder(&config, &policy, &user_agent)?
             .build()
             .map_err(SenderBuildError::Client)?;
         Ok(Sender {
@@ -293,6 +263,16 @@ impl Sender {
     /// The configuration this sender was built with.
     pub fn config(&self) -> &SenderConfig {
         &self.inner.config
+    }
+
+    /// A builder with the shared client's settings, for an endpoint's own client.
+    fn client_builder(&self) -> Result<reqwest::ClientBuilder, ()> {
+        client_builder(
+            &self.inner.config,
+            &self.inner.policy,
+            &self.inner.user_agent,
+        )
+        .map_err(|_| ())
     }
 
     /// The egress checks that need no DNS (scheme, IP-literal hosts), for validating an
@@ -380,16 +360,33 @@ impl Sender {
             }
         };
 
-        // The request takes the header map as built (a builder would copy it into a map of
-        // its own, growing it header by header).
-        let mut http_request = reqwest::Request::new(reqwest::Method::POST, request.url.clone());
-        *http_request.headers_mut() = headers;
-        *http_request.body_mut() = Some(request.body.clone().into());
         // A per-request timeout replaces the client's total one (connect to body read).
-        *http_request.timeout_mut() = options.timeout;
         let timeout = options.timeout.unwrap_or(self.inner.config.request_timeout);
         let started = Instant::now();
-        let sent = self.inner.client.execute(http_request).await;
+        let sent = match request.credentials {
+            None => {
+                // The request takes the header map as built (a builder would copy it into a
+                // map of its own, growing it header by header).
+                let mut http_request =
+                    reqwest::Request::new(reqwest::Method::POST, request.url.clone());
+                *http_request.headers_mut() = headers;
+                *http_request.body_mut() = Some(request.body.clone().into());
+                *http_request.timeout_mut() = options.timeout;
+                self.inner.client.execute(http_request).await
+            }
+            Some(credentials) => match self
+                .send_with_credentials(credentials, request, headers, options.timeout)
+                .await
+            {
+                Ok(sent) => sent,
+                Err(message) => {
+                    let mut result =
+                        AttemptResult::failed(webhook_timestamp, AttemptErrorKind::Other, message);
+                    result.latency = started.elapsed();
+                    return result;
+                }
+            },
+        };
         let mut response = match sent {
             Ok(response) => response,
             Err(err) => {
@@ -433,6 +430,58 @@ impl Sender {
             retry_after,
             webhook_timestamp,
         }
+    }
+
+    /// Sends with the endpoint's own credentials: its client (mTLS), or an OAuth2 token,
+    /// fetched again once and the request sent again once when the endpoint answers 401
+    /// to a token that was cached. `Err` is a credential failure, already described.
+    async fn send_with_credentials(
+        &self,
+        credentials: &EndpointCredentials,
+        request: &DeliveryRequest<'_>,
+        mut headers: HeaderMap,
+        timeout: Option<Duration>,
+    ) -> Result<Result<reqwest::Response, reqwest::Error>, String> {
+        let build = |headers: HeaderMap| {
+            let mut http_request =
+                reqwest::Request::new(reqwest::Method::POST, request.url.clone());
+            *http_request.headers_mut() = headers;
+            *http_request.body_mut() = Some(request.body.clone().into());
+            *http_request.timeout_mut() = timeout;
+            http_request
+        };
+        let oauth2 = match credentials {
+            EndpointCredentials::MutualTls(tls) => {
+                let client = tls.client(|| self.client_builder())?;
+                return Ok(client.execute(build(headers)).await);
+            }
+            EndpointCredentials::OAuth2(oauth2) => oauth2,
+        };
+        let check_url = |url: &Url| self.inner.policy.check_url(url).map_err(|d| d.to_string());
+        let total = timeout.unwrap_or(self.inner.config.request_timeout);
+        let describe = |err: reqwest::Error| self.describe_send_error(err, total).1;
+        let fetch = TokenFetch {
+            client: &self.inner.client,
+            check_url: &check_url,
+            describe: &describe,
+        };
+        let (token, fresh) = oauth2.authorization(&fetch, None).await?;
+        headers.insert(header::AUTHORIZATION, token.clone());
+        let retry_headers = (!fresh).then(|| headers.clone());
+        let sent = self.inner.client.execute(build(headers)).await;
+        let (Ok(response), Some(mut headers)) = (&sent, retry_headers) else {
+            return Ok(sent);
+        };
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(sent);
+        }
+        // The cached token was refused (revoked, or expired early): one new token, one
+        // more request. A 401 to a token fetched just now is the endpoint's answer.
+        tracing::debug!("the endpoint refused the cached OAuth2 token; fetching a new one");
+        drop(sent);
+        let (token, _) = oauth2.authorization(&fetch, Some(&token)).await?;
+        headers.insert(header::AUTHORIZATION, token);
+        Ok(self.inner.client.execute(build(headers)).await)
     }
 
     /// The request headers: `host` and `content-length` (see below), then in the order of
@@ -551,6 +600,11 @@ impl Sender {
         if let Some(tls) = chain.iter().find_map(|e| e.downcast_ref::<rustls::Error>()) {
             return (AttemptErrorKind::Tls, describe_tls(tls));
         }
+        // Over HTTP/2, h2 keeps only the text of a TLS alert that arrives after the
+        // handshake (TLS 1.3 servers check a client certificate then).
+        if let Some(message) = describe_alert_text(&cause) {
+            return (AttemptErrorKind::Tls, message);
+        }
         if let Some(message) = describe_http1_parse(&cause) {
             return (AttemptErrorKind::Other, message);
         }
@@ -591,11 +645,61 @@ impl Sender {
     }
 }
 
+/// The settings every client of the sender shares: the shared one, and those of endpoints
+/// with a TLS client certificate (`credentials.rs`).
+fn client_builder(
+    config: &SenderConfig,
+    policy: &EgressPolicy,
+    user_agent: &HeaderValue,
+) -> Result<reqwest::ClientBuilder, SenderBuildError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = &config.extra_ca_pem {
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(SenderBuildError::ExtraCa)?;
+        if certificates.is_empty() {
+            return Err(SenderBuildError::ExtraCaEmpty);
+        }
+        // Added to the system's roots, not instead of them.
+        builder = builder.tls_certs_merge(certificates);
+    }
+    Ok(builder
+        // A redirect would dial a destination the egress guard never saw in the URL
+        // check, and receivers must answer the URL they registered.
+        .redirect(reqwest::redirect::Policy::none())
+        // An HTTP(S)_PROXY from the environment would connect on our behalf, out of
+        // reach of the resolver that enforces the egress policy.
+        .no_proxy()
+        .dns_resolver(GuardedResolver {
+            policy: policy.clone(),
+        })
+        // Second line of defence behind the URL check in `send`.
+        .https_only(!config.allow_http)
+        .connect_timeout(config.connect_timeout)
+        // Total: connect, request, response head and the body reads in `read_capped`.
+        .timeout(config.request_timeout)
+        .pool_max_idle_per_host(config.max_idle_per_host)
+        // Sluice's own schedule retries failed attempts, each a POST the log records.
+        // reqwest's transparent retry of refused HTTP/2 streams would also clone every
+        // request (headers and all) in case it is needed.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
+        .user_agent(user_agent.clone())
+        // hyper's default, set here so the error message can name it.
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
+        // The same head limit over HTTP/2 (hyper's default is 16 KiB there), so both
+        // versions read the same answers and the error can name one limit.
+        .http2_max_header_list_size(MAX_RESPONSE_HEAD_BYTES as u32))
+    // HTTP/2 is negotiated by ALPN on TLS; plain http stays HTTP/1.1 (no prior
+    // knowledge), which every receiver understands.
+}
+
 /// A TLS failure named as a person would look for it, with what to change.
 fn describe_tls(tls: &rustls::Error) -> String {
     use rustls::CertificateError as Cert;
     let certificate = match tls {
         rustls::Error::InvalidCertificate(certificate) => certificate,
+        rustls::Error::AlertReceived(alert) if refuses_client_certificate(*alert) => {
+            return client_certificate_refused(&format!("{alert:?}"));
+        }
         rustls::Error::InvalidMessage(_) => {
             return format!(
                 "TLS with the destination failed: it did not answer with TLS ({tls}); is it serving plain HTTP on an https URL?"
@@ -619,8 +723,53 @@ fn describe_tls(tls: &rustls::Error) -> String {
     }
 }
 
+fn client_certificate_refused(alert: &str) -> String {
+    format!(
+        "TLS with the destination failed: it requires a client certificate or refused the one presented (alert: {alert}); set the subscription's `auth.mutual_tls` with a certificate the endpoint's CA issued"
+    )
+}
+
+/// rustls' text of a received alert (`received fatal alert: CertificateRequired`), when it
+/// refuses the client's certificate.
+fn describe_alert_text(cause: &str) -> Option<String> {
+    let alert = cause.strip_prefix("received fatal alert: ")?;
+    let refused = [
+        rustls::AlertDescription::CertificateRequired,
+        rustls::AlertDescription::BadCertificate,
+        rustls::AlertDescription::UnknownCA,
+        rustls::AlertDescription::CertificateUnknown,
+        rustls::AlertDescription::UnsupportedCertificate,
+        rustls::AlertDescription::CertificateExpired,
+        rustls::AlertDescription::CertificateRevoked,
+        rustls::AlertDescription::AccessDenied,
+        // A certificate whose issuer has the trusted CA's name but not its key.
+        rustls::AlertDescription::DecryptError,
+    ]
+    .iter()
+    .any(|known| format!("{known:?}") == alert);
+    refused.then(|| client_certificate_refused(alert))
+}
+
+/// Alerts a server sends when the client's certificate is missing or not accepted.
+fn refuses_client_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::CertificateRequired
+            | A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::AccessDenied
+            | A::DecryptError
+    )
+}
+
 /// The HTTP/1 parse failures hyper describes in its own terms ("invalid HTTP version
-/// parsed", "message head is too large"), said as what the endpoint did and what to change.
+/// parsed", "message head is too large"), and h2's reset of a malformed answer, said as
+/// what the endpoint did and what to change.
 /// Matched on hyper's messages, which its error kinds do not expose; the sender's tests pin
 /// them.
 fn describe_http1_parse(cause: &str) -> Option<String> {
@@ -628,6 +777,14 @@ fn describe_http1_parse(cause: &str) -> Option<String> {
         return Some(
             "the endpoint did not answer in HTTP/1.x, as one that answers in HTTP/2 without TLS (h2c) does; Sluice does not speak h2c: serve HTTP/1.1 or HTTPS".to_owned(),
         );
+    }
+    // h2's text for a stream it reset itself with PROTOCOL_ERROR: over the head limit
+    // (`http2_max_header_list_size`) or a header HTTP/2 forbids in the answer.
+    if cause.starts_with("stream error detected: unspecific protocol error detected") {
+        return Some(format!(
+            "the endpoint's HTTP/2 answer was refused as malformed (stream reset with PROTOCOL_ERROR): its response head is over the limit of {} KiB, or carries a header HTTP/2 forbids (`connection`, `transfer-encoding`, ...); answer with fewer, smaller, HTTP/2-valid headers",
+            MAX_RESPONSE_HEAD_BYTES / 1024
+        ));
     }
     if cause.starts_with("message head is too large") {
         return Some(format!(

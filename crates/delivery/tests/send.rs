@@ -64,6 +64,7 @@ async fn send_to(
             traceparent: None,
             tracestate: None,
             resend_count: 0,
+            credentials: None,
         })
         .await
 }
@@ -94,6 +95,7 @@ async fn success_carries_standard_webhooks_headers_and_a_valid_signature() {
             traceparent: Some(traceparent),
             tracestate: Some("vendor=1"),
             resend_count: 0,
+            credentials: None,
         })
         .await;
 
@@ -264,6 +266,7 @@ async fn symmetric_and_asymmetric_keys_each_add_a_signature_that_verifies() {
                 traceparent: None,
                 tracestate: None,
                 resend_count: 0,
+                credentials: None,
             })
             .await;
         assert!(result.is_success(), "{result:?}");
@@ -339,6 +342,7 @@ async fn unsigned_slack_message() {
             traceparent: None,
             tracestate: None,
             resend_count: 0,
+            credentials: None,
         })
         .await;
     assert!(result.is_success(), "{result:?}");

@@ -38,6 +38,7 @@ async fn send(sender: &Sender, url: &str) -> AttemptResult {
             traceparent: None,
             tracestate: None,
             resend_count: 0,
+            credentials: None,
         })
         .await
 }
@@ -134,4 +135,31 @@ fn an_extra_ca_file_without_certificates_is_refused_at_start() {
         ..SenderConfig::default()
     });
     assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn an_http2_response_head_over_the_limit_names_the_limit() {
+    let ca = TestCa::new();
+    let identity = ca.issue(NAMES, Validity::Current);
+    let sender = sender(Some(&ca.cert_pem));
+    let big = "v".repeat(sluice_delivery::MAX_RESPONSE_HEAD_BYTES + 1024);
+    let receiver = Receiver::start_tls(
+        vec![Reply::status(200).header("x-big", &big)],
+        Reply::status(200),
+        identity.server_config(&[b"h2"]),
+    )
+    .await;
+    let result = send(&sender, &receiver.url("/hook")).await;
+    assert_eq!(result.status_code, None, "{result:?}");
+    let message = message(&result);
+    assert!(
+        message.contains(&format!(
+            "{} KiB",
+            sluice_delivery::MAX_RESPONSE_HEAD_BYTES / 1024
+        )) && message.contains("HTTP/2"),
+        "{message}"
+    );
+    // A head within the limit is read.
+    let result = send(&sender, &receiver.url("/hook")).await;
+    assert!(result.is_success(), "{result:?}");
 }

@@ -27,6 +27,7 @@ pub struct Reply {
     body: Bytes,
     delay: Duration,
     never: bool,
+    echo: bool,
 }
 
 impl Reply {
@@ -38,6 +39,16 @@ impl Reply {
             body: Bytes::new(),
             delay: Duration::ZERO,
             never: false,
+            echo: false,
+        }
+    }
+
+    /// Answer 200 with the request's body (as an endpoint answering an ownership
+    /// verification challenge by echoing it does).
+    pub fn echo() -> Reply {
+        Reply {
+            echo: true,
+            ..Reply::status(200)
         }
     }
 
@@ -370,6 +381,11 @@ async fn receive(
         .pop_front()
         .unwrap_or_else(|| state.default.clone());
     let mut open = state.open.subscribe();
+    let reply = if reply.echo {
+        reply.body(body.clone())
+    } else {
+        reply
+    };
     state.received.lock().unwrap().push(Received {
         method,
         path: uri.path().to_owned(),

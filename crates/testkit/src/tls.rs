@@ -46,6 +46,46 @@ impl ServerIdentity {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
+
+    /// Like [`ServerIdentity::server_config`], but the handshake requires a client
+    /// certificate issued by `client_ca` (mTLS, rustls' `WebPkiClientVerifier`).
+    pub fn server_config_requiring_client_certs(
+        &self,
+        alpn: &[&[u8]],
+        client_ca: &TestCa,
+    ) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(client_ca.cert_der.clone())
+            .expect("client CA certificate");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .expect("client verifier");
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                self.chain.clone(),
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )
+            .expect("server certificate");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// A TLS client certificate and its key in PEM, as a subscription's mTLS credentials take
+/// them.
+pub struct ClientIdentity {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8).
+    pub key_pem: String,
 }
 
 /// A certificate authority made for one test.
@@ -85,6 +125,24 @@ impl TestCa {
             cert_pem: cert.pem(),
             chain: vec![cert.der().clone(), self.cert_der.clone()],
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        }
+    }
+}
+
+impl TestCa {
+    /// A client certificate (for mTLS) with the common name `name`, signed by this
+    /// authority.
+    pub fn issue_client(&self, name: &str) -> ClientIdentity {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2100, 1, 1);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        ClientIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 }

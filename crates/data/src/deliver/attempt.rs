@@ -157,6 +157,7 @@ impl Attempts {
             traceparent: message.traceparent.as_deref(),
             tracestate: message.tracestate.as_deref(),
             resend_count: attempt_number.saturating_sub(1),
+            credentials: endpoint.credentials.as_ref(),
         };
         // One span per delivery attempt, a child of the message's ingest span (its context
         // was stored with the message, so the trace survives the queue, retries and restarts).
@@ -198,8 +199,9 @@ impl Attempts {
             latency: Some(proto_duration(result.latency)),
             response_excerpt: result.response_excerpt.clone(),
             trigger: trigger as i32,
-            // A URL stored before user info was refused keeps it out of the log.
-            url: sluice_core::validate::without_credentials(endpoint.url.as_str()),
+            // Without user info: a URL stored before it was refused had it taken out (and
+            // sent as Basic auth) when the subscription was parsed.
+            url: endpoint.url.as_str().to_owned(),
         };
         (attempt, result)
     }

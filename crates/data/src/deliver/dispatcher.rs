@@ -17,6 +17,9 @@ use crate::deliver::lanes::{Lane, Lanes};
 use crate::shutdown::Shutdown;
 use crate::work::DeliveryTask;
 
+/// The most deliveries an endpoint awaiting verification keeps in memory.
+const PARKED_LIMIT: usize = 1_000;
+
 /// Hands due deliveries to their lanes and runs the lanes.
 pub(crate) struct Dispatcher {
     lanes: Arc<Lanes>,
@@ -99,6 +102,12 @@ impl Dispatcher {
             let snapshot = self.attempts.copy.current();
             let subscription = snapshot.subscription(&lane.subscription_id).cloned();
             let rate = match &subscription {
+                Some(sub) if sub.enabled && sub.awaiting_verification => {
+                    if !self.park(&lane).await {
+                        return;
+                    }
+                    continue;
+                }
                 Some(sub) if sub.enabled => sub.rate_limit_per_second,
                 _ => {
                     let tasks: Vec<DeliveryTask> = lane.queue().drain(..).collect();
@@ -170,6 +179,37 @@ impl Dispatcher {
                 }
                 .instrument(span),
             );
+        }
+    }
+
+    /// Holds the lane of an endpoint that has not proved ownership yet (verification): its
+    /// deliveries stay pending, unattempted. Up to [`PARKED_LIMIT`] wait in the lane (their
+    /// leases renewed, ready the moment the endpoint is verified); the rest are let go,
+    /// pending in the database, and taken up again when their leases run out. Returns when
+    /// the configuration changes or work arrives; false on shutdown.
+    async fn park(&self, lane: &Lane) -> bool {
+        let copy = &self.attempts.copy;
+        // Subscribed before looking, so a change in between still wakes the lane.
+        let mut revision = copy.subscribe_revision();
+        let awaiting = copy
+            .current()
+            .subscription(&lane.subscription_id)
+            .is_some_and(|s| s.awaiting_verification);
+        if !awaiting {
+            return true;
+        }
+        let excess = {
+            let mut queue = lane.queue();
+            let keep = queue.len().min(PARKED_LIMIT);
+            queue.split_off(keep)
+        };
+        for task in excess {
+            self.attempts.claims.release(&task.key, task.generation);
+        }
+        tokio::select! {
+            _ = revision.changed() => true,
+            () = lane.wake.notified() => true,
+            () = self.shutdown.requested() => false,
         }
     }
 

@@ -142,6 +142,11 @@ impl ManualDeliveries {
                 "subscription {subscription_id:?} is disabled; enable it first"
             )));
         }
+        if subscription.awaiting_verification {
+            return Err(DataError::FailedPrecondition(format!(
+                "subscription {subscription_id:?} has not verified its endpoint yet (see its verification_state); nothing is sent to it until it does"
+            )));
+        }
 
         let key = DeliveryKey {
             message_id: message_id.to_owned(),

@@ -19,7 +19,7 @@ use sluice_core::sealing::Keyring;
 use sluice_core::signing::SigningSecret;
 use sluice_core::signing_ed25519::{AsymmetricKey, SECRET_KEY_PREFIX};
 use sluice_core::validate::AUTHORIZATION_SECRET_PREFIX;
-use sluice_delivery::CustomHeaders;
+use sluice_delivery::{CustomHeaders, EndpointCredentials};
 use sluice_proto::control::v1::{
     ConfigApiKey, ConfigSubscription, ConfigWorkspace, DestinationType, WatchConfigResponse,
 };
@@ -43,6 +43,9 @@ pub(crate) struct Endpoint {
     pub(crate) custom_headers: CustomHeaders,
     /// The body to send (Slack keeps its own message whatever this says).
     pub(crate) shape: PayloadShape,
+    /// OAuth2 client credentials (with their token cache) or a TLS client certificate
+    /// (with its client): kept as long as the subscription is unchanged.
+    pub(crate) credentials: Option<EndpointCredentials>,
     /// Current secret first, then older ones still within their grace period.
     secrets: Vec<Secret>,
 }
@@ -66,7 +69,8 @@ enum SecretKind {
 impl Endpoint {
     /// Parses the sending half of a subscription. Errors never quote the URL or a secret.
     pub(crate) fn parse(config: &ConfigSubscription) -> Result<Endpoint, String> {
-        let url = Url::parse(&config.url).map_err(|e| format!("url: {e}"))?;
+        let mut url = Url::parse(&config.url).map_err(|e| format!("url: {e}"))?;
+        let legacy_authorization = crate::state::endpoint_auth::take_legacy_user_info(&mut url);
         let slack = match DestinationType::try_from(config.destination_type) {
             Ok(DestinationType::Slack) => true,
             Ok(DestinationType::Webhook) => false,
@@ -75,9 +79,14 @@ impl Endpoint {
         };
         let mut secrets = Vec::with_capacity(config.secrets.len());
         let mut authorization = None;
+        let mut credentials = None;
         for (index, secret) in config.secrets.iter().enumerate() {
             if let Some(value) = secret.secret.strip_prefix(AUTHORIZATION_SECRET_PREFIX) {
                 authorization = Some(value.to_owned());
+                continue;
+            }
+            if let Some(parsed) = crate::state::endpoint_auth::credentials(&secret.secret) {
+                credentials = Some(parsed.map_err(|e| format!("secrets[{index}]: {e}"))?);
                 continue;
             }
             let parsed = if secret.secret.starts_with(SECRET_KEY_PREFIX) {
@@ -98,6 +107,10 @@ impl Endpoint {
                 expire_ms,
             });
         }
+        if authorization.is_none() && credentials.is_none() {
+            // A URL with user info stored before it was refused: sent as it always meant.
+            authorization = legacy_authorization;
+        }
         if secrets.is_empty() && !slack {
             return Err("secrets: a webhook subscription needs a signing secret".to_owned());
         }
@@ -106,7 +119,9 @@ impl Endpoint {
             .iter()
             .filter(|(name, _)| {
                 // The endpoint's authentication replaces a custom Authorization header.
-                authorization.is_none() || !name.eq_ignore_ascii_case("authorization")
+                (authorization.is_none()
+                    && !matches!(credentials, Some(EndpointCredentials::OAuth2(_))))
+                    || !name.eq_ignore_ascii_case("authorization")
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -120,6 +135,7 @@ impl Endpoint {
             slack,
             custom_headers,
             shape: crate::state::policy::shape(config.payload_shape),
+            credentials,
             secrets,
         })
     }
@@ -167,6 +183,8 @@ pub(crate) struct Subscription {
     pub(crate) filter: EventFilter,
     pub(crate) rate_limit_per_second: u32,
     pub(crate) enabled: bool,
+    /// The endpoint has not proved ownership yet: deliveries wait, unattempted.
+    pub(crate) awaiting_verification: bool,
     pub(crate) endpoint: Endpoint,
     /// The subscription's own retry policy; `None` (the usual case) inherits everything.
     pub(crate) policy: Option<Overrides>,
@@ -185,6 +203,7 @@ impl Subscription {
             filter,
             rate_limit_per_second: config.rate_limit_per_second,
             enabled: config.enabled,
+            awaiting_verification: config.awaiting_verification,
             endpoint,
             policy: crate::state::policy::overrides(config.retry_policy.as_ref()),
             config,

@@ -5,6 +5,7 @@
 
 pub(crate) mod claims;
 pub(crate) mod config_copy;
+pub(crate) mod endpoint_auth;
 pub(crate) mod fanouts;
 pub(crate) mod outbox;
 pub(crate) mod policy;

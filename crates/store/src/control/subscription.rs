@@ -47,7 +47,7 @@ pub struct Model {
     /// The endpoint's `Authorization` header value, sealed (m0006).
     #[sea_orm(column_type = "Text", nullable)]
     pub auth: Option<String>,
-    /// `basic` or `bearer` when `auth` is set.
+    /// `basic`, `bearer`, `oauth2` or `mtls` when `auth` is set.
     #[sea_orm(column_type = "Text", nullable)]
     pub auth_type: Option<String>,
     /// The subscription's own retry policy, JSON of `sluice_core::policy::Overrides`; `None`
@@ -56,6 +56,16 @@ pub struct Model {
     pub retry_policy: Option<String>,
     /// `envelope`, `raw` or `thin` (m0007).
     pub payload_shape: String,
+    /// Whether deliveries wait for the endpoint to prove it wants them (m0010).
+    pub verification_required: bool,
+    /// `pending`, `verified` or `failed`; null when verification is not required.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub verification_state: Option<String>,
+    /// Why the state is what it is, for people.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub verification_message: Option<String>,
+    /// When the last verification concluded.
+    pub verify_ms: Option<i64>,
     pub create_ms: i64,
     pub update_ms: i64,
 }

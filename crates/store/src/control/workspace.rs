@@ -18,6 +18,8 @@ pub struct Model {
     /// the server's (m0007).
     #[sea_orm(column_type = "Text", nullable)]
     pub retry_policy: Option<String>,
+    /// New subscriptions require endpoint ownership verification (m0010).
+    pub require_endpoint_verification: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
