@@ -272,6 +272,47 @@ async fn restart(planes: &mut Planes) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_policy_disable_after_disables_a_failing_subscription() {
+    on_each_backend(PlaneOptions::default(), disable).await;
+}
+
+async fn disable(planes: &mut Planes) {
+    let (_, key) = planes.workspace_with_key("Disable").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::start(vec![], Reply::status(500)).await;
+    // Every attempt failing for 1 s disables it (the server's default is 5 days).
+    let (sub, _) = subscribe(
+        &mut c,
+        pb::Subscription {
+            retry_policy: Some(pb::RetryPolicy {
+                schedule: schedule(&[300]),
+                max_attempts: 50,
+                disable_after: Some(ms(1_000)),
+                ..Default::default()
+            }),
+            ..webhook(&receiver.url("/failing"), &["conversation.*"])
+        },
+    )
+    .await;
+    planes.config_synced().await;
+    let mut publisher = planes.publisher(&key).await;
+    publish(&mut publisher, event(CONVERSATION_CREATED, "{}")).await;
+    let log = Log::new(&c);
+    let disabled = eventually("the subscription to be disabled", WAIT, async || {
+        Some(log.subscription(&sub.id).await)
+            .filter(|s| s.state == pb::SubscriptionState::Disabled as i32)
+    })
+    .await;
+    assert_eq!(
+        disabled.disabled_reason,
+        pb::DisabledReason::PersistentFailure as i32
+    );
+    // Failing for a second at 300 ms apart: four or five attempts, far from 50.
+    let arrived = receiver.count();
+    assert!((4..=6).contains(&arrived), "{arrived} attempts");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_policy_request_timeout_cuts_slow_attempts() {
     on_each_backend(PlaneOptions::default(), timeout).await;
 }
