@@ -226,9 +226,12 @@ impl ConfigSnapshot {
         self.subscriptions.get(id)
     }
 
-    /// The workspaces with retention windows of their own.
+    /// The workspaces with retention windows of their own (not those held for a retry
+    /// policy alone).
     pub(crate) fn workspaces(&self) -> impl Iterator<Item = &ConfigWorkspace> {
-        self.workspaces.values()
+        self.workspaces
+            .values()
+            .filter(|w| w.retention.is_some() || w.idempotency_retention.is_some())
     }
 
     /// The retention settings of `workspace_id`, when it has its own.
