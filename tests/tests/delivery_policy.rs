@@ -372,6 +372,16 @@ async fn shapes(planes: &mut Planes) {
         .await;
         subs.push((path, sub, secret));
     }
+    // Slack keeps its own message whatever the shape says.
+    subscribe(
+        &mut c,
+        pb::Subscription {
+            destination_type: pb::DestinationType::Slack as i32,
+            payload_shape: pb::PayloadShape::Raw as i32,
+            ..webhook(&receiver.url("/services/T/B/X"), &["conversation.*"])
+        },
+    )
+    .await;
     assert_eq!(subs[0].1.payload_shape, pb::PayloadShape::Envelope as i32);
     assert_eq!(subs[1].1.payload_shape, pb::PayloadShape::Raw as i32);
     planes.config_synced().await;
@@ -379,7 +389,15 @@ async fn shapes(planes: &mut Planes) {
     // Spacing and number forms a re-serialisation would change: RAW keeps them.
     let payload = r#"{ "conversation": {"id": "cnv_1"},  "amount": 1.50 }"#;
     let published = publish(&mut publisher, event(CONVERSATION_CREATED, payload)).await;
-    let received = receiver.wait_for(3, WAIT).await;
+    let received = receiver.wait_for(4, WAIT).await;
+    let slack = received
+        .iter()
+        .find(|r| r.path == "/services/T/B/X")
+        .unwrap();
+    let slack_body = slack.json();
+    let keys: Vec<&String> = slack_body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["text"], "{slack_body}");
+    assert_eq!(slack.header("webhook-event-type"), "");
     for (path, sub, secret) in &subs {
         let r = received.iter().find(|r| r.path == *path).unwrap();
         standardwebhooks::Webhook::new(secret)
