@@ -272,6 +272,47 @@ async fn restart(planes: &mut Planes) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_policy_disable_after_disables_a_failing_subscription() {
+    on_each_backend(PlaneOptions::default(), disable).await;
+}
+
+async fn disable(planes: &mut Planes) {
+    let (_, key) = planes.workspace_with_key("Disable").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::start(vec![], Reply::status(500)).await;
+    // Every attempt failing for 1 s disables it (the server's default is 5 days).
+    let (sub, _) = subscribe(
+        &mut c,
+        pb::Subscription {
+            retry_policy: Some(pb::RetryPolicy {
+                schedule: schedule(&[300]),
+                max_attempts: 50,
+                disable_after: Some(ms(1_000)),
+                ..Default::default()
+            }),
+            ..webhook(&receiver.url("/failing"), &["conversation.*"])
+        },
+    )
+    .await;
+    planes.config_synced().await;
+    let mut publisher = planes.publisher(&key).await;
+    publish(&mut publisher, event(CONVERSATION_CREATED, "{}")).await;
+    let log = Log::new(&c);
+    let disabled = eventually("the subscription to be disabled", WAIT, async || {
+        Some(log.subscription(&sub.id).await)
+            .filter(|s| s.state == pb::SubscriptionState::Disabled as i32)
+    })
+    .await;
+    assert_eq!(
+        disabled.disabled_reason,
+        pb::DisabledReason::PersistentFailure as i32
+    );
+    // Failing for a second at 300 ms apart: four or five attempts, far from 50.
+    let arrived = receiver.count();
+    assert!((4..=6).contains(&arrived), "{arrived} attempts");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_policy_request_timeout_cuts_slow_attempts() {
     on_each_backend(PlaneOptions::default(), timeout).await;
 }
@@ -331,6 +372,16 @@ async fn shapes(planes: &mut Planes) {
         .await;
         subs.push((path, sub, secret));
     }
+    // Slack keeps its own message whatever the shape says.
+    subscribe(
+        &mut c,
+        pb::Subscription {
+            destination_type: pb::DestinationType::Slack as i32,
+            payload_shape: pb::PayloadShape::Raw as i32,
+            ..webhook(&receiver.url("/services/T/B/X"), &["conversation.*"])
+        },
+    )
+    .await;
     assert_eq!(subs[0].1.payload_shape, pb::PayloadShape::Envelope as i32);
     assert_eq!(subs[1].1.payload_shape, pb::PayloadShape::Raw as i32);
     planes.config_synced().await;
@@ -338,7 +389,15 @@ async fn shapes(planes: &mut Planes) {
     // Spacing and number forms a re-serialisation would change: RAW keeps them.
     let payload = r#"{ "conversation": {"id": "cnv_1"},  "amount": 1.50 }"#;
     let published = publish(&mut publisher, event(CONVERSATION_CREATED, payload)).await;
-    let received = receiver.wait_for(3, WAIT).await;
+    let received = receiver.wait_for(4, WAIT).await;
+    let slack = received
+        .iter()
+        .find(|r| r.path == "/services/T/B/X")
+        .unwrap();
+    let slack_body = slack.json();
+    let keys: Vec<&String> = slack_body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["text"], "{slack_body}");
+    assert_eq!(slack.header("webhook-event-type"), "");
     for (path, sub, secret) in &subs {
         let r = received.iter().find(|r| r.path == *path).unwrap();
         standardwebhooks::Webhook::new(secret)

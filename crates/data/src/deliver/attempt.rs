@@ -225,11 +225,17 @@ impl Attempts {
     ) {
         let now = now_ms();
         let success = result.is_success();
-        // Resolved now, from the copy in effect: a workspace's change applies at once.
-        let snapshot = self.copy.current();
-        let plan = self.plan(
-            &snapshot,
-            &subscription.workspace_id,
+        // Resolved now, from the copy in effect: a workspace's change applies at once. The
+        // snapshot is read only when some workspace sets a policy.
+        let snapshot = self
+            .copy
+            .any_workspace_policy()
+            .then(|| self.copy.current());
+        let plan = sluice_core::policy::resolve(
+            &self.policy.defaults,
+            snapshot
+                .as_deref()
+                .and_then(|s| s.workspace_policy(&subscription.workspace_id)),
             subscription.policy.as_ref(),
         );
         let failing_for =

@@ -8,6 +8,7 @@
 //! down; its signing secrets are persisted sealed (`sealed.rs`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use prost::Message as _;
@@ -245,9 +246,12 @@ impl ConfigSnapshot {
         self.subscriptions.get(id)
     }
 
-    /// The workspaces with retention windows of their own.
+    /// The workspaces with retention windows of their own (not those held for a retry
+    /// policy alone).
     pub(crate) fn workspaces(&self) -> impl Iterator<Item = &ConfigWorkspace> {
-        self.workspaces.values()
+        self.workspaces
+            .values()
+            .filter(|w| w.retention.is_some() || w.idempotency_retention.is_some())
     }
 
     /// The retention settings of `workspace_id`, when it has its own.
@@ -358,6 +362,9 @@ pub(crate) struct ConfigCopy {
     state: Mutex<CopyState>,
     /// The revision in effect, for whoever waits for a change to land (readiness, tests).
     revision: watch::Sender<u64>,
+    /// Whether some workspace in the snapshot sets a retry policy: when none does, an
+    /// attempt resolves its policy without reading the snapshot.
+    any_workspace_policy: AtomicBool,
 }
 
 struct CopyState {
@@ -369,6 +376,7 @@ impl ConfigCopy {
     pub(crate) fn new(base: ConfigSnapshot) -> Self {
         let base = Arc::new(base);
         ConfigCopy {
+            any_workspace_policy: AtomicBool::new(!base.workspace_policies.is_empty()),
             revision: watch::Sender::new(base.revision),
             current: RwLock::new(Arc::clone(&base)),
             state: Mutex::new(CopyState {
@@ -442,7 +450,14 @@ impl ConfigCopy {
             snapshot.reindex();
             Arc::new(snapshot)
         };
+        self.any_workspace_policy
+            .store(!effective.workspace_policies.is_empty(), Ordering::Relaxed);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = effective;
+    }
+
+    /// Whether some workspace sets a retry policy (one atomic load).
+    pub(crate) fn any_workspace_policy(&self) -> bool {
+        self.any_workspace_policy.load(Ordering::Relaxed)
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, CopyState> {
