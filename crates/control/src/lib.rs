@@ -130,7 +130,7 @@ impl ControlPlane {
             config.retention,
             streams.clone(),
         ));
-        Ok(ControlPlane {
+        let plane = ControlPlane {
             inner: Arc::new(Inner {
                 db,
                 auth,
@@ -140,7 +140,9 @@ impl ControlPlane {
                 config,
                 streams,
             }),
-        })
+        };
+        verification::resume_pending(plane.clone());
+        Ok(plane)
     }
 
     /// `WorkspaceService`.
