@@ -250,6 +250,7 @@ fn oauth2(token_url: &str, client_secret: &str) -> pb::EndpointAuth {
                 client_secret: client_secret.into(),
                 scope: "hooks".into(),
                 audience: String::new(),
+                client_authentication: pb::OAuth2ClientAuthentication::Basic as i32,
             },
         )),
     }
@@ -379,6 +380,18 @@ async fn oauth2_and_mtls(planes: &mut Planes) {
         (
             oauth2("https://idp.example.com/token", ""),
             "subscription.auth.oauth2_client_credentials.client_secret",
+        ),
+        (
+            {
+                let mut auth = oauth2("https://idp.example.com/token", CLIENT_SECRET);
+                if let Some(pb::endpoint_auth::Method::Oauth2ClientCredentials(o)) =
+                    auth.method.as_mut()
+                {
+                    o.client_authentication = 99;
+                }
+                auth
+            },
+            "subscription.auth.oauth2_client_credentials.client_authentication",
         ),
         (
             mutual_tls("not a certificate", &client.key_pem, ""),

@@ -5,11 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+use sea_orm::{ActiveModelTrait as _, IntoActiveModel as _, Set};
 use sluice_proto::control::v1 as pb;
 use sluice_testkit::WAIT;
 use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
 use sluice_testkit::receiver::{Receiver, Reply, with_id};
-use sluice_tests::control::{get_subscription, mask};
+use sluice_tests::control::{get_subscription, mask, stored_subscription};
 use sluice_tests::delivery::*;
 
 async fn verify(c: &mut sluice_testkit::Clients, id: &str) -> pb::Subscription {
@@ -240,4 +241,49 @@ async fn workspace_requirement(planes: &mut Planes) {
         .await
         .unwrap_err();
     sluice_testkit::assert_invalid(&status, "subscription.verification_required");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verification_left_pending_is_sent_again_at_start() {
+    on_each_backend(PlaneOptions::default(), resumed).await;
+}
+
+async fn resumed(planes: &mut Planes) {
+    let (_, key) = planes.workspace_with_key("Resume").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::start(vec![Reply::status(500)], Reply::echo()).await;
+    let (sub, _) = subscribe(
+        &mut c,
+        pb::Subscription {
+            verification_required: true,
+            ..webhook(&receiver.url("/r"), &["*"])
+        },
+    )
+    .await;
+    let failed = concluded(&mut c, &sub.id).await;
+    assert_eq!(
+        failed.verification_state,
+        pb::VerificationState::Failed as i32
+    );
+    assert!(
+        failed.verification_message.contains("HTTP 500"),
+        "{failed:?}"
+    );
+    // As a control plane stopped before the verification concluded leaves it.
+    planes.stop_control().await;
+    let mut row = stored_subscription(&planes.control_db, &sub.id)
+        .await
+        .unwrap()
+        .into_active_model();
+    row.verification_state = Set(Some("pending".to_owned()));
+    row.update(&planes.control_db).await.unwrap();
+    planes.restart_control().await;
+    let mut c = planes.clients(Some(&key)).await;
+    let verified = concluded(&mut c, &sub.id).await;
+    assert_eq!(
+        verified.verification_state,
+        pb::VerificationState::Verified as i32,
+        "{verified:?}"
+    );
+    assert_eq!(receiver.count(), 2);
 }

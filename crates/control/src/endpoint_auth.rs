@@ -40,6 +40,22 @@ pub(crate) fn oauth2(
         basic_password(&input.client_secret),
     );
     let mut optional_ok = true;
+    let client_secret_post =
+        match pb::OAuth2ClientAuthentication::try_from(input.client_authentication) {
+            Ok(pb::OAuth2ClientAuthentication::Post) => true,
+            Ok(_) => false,
+            Err(_) => {
+                v.add(
+                    format!("{OAUTH2}.client_authentication"),
+                    format!(
+                        "unknown value {}; use O_AUTH2_CLIENT_AUTHENTICATION_BASIC or _POST",
+                        input.client_authentication
+                    ),
+                );
+                optional_ok = false;
+                false
+            }
+        };
     for (name, value) in [("scope", &input.scope), ("audience", &input.audience)] {
         if !value.is_empty()
             && v.check(format!("{OAUTH2}.{name}"), basic_password(value))
@@ -58,6 +74,7 @@ pub(crate) fn oauth2(
             client_secret: input.client_secret.clone(),
             scope: input.scope.clone(),
             audience: input.audience.clone(),
+            client_secret_post,
         }
         .to_json()
     })

@@ -135,7 +135,7 @@ impl ControlPlane {
             config.retention,
             streams.clone(),
         ));
-        Ok(ControlPlane {
+        let plane = ControlPlane {
             inner: Arc::new(Inner {
                 db,
                 auth,
@@ -145,7 +145,9 @@ impl ControlPlane {
                 config,
                 streams,
             }),
-        })
+        };
+        verification::resume_pending(plane.clone());
+        Ok(plane)
     }
 
     /// `WorkspaceService`.

@@ -32,6 +32,55 @@ pub(crate) fn spawn(plane: ControlPlane, workspace_id: String, id: String) {
     });
 }
 
+/// How many times a verification the data plane could not take is tried at start.
+const RESUME_TRIES: u32 = 5;
+
+/// Sends the challenge again, once at start, to every subscription whose verification was
+/// left pending: stopped before it concluded, or the data plane could not be reached. A
+/// send the data plane cannot take yet (it may start after this plane) is tried again after
+/// 1, 2, 4 and 8 seconds.
+pub(crate) fn resume_pending(plane: ControlPlane) {
+    tokio::spawn(async move {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+        let pending: Vec<(String, String)> = match subscription::Entity::find()
+            .select_only()
+            .columns([subscription::Column::WorkspaceId, subscription::Column::Id])
+            .filter(subscription::Column::VerificationRequired.eq(true))
+            .filter(subscription::Column::VerificationState.eq(PENDING))
+            .into_tuple()
+            .all(plane.db())
+            .await
+        {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!(error = %err, "listing pending endpoint verifications failed");
+                return;
+            }
+        };
+        for (workspace_id, id) in pending {
+            let mut delay = std::time::Duration::from_secs(1);
+            for _ in 0..RESUME_TRIES {
+                if plane.inner.streams.is_cancelled() {
+                    return;
+                }
+                match verify(&plane, &workspace_id, &id).await {
+                    Ok(row) if row.verification_state.as_deref() == Some(PENDING) => {}
+                    Ok(_) => break,
+                    Err(err) => {
+                        tracing::warn!(subscription_id = %id, error = ?err, "endpoint verification not concluded");
+                        break;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = plane.inner.streams.cancelled() => return,
+                }
+                delay *= 2;
+            }
+        }
+    });
+}
+
 /// A subscription of one workspace; another workspace's id is NOT_FOUND.
 async fn find_in<C: sea_orm::ConnectionTrait>(
     db: &C,

@@ -72,6 +72,8 @@ pub struct OAuth2Settings {
     pub scope: String,
     /// The audience; empty sends none.
     pub audience: String,
+    /// `client_secret_post` (id and secret in the form) instead of `client_secret_basic`.
+    pub client_secret_post: bool,
 }
 
 impl fmt::Debug for OAuth2Settings {
@@ -89,6 +91,7 @@ impl OAuth2Settings {
             "client_secret": self.client_secret,
             "scope": self.scope,
             "audience": self.audience,
+            "client_authentication": if self.client_secret_post { "post" } else { "basic" },
         })
         .to_string()
     }
@@ -110,6 +113,7 @@ impl OAuth2Settings {
             client_secret: field("client_secret"),
             scope: field("scope"),
             audience: field("audience"),
+            client_secret_post: field("client_authentication") == "post",
         };
         if settings.token_url.is_empty() || settings.client_id.is_empty() {
             return Err("oauth2 credentials: token_url and client_id are required".to_owned());
@@ -278,9 +282,11 @@ impl MutualTlsSettings {
 /// One endpoint's OAuth2 client credentials and its cached token.
 pub struct OAuth2Client {
     token_url: Url,
-    /// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 2.3.1).
-    client_authorization: HeaderValue,
-    /// The form sent: `grant_type=client_credentials[&scope=..][&audience=..]`.
+    /// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 2.3.1); `None` for
+    /// `client_secret_post`.
+    client_authorization: Option<HeaderValue>,
+    /// The form sent: `grant_type=client_credentials[&scope=..][&audience=..]`, then
+    /// `client_id` and `client_secret` for `client_secret_post`.
     form: Bytes,
     /// The cached token; the lock is held while a token is fetched, so concurrent attempts
     /// wait for one fetch instead of each making their own.
@@ -307,12 +313,17 @@ impl OAuth2Client {
             encode(&settings.client_id),
             encode(&settings.client_secret)
         );
-        let mut client_authorization = HeaderValue::from_str(&format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        ))
-        .map_err(|_| "oauth2 credentials: not a valid header value".to_owned())?;
-        client_authorization.set_sensitive(true);
+        let client_authorization = if settings.client_secret_post {
+            None
+        } else {
+            let mut value = HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+            .map_err(|_| "oauth2 credentials: not a valid header value".to_owned())?;
+            value.set_sensitive(true);
+            Some(value)
+        };
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
         if !settings.scope.is_empty() {
@@ -320,6 +331,10 @@ impl OAuth2Client {
         }
         if !settings.audience.is_empty() {
             form.append_pair("audience", &settings.audience);
+        }
+        if settings.client_secret_post {
+            form.append_pair("client_id", &settings.client_id);
+            form.append_pair("client_secret", &settings.client_secret);
         }
         Ok(OAuth2Client {
             token_url,
@@ -362,7 +377,9 @@ impl OAuth2Client {
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        headers.insert(header::AUTHORIZATION, self.client_authorization.clone());
+        if let Some(authorization) = &self.client_authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
         let mut request = reqwest::Request::new(reqwest::Method::POST, self.token_url.clone());
         *request.headers_mut() = headers;
         *request.body_mut() = Some(self.form.clone().into());

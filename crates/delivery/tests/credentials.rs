@@ -68,6 +68,7 @@ fn oauth2(token_url: &str) -> EndpointCredentials {
             client_secret: SECRET.to_owned(),
             scope: "hooks.write hooks.read".to_owned(),
             audience: String::new(),
+            client_secret_post: false,
         })
         .expect("oauth2 client"),
     )
@@ -394,4 +395,36 @@ async fn no_credential_reaches_logs_or_spans() {
         assert!(!logged.contains(secret), "{secret} logged");
         assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
     }
+}
+
+#[tokio::test]
+async fn client_secret_post_sends_the_id_and_secret_in_the_form() {
+    let tokens = Receiver::start(Vec::new(), token("tok-p", 3600)).await;
+    let endpoint = Receiver::ok().await;
+    let credentials = EndpointCredentials::OAuth2(
+        OAuth2Client::new(&OAuth2Settings {
+            token_url: tokens.url("/token"),
+            client_id: "client-1".to_owned(),
+            client_secret: SECRET.to_owned(),
+            scope: String::new(),
+            audience: "https://api.example.com".to_owned(),
+            client_secret_post: true,
+        })
+        .expect("oauth2 client"),
+    );
+    let result = send(
+        &sender(true, None),
+        &endpoint.url("/hook"),
+        Some(&credentials),
+    )
+    .await;
+    assert!(result.is_success(), "{result:?}");
+    assert_eq!(bearers(&endpoint), ["Bearer tok-p"]);
+    let request = tokens.next().await;
+    assert_eq!(request.header("authorization"), "");
+    assert_eq!(
+        std::str::from_utf8(&request.body).expect("utf-8"),
+        "grant_type=client_credentials&audience=https%3A%2F%2Fapi.example.com\
+         &client_id=client-1&client_secret=s3cr3t%2Fwith%3Aodd%26chars"
+    );
 }
