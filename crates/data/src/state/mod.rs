@@ -7,5 +7,7 @@ pub(crate) mod claims;
 pub(crate) mod config_copy;
 pub(crate) mod fanouts;
 pub(crate) mod outbox;
+#[cfg(test)]
+mod properties;
 pub(crate) mod sealed;
 pub(crate) mod streaks;
