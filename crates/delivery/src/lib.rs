@@ -19,6 +19,8 @@
 mod config;
 mod egress;
 mod excerpt;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod sender;
 mod slack;
 
