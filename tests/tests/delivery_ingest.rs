@@ -478,8 +478,7 @@ async fn client_split(planes: &mut Planes) {
     let receiver = Receiver::ok().await;
     subscribe(&mut c, webhook(&receiver.url("/in"), &["*"])).await;
     planes.config_synced().await;
-    let mut config =
-        sluice_client::Config::new(vec![format!("http://{}", planes.data_addr)], &key);
+    let mut config = sluice_client::Config::new(vec![format!("http://{}", planes.data_addr)], &key);
     config.max_in_flight = 2;
     config.automatic_idempotency_keys = false;
     let publisher = sluice_client::Publisher::new(config).unwrap();
