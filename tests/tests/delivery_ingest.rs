@@ -461,3 +461,70 @@ async fn stream(planes: &mut Planes) {
         valid as i64
     );
 }
+
+/// `sluice-client` as `sluice bench` uses it: the stream split into a sending task and an
+/// answering one, sends dropped while they wait for room (cancel-safe: no sequence number
+/// is lost, nothing is queued twice), and automatic idempotency keys turned off (events go
+/// without one). Every event is acked once and delivered once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_split_in_two_tasks_acks_every_event_once() {
+    on_each_backend(PlaneOptions::default(), client_split).await;
+}
+
+async fn client_split(planes: &mut Planes) {
+    const EVENTS: u64 = 40;
+    let (_, key) = planes.workspace_with_key("Client").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::ok().await;
+    subscribe(&mut c, webhook(&receiver.url("/in"), &["*"])).await;
+    planes.config_synced().await;
+    let mut config = sluice_client::Config::new(vec![format!("http://{}", planes.data_addr)], &key);
+    config.max_in_flight = 2;
+    config.automatic_idempotency_keys = false;
+    let publisher = sluice_client::Publisher::new(config).unwrap();
+    let (mut sender, mut acks) = publisher.stream().split();
+    let sending = tokio::spawn(async move {
+        let mut sequences = Vec::new();
+        let mut dropped = 0;
+        for i in 0..EVENTS {
+            let event = || {
+                sluice_client::Event::new(
+                    CONVERSATION_CREATED,
+                    format!(r#"{{"conversation":{{"id":"cnv_{i}"}}}}"#),
+                )
+            };
+            // Given no time at all, a send that has to wait for room is dropped.
+            match tokio::time::timeout(Duration::ZERO, sender.send(event())).await {
+                Ok(sequence) => sequences.push(sequence.unwrap()),
+                Err(_) => {
+                    dropped += 1;
+                    sequences.push(sender.send(event()).await.unwrap());
+                }
+            }
+        }
+        // Dropping the sender closes the stream.
+        (sequences, dropped)
+    });
+    let mut answered = Vec::new();
+    while let Some(ack) = tokio::time::timeout(WAIT, acks.next_ack())
+        .await
+        .expect("every event is answered")
+    {
+        let ack = ack.unwrap();
+        assert_eq!(ack.idempotency_key, "", "no key was made up");
+        let result = ack.result.expect("accepted");
+        assert!(!result.duplicate);
+        answered.push(ack.sequence);
+    }
+    let (sequences, dropped) = sending.await.unwrap();
+    let all: Vec<u64> = (1..=EVENTS).collect();
+    assert_eq!(sequences, all, "{dropped} sends were dropped");
+    answered.sort_unstable();
+    assert_eq!(answered, all);
+    let got = receiver.wait_for(EVENTS as usize, WAIT).await;
+    let ids: HashSet<&str> = got
+        .iter()
+        .filter_map(|r| r.headers.get("webhook-id")?.to_str().ok())
+        .collect();
+    assert_eq!(ids.len(), EVENTS as usize, "each event delivered once");
+}

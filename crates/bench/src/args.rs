@@ -18,6 +18,11 @@ pub struct BenchArgs {
     /// when an ack returns).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Give every event an idempotency key, as sluice-client does by default. Off (the
+    /// default workload, as every figure before it), events go without one, so the data
+    /// plane does not look earlier keys up.
+    #[arg(long)]
+    pub idempotency_keys: bool,
     /// Size of each event's payload in bytes: a JSON object, the same bytes every time.
     #[arg(long, default_value_t = 1024)]
     pub payload_bytes: usize,

@@ -1,6 +1,7 @@
 //! `sluice bench`: a throughput and latency benchmark of both planes, end to end. The
 //! `sluice` binary parses the flags (`BenchArgs`) and calls `run`; of Sluice this crate
-//! uses only the protos and `sluice-core`, and only the binary depends on it.
+//! uses only the protos, `sluice-core` and `sluice-client` (the publisher client users
+//! use), and only the binary depends on it.
 //!
 //! By default it starts `sluice dev` (the running executable, so `run` is only meant to be
 //! called from the `sluice` binary) as a child process on fresh ports
@@ -8,8 +9,8 @@
 //! `/proc` apart from the bench's own publisher and receiver. It starts its own loopback
 //! webhook receiver, sets up a workspace, an API key and `--subscriptions` subscriptions
 //! (filter `*`) through the control plane, checks with one warm-up event that the data plane
-//! has that configuration, then publishes `--events` events over one
-//! `IngestService.PublishStream` with `--concurrency` requests in flight, and waits for every
+//! has that configuration, then publishes `--events` events through `sluice-client` over one
+//! `IngestService.PublishStream` with `--concurrency` events in flight, and waits for every
 //! delivery. It reports publish and delivery rates, the ack-to-arrival latency, duplicates,
 //! and the planes' CPU per delivery and peak RSS.
 //!
@@ -39,7 +40,6 @@ use sluice_proto::control::v1::{
     CreateApiKeyRequest, CreateSubscriptionRequest, CreateWorkspaceRequest, DeleteWorkspaceRequest,
     Subscription, Workspace,
 };
-use sluice_proto::data::v1::ingest_service_client::IngestServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -293,9 +293,11 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let setup_deadline = Instant::now() + Duration::from_secs(args.setup_timeout);
     let control = child::connect(&planes.control_url()).await?;
-    let mut data = Vec::new();
-    for url in planes.data_urls() {
-        data.push(child::connect(&url).await?);
+    // Each data plane is reached here once, so an address that does not answer fails now;
+    // the events go through sluice-client's own connections.
+    let data = planes.data_urls();
+    for url in &data {
+        child::connect(url).await?;
     }
 
     let (workspace_id, api_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
@@ -411,7 +413,7 @@ async fn warm_up_and_publish(
     args: &BenchArgs,
     receiver: &RunningReceiver,
     planes: &mut Planes,
-    data: &[Channel],
+    data: &[String],
     api_key: &str,
     setup_deadline: Instant,
 ) -> anyhow::Result<Report> {
@@ -437,17 +439,18 @@ async fn warm_up(
     args: &BenchArgs,
     receiver: &RunningReceiver,
     planes: &mut Planes,
-    data: &Channel,
+    data: &str,
     api_key: &str,
     setup_deadline: Instant,
     payload: &str,
 ) -> anyhow::Result<()> {
     let wanted = args.subscriptions as usize;
-    let mut ingest = IngestServiceClient::new(data.clone());
+    // One try per endpoint round: the loop below retries, checking the planes in between.
+    let ingest = publisher::publisher(data, api_key, 1, true, Duration::from_millis(500))?;
     let mut last: String;
     let warm_id = loop {
         planes.check_alive()?;
-        match publisher::publish_one(&mut ingest, api_key, "bench.warmup", payload).await? {
+        match publisher::publish_one(&ingest, "bench.warmup", payload).await? {
             Ok((id, count)) if count as usize >= wanted => break id,
             Ok((_, count)) => {
                 last = format!("it matched {count} of {wanted} subscriptions");
@@ -504,7 +507,7 @@ async fn measured_run(
     args: &BenchArgs,
     receiver: &RunningReceiver,
     planes: &mut Planes,
-    data: &[Channel],
+    data: &[String],
     api_key: &str,
     payload: String,
 ) -> anyhow::Result<Report> {
@@ -561,6 +564,7 @@ async fn measured_run(
             rate: args.rate,
             payload_json: payload,
             api_key: api_key.to_owned(),
+            idempotency_keys: args.idempotency_keys,
         },
         progress,
         deadline,
@@ -635,6 +639,7 @@ async fn measured_run(
         subscriptions: args.subscriptions,
         payload_bytes: args.payload_bytes.max(10),
         concurrency: args.concurrency,
+        idempotency_keys: args.idempotency_keys,
         rate: args.rate,
         receiver_delay_ms: args.receiver_delay_ms,
         receiver_failure_rate: args.receiver_failure_rate,

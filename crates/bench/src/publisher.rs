@@ -1,16 +1,13 @@
-//! Publishing the bench's events over one `IngestService.PublishStream`: a bounded number of
-//! requests in flight (closed loop: the next goes when an ack returns), optionally paced at a
-//! fixed rate (open loop, still bounded), noting when each request went and its ack came.
+//! Publishing the bench's events through `sluice-client`, the client publishers use: one
+//! `IngestService.PublishStream` per data plane with a bounded number of events in flight
+//! (closed loop: the next goes when an ack returns), optionally paced at a fixed rate (open
+//! loop, still bounded), noting when each event went and its ack came.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_proto::data::v1::ingest_service_client::IngestServiceClient;
-use sluice_proto::data::v1::{PublishRequest, PublishStreamRequest};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use sluice_client::{ClientError, Config, Event, Publisher};
 
 /// The event type of the measured events.
 pub(crate) const EVENT_TYPE: &str = "bench.event";
@@ -22,6 +19,8 @@ pub(crate) struct PublishPlan {
     pub(crate) rate: Option<f64>,
     pub(crate) payload_json: String,
     pub(crate) api_key: String,
+    /// Give every event an idempotency key (the client's default); off, events go without.
+    pub(crate) idempotency_keys: bool,
 }
 
 /// Counters the progress bar reads while publishing runs.
@@ -67,80 +66,82 @@ pub(crate) fn payload(bytes: usize) -> String {
     s
 }
 
-fn request(sequence: u64, event_type: &str, payload_json: &str) -> PublishStreamRequest {
-    PublishStreamRequest {
-        sequence,
-        event: Some(PublishRequest {
-            event_type: event_type.to_owned(),
-            payload_json: payload_json.to_owned(),
-            ..Default::default()
-        }),
-    }
-}
-
-fn with_bearer<T>(message: T, key: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}")
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the API key is not valid metadata"))?,
-    );
-    Ok(request)
+/// A publisher of the data plane at `endpoint` (`http://host:port`) with `api_key`:
+/// `in_flight` events unanswered at most, giving up after `give_up_after` without an answer.
+pub(crate) fn publisher(
+    endpoint: &str,
+    api_key: &str,
+    in_flight: usize,
+    idempotency_keys: bool,
+    give_up_after: Duration,
+) -> anyhow::Result<Publisher> {
+    let mut config = Config::new(vec![endpoint.to_owned()], api_key);
+    config.max_in_flight = in_flight.max(1);
+    config.give_up_after = give_up_after;
+    config.automatic_idempotency_keys = idempotency_keys;
+    Ok(Publisher::new(config)?)
 }
 
 /// Publishes one warm-up event (unary). Returns its message id and how many subscriptions
-/// the data plane matched, or the gRPC error.
+/// the data plane matched, or the gRPC error (UNAVAILABLE when no answer came in time).
 pub(crate) async fn publish_one(
-    client: &mut IngestServiceClient<Channel>,
-    api_key: &str,
+    publisher: &Publisher,
     event_type: &str,
     payload_json: &str,
 ) -> anyhow::Result<Result<(String, u32), tonic::Status>> {
-    let PublishStreamRequest { event, .. } = request(0, event_type, payload_json);
-    let req = with_bearer(event.unwrap_or_default(), api_key)?;
-    Ok(client.publish(req).await.map(|r| {
-        let r = r.into_inner();
-        (r.message_id, r.delivery_count)
-    }))
+    match publisher
+        .publish(&Event::new(event_type, payload_json))
+        .await
+    {
+        Ok(r) => Ok(Ok((r.message_id, r.delivery_count))),
+        Err(ClientError::Refused(status)) => Ok(Err(status)),
+        Err(ClientError::Unavailable(message)) => Ok(Err(tonic::Status::unavailable(message))),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Runs the stream until every request is answered, the stream fails, or `deadline`.
+/// Runs one stream until every event is answered, the stream fails, or `deadline`.
 pub(crate) async fn publish(
-    channel: Channel,
+    endpoint: String,
     plan: PublishPlan,
     progress: Arc<PublishProgress>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<PublishOutcome> {
     let events = plan.events;
     let n = usize::try_from(events)?;
-    let (tx, rx) = mpsc::channel::<PublishStreamRequest>(plan.concurrency.max(1));
-    let permits = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+    let give_up = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let publisher = publisher(
+        &endpoint,
+        &plan.api_key,
+        plan.concurrency,
+        plan.idempotency_keys,
+        give_up,
+    )?;
+    let (mut sender, mut acks) = publisher.stream().split();
     let started = Instant::now();
 
-    // The sender: one request per permit; answers give permits back.
-    let sender_permits = permits.clone();
+    // The sender: waits while `concurrency` events are unanswered (the client's bound).
     let payload_json = plan.payload_json.clone();
     let rate = plan.rate;
-    let sender = tokio::spawn(async move {
+    let sending = tokio::spawn(async move {
         let mut sent_at: Vec<Option<Instant>> = vec![None; n];
         let pace_start = tokio::time::Instant::now();
-        for sequence in 0..events {
+        for index in 0..events {
             if let Some(rate) = rate {
-                let due = pace_start + Duration::from_secs_f64(sequence as f64 / rate);
+                let due = pace_start + Duration::from_secs_f64(index as f64 / rate);
                 tokio::time::sleep_until(due).await;
             }
-            let Ok(permit) = sender_permits.acquire().await else {
+            let Ok(sequence) = sender
+                .send(Event::new(EVENT_TYPE, payload_json.clone()))
+                .await
+            else {
                 break;
             };
-            permit.forget();
-            let req = request(sequence, EVENT_TYPE, &payload_json);
-            sent_at[sequence as usize] = Some(Instant::now());
-            if tx.send(req).await.is_err() {
-                break;
+            if let Some(at) = slot(&mut sent_at, sequence) {
+                *at = Some(Instant::now());
             }
         }
-        // Dropping tx ends the request stream.
+        // Dropping the sender closes the stream; the acks still come.
         sent_at
     });
 
@@ -157,36 +158,32 @@ pub(crate) async fn publish(
         stream_error: None,
     };
 
-    let mut client = IngestServiceClient::new(channel)
-        .max_decoding_message_size(16 * 1024 * 1024)
-        .max_encoding_message_size(16 * 1024 * 1024);
-    let request = with_bearer(ReceiverStream::new(rx), &plan.api_key)?;
     let answers = tokio::time::timeout_at(deadline, async {
-        let mut stream = client.publish_stream(request).await?.into_inner();
         let mut answered = 0u64;
         while answered < events {
-            let Some(answer) = stream.message().await? else {
-                break;
+            let ack = match acks.next_ack().await {
+                Some(Ok(ack)) => ack,
+                Some(Err(e)) => return Err(e),
+                None => break,
             };
             let now = Instant::now();
-            permits.add_permits(1);
             answered += 1;
             progress.answered.fetch_add(1, Ordering::Relaxed);
-            let Some(seq) = usize::try_from(answer.sequence).ok().filter(|s| *s < n) else {
+            let Some(index) = index_of(ack.sequence, n) else {
                 outcome.errors += 1;
                 outcome.first_error.get_or_insert_with(|| {
-                    format!("an answer with unknown sequence {}", answer.sequence)
+                    format!("an answer with unknown sequence {}", ack.sequence)
                 });
                 continue;
             };
-            outcome.acked_at[seq] = Some(now);
-            match (answer.result, answer.error) {
-                (Some(result), None) => {
+            outcome.acked_at[index] = Some(now);
+            match ack.result {
+                Ok(result) => {
                     outcome.accepted += 1;
                     outcome.expected_deliveries += u64::from(result.delivery_count);
-                    outcome.message_ids[seq] = Some(result.message_id);
+                    outcome.message_ids[index] = Some(result.message_id);
                 }
-                (_, Some(error)) => {
+                Err(error) => {
                     outcome.errors += 1;
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                     outcome.first_error.get_or_insert_with(|| {
@@ -198,13 +195,6 @@ pub(crate) async fn publish(
                         format!("code {}: {}{field}", error.code, error.message)
                     });
                 }
-                (None, None) => {
-                    outcome.errors += 1;
-                    progress.errors.fetch_add(1, Ordering::Relaxed);
-                    outcome
-                        .first_error
-                        .get_or_insert_with(|| "an answer with neither result nor error".into());
-                }
             }
         }
         if answered < events {
@@ -212,27 +202,21 @@ pub(crate) async fn publish(
                 "the stream ended after {answered} of {events} answers"
             ));
         }
-        Ok::<(), tonic::Status>(())
+        Ok(())
     })
     .await;
     outcome.finished = Instant::now();
     match answers {
         Ok(Ok(())) => {}
-        Ok(Err(status)) => {
-            outcome.stream_error = Some(format!(
-                "PublishStream failed: {:?}: {}",
-                status.code(),
-                status.message()
-            ));
-        }
+        Ok(Err(e)) => outcome.stream_error = Some(format!("PublishStream failed: {e}")),
         Err(_) => {
             outcome.stream_error = Some("timed out before every event was answered".into());
         }
     }
-    // Stop the sender if it still waits for a permit or a send.
-    permits.close();
-    sender.abort();
-    outcome.sent_at = match sender.await {
+    // Stop the stream (and the sender, if it still waits for room).
+    drop(acks);
+    sending.abort();
+    outcome.sent_at = match sending.await {
         Ok(sent_at) => sent_at,
         Err(_) => vec![None; n],
     };
@@ -247,30 +231,44 @@ pub(crate) async fn publish(
     Ok(outcome)
 }
 
-/// [`publish`] over several data planes at once, one stream each: the events, the
+/// The index of the event the client numbered `sequence` (from 1), if it is one of `n`.
+fn index_of(sequence: u64, n: usize) -> Option<usize> {
+    usize::try_from(sequence.checked_sub(1)?)
+        .ok()
+        .filter(|i| *i < n)
+}
+
+/// The entry of `sequence` in a per-event vector.
+fn slot<T>(per_event: &mut [T], sequence: u64) -> Option<&mut T> {
+    let n = per_event.len();
+    per_event.get_mut(index_of(sequence, n)?)
+}
+
+/// [`publish`] over several data planes at once, one stream (and client) each: the events, the
 /// concurrency and the rate shared evenly among them; the outcomes are merged (per-request
 /// vectors one after the other, counts summed, the first errors kept).
 pub(crate) async fn publish_spread(
-    channels: &[Channel],
+    endpoints: &[String],
     plan: PublishPlan,
     progress: Arc<PublishProgress>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<PublishOutcome> {
-    if channels.len() == 1 {
-        return publish(channels[0].clone(), plan, progress, deadline).await;
+    if endpoints.len() == 1 {
+        return publish(endpoints[0].clone(), plan, progress, deadline).await;
     }
-    let n = channels.len() as u64;
+    let n = endpoints.len() as u64;
     let mut tasks = Vec::new();
-    for (i, channel) in channels.iter().enumerate() {
+    for (i, endpoint) in endpoints.iter().enumerate() {
         let share = PublishPlan {
             events: plan.events / n + u64::from((i as u64) < plan.events % n),
-            concurrency: (plan.concurrency / channels.len()).max(1),
+            concurrency: (plan.concurrency / endpoints.len()).max(1),
             rate: plan.rate.map(|r| r / n as f64),
             payload_json: plan.payload_json.clone(),
             api_key: plan.api_key.clone(),
+            idempotency_keys: plan.idempotency_keys,
         };
         tasks.push(tokio::spawn(publish(
-            channel.clone(),
+            endpoint.clone(),
             share,
             progress.clone(),
             deadline,

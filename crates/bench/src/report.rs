@@ -115,6 +115,8 @@ pub(crate) struct Report {
     pub(crate) payload_bytes: usize,
     /// Requests in flight on the stream at most.
     pub(crate) concurrency: usize,
+    /// Whether every event carried an idempotency key (`--idempotency-keys`).
+    pub(crate) idempotency_keys: bool,
     /// Open-loop rate in events/s; null for closed loop.
     pub(crate) rate: Option<f64>,
     /// Receiver settings.
@@ -272,6 +274,9 @@ impl Report {
             "\nsluice bench: {} events x {} subscription(s), {}-byte payloads, {} in flight ({mode}), backend {}",
             self.events, self.subscriptions, self.payload_bytes, self.concurrency, self.backend
         );
+        if self.idempotency_keys {
+            let _ = writeln!(t, "every event with an idempotency key");
+        }
         if self.data_replicas > 1 {
             let _ = writeln!(
                 t,

@@ -92,16 +92,22 @@ pub struct Config {
     pub max_in_flight: usize,
     /// How long to keep retrying when no endpoint answers.
     pub give_up_after: Duration,
+    /// Whether an event without an idempotency key gets one made here (the default). Off,
+    /// such an event is published without a key: the data plane then skips the lookup of
+    /// earlier keys, but a resend after a broken stream may deliver it twice.
+    pub automatic_idempotency_keys: bool,
 }
 
 impl Config {
-    /// `endpoints` and `api_key`, 256 in flight, giving up after 60 s without a data plane.
+    /// `endpoints` and `api_key`, 256 in flight, giving up after 60 s without a data plane,
+    /// automatic idempotency keys.
     pub fn new(endpoints: Vec<String>, api_key: impl Into<String>) -> Config {
         Config {
             endpoints,
             api_key: api_key.into(),
             max_in_flight: 256,
             give_up_after: Duration::from_secs(60),
+            automatic_idempotency_keys: true,
         }
     }
 }
@@ -148,6 +154,15 @@ impl Publisher {
         })
     }
 
+    /// The key `event` is published with: its own, or (unless turned off) a new one.
+    fn key_of(&self, event: &Event) -> String {
+        match &event.idempotency_key {
+            Some(key) => key.clone(),
+            None if self.config.automatic_idempotency_keys => auto_key(),
+            None => String::new(),
+        }
+    }
+
     fn client(&self, endpoint: usize) -> IngestServiceClient<Channel> {
         IngestServiceClient::new(self.channels[endpoint % self.channels.len()].clone())
     }
@@ -163,7 +178,7 @@ impl Publisher {
     /// Publishes one event over the unary RPC; on UNAVAILABLE or a broken connection it
     /// tries the next endpoint with the same idempotency key.
     pub async fn publish(&self, event: &Event) -> Result<pb::PublishResponse, ClientError> {
-        let key = event.idempotency_key.clone().unwrap_or_else(auto_key);
+        let key = self.key_of(event);
         let deadline = tokio::time::Instant::now() + self.config.give_up_after;
         let mut endpoint = 0;
         let mut backoff = Backoff::default();
@@ -191,6 +206,7 @@ impl Publisher {
     /// Opens a stream (its connection is made by a background task, which reconnects and
     /// fails over as needed).
     pub fn stream(&self) -> PublishStream {
+        // Never more queued than permits: `send` hands an event over without waiting.
         let (events_tx, events_rx) = mpsc::channel(self.config.max_in_flight);
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
@@ -201,21 +217,39 @@ impl Publisher {
             Arc::clone(&permits),
         ));
         PublishStream {
-            events: Some(events_tx),
-            acks: acks_rx,
-            permits,
-            next_sequence: 1,
-            task,
+            sender: StreamSender {
+                publisher: self.clone(),
+                events: Some(events_tx),
+                permits,
+                next_sequence: 1,
+            },
+            acks: StreamAcks {
+                acks: acks_rx,
+                task,
+            },
         }
     }
 }
 
-/// A stream of events to publish; see the crate's documentation.
+/// A stream of events to publish; see the crate's documentation. [`PublishStream::split`]
+/// gives its sending and its answering halves, to use from two tasks.
 pub struct PublishStream {
+    sender: StreamSender,
+    acks: StreamAcks,
+}
+
+/// The sending half of a [`PublishStream`]; dropping it closes the stream (the acks of the
+/// events sent still arrive).
+pub struct StreamSender {
+    publisher: Publisher,
     events: Option<mpsc::Sender<InFlight>>,
-    acks: mpsc::UnboundedReceiver<Result<Ack, ClientError>>,
     permits: Arc<Semaphore>,
     next_sequence: u64,
+}
+
+/// The answering half of a [`PublishStream`]; dropping it stops the stream.
+pub struct StreamAcks {
+    acks: mpsc::UnboundedReceiver<Result<Ack, ClientError>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -227,47 +261,78 @@ struct InFlight {
 
 impl PublishStream {
     /// Queues `event`, waiting while `max_in_flight` events are unanswered. Returns its
-    /// sequence number, which its [`Ack`] carries.
+    /// sequence number, which its [`Ack`] carries. Cancel-safe: dropped while it waits,
+    /// it queued nothing.
     pub async fn send(&mut self, event: Event) -> Result<u64, ClientError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        // The permit is given back when the event's final answer arrives.
-        permit.forget();
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        let key = event.idempotency_key.clone().unwrap_or_else(auto_key);
-        let sender = self.events.as_ref().ok_or(ClientError::Closed)?;
-        sender
-            .send(InFlight {
-                sequence,
-                key,
-                event,
-            })
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        Ok(sequence)
+        self.sender.send(event).await
     }
 
     /// Says no more events will be sent; the acks of those sent still arrive.
     pub fn close(&mut self) {
-        self.events = None;
+        self.sender.close();
     }
 
     /// The next answer; `None` once the stream is closed and every event answered. An
     /// `Err` means the stream gave up (no data plane answered).
     pub async fn next_ack(&mut self) -> Option<Result<Ack, ClientError>> {
-        self.acks.recv().await
+        self.acks.next_ack().await
     }
 
     /// An answer if one is ready, without waiting.
+    pub fn try_next_ack(&mut self) -> Option<Result<Ack, ClientError>> {
+        self.acks.try_next_ack()
+    }
+
+    /// The sending and the answering halves, to use from two tasks.
+    pub fn split(self) -> (StreamSender, StreamAcks) {
+        (self.sender, self.acks)
+    }
+}
+
+impl StreamSender {
+    /// As [`PublishStream::send`].
+    pub async fn send(&mut self, event: Event) -> Result<u64, ClientError> {
+        let sender = self.events.as_ref().ok_or(ClientError::Closed)?;
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let sequence = self.next_sequence;
+        let key = self.publisher.key_of(&event);
+        // A permit is held and the channel holds as many events as there are permits, so
+        // this never waits: nothing to undo when the future is dropped.
+        sender
+            .try_send(InFlight {
+                sequence,
+                key,
+                event,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        // The permit is given back when the event's final answer arrives.
+        permit.forget();
+        self.next_sequence += 1;
+        Ok(sequence)
+    }
+
+    /// As [`PublishStream::close`].
+    pub fn close(&mut self) {
+        self.events = None;
+    }
+}
+
+impl StreamAcks {
+    /// As [`PublishStream::next_ack`].
+    pub async fn next_ack(&mut self) -> Option<Result<Ack, ClientError>> {
+        self.acks.recv().await
+    }
+
+    /// As [`PublishStream::try_next_ack`].
     pub fn try_next_ack(&mut self) -> Option<Result<Ack, ClientError>> {
         self.acks.try_recv().ok()
     }
 }
 
-impl Drop for PublishStream {
+impl Drop for StreamAcks {
     fn drop(&mut self) {
         self.task.abort();
     }

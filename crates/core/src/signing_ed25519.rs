@@ -164,15 +164,19 @@ pub fn verify_v1a(
         .trim()
         .parse()
         .map_err(|_| VerifyError::MalformedTimestamp)?;
-    if now_unix - timestamp > tolerance_secs {
+    // Saturating: the header is the sender's text, and `-9223372036854775808` must be
+    // refused as too old, not overflow (found by the property tests).
+    let age = now_unix.saturating_sub(timestamp);
+    if age > tolerance_secs {
         return Err(VerifyError::TimestampTooOld {
-            age_secs: now_unix - timestamp,
+            age_secs: age,
             tolerance_secs,
         });
     }
-    if timestamp - now_unix > tolerance_secs {
+    let ahead = timestamp.saturating_sub(now_unix);
+    if ahead > tolerance_secs {
         return Err(VerifyError::TimestampTooNew {
-            ahead_secs: timestamp - now_unix,
+            ahead_secs: ahead,
             tolerance_secs,
         });
     }
@@ -325,5 +329,29 @@ mod tests {
             verify_v1a(&public, MSG_ID, "soon", &signature, BODY, TIMESTAMP, 300),
             Err(VerifyError::MalformedTimestamp)
         );
+    }
+
+    /// Found by the property tests: a timestamp header at either end of i64 overflowed the
+    /// age arithmetic (a panic in debug builds) instead of being refused.
+    #[test]
+    fn extreme_timestamps_are_refused_not_overflowed() {
+        let key = rfc_key();
+        let public = key.public_key();
+        let signature = sign_v1a(&key, MSG_ID, TIMESTAMP, BODY);
+        let verify = |timestamp: &str, now: i64| {
+            verify_v1a(&public, MSG_ID, timestamp, &signature, BODY, now, 300)
+        };
+        assert!(matches!(
+            verify(&i64::MIN.to_string(), TIMESTAMP),
+            Err(VerifyError::TimestampTooOld { .. })
+        ));
+        assert!(matches!(
+            verify(&i64::MAX.to_string(), -TIMESTAMP),
+            Err(VerifyError::TimestampTooNew { .. })
+        ));
+        assert!(matches!(
+            verify("0", i64::MIN),
+            Err(VerifyError::TimestampTooNew { .. })
+        ));
     }
 }

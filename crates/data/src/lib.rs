@@ -28,6 +28,8 @@ mod commit;
 mod config;
 mod deliver;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod metrics;
 mod notices;
 mod retention;

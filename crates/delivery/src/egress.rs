@@ -262,3 +262,131 @@ mod tests {
         assert!(err.downcast_ref::<EgressDenied>().is_some(), "{err}");
     }
 }
+
+/// Property tests: the resolver's address check, the pre-flight URL check and the policy's
+/// filter judge every address alike, on any input. The same checks have a `cargo fuzz`
+/// target (`crates/fuzz`, docs/fuzzing.md).
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn policy() -> impl Strategy<Value = EgressPolicy> {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            proptest::collection::vec((any::<IpAddr>(), 0u8..=128), 0..3),
+        )
+            .prop_map(|(allow_http, allow_private, entries)| {
+                // Entries with host bits set are refused by the parser: keep those it takes.
+                let entries: Vec<String> = entries
+                    .into_iter()
+                    .map(|(ip, len)| {
+                        format!("{ip}/{}", len.min(if ip.is_ipv4() { 32 } else { 128 }))
+                    })
+                    .filter(|e| AllowList::parse(std::slice::from_ref(e)).is_ok())
+                    .collect();
+                EgressPolicy {
+                    allow_http,
+                    allow_private,
+                    allow_list: AllowList::parse(&entries).expect("entries checked one by one"),
+                }
+            })
+    }
+
+    fn literal(ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        }
+    }
+
+    proptest! {
+        /// The filter keeps exactly the addresses the policy allows, in order, and fails
+        /// only when it refused every one.
+        #[test]
+        fn filter_keeps_what_the_policy_allows(
+            policy in policy(),
+            addrs in proptest::collection::vec(any::<SocketAddr>(), 0..6),
+        ) {
+            let allowed: Vec<SocketAddr> =
+                addrs.iter().copied().filter(|a| policy.refusal(a.ip()).is_none()).collect();
+            match policy.filter(addrs.clone()) {
+                Ok(kept) => {
+                    prop_assert_eq!(&kept, &allowed);
+                    prop_assert!(!kept.is_empty() || addrs.is_empty());
+                }
+                Err(EgressDenied::ForbiddenAddress { ip, reason }) => {
+                    prop_assert!(allowed.is_empty());
+                    let first = addrs.iter().find(|a| policy.refusal(a.ip()).is_some());
+                    prop_assert_eq!(first.map(|a| a.ip()), Some(ip));
+                    prop_assert_eq!(policy.refusal(ip), Some(reason));
+                }
+                Err(other) => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+
+        /// An IP-literal URL (checked before dialling) gets the verdict the resolver gives
+        /// the same address; in the integer spelling the url crate normalises, too.
+        #[test]
+        fn url_check_agrees_with_the_resolver(
+            policy in policy(),
+            ip in any::<IpAddr>(),
+            port in any::<u16>(),
+            https in any::<bool>(),
+        ) {
+            let scheme = if https { "https" } else { "http" };
+            let url = Url::parse(&format!("{scheme}://{}:{port}/hook", literal(ip))).unwrap();
+            let checked = policy.check_url(&url);
+            let resolved = policy.filter([SocketAddr::new(ip, port)]);
+            if https || policy.allow_http {
+                prop_assert_eq!(checked.is_ok(), resolved.is_ok());
+            } else {
+                prop_assert_eq!(checked, Err(EgressDenied::PlainHttp));
+            }
+            if let IpAddr::V4(v4) = ip {
+                let integer = Url::parse(&format!("https://{}/", u32::from(v4))).unwrap();
+                prop_assert_eq!(policy.check_url(&integer).is_ok(), resolved.is_ok());
+            }
+        }
+
+        /// Any URL text that parses: a verdict, never a panic.
+        #[test]
+        fn any_url_gets_a_verdict(policy in policy(), text in any::<String>(), host in "[a-z0-9.:\\[\\]%-]{0,40}") {
+            for candidate in [text, format!("https://{host}/"), format!("http://{host}:80/")] {
+                if let Ok(url) = Url::parse(&candidate) {
+                    let _ = policy.check_url(&url);
+                }
+            }
+        }
+
+        /// The resolver itself (the path every name takes): an address literal resolves
+        /// without DNS, and is refused exactly when the policy refuses it.
+        #[test]
+        fn resolver_refuses_what_the_policy_refuses(policy in policy(), ip in any::<IpAddr>()) {
+            let Ok(name) = ip.to_string().parse::<Name>() else {
+                return Ok(());
+            };
+            let refused = policy.refusal(ip).is_some();
+            let resolver = GuardedResolver { policy };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            match runtime.block_on(resolver.resolve(name)) {
+                Ok(addrs) => {
+                    prop_assert!(!refused);
+                    let addrs: Vec<SocketAddr> = addrs.collect();
+                    prop_assert_eq!(addrs.iter().map(|a| a.ip()).collect::<Vec<_>>(), vec![ip]);
+                }
+                Err(err) => {
+                    prop_assert!(refused, "{}", err);
+                    prop_assert!(err.downcast_ref::<EgressDenied>().is_some(), "{}", err);
+                }
+            }
+        }
+    }
+}

@@ -20,6 +20,8 @@ mod config;
 mod credentials;
 mod egress;
 mod excerpt;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod sender;
 mod slack;
 

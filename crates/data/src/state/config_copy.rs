@@ -99,10 +99,12 @@ impl Endpoint {
                     .map(SecretKind::Symmetric)
                     .map_err(|e| format!("secrets[{index}]: {e}"))?
             };
-            let expire_ms = secret
-                .expire_time
-                .as_ref()
-                .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000));
+            let expire_ms = secret.expire_time.as_ref().map(|t| {
+                // Saturating both ways: a far-off time must not overflow (property tests).
+                t.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(t.nanos / 1_000_000))
+            });
             secrets.push(Secret {
                 secret: parsed,
                 expire_ms,

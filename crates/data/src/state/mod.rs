@@ -9,5 +9,7 @@ pub(crate) mod endpoint_auth;
 pub(crate) mod fanouts;
 pub(crate) mod outbox;
 pub(crate) mod policy;
+#[cfg(test)]
+mod properties;
 pub(crate) mod sealed;
 pub(crate) mod streaks;

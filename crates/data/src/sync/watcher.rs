@@ -174,7 +174,9 @@ impl Watcher {
                 continue;
             };
             let change_ms = config.update_time.as_ref().map_or(0, |t| {
-                t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)
+                t.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(t.nanos / 1_000_000))
             });
             let event = notices::build(
                 next,
