@@ -16,6 +16,8 @@ mod m0004_control_retention;
 mod m0004_data_retention;
 mod m0005_control_events;
 mod m0006_control_trust;
+mod m0008_control_ordering;
+mod m0008_data_ordering;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -30,6 +32,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0004_control_retention::Migration),
             Box::new(m0005_control_events::Migration),
             Box::new(m0006_control_trust::Migration),
+            Box::new(m0008_control_ordering::Migration),
         ]
     }
 
@@ -48,6 +51,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m0001_data_initial::Migration),
             Box::new(m0002_data_fanout::Migration),
             Box::new(m0004_data_retention::Migration),
+            Box::new(m0008_data_ordering::Migration),
         ]
     }
 

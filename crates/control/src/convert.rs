@@ -169,6 +169,7 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
             Some("bearer") => pb::EndpointAuthType::Bearer,
             _ => pb::EndpointAuthType::None,
         } as i32,
+        ordered_delivery: m.ordered_delivery,
     }
 }
 
@@ -238,5 +239,6 @@ pub fn config_subscription(
         disabled_reason: reason(m.disabled_reason.as_deref()) as i32,
         disabled_message: m.disabled_message.clone().unwrap_or_default(),
         update_time: Some(ts(m.update_ms)),
+        ordered_delivery: m.ordered_delivery,
     })
 }

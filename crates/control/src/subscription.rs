@@ -37,7 +37,7 @@ pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// The longest grace period of a rotation.
 pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 /// Updatable fields, for `update_mask`.
-pub const UPDATABLE: [&str; 8] = [
+pub const UPDATABLE: [&str; 9] = [
     "description",
     "url",
     "destination_type",
@@ -46,6 +46,7 @@ pub const UPDATABLE: [&str; 8] = [
     "rate_limit_per_second",
     "signature_scheme",
     "auth",
+    "ordered_delivery",
 ];
 
 /// The `SubscriptionService` implementation.
@@ -66,6 +67,7 @@ struct Fields {
     /// The endpoint's authentication: (`basic` or `bearer`, the `Authorization` value);
     /// `None` for none.
     auth: Option<(&'static str, String)>,
+    ordered_delivery: bool,
 }
 
 /// A new ed25519 key: sealed for storage, and its public half in clear.
@@ -227,6 +229,9 @@ fn validate(
         }
         f.rate_limit_per_second = input.rate_limit_per_second.min(MAX_RATE_LIMIT) as i32;
     }
+    if selected("ordered_delivery") {
+        f.ordered_delivery = input.ordered_delivery;
+    }
     f
 }
 
@@ -345,6 +350,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             filters: Set(f.filters),
             headers: Set(f.headers),
             rate_limit_per_second: Set(f.rate_limit_per_second),
+            ordered_delivery: Set(f.ordered_delivery),
             enabled: Set(true),
             disabled_reason: Set(None),
             disabled_message: Set(None),
@@ -541,6 +547,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 }
                 if has("rate_limit_per_second") {
                     row.rate_limit_per_second = Set(f.rate_limit_per_second);
+                }
+                if has("ordered_delivery") {
+                    row.ordered_delivery = Set(f.ordered_delivery);
                 }
                 if has("auth") {
                     let (kind, sealed) = sealed_auth.unzip();

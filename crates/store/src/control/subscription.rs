@@ -50,6 +50,8 @@ pub struct Model {
     /// `basic` or `bearer` when `auth` is set.
     #[sea_orm(column_type = "Text", nullable)]
     pub auth_type: Option<String>,
+    /// Events with an ordering key are delivered in publish order per key (m0008).
+    pub ordered_delivery: bool,
     pub create_ms: i64,
     pub update_ms: i64,
 }
