@@ -104,7 +104,8 @@ async fn random_failures(planes: &mut Planes) {
     const UNKEYED: usize = 20;
     let (_, key) = planes.workspace_with_key("Ordered").await;
     let mut c = planes.clients(Some(&key)).await;
-    let receiver = Receiver::start(Vec::new(), Reply::status(200).failing_at_random(0.2, 500)).await;
+    let receiver =
+        Receiver::start(Vec::new(), Reply::status(200).failing_at_random(0.2, 500)).await;
     let (sub, _) = subscribe(&mut c, ordered(&receiver)).await;
     assert!(sub.ordered_delivery, "{sub:?}");
     planes.config_synced().await;
@@ -215,7 +216,10 @@ async fn stuck_head(planes: &mut Planes) {
         stuck.iter().all(|&(n, status)| n == 0 && status == 503),
         "{stuck:?}"
     );
-    assert!(stuck.len() < ATTEMPTS, "the head still had attempts left: {stuck:?}");
+    assert!(
+        stuck.len() < ATTEMPTS,
+        "the head still had attempts left: {stuck:?}"
+    );
     for key in &keys {
         assert_one_at_a_time_in_order(key, &by_key[key], PER_KEY as u64);
     }
@@ -229,7 +233,11 @@ async fn stuck_head(planes: &mut Planes) {
     let received = receiver.received();
     let stuck = &by_payload_key(&received, "key", "n")["stuck"];
     assert_eq!(stuck.len(), ATTEMPTS + STUCK - 1, "{stuck:?}");
-    assert!(stuck[..ATTEMPTS].iter().all(|&(n, status)| n == 0 && status == 503));
+    assert!(
+        stuck[..ATTEMPTS]
+            .iter()
+            .all(|&(n, status)| n == 0 && status == 503)
+    );
     let rest: Vec<u64> = stuck[ATTEMPTS..].iter().map(|(n, _)| *n).collect();
     assert_eq!(rest, (1..STUCK as u64).collect::<Vec<_>>());
 
@@ -239,10 +247,7 @@ async fn stuck_head(planes: &mut Planes) {
         .await;
     assert_eq!(failed.attempt_count as usize, ATTEMPTS, "{failed:?}");
     let attempts = log.attempts_of(&head.message_id).await;
-    let last = attempts
-        .iter()
-        .max_by_key(|a| a.attempt_number)
-        .unwrap();
+    let last = attempts.iter().max_by_key(|a| a.attempt_number).unwrap();
     assert_eq!(last.attempt_number as usize, ATTEMPTS);
     assert!(
         last.error_message.contains("ordering key moves on"),

@@ -8,9 +8,7 @@
 //! in `seq` order, and an event published after another's publish was answered always has
 //! the higher `seq`. Cycles without ordered events never touch it.
 
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, Statement, Value,
-};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, Statement, Value};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_store::data::delivery;
 

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::backoff::Backoff;
-use crate::commit::{ordered, outcomes};
 use crate::commit::publishes::{self, Publishes, Refusal, Resolution};
+use crate::commit::{ordered, outcomes};
 use crate::shutdown::Shutdown;
 use crate::state::fanouts::{FanoutPlan, Fanouts};
 use crate::state::outbox::{self, Committed, Outbox, ReportBody};
@@ -424,9 +424,7 @@ impl Writer {
             session.rollback().await;
             return Err(err);
         }
-        if let Err(err) =
-            ordered::store(&session, &created, self.publishes.first_delay_ms).await
-        {
+        if let Err(err) = ordered::store(&session, &created, self.publishes.first_delay_ms).await {
             session.rollback().await;
             return Err(err);
         }

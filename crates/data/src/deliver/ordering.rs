@@ -28,8 +28,7 @@ pub(crate) const HEAD_ONLY: &str = "(d.ordering_key IS NULL OR NOT EXISTS ( \
        AND e.status = 'pending' AND e.seq < d.seq))";
 
 /// What the final attempt of a head that failed for good says in the log.
-pub(crate) const MOVES_ON: &str =
-    "no attempt left: the ordering key moves on to its next event";
+pub(crate) const MOVES_ON: &str = "no attempt left: the ordering key moves on to its next event";
 
 /// Keys per claim statement (two bound values each).
 pub(crate) const KEYS_PER_CLAIM: usize = 200;
