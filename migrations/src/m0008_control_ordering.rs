@@ -1,5 +1,6 @@
 //! Ordered delivery per key (docs/ordering.md): `subscriptions.ordered_delivery`, false for
-//! every existing subscription (they keep today's concurrency).
+//! every existing subscription (they keep today's concurrency), and `messages.ordering_key`,
+//! the key an ordered event was published with, for the delivery log.
 
 use sea_orm_migration::prelude::*;
 
@@ -17,6 +18,12 @@ enum Subscriptions {
     OrderedDelivery,
 }
 
+#[derive(DeriveIden)]
+enum Messages {
+    Table,
+    OrderingKey,
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
@@ -31,10 +38,24 @@ impl MigrationTrait for Migration {
                 )
                 .to_owned(),
         )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(Messages::Table)
+                .add_column(ColumnDef::new(Messages::OrderingKey).text().null())
+                .to_owned(),
+        )
         .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Messages::Table)
+                .drop_column(Messages::OrderingKey)
+                .to_owned(),
+        )
+        .await?;
         m.alter_table(
             Table::alter()
                 .table(Subscriptions::Table)

@@ -67,7 +67,13 @@ async fn run(backend: &Backend) {
         .await
         .unwrap();
     let mut ingest = deployment.publisher(&key).await;
-    publish_when_configured(&mut ingest, || event("warmup", 0)).await;
+    // Without an idempotency key: a publish before the data plane has the subscription
+    // matches nothing, and its key would make every repeat a duplicate of that.
+    publish_when_configured(&mut ingest, || dpb::PublishRequest {
+        idempotency_key: String::new(),
+        ..event("warmup", 0)
+    })
+    .await;
     assert!(receiver.wait_accepted(1, Duration::from_secs(30)).await);
 
     // Each key publishes in order; the data plane dies a third of the way through.

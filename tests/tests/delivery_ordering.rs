@@ -241,7 +241,20 @@ async fn stuck_head(planes: &mut Planes) {
     let rest: Vec<u64> = stuck[ATTEMPTS..].iter().map(|(n, _)| *n).collect();
     assert_eq!(rest, (1..STUCK as u64).collect::<Vec<_>>());
 
-    // The log says so: the head failed after its last attempt, which says the key moved on.
+    // The log shows the key, and says the key moved on: the head failed after its last
+    // attempt, which says so.
+    let message = log
+        .deliveries_client()
+        .get_message(pb::GetMessageRequest {
+            message_id: head.message_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(message.ordering_key, "stuck", "{message:?}");
     let failed = log
         .delivery_with_status(&head.message_id, &sub.id, pb::DeliveryStatus::Failed)
         .await;

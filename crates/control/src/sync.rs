@@ -692,6 +692,7 @@ async fn store_log(
             event_type: &m.event_type,
             create_ms,
             delivery_count: i64::try_from(m.subscription_ids.len()).unwrap_or(i64::MAX),
+            ordering_key: (!m.ordering_key.is_empty()).then_some(m.ordering_key.as_str()),
         });
     }
 

@@ -397,13 +397,17 @@ pub(crate) fn refuse(jobs: Vec<PublishJob>, why: Refusal) {
 
 /// What the control plane is told of an accepted message.
 fn message_record(message: &NewMessage, subscription_ids: &[String]) -> EncodedRecord {
-    EncodedRecord::encode(
+    let record = EncodedRecord::encode(
         &message.id,
         &message.workspace_id,
         &message.event_type,
         message.create_ms,
         &all_subscriptions(message, subscription_ids),
-    )
+    );
+    match &message.ordered {
+        None => record,
+        Some(ordered) => record.with_ordering_key(&ordered.key),
+    }
 }
 
 /// Every subscription a message goes to: its fan-out's (`subscription_ids`) and, with an

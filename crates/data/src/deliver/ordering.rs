@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, Statement, Value};
-use sluice_core::outcome::DeliveryStatus;
 use sluice_proto::control::v1::Attempt;
 use sluice_store::data::delivery;
 
@@ -50,31 +49,31 @@ pub(crate) async fn claim_heads<C: ConnectionTrait>(
     let backend = db.get_database_backend();
     let p = |n| placeholder(backend, n);
     let pairs: Vec<String> = (0..keys.len())
-        .map(|i| format!("({}, {})", p(5 + 2 * i), p(6 + 2 * i)))
+        .map(|i| format!("({}, {})", p(4 + 2 * i), p(5 + 2 * i)))
         .collect();
     let lock = if backend == DbBackend::Postgres {
         " FOR UPDATE SKIP LOCKED"
     } else {
         ""
     };
+    // `status` as a literal, like the partial index's condition: planners match a partial
+    // index on literals only.
     let sql = format!(
         "UPDATE dp_deliveries SET lease_until_ms = {p1} \
          WHERE (message_id, subscription_id) IN ( \
            SELECT message_id, subscription_id FROM dp_deliveries d \
-           WHERE ordering_key IS NOT NULL AND status = {p2} \
+           WHERE ordering_key IS NOT NULL AND status = 'pending' \
              AND (subscription_id, ordering_key) IN (VALUES {pairs}) \
-             AND next_attempt_ms <= {p3} \
-             AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) AND {HEAD_ONLY}{lock}) \
+             AND next_attempt_ms <= {p2} \
+             AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}) AND {HEAD_ONLY}{lock}) \
          RETURNING *",
         p1 = p(1),
         p2 = p(2),
         p3 = p(3),
-        p4 = p(4),
         pairs = pairs.join(", "),
     );
     let mut values = vec![
         Value::from(lease_until),
-        Value::from(DeliveryStatus::Pending.as_str()),
         Value::from(due_by),
         Value::from(now),
     ];

@@ -13,15 +13,18 @@ pub struct MessageRow<'a> {
     pub event_type: &'a str,
     pub create_ms: i64,
     pub delivery_count: i64,
+    /// Set for events ordered on some subscription.
+    pub ordering_key: Option<&'a str>,
 }
 
 impl<'a> MessageRow<'a> {
-    const COLUMNS: [Column<Self>; 5] = [
+    const COLUMNS: [Column<Self>; 6] = [
         Column::text("id", |r| r.id),
         Column::text("workspace_id", |r| r.workspace_id),
         Column::text("event_type", |r| r.event_type),
         Column::bigint("create_ms", |r| r.create_ms),
         Column::integer("delivery_count", |r| r.delivery_count),
+        Column::opt_text("ordering_key", |r| r.ordering_key),
     ];
 }
 
