@@ -36,7 +36,8 @@ async fn each_key_stays_in_order_across_kill_9_and_restart() {
 async fn run(backend: &Backend) {
     let control_db = TestDatabase::create(backend).await;
     let data_db = TestDatabase::create(backend).await;
-    let receiver = Receiver::start(Vec::new(), Reply::status(200).failing_at_random(0.2, 500)).await;
+    let receiver =
+        Receiver::start(Vec::new(), Reply::status(200).failing_at_random(0.2, 500)).await;
     let mut deployment = Deployment::start(
         &sluice_testkit::sluice_bin!(),
         &control_db.url,
@@ -96,7 +97,9 @@ async fn run(backend: &Backend) {
 
     let total = KEYS * PER_KEY + 1;
     assert!(
-        receiver.wait_accepted(total, Duration::from_secs(180)).await,
+        receiver
+            .wait_accepted(total, Duration::from_secs(180))
+            .await,
         "{} of {total} accepted; logs:\n{}",
         receiver.accepted(),
         deployment.logs()
@@ -140,7 +143,11 @@ async fn run(backend: &Backend) {
                 }
             }
         }
-        assert_eq!(accepted_up_to, Some(PER_KEY as u64 - 1), "{key}: {requests:?}");
+        assert_eq!(
+            accepted_up_to,
+            Some(PER_KEY as u64 - 1),
+            "{key}: {requests:?}"
+        );
     }
     println!(
         "{}: {KEYS} keys x {PER_KEY} events in order across kill -9, {} requests, {repeats} \

@@ -16,7 +16,6 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, Statement, Value};
 use sluice_proto::control::v1::Attempt;
 use sluice_store::data::delivery;
 
-use crate::deliver::scanner::placeholder;
 use crate::work::DeliveryTask;
 
 /// The condition, on a `dp_deliveries` row `d`, that it is not behind an earlier pending
@@ -47,7 +46,12 @@ pub(crate) async fn claim_heads<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let backend = db.get_database_backend();
-    let p = |n| placeholder(backend, n);
+    // `$n` on PostgreSQL, `?n` on SQLite (this module sits below the scanner, whose
+    // `placeholder` says the same).
+    let p = |n: usize| match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => format!("?{n}"),
+    };
     let pairs: Vec<String> = (0..keys.len())
         .map(|i| format!("({}, {})", p(4 + 2 * i), p(5 + 2 * i)))
         .collect();
