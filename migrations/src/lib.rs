@@ -18,6 +18,8 @@ mod m0005_control_events;
 mod m0006_control_trust;
 mod m0007_control_policy;
 mod m0007_data_policy;
+mod m0008_control_ordering;
+mod m0008_data_ordering;
 mod m0010_control_verification;
 
 /// Migrations of the control plane's database.
@@ -34,6 +36,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0005_control_events::Migration),
             Box::new(m0006_control_trust::Migration),
             Box::new(m0007_control_policy::Migration),
+            Box::new(m0008_control_ordering::Migration),
             Box::new(m0010_control_verification::Migration),
         ]
     }
@@ -54,6 +57,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m0002_data_fanout::Migration),
             Box::new(m0004_data_retention::Migration),
             Box::new(m0007_data_policy::Migration),
+            Box::new(m0008_data_ordering::Migration),
         ]
     }
 

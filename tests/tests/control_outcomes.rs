@@ -104,6 +104,7 @@ async fn a_first_send_is_stored_whole_and_a_resent_batch_counts_nothing_twice() 
             event_type: "conversation.created".into(),
             create_time: Some(now()),
             subscription_ids: vec![sub.id.clone()],
+            ordering_key: String::new(),
         };
         let first = pb::ReportOutcomesRequest {
             batch_id: 1,
@@ -207,6 +208,7 @@ async fn a_batch_stored_by_two_replicas_at_once_counts_once() {
                 event_type: "conversation.created".into(),
                 create_time: Some(now()),
                 subscription_ids: vec![sub.id.clone()],
+                ordering_key: String::new(),
             };
             // The message first, as when its retries come in later batches: a batch that
             // carried it would have its second store wait on the first's uncommitted

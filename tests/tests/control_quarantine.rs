@@ -31,6 +31,7 @@ fn batch(batch_id: u64, workspace_id: &str, subscription_id: &str) -> pb::Report
         event_type: "conversation.created".into(),
         create_time: Some(now()),
         subscription_ids: vec![subscription_id.to_owned()],
+        ordering_key: String::new(),
     };
     let attempt = pb::AttemptOutcome {
         attempt: Some(pb::Attempt {

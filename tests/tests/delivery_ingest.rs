@@ -141,6 +141,22 @@ async fn bad_publishes(planes: &mut Planes) {
             },
             &["idempotency_key"],
         ),
+        (
+            "an ordering key over 256 bytes",
+            dpb::PublishRequest {
+                ordering_key: "k".repeat(257),
+                ..valid()
+            },
+            &["ordering_key"],
+        ),
+        (
+            "an ordering key with a control character",
+            dpb::PublishRequest {
+                ordering_key: "conv\u{7}1".into(),
+                ..valid()
+            },
+            &["ordering_key"],
+        ),
     ];
     for (what, request, fields) in cases {
         let status = publisher

@@ -186,6 +186,7 @@ pub fn subscription(m: subscription::Model) -> pb::Subscription {
             String::new()
         },
         verify_time: opt_ts(m.verify_ms),
+        ordered_delivery: m.ordered_delivery,
     }
 }
 
@@ -262,5 +263,6 @@ pub fn config_subscription(
         retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
         payload_shape: crate::policy::shape_proto(&m.payload_shape),
         awaiting_verification: crate::verify_state::awaiting(m),
+        ordered_delivery: m.ordered_delivery,
     })
 }

@@ -127,6 +127,7 @@ fn message_proto(m: message::Model) -> pb::Message {
         event_type: m.event_type,
         create_time: Some(ts(m.create_ms)),
         delivery_count: m.delivery_count as u32,
+        ordering_key: m.ordering_key.unwrap_or_default(),
     }
 }
 

@@ -39,7 +39,7 @@ pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// The longest grace period of a rotation.
 pub const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 /// Updatable fields, for `update_mask` (besides `retry_policy.<field>`).
-pub const UPDATABLE: [&str; 11] = [
+pub const UPDATABLE: [&str; 12] = [
     "description",
     "url",
     "destination_type",
@@ -51,6 +51,7 @@ pub const UPDATABLE: [&str; 11] = [
     "payload_shape",
     "retry_policy",
     "verification_required",
+    "ordered_delivery",
 ];
 
 /// The `SubscriptionService` implementation.
@@ -75,6 +76,8 @@ struct Fields {
     payload_shape: Option<sluice_core::policy::PayloadShape>,
     /// Whether the endpoint must prove ownership before deliveries.
     verification_required: bool,
+    /// Deliveries of one ordering key go one at a time, in publish order.
+    ordered_delivery: bool,
 }
 
 /// A new ed25519 key: sealed for storage, and its public half in clear.
@@ -250,6 +253,9 @@ fn validate(
         }
         f.rate_limit_per_second = input.rate_limit_per_second.min(MAX_RATE_LIMIT) as i32;
     }
+    if selected("ordered_delivery") {
+        f.ordered_delivery = input.ordered_delivery;
+    }
     f
 }
 
@@ -417,6 +423,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             filters: Set(f.filters),
             headers: Set(f.headers),
             rate_limit_per_second: Set(f.rate_limit_per_second),
+            ordered_delivery: Set(f.ordered_delivery),
             enabled: Set(true),
             disabled_reason: Set(None),
             disabled_message: Set(None),
@@ -682,6 +689,9 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
                 }
                 if let Some(shape) = f.payload_shape {
                     row.payload_shape = Set(shape.as_str().to_owned());
+                }
+                if has("ordered_delivery") {
+                    row.ordered_delivery = Set(f.ordered_delivery);
                 }
                 if has("auth") {
                     let (kind, sealed) = sealed_auth.unzip();

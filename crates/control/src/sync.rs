@@ -695,6 +695,7 @@ async fn store_log(
             event_type: &m.event_type,
             create_ms,
             delivery_count: i64::try_from(m.subscription_ids.len()).unwrap_or(i64::MAX),
+            ordering_key: (!m.ordering_key.is_empty()).then_some(m.ordering_key.as_str()),
         });
     }
 
@@ -719,7 +720,18 @@ async fn store_log(
     new.sort_by_key(|n| (n.attempt_ms, n.attempt.attempt_number));
     let mut statements = Vec::with_capacity(5);
     if !message_rows.is_empty() {
-        statements.push(hot::control::insert_messages(backend, &message_rows));
+        if message_rows.iter().any(|m| m.ordering_key.is_some()) {
+            // Rare (ordered delivery): those with an ordering key in a statement of their own.
+            let (keyed, plain): (Vec<_>, Vec<_>) = message_rows
+                .into_iter()
+                .partition(|m| m.ordering_key.is_some());
+            statements.push(hot::control::insert_keyed_messages(backend, &keyed));
+            if !plain.is_empty() {
+                statements.push(hot::control::insert_messages(backend, &plain));
+            }
+        } else {
+            statements.push(hot::control::insert_messages(backend, &message_rows));
+        }
     }
     if !new.is_empty() {
         if first_send {

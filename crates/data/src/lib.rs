@@ -70,6 +70,7 @@ use crate::shutdown::Shutdown;
 use crate::state::claims::Claims;
 use crate::state::config_copy::{self, ConfigCopy};
 use crate::state::fanouts::Fanouts;
+use crate::state::heads::Heads;
 use crate::state::outbox::Outbox;
 use crate::state::streaks::{self, DisableAfter, Streaks};
 use crate::sync::control_client::{ControlClient, bearer};
@@ -159,6 +160,7 @@ impl DataPlane {
         let copy = Arc::new(ConfigCopy::new(snapshot));
         let claims = Arc::new(Claims::new(config.max_held_deliveries));
         let fanouts = Arc::new(Fanouts::default());
+        let heads = Arc::new(Heads::default());
         let outbox = Arc::new(Outbox::default());
         let lanes = Arc::new(Lanes::new(LaneLimits {
             concurrency: config.endpoint_concurrency,
@@ -198,6 +200,7 @@ impl DataPlane {
             outcomes,
             lease_ms,
             shutdown: shutdown.clone(),
+            heads: Arc::clone(&heads),
         });
         let writer = Writer {
             db: db.clone(),
@@ -211,6 +214,7 @@ impl DataPlane {
                 lease_ms,
                 first_delay_ms,
                 shutdown: shutdown.clone(),
+                heads,
             },
             fanouts: Arc::clone(&fanouts),
             outbox: Arc::clone(&outbox),

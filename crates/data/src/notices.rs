@@ -78,6 +78,7 @@ pub(crate) fn build(
             traceparent: None,
             tracestate: None,
             create_ms: now.timestamp_millis(),
+            ordered: None,
         },
         subscription_ids,
     }

@@ -20,7 +20,8 @@ use crate::state::streaks::StreakChange;
 /// An event validated by ingest, waiting to be made durable.
 pub(crate) struct PublishJob {
     pub(crate) message: NewMessage,
-    /// The subscriptions it matched, in a stable order.
+    /// The subscriptions it matched, in a stable order, but for those its ordering key
+    /// orders (`message.ordered`): these are its fan-out's first attempts.
     pub(crate) subscription_ids: Vec<String>,
     /// When the publisher stops waiting: acceptance plus the store timeout. A job not written
     /// by then is answered "not stored" instead.
@@ -39,6 +40,30 @@ pub(crate) struct NewMessage {
     pub(crate) traceparent: Option<String>,
     pub(crate) tracestate: Option<String>,
     pub(crate) create_ms: i64,
+    /// Its ordering key and the subscriptions with ordered delivery it matched; `None` for
+    /// an event without a key, or when none of its subscriptions orders.
+    pub(crate) ordered: Option<Box<Ordered>>,
+}
+
+/// The deliveries of an event that wait their turn behind earlier events of the same
+/// ordering key (see `docs/ordering.md`).
+#[derive(Clone, Debug)]
+pub(crate) struct Ordered {
+    pub(crate) key: Arc<str>,
+    /// Subscriptions with ordered delivery: each gets a `dp_deliveries` row at commit.
+    pub(crate) subscription_ids: Vec<String>,
+}
+
+impl PublishJob {
+    /// Every subscription the event goes to: its fan-out's, then the ordered ones.
+    pub(crate) fn delivery_count(&self) -> u32 {
+        let ordered = self
+            .message
+            .ordered
+            .as_ref()
+            .map_or(0, |o| o.subscription_ids.len());
+        u32::try_from(self.subscription_ids.len() + ordered).unwrap_or(u32::MAX)
+    }
 }
 
 /// A message as stored: the envelope built once at ingest and sent as is on every attempt.
@@ -94,6 +119,9 @@ pub(crate) struct DeliveryTask {
     pub(crate) trigger: AttemptTrigger,
     /// This claim's generation in the [`Claims`] registry.
     pub(crate) generation: u64,
+    /// The ordering key, when this delivery is the head of its key on an ordered
+    /// subscription: its final outcome lets the key's next delivery go.
+    pub(crate) ordering_key: Option<Arc<str>>,
 }
 
 impl DeliveryTask {
@@ -121,6 +149,7 @@ impl DeliveryTask {
                     schedule_start: 0,
                     trigger: AttemptTrigger::Scheduled,
                     generation,
+                    ordering_key: None,
                 })
             })
     }
@@ -197,6 +226,8 @@ pub(crate) struct AttemptRecord {
     /// The operational event this attempt caused (its endpoint's breaker opened or closed),
     /// written in the same transaction.
     pub(crate) notice: Option<Box<OperationalEvent>>,
+    /// The delivery's ordering key (ordered subscriptions only).
+    pub(crate) ordering_key: Option<Arc<str>>,
 }
 
 /// An operational event (`sluice.*`, see `sluice_core::operational`) to publish: a message
@@ -218,6 +249,8 @@ pub(crate) struct EndedDelivery {
     pub(crate) create_ms: i64,
     /// The claim generation to release once this is committed.
     pub(crate) release_after_commit: u64,
+    /// The delivery's ordering key (ordered subscriptions only).
+    pub(crate) ordering_key: Option<Arc<str>>,
 }
 
 /// A subscription the data plane disabled.

@@ -294,6 +294,7 @@ fn log_message() -> hot::control::MessageRow<'static> {
         event_type: "a.b",
         create_ms: 1,
         delivery_count: 1,
+        ordering_key: None,
     }
 }
 

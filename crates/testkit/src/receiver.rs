@@ -28,6 +28,9 @@ pub struct Reply {
     delay: Duration,
     never: bool,
     echo: bool,
+    /// The share of requests answered `failure_status` instead, at random.
+    failure_share: f64,
+    failure_status: u16,
 }
 
 impl Reply {
@@ -40,6 +43,8 @@ impl Reply {
             delay: Duration::ZERO,
             never: false,
             echo: false,
+            failure_share: 0.0,
+            failure_status: 500,
         }
     }
 
@@ -49,6 +54,16 @@ impl Reply {
         Reply {
             echo: true,
             ..Reply::status(200)
+        }
+    }
+
+    /// Answering `status` instead to a random `share` (0 to 1) of the requests it answers
+    /// (as a default, of every request past the script): a flaky endpoint.
+    pub fn failing_at_random(self, share: f64, status: u16) -> Reply {
+        Reply {
+            failure_share: share,
+            failure_status: status,
+            ..self
         }
     }
 
@@ -80,6 +95,29 @@ impl Reply {
     }
 }
 
+/// The requests of each payload `key_field` (an event's ordering key, as the publisher
+/// put it in the payload), in arrival order: the payload's `seq_field` and the status the
+/// request was answered.
+pub fn by_payload_key(
+    received: &[Received],
+    key_field: &str,
+    seq_field: &str,
+) -> std::collections::BTreeMap<String, Vec<(u64, u16)>> {
+    let mut keys: std::collections::BTreeMap<String, Vec<(u64, u16)>> = Default::default();
+    for request in received {
+        let envelope = request.json();
+        let payload = &envelope["payload"];
+        let (Some(key), Some(seq)) = (payload[key_field].as_str(), payload[seq_field].as_u64())
+        else {
+            continue;
+        };
+        keys.entry(key.to_owned())
+            .or_default()
+            .push((seq, request.status));
+    }
+    keys
+}
+
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -97,6 +135,8 @@ pub struct Received {
     pub peer: SocketAddr,
     /// The HTTP version it came over (HTTP/2 only by ALPN on the TLS receiver).
     pub version: Version,
+    /// The status it is answered (if it is answered at all).
+    pub status: u16,
 }
 
 impl Received {
@@ -153,6 +193,9 @@ struct ReceiverState {
     arrived: Notify,
     /// Whether requests are answered now; while closed they wait (see [`Receiver::hold`]).
     open: watch::Sender<bool>,
+    /// Replies to requests whose body contains a text, before the script (see
+    /// [`Receiver::answer_containing`]).
+    rules: Mutex<Vec<(Vec<u8>, Reply)>>,
 }
 
 /// A real HTTP receiver on `127.0.0.1:0` that records every request and answers from a
@@ -177,6 +220,7 @@ impl Receiver {
             received: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             open: watch::Sender::new(true),
+            rules: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(receive).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -211,6 +255,7 @@ impl Receiver {
             received: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             open: watch::Sender::new(true),
+            rules: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(receive).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -261,6 +306,42 @@ impl Receiver {
     /// The next requests get `replies`, in order, after what is scripted already.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Requests whose body contains `needle` get `reply` from now on, whatever the script
+    /// says (the script is not consumed for them): one event of many keeps failing.
+    pub fn answer_containing(&self, needle: &str, reply: Reply) {
+        self.state
+            .rules
+            .lock()
+            .unwrap()
+            .push((needle.as_bytes().to_vec(), reply));
+    }
+
+    /// How many requests were answered 2xx (or are about to be).
+    pub fn accepted(&self) -> usize {
+        self.state
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .count()
+    }
+
+    /// Waits until at least `n` requests were answered 2xx, without copying them; returns
+    /// whether they were within `timeout`.
+    pub async fn wait_accepted(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.state.arrived.notified();
+            if self.accepted() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.accepted() >= n;
+            }
+        }
     }
 
     /// Requests arriving from now on are recorded but not answered until
@@ -374,12 +455,26 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let reply = state
-        .script
+    let ruled = state
+        .rules
         .lock()
         .unwrap()
-        .pop_front()
-        .unwrap_or_else(|| state.default.clone());
+        .iter()
+        .find(|(needle, _)| body.windows(needle.len()).any(|w| w == needle.as_slice()))
+        .map(|(_, reply)| reply.clone());
+    let reply = ruled.unwrap_or_else(|| {
+        state
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| state.default.clone())
+    });
+    let status = if reply.failure_share > 0.0 && rand::random_bool(reply.failure_share.min(1.0)) {
+        reply.failure_status
+    } else {
+        reply.status
+    };
     let mut open = state.open.subscribe();
     let reply = if reply.echo {
         reply.body(body.clone())
@@ -394,6 +489,7 @@ async fn receive(
         at: Instant::now(),
         peer,
         version,
+        status,
     });
     state.arrived.notify_waiters();
     let _ = open.wait_for(|open| *open).await;
@@ -403,7 +499,7 @@ async fn receive(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let status = StatusCode::from_u16(reply.status).unwrap();
+    let status = StatusCode::from_u16(status).unwrap();
     let mut response = if reply.body.is_empty() {
         status.into_response()
     } else {

@@ -26,13 +26,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{DataError, Violation};
 use crate::shutdown::Shutdown;
-use crate::state::config_copy::ConfigCopy;
+use crate::state::config_copy::{ConfigCopy, Subscription};
 use crate::time::ms_from_timestamp;
-use crate::work::{NewMessage, PublishJob};
+use crate::work::{NewMessage, Ordered, PublishJob};
 use sluice_proto::json::struct_to_json;
 
 /// The longest idempotency key, in bytes.
 pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// The longest ordering key, in bytes.
+pub(crate) const MAX_ORDERING_KEY_BYTES: usize = 256;
 /// The envelope's version field: the envelope format, not the event's.
 const ENVELOPE_VERSION: u32 = 1;
 /// Events of one stream waiting for their commit; beyond it the stream stops reading until
@@ -167,6 +169,7 @@ pub(crate) struct ValidEvent {
     pub(crate) payload_json: String,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) occurred_ms: Option<i64>,
+    pub(crate) ordering_key: Option<String>,
 }
 
 /// Checks every field of a publish request, reporting all violations at once.
@@ -231,6 +234,15 @@ pub(crate) fn validate(
         Some(request.idempotency_key.clone())
     };
 
+    let ordering_key = if request.ordering_key.is_empty() {
+        None
+    } else if let Err(e) = bounded_text(&request.ordering_key, MAX_ORDERING_KEY_BYTES) {
+        violations.push(Violation::new("ordering_key", e.to_string()));
+        None
+    } else {
+        Some(request.ordering_key.clone())
+    };
+
     let mut occurred_ms = None;
     if let Some(occurred) = &request.occurred_time {
         let latest = now.timestamp_millis() + MAX_OCCURRED_AHEAD.num_milliseconds();
@@ -257,6 +269,7 @@ pub(crate) fn validate(
             payload_json,
             idempotency_key,
             occurred_ms,
+            ordering_key,
         }),
         _ => Err(DataError::InvalidArgument(violations)),
     }
@@ -330,12 +343,13 @@ async fn submit(
         key_workspace,
         &event.payload_json,
     );
-    let subscription_ids = api
-        .copy
-        .current()
-        .matching(key_workspace, &event.event_type)
-        .map(|s| s.id.clone())
-        .collect();
+    let snapshot = api.copy.current();
+    let matching = snapshot.matching(key_workspace, &event.event_type);
+    let (subscription_ids, ordered) = match event.ordering_key {
+        // Without a key, nothing is looked at beyond the match.
+        None => (matching.map(|s| s.id.clone()).collect(), None),
+        Some(key) => split_ordered(matching, key),
+    };
     let (reply, answer) = oneshot::channel();
     let job = PublishJob {
         message: NewMessage {
@@ -347,6 +361,7 @@ async fn submit(
             traceparent,
             tracestate,
             create_ms,
+            ordered,
         },
         subscription_ids,
         deadline: tokio::time::Instant::now() + api.store_timeout,
@@ -363,6 +378,31 @@ async fn await_answer(
 ) -> Result<PublishResponse, DataError> {
     // A dropped sender means the writer stopped before writing: not durable.
     answer.await.unwrap_or_else(|_| Err(shutting_down()))
+}
+
+/// Splits the subscriptions an event with an ordering key matched: those with ordered
+/// delivery wait their turn behind the key's earlier events (`work::Ordered`), the others
+/// are its fan-out's first attempts as usual.
+fn split_ordered<'a>(
+    matching: impl Iterator<Item = &'a Arc<Subscription>>,
+    key: String,
+) -> (Vec<String>, Option<Box<Ordered>>) {
+    let mut fanout = Vec::new();
+    let mut ordered = Vec::new();
+    for subscription in matching {
+        if subscription.config.ordered_delivery {
+            ordered.push(subscription.id.clone());
+        } else {
+            fanout.push(subscription.id.clone());
+        }
+    }
+    let ordered = (!ordered.is_empty()).then(|| {
+        Box::new(Ordered {
+            key: Arc::from(key),
+            subscription_ids: ordered,
+        })
+    });
+    (fanout, ordered)
 }
 
 fn shutting_down() -> DataError {

@@ -7,13 +7,17 @@
 use std::collections::HashMap;
 
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    QueryFilter,
+};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_store::data::{delivery, state};
 
 use crate::state::claims::{Claims, DeliveryKey};
 use crate::state::config_copy::{set_state, upsert_subscription};
 use crate::state::fanouts::{FanoutPlan, Fanouts};
+use crate::state::heads::Heads;
 use crate::state::outbox::ReportBody;
 use crate::state::streaks::{STREAK_STATE_PREFIX, StreakChange};
 use crate::work::{AttemptRecord, DisabledSubscription, OutcomeEvent};
@@ -119,6 +123,23 @@ pub(crate) fn release_claims(claims: &Claims, batch: &[OutcomeEvent]) {
     }
 }
 
+/// Notes the ordering keys whose head a committed batch ended (its final outcome), so the
+/// scanner claims each key's next delivery at once.
+pub(crate) fn heads_moved(heads: &Heads, batch: &[OutcomeEvent]) {
+    for event in batch {
+        let (key, ordering_key) = match event {
+            OutcomeEvent::Attempt(record) if record.status != DeliveryStatus::Pending => {
+                (&record.key, &record.ordering_key)
+            }
+            OutcomeEvent::Ended(ended) => (&ended.key, &ended.ordering_key),
+            _ => continue,
+        };
+        if let Some(ordering_key) = ordering_key {
+            heads.moved(&key.subscription_id, ordering_key);
+        }
+    }
+}
+
 /// Answers the `Flush` events of a batch: everything before them is committed (or, at the
 /// end of shutdown, given up).
 pub(crate) fn answer_flushes(batch: Vec<OutcomeEvent>) {
@@ -156,6 +177,8 @@ impl DeliveryRows {
             first_failure_ms: Set(record.first_failure_ms),
             schedule_start: Set(i32::try_from(record.schedule_start).unwrap_or(i32::MAX)),
             create_ms: Set(record.message_create_ms),
+            ordering_key: NotSet,
+            seq: NotSet,
         };
         self.put(&record.key, row, record.next_attempt_ms.is_some());
     }
@@ -178,6 +201,8 @@ impl DeliveryRows {
             first_failure_ms: Set(None),
             schedule_start: Set(0),
             create_ms: Set(create_ms),
+            ordering_key: NotSet,
+            seq: NotSet,
         };
         self.put(key, row, true);
     }

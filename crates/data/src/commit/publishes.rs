@@ -21,6 +21,7 @@ use crate::error::DataError;
 use crate::shutdown::Shutdown;
 use crate::state::claims::Claims;
 use crate::state::fanouts::{EncodedRecord, Fanouts, REPORT_DELAY};
+use crate::state::heads::Heads;
 use crate::state::outbox::ReportBody;
 use crate::work::{
     DeliveryTask, NewMessage, OperationalEvent, PublishJob, ScheduledRetry, StoredMessage,
@@ -41,6 +42,8 @@ pub(crate) struct Publishes {
     /// The wait before first attempts, in milliseconds (the schedule's first delay).
     pub(crate) first_delay_ms: i64,
     pub(crate) shutdown: Shutdown,
+    /// Ordering keys whose head may have moved, for the scanner.
+    pub(crate) heads: Arc<Heads>,
 }
 
 /// What became of one job.
@@ -106,8 +109,10 @@ impl Publishes {
         report: &mut ReportBody,
         statements: &mut Vec<Statement>,
     ) {
-        let subscription_lists: Vec<String> =
-            created.iter().map(|(_, ids)| ids.join(",")).collect();
+        let subscription_lists: Vec<String> = created
+            .iter()
+            .map(|(m, ids)| all_subscriptions(m, ids).join(","))
+            .collect();
         let rows: Vec<hot::data::MessageRow> = created
             .iter()
             .zip(&subscription_lists)
@@ -141,7 +146,8 @@ impl Publishes {
             statements.push(hot::data::insert_fanouts(backend, &fanouts));
         }
         // The control plane hears of a message with its first attempts' outcomes, unless
-        // this process does not make them itself (no subscription, or left to the scanner).
+        // this process does not make them itself (no subscription but ordered ones, or left
+        // to the scanner).
         for (message, ids) in created
             .iter()
             .filter(|(_, ids)| ids.is_empty() || lease_until.is_none())
@@ -165,7 +171,7 @@ impl Publishes {
                 Resolution::Created => PublishResponse {
                     message_id: job.message.id.clone(),
                     duplicate: false,
-                    delivery_count: count(&job.subscription_ids),
+                    delivery_count: job.delivery_count(),
                 },
                 Resolution::Duplicate {
                     message_id,
@@ -178,7 +184,7 @@ impl Publishes {
                 Resolution::DuplicateOfJob(first) => PublishResponse {
                     message_id: jobs[*first].message.id.clone(),
                     duplicate: true,
-                    delivery_count: count(&jobs[*first].subscription_ids),
+                    delivery_count: jobs[*first].delivery_count(),
                 },
             })
             .collect();
@@ -190,6 +196,12 @@ impl Publishes {
                 crate::metrics::metrics().published.add(1, &[]);
             }
             let _ = job.reply.send(Ok(answer));
+            if let (Resolution::Created, Some(ordered)) = (resolution, &job.message.ordered) {
+                // Their rows are written; the scanner claims each key's head.
+                for subscription_id in &ordered.subscription_ids {
+                    self.heads.moved(subscription_id, &ordered.key);
+                }
+            }
             let (Resolution::Created, Some(lease_until)) = (resolution, lease_until) else {
                 continue;
             };
@@ -385,17 +397,33 @@ pub(crate) fn refuse(jobs: Vec<PublishJob>, why: Refusal) {
 
 /// What the control plane is told of an accepted message.
 fn message_record(message: &NewMessage, subscription_ids: &[String]) -> EncodedRecord {
-    EncodedRecord::encode(
+    let record = EncodedRecord::encode(
         &message.id,
         &message.workspace_id,
         &message.event_type,
         message.create_ms,
-        subscription_ids,
-    )
+        &all_subscriptions(message, subscription_ids),
+    );
+    match &message.ordered {
+        None => record,
+        Some(ordered) => record.with_ordering_key(&ordered.key),
+    }
 }
 
-fn count(subscription_ids: &[String]) -> u32 {
-    u32::try_from(subscription_ids.len()).unwrap_or(u32::MAX)
+/// Every subscription a message goes to: its fan-out's (`subscription_ids`) and, with an
+/// ordering key, the ordered ones (borrowed as is without).
+fn all_subscriptions<'a>(
+    message: &NewMessage,
+    subscription_ids: &'a [String],
+) -> std::borrow::Cow<'a, [String]> {
+    match &message.ordered {
+        None => std::borrow::Cow::Borrowed(subscription_ids),
+        Some(ordered) => {
+            let mut all = subscription_ids.to_vec();
+            all.extend(ordered.subscription_ids.iter().cloned());
+            std::borrow::Cow::Owned(all)
+        }
+    }
 }
 
 /// A stored message's id, workspace, idempotency key and subscription list.

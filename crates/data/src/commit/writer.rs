@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::backoff::Backoff;
-use crate::commit::outcomes;
 use crate::commit::publishes::{self, Publishes, Refusal, Resolution};
+use crate::commit::{ordered, outcomes};
 use crate::shutdown::Shutdown;
 use crate::state::fanouts::{FanoutPlan, Fanouts};
 use crate::state::outbox::{self, Committed, Outbox, ReportBody};
@@ -259,6 +259,7 @@ impl Writer {
                 // After the fan-outs moved on (in `completed`), so a scanner that takes up
                 // a released delivery sees its first attempt concluded.
                 outcomes::release_claims(&self.publishes.claims, &events);
+                outcomes::heads_moved(&self.publishes.heads, &events);
                 outcomes::answer_flushes(events);
                 return Ok(());
             }
@@ -420,6 +421,10 @@ impl Writer {
         if let Err(err) =
             outcomes::apply(&session, &self.fanouts, events, &mut report, &mut plan).await
         {
+            session.rollback().await;
+            return Err(err);
+        }
+        if let Err(err) = ordered::store(&session, &created, self.publishes.first_delay_ms).await {
             session.rollback().await;
             return Err(err);
         }

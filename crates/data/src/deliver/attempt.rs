@@ -219,7 +219,7 @@ impl Attempts {
         subscription: &Subscription,
         task: DeliveryTask,
         rule: Rule,
-        attempt: Attempt,
+        mut attempt: Attempt,
         result: &AttemptResult,
         breaker: Option<BreakerChange>,
     ) {
@@ -306,6 +306,9 @@ impl Attempts {
                 }
             }
         }
+        if status == DeliveryStatus::Failed && task.ordering_key.is_some() {
+            crate::deliver::ordering::key_moves_on(&task, &mut attempt);
+        }
         let attempt_count = attempt.attempt_number;
         // A retry due soon stays held here, on a timer; anything else gives its claim back
         // once the outcome is committed.
@@ -348,6 +351,7 @@ impl Attempts {
             streak,
             release_after_commit: (!stays_held).then_some(task.generation),
             notice,
+            ordering_key: task.ordering_key.clone(),
         };
         self.outcomes
             .record(OutcomeEvent::Attempt(Box::new(record)))
@@ -391,6 +395,7 @@ impl Attempts {
                 workspace_id: task.message.workspace_id.clone(),
                 create_ms: task.message.create_ms,
                 release_after_commit: task.generation,
+                ordering_key: task.ordering_key.clone(),
             })))
             .await;
     }

@@ -163,6 +163,9 @@ impl ManualDeliveries {
             schedule_start: u32::try_from(stored.schedule_start).unwrap_or(0),
             trigger: AttemptTrigger::Manual,
             generation,
+            // A manual attempt is outside its key's order; when it ends an ordered head,
+            // the scanner's next pass claims the key's next delivery.
+            ordering_key: None,
         };
         let attempt_number = task.attempt_count.saturating_add(1);
         let timeout = self

@@ -2,7 +2,8 @@
 //! rate limit and circuit breaker), the one `attempt` module that sends, concludes and
 //! records every attempt (scheduled, replayed or manual), the rules of what follows an
 //! attempt, the retry timers, the scanner that claims due work from the database, and the
-//! manual redelivery and replay the control plane asks for.
+//! manual redelivery and replay the control plane asks for; `ordering` is which delivery of
+//! an ordering key may go.
 
 pub(crate) mod attempt;
 pub(crate) mod breaker;
@@ -10,6 +11,7 @@ pub(crate) mod decision;
 pub(crate) mod dispatcher;
 pub(crate) mod lanes;
 pub(crate) mod manual;
+pub(crate) mod ordering;
 pub(crate) mod rate_limit;
 pub(crate) mod scanner;
 pub(crate) mod shape;

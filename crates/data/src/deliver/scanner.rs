@@ -28,9 +28,11 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use crate::deliver::dispatcher::Dispatcher;
+use crate::deliver::ordering;
 use crate::shutdown::Shutdown;
 use crate::state::claims::{Claims, DeliveryKey};
 use crate::state::fanouts::{EncodedRecord, Fanouts};
+use crate::state::heads::Heads;
 use crate::work::{
     DeliveryTask, EndedDelivery, OutcomeEvent, OutcomeSender, ScheduledRetry, StoredMessage,
 };
@@ -62,6 +64,8 @@ pub(crate) struct Scanner {
     pub(crate) outcomes: OutcomeSender,
     pub(crate) lease_ms: i64,
     pub(crate) shutdown: Shutdown,
+    /// Ordering keys whose head may have moved: claimed at once (`deliver::ordering`).
+    pub(crate) heads: Arc<Heads>,
 }
 
 impl Scanner {
@@ -73,11 +77,12 @@ impl Scanner {
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut full = false;
         loop {
-            let scan = tokio::select! {
+            let (scan, heads_only) = tokio::select! {
                 biased;
                 () = self.shutdown.requested() => return,
-                _ = interval.tick() => true,
-                () = tokio::time::sleep(REFILL_INTERVAL), if full => false,
+                _ = interval.tick() => (true, false),
+                () = tokio::time::sleep(REFILL_INTERVAL), if full => (false, false),
+                () = self.heads.wake.notified() => (false, true),
             };
             if scan {
                 // Renewed first, so nothing this replica holds looks free to the claim below.
@@ -85,7 +90,10 @@ impl Scanner {
                     tracing::error!(error = %err, "renewing delivery leases failed");
                 }
             }
-            if let Err(err) = self.claim_all_due().await {
+            if let Err(err) = self.claim_heads().await {
+                tracing::error!(error = %err, "claiming the next deliveries of ordering keys failed; the next scan claims them");
+            }
+            if !heads_only && let Err(err) = self.claim_all_due().await {
                 tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
             }
             full = self.claims.room() == 0;
@@ -266,7 +274,47 @@ impl Scanner {
         Ok(())
     }
 
-    /// One claim query: due (or nearly due) pending deliveries whose lease is free.
+    /// Claims the heads of the ordering keys noted in `heads` that are free and due, and
+    /// hands them on like any claimed delivery. Notes are dropped while memory is full (the
+    /// periodic claim takes those heads up later).
+    async fn claim_heads(&self) -> Result<(), DbErr> {
+        let keys = self.heads.take();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let Some(window) = self.claim_window() else {
+            return Ok(());
+        };
+        // At most as many as memory has room for; the rest stay noted for the next round.
+        let mut keys = keys;
+        let room = usize::try_from(window.limit).unwrap_or(usize::MAX);
+        if keys.len() > room {
+            for (subscription_id, ordering_key) in keys.split_off(room) {
+                self.heads.moved(&subscription_id, &ordering_key);
+            }
+        }
+        let mut rows = Vec::new();
+        for chunk in keys.chunks(ordering::KEYS_PER_CLAIM) {
+            rows.extend(
+                ordering::claim_heads(
+                    &self.db,
+                    chunk,
+                    window.now,
+                    window.due_by,
+                    window.lease_until,
+                )
+                .await?,
+            );
+        }
+        if !rows.is_empty() {
+            self.take_rows(rows, AttemptTrigger::Scheduled, window.lease_until)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One claim query: due (or nearly due) pending deliveries whose lease is free (of an
+    /// ordering key, its head only).
     async fn claim_due(&self) -> Result<usize, DbErr> {
         let Some(window) = self.claim_window() else {
             return Ok(0);
@@ -275,9 +323,9 @@ impl Scanner {
         let sql = format!(
             "UPDATE dp_deliveries SET lease_until_ms = {p1} \
              WHERE (message_id, subscription_id) IN ( \
-               SELECT message_id, subscription_id FROM dp_deliveries \
+               SELECT message_id, subscription_id FROM dp_deliveries d \
                WHERE status = {p2} AND next_attempt_ms <= {p3} \
-                 AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) \
+                 AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) AND {head_only} \
                ORDER BY next_attempt_ms LIMIT {p5}{lock}) \
              RETURNING *",
             p1 = placeholder(backend, 1),
@@ -285,6 +333,7 @@ impl Scanner {
             p3 = placeholder(backend, 3),
             p4 = placeholder(backend, 4),
             p5 = placeholder(backend, 5),
+            head_only = ordering::HEAD_ONLY,
         );
         let statement = Statement::from_sql_and_values(
             backend,
@@ -352,11 +401,13 @@ impl Scanner {
                         workspace_id: row.workspace_id,
                         create_ms: row.create_ms,
                         release_after_commit: generation,
+                        ordering_key: row.ordering_key.map(Arc::from),
                     })))
                     .await;
                 continue;
             };
             let task = DeliveryTask {
+                ordering_key: row.ordering_key.map(Arc::from),
                 key,
                 message: Arc::clone(message),
                 attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),

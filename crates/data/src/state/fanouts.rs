@@ -74,6 +74,12 @@ impl EncodedRecord {
         EncodedRecord { bytes }
     }
 
+    /// This record with the event's ordering key (ordered delivery only).
+    pub(crate) fn with_ordering_key(mut self, key: &str) -> EncodedRecord {
+        prost::encoding::string::encode(50, &key.to_owned(), &mut self.bytes);
+        self
+    }
+
     /// The encoded `MessageRecord`.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
@@ -343,6 +349,7 @@ mod tests {
             event_type: "a.b".into(),
             create_time: Some(crate::time::timestamp_from_ms(1_700_000_000_123)),
             subscription_ids: subs,
+            ordering_key: String::new(),
         };
         assert_eq!(
             record.bytes(),

@@ -13,6 +13,9 @@ pub struct Model {
     pub event_type: String,
     pub create_ms: i64,
     pub delivery_count: i32,
+    /// The ordering key, for events ordered on some subscription (m0008).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub ordering_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

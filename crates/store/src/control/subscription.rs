@@ -66,6 +66,8 @@ pub struct Model {
     pub verification_message: Option<String>,
     /// When the last verification concluded.
     pub verify_ms: Option<i64>,
+    /// Events with an ordering key are delivered in publish order per key (m0008).
+    pub ordered_delivery: bool,
     pub create_ms: i64,
     pub update_ms: i64,
 }

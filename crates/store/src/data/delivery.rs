@@ -21,6 +21,12 @@ pub struct Model {
     /// or replay starts a new run); the schedule's step is the attempt number minus this.
     pub schedule_start: i32,
     pub create_ms: i64,
+    /// The ordering key of a delivery to a subscription with ordered delivery (m0008).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub ordering_key: Option<String>,
+    /// Its place in the commit order: the pending row of lowest `seq` of its subscription
+    /// and key is the only one that may be attempted.
+    pub seq: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

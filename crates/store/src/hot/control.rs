@@ -13,6 +13,8 @@ pub struct MessageRow<'a> {
     pub event_type: &'a str,
     pub create_ms: i64,
     pub delivery_count: i64,
+    /// Set for events ordered on some subscription.
+    pub ordering_key: Option<&'a str>,
 }
 
 impl<'a> MessageRow<'a> {
@@ -22,6 +24,17 @@ impl<'a> MessageRow<'a> {
         Column::text("event_type", |r| r.event_type),
         Column::bigint("create_ms", |r| r.create_ms),
         Column::integer("delivery_count", |r| r.delivery_count),
+    ];
+
+    /// Those of a message with an ordering key (m0008): its own statement, so the others
+    /// carry nothing more.
+    const KEYED_COLUMNS: [Column<Self>; 6] = [
+        Column::text("id", |r| r.id),
+        Column::text("workspace_id", |r| r.workspace_id),
+        Column::text("event_type", |r| r.event_type),
+        Column::bigint("create_ms", |r| r.create_ms),
+        Column::integer("delivery_count", |r| r.delivery_count),
+        Column::opt_text("ordering_key", |r| r.ordering_key),
     ];
 }
 
@@ -116,12 +129,24 @@ impl<'a> HealthRow<'a> {
     ];
 }
 
-/// Inserts messages, leaving those already stored.
+/// Inserts messages, leaving those already stored; their `ordering_key`s are not written
+/// (see [`insert_keyed_messages`]).
 pub fn insert_messages(backend: DbBackend, rows: &[MessageRow<'_>]) -> Statement {
     insert(
         backend,
         "messages",
         &MessageRow::COLUMNS,
+        rows,
+        "ON CONFLICT (workspace_id, id) DO NOTHING",
+    )
+}
+
+/// Inserts messages with their `ordering_key`s, leaving those already stored.
+pub fn insert_keyed_messages(backend: DbBackend, rows: &[MessageRow<'_>]) -> Statement {
+    insert(
+        backend,
+        "messages",
+        &MessageRow::KEYED_COLUMNS,
         rows,
         "ON CONFLICT (workspace_id, id) DO NOTHING",
     )
