@@ -16,6 +16,7 @@ mod m0004_control_retention;
 mod m0004_data_retention;
 mod m0005_control_events;
 mod m0006_control_trust;
+mod m0009_control_concurrency;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0004_control_retention::Migration),
             Box::new(m0005_control_events::Migration),
             Box::new(m0006_control_trust::Migration),
+            Box::new(m0009_control_concurrency::Migration),
         ]
     }
 

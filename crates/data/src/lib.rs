@@ -155,6 +155,7 @@ impl DataPlane {
         let outbox = Arc::new(Outbox::default());
         let lanes = Arc::new(Lanes::new(LaneLimits {
             concurrency: config.endpoint_concurrency,
+            adaptive: config.adaptive_concurrency,
             breaker_failures: config.circuit_breaker_failures,
             breaker_cooldown: config.circuit_breaker_cooldown,
         }));

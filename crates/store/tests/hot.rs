@@ -325,6 +325,7 @@ fn health(
         consecutive_failures,
         last_success_ms,
         last_failure_ms,
+        concurrency_limit: None,
     }
 }
 

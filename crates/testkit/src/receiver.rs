@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub struct Reply {
     body: Bytes,
     delay: Duration,
     never: bool,
+    /// Extra delay per request in flight beyond the first `.0` (see [`Reply::slower_above`]).
+    load_delay: Option<(usize, Duration)>,
 }
 
 impl Reply {
@@ -38,6 +41,7 @@ impl Reply {
             body: Bytes::new(),
             delay: Duration::ZERO,
             never: false,
+            load_delay: None,
         }
     }
 
@@ -67,6 +71,16 @@ impl Reply {
     pub fn delay(self, delay: Duration) -> Reply {
         Reply { delay, ..self }
     }
+
+    /// A receiver that slows down under load: with more than `knee` requests in flight
+    /// (this one included, counted at its arrival), `per_request` more delay for each one
+    /// beyond `knee`, on top of [`Reply::delay`].
+    pub fn slower_above(self, knee: usize, per_request: Duration) -> Reply {
+        Reply {
+            load_delay: Some((knee, per_request)),
+            ..self
+        }
+    }
 }
 
 /// One request the receiver got.
@@ -86,6 +100,8 @@ pub struct Received {
     pub peer: SocketAddr,
     /// The HTTP version it came over (HTTP/2 only by ALPN on the TLS receiver).
     pub version: Version,
+    /// Requests in flight at the receiver when it arrived, itself included.
+    pub in_flight: usize,
 }
 
 impl Received {
@@ -142,6 +158,17 @@ struct ReceiverState {
     arrived: Notify,
     /// Whether requests are answered now; while closed they wait (see [`Receiver::hold`]).
     open: watch::Sender<bool>,
+    /// Requests being answered now.
+    in_flight: AtomicUsize,
+}
+
+/// Counts a request in flight until it is answered (or its connection dropped).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A real HTTP receiver on `127.0.0.1:0` that records every request and answers from a
@@ -166,6 +193,7 @@ impl Receiver {
             received: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             open: watch::Sender::new(true),
+            in_flight: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(receive).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -200,6 +228,7 @@ impl Receiver {
             received: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             open: watch::Sender::new(true),
+            in_flight: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(receive).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -370,6 +399,8 @@ async fn receive(
         .pop_front()
         .unwrap_or_else(|| state.default.clone());
     let mut open = state.open.subscribe();
+    let in_flight = state.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+    let _counted = InFlight(&state.in_flight);
     state.received.lock().unwrap().push(Received {
         method,
         path: uri.path().to_owned(),
@@ -378,14 +409,21 @@ async fn receive(
         at: Instant::now(),
         peer,
         version,
+        in_flight,
     });
     state.arrived.notify_waiters();
     let _ = open.wait_for(|open| *open).await;
     if reply.never {
         std::future::pending::<()>().await;
     }
-    if !reply.delay.is_zero() {
-        tokio::time::sleep(reply.delay).await;
+    let extra = reply
+        .load_delay
+        .map_or(Duration::ZERO, |(knee, per_request)| {
+            per_request * u32::try_from(in_flight.saturating_sub(knee)).unwrap_or(u32::MAX)
+        });
+    let delay = reply.delay + extra;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let status = StatusCode::from_u16(reply.status).unwrap();
     let mut response = if reply.body.is_empty() {

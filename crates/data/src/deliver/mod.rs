@@ -9,6 +9,7 @@ pub(crate) mod breaker;
 pub(crate) mod decision;
 pub(crate) mod dispatcher;
 pub(crate) mod lanes;
+pub(crate) mod limiter;
 pub(crate) mod manual;
 pub(crate) mod rate_limit;
 pub(crate) mod scanner;
