@@ -17,6 +17,7 @@ mod m0004_data_retention;
 mod m0005_control_events;
 mod m0006_control_trust;
 mod m0009_control_concurrency;
+mod m0009_data_fair_claims;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -50,6 +51,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m0001_data_initial::Migration),
             Box::new(m0002_data_fanout::Migration),
             Box::new(m0004_data_retention::Migration),
+            Box::new(m0009_data_fair_claims::Migration),
         ]
     }
 

@@ -192,6 +192,7 @@ impl DataPlane {
             outcomes,
             lease_ms,
             shutdown: shutdown.clone(),
+            round_robin: Default::default(),
         });
         let writer = Writer {
             db: db.clone(),

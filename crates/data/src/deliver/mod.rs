@@ -8,6 +8,7 @@ pub(crate) mod attempt;
 pub(crate) mod breaker;
 pub(crate) mod decision;
 pub(crate) mod dispatcher;
+pub(crate) mod fair_share;
 pub(crate) mod lanes;
 pub(crate) mod limiter;
 pub(crate) mod manual;
