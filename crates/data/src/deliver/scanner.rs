@@ -91,7 +91,10 @@ impl Scanner {
                     tracing::error!(error = %err, "renewing delivery leases failed");
                 }
             }
-            if let Err(err) = self.claim_all_due().await {
+            // Fan-outs take turns between workspaces on the scan ticks only: that query reads
+            // the whole backlog, and the writer's new events do not wait for it (see
+            // `commit::publishes::Publishes::admission`).
+            if let Err(err) = self.claim_due_fairly(scan).await {
                 tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
             }
             full = self.claims.room() <= self.claims.reserve();
@@ -100,6 +103,12 @@ impl Scanner {
 
     /// Claims due deliveries and due first attempts until none are left or memory is full.
     pub(crate) async fn claim_all_due(&self) -> Result<(), DbErr> {
+        self.claim_due_fairly(true).await
+    }
+
+    /// [`Scanner::claim_all_due`]; fan-outs take turns between workspaces in the first
+    /// claim when `fair_fanouts`, otherwise go oldest first.
+    async fn claim_due_fairly(&self, fair_fanouts: bool) -> Result<(), DbErr> {
         loop {
             let claimed = self.claim_due().await?;
             if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
@@ -109,7 +118,7 @@ impl Scanner {
         // The first query of a pass takes turns between workspaces, over the whole backlog;
         // the rest of the pass (a start-up's backlog) goes in creation order, so a long
         // backlog is sorted once a pass, not once a batch.
-        let mut fair = true;
+        let mut fair = fair_fanouts;
         loop {
             let claimed = self.claim_fanouts(fair).await?;
             if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
