@@ -20,6 +20,8 @@ mod m0007_control_policy;
 mod m0007_data_policy;
 mod m0008_control_ordering;
 mod m0008_data_ordering;
+mod m0009_control_concurrency;
+mod m0009_data_fair_claims;
 mod m0010_control_verification;
 
 /// Migrations of the control plane's database.
@@ -37,6 +39,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0006_control_trust::Migration),
             Box::new(m0007_control_policy::Migration),
             Box::new(m0008_control_ordering::Migration),
+            Box::new(m0009_control_concurrency::Migration),
             Box::new(m0010_control_verification::Migration),
         ]
     }
@@ -58,6 +61,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m0004_data_retention::Migration),
             Box::new(m0007_data_policy::Migration),
             Box::new(m0008_data_ordering::Migration),
+            Box::new(m0009_data_fair_claims::Migration),
         ]
     }
 

@@ -57,7 +57,7 @@ async fn metrics_endpoint_shows_deliveries_by_outcome() {
 
     let (_, key) = deployment.workspace_with_key("prom").await;
     let mut clients = deployment.clients(Some(&key)).await;
-    clients
+    let subscription = clients
         .subscriptions
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(pb::Subscription {
@@ -68,6 +68,9 @@ async fn metrics_endpoint_shows_deliveries_by_outcome() {
             ..Default::default()
         })
         .await
+        .unwrap()
+        .into_inner()
+        .subscription
         .unwrap();
     let mut ingest = deployment.publisher(&key).await;
     publish_when_configured(&mut ingest, || dpb::PublishRequest {
@@ -118,6 +121,18 @@ async fn metrics_endpoint_shows_deliveries_by_outcome() {
         "{text}"
     );
     assert!(value(&text, "sluice_queue_depth").is_some(), "{text}");
+    // Adaptive (the default): after one failure and one success, somewhere in 1..=16.
+    let limit = value(
+        &text,
+        &format!(
+            "sluice_endpoint_concurrency_limit{{subscription_id=\"{}\"}}",
+            subscription.id
+        ),
+    );
+    assert!(
+        limit.is_some_and(|l| (1.0..=16.0).contains(&l)),
+        "{limit:?} in\n{text}"
+    );
 
     drop(deployment);
     control_db.drop_database().await;

@@ -83,6 +83,7 @@ fn failed_attempt(
         delivery_status: pb::DeliveryStatus::Pending as i32,
         next_attempt_time: Some(now()),
         retry_delay: None,
+        ..Default::default()
     }
 }
 

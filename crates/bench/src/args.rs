@@ -2,12 +2,31 @@
 //! the bench can read them without importing the crate root.
 
 use anyhow::bail;
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// What `sluice bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// One workspace publishes --events: throughput, latency, CPU.
+    Default,
+    /// Workspace A publishes --events flat out while workspace B publishes --small-events
+    /// at --small-rate: B's publish->arrival latency, alone and with A.
+    Fairness,
+}
 
 /// Flags of `sluice bench`.
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// Events to publish.
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Workload::Default)]
+    pub workload: Workload,
+    /// With --workload fairness: the events the small workspace (B) publishes.
+    #[arg(long, default_value_t = 500)]
+    pub small_events: u64,
+    /// With --workload fairness: the small workspace's publish rate, events per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub small_rate: f64,
+    /// Events to publish (with --workload fairness: the big workspace's, A).
     #[arg(long, default_value_t = 20_000)]
     pub events: u64,
     /// Subscriptions (filter `*`, each at its own path of the bench's receiver); every event
@@ -125,6 +144,17 @@ impl BenchArgs {
                 bail!(
                     "--data-replicas needs a PostgreSQL --database-url: a SQLite file has one process"
                 );
+            }
+        }
+        if self.workload == Workload::Fairness {
+            if self.small_events == 0 {
+                bail!("--small-events must be at least 1");
+            }
+            if !(self.small_rate.is_finite() && self.small_rate > 0.0) {
+                bail!("--small-rate must be a positive number of events per second");
+            }
+            if self.control.is_some() || self.http_baseline || self.with_http_baseline {
+                bail!("--workload fairness starts its own planes, without an HTTP baseline");
             }
         }
         if self.timeout == 0 || self.setup_timeout == 0 {

@@ -23,6 +23,7 @@
 mod args;
 mod baseline;
 mod child;
+mod fairness;
 mod publisher;
 mod receiver;
 mod report;
@@ -43,7 +44,7 @@ use sluice_proto::control::v1::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-pub use self::args::BenchArgs;
+pub use self::args::{BenchArgs, Workload};
 use self::child::{ChildPlanes, ProcSample};
 use self::publisher::{PublishPlan, PublishProgress};
 use self::receiver::RunningReceiver;
@@ -242,16 +243,47 @@ pub async fn run(
 
     // Ctrl-C or SIGTERM stops the run, and still stops the child below.
     let interrupted = on_signal();
+    if args.workload == Workload::Fairness {
+        let result = tokio::select! {
+            r = measure_fairness(&args, &receiver, &mut planes) => r,
+            () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+        };
+        let keep = result.as_ref().map_or(true, |r| r.timed_out);
+        stop_planes(&args, &mut planes, keep).await;
+        let report = result?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        if report.timed_out {
+            bail!("timed out after {}s", args.timeout);
+        }
+        return Ok(());
+    }
     let result = tokio::select! {
         r = measure(&args, &receiver, &mut planes) => r,
         () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
     };
 
-    let mut keep = match &result {
+    let keep = match &result {
         Err(_) => true,
         Ok(r) => r.timed_out || r.stream_error.is_some(),
     };
-    if let Planes::Child(child) = &mut planes {
+    stop_planes(&args, &mut planes, keep).await;
+
+    finish(&args, result?)
+}
+
+/// Stops the planes the bench started; their data directory is kept when `keep` (a
+/// failed run) or --keep-data-dir.
+async fn stop_planes(args: &BenchArgs, planes: &mut Planes, mut keep: bool) {
+    let say = |msg: &str| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+    if let Planes::Child(child) = planes {
         if !child.stop().await {
             say("sluice bench: sluice dev did not stop cleanly on SIGTERM");
             keep = true;
@@ -264,8 +296,39 @@ pub async fn run(
         }
         child.cleanup(keep);
     }
+}
 
-    let report = result?;
+/// `--workload fairness`: two workspaces set up and warmed, then [`fairness::run`].
+async fn measure_fairness(
+    args: &BenchArgs,
+    receiver: &RunningReceiver,
+    planes: &mut Planes,
+) -> anyhow::Result<fairness::FairnessReport> {
+    let setup_deadline = Instant::now() + Duration::from_secs(args.setup_timeout);
+    let control = child::connect(&planes.control_url()).await?;
+    let data = planes.data_urls();
+    let (_, big_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
+    let (_, small_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
+    let payload = publisher::payload(args.payload_bytes);
+    for plane in &data {
+        for key in [&big_key, &small_key] {
+            warm_up(args, receiver, planes, plane, key, setup_deadline, &payload).await?;
+        }
+    }
+    fairness::run(
+        args,
+        receiver,
+        planes,
+        &data,
+        &fairness::Tenant { api_key: big_key },
+        &fairness::Tenant { api_key: small_key },
+        payload,
+    )
+    .await
+}
+
+/// Prints the default workload's report; fails when it timed out or the stream broke.
+fn finish(args: &BenchArgs, report: Report) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

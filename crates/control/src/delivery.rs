@@ -486,6 +486,11 @@ impl pb::delivery_service_server::DeliveryService for DeliveryApi {
             last_failure_time: health.as_ref().and_then(|h| opt_ts(h.last_failure_ms)),
             pending_deliveries,
             failed_deliveries,
+            concurrency_limit: health
+                .as_ref()
+                .and_then(|h| h.concurrency_limit)
+                .and_then(|limit| u32::try_from(limit).ok())
+                .unwrap_or(0),
         }))
     }
 

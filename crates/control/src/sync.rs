@@ -897,7 +897,11 @@ fn health_rows<'a>(new: &'a [NewAttempt<'a>]) -> Vec<hot::control::HealthRow<'a>
                     consecutive_failures: 0,
                     last_success_ms: None,
                     last_failure_ms: None,
+                    concurrency_limit: None,
                 });
+        if n.outcome.concurrency_limit > 0 {
+            h.concurrency_limit = Some(i64::from(n.outcome.concurrency_limit));
+        }
         if n.attempt.success {
             h.consecutive_failures = 0;
             h.last_success_ms = Some(n.attempt_ms);

@@ -41,6 +41,9 @@ pub struct DataConfig {
     pub sender: SenderConfig,
     /// The most attempts in flight to one subscription.
     pub endpoint_concurrency: usize,
+    /// Whether each endpoint's limit adapts between 1 and `endpoint_concurrency` to how it
+    /// answers (AIMD, `docs/concurrency.md`), or stays at `endpoint_concurrency`.
+    pub adaptive_concurrency: bool,
     /// A subscription whose every attempt failed for this long is disabled.
     pub disable_after_failing_for: Duration,
     /// Alternatively, disable after this many failed attempts in a row (for tests).
@@ -80,6 +83,7 @@ impl std::fmt::Debug for DataConfig {
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("sender", &self.sender)
             .field("endpoint_concurrency", &self.endpoint_concurrency)
+            .field("adaptive_concurrency", &self.adaptive_concurrency)
             .field("lease", &self.lease)
             .field("max_held_deliveries", &self.max_held_deliveries)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -101,6 +105,7 @@ impl Default for DataConfig {
             max_payload_bytes: 256 * 1024,
             sender: SenderConfig::default(),
             endpoint_concurrency: 16,
+            adaptive_concurrency: true,
             disable_after_failing_for: Duration::from_secs(5 * 24 * 3600),
             disable_after_failed_attempts: None,
             circuit_breaker_failures: 10,

@@ -164,6 +164,7 @@ impl DataPlane {
         let outbox = Arc::new(Outbox::default());
         let lanes = Arc::new(Lanes::new(LaneLimits {
             concurrency: config.endpoint_concurrency,
+            adaptive: config.adaptive_concurrency,
             breaker_failures: config.circuit_breaker_failures,
             breaker_cooldown: config.circuit_breaker_cooldown,
         }));
@@ -201,6 +202,7 @@ impl DataPlane {
             lease_ms,
             shutdown: shutdown.clone(),
             heads: Arc::clone(&heads),
+            round_robin: Default::default(),
         });
         let writer = Writer {
             db: db.clone(),

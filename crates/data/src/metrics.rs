@@ -1,9 +1,10 @@
 //! Delivery metrics, exported over OTLP when telemetry is on (the global meter is a no-op
 //! otherwise): events published, deliveries by outcome, attempt latency, retries scheduled,
-//! queue and outbox depth, circuit-breaker state changes.
+//! queue and outbox depth, circuit-breaker state changes, each endpoint's concurrency limit.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
@@ -28,6 +29,20 @@ pub(crate) struct Metrics {
     /// Outbox rows not yet acked by the control plane.
     pub(crate) outbox_depth: AtomicI64,
     _gauges: Vec<ObservableGauge<i64>>,
+    _limit_gauge: ObservableGauge<u64>,
+}
+
+/// Each lane's concurrency limit by subscription id, as its lane keeps it (registered once
+/// when the lane is made, read only when the gauge is collected).
+static CONCURRENCY_LIMITS: Mutex<BTreeMap<String, Arc<AtomicUsize>>> = Mutex::new(BTreeMap::new());
+
+/// Shows a lane's concurrency limit as `sluice.endpoint.concurrency_limit`.
+pub(crate) fn register_concurrency_limit(subscription_id: &str, limit: Arc<AtomicUsize>) {
+    let mut limits = CONCURRENCY_LIMITS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    // A second data plane in one process (tests) with the same subscription: the newest.
+    limits.insert(subscription_id.to_owned(), limit);
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -88,6 +103,24 @@ pub(crate) fn metrics() -> &'static Metrics {
             queue_depth: AtomicI64::new(0),
             outbox_depth: AtomicI64::new(0),
             _gauges: gauges,
+            _limit_gauge: meter
+                .u64_observable_gauge("sluice.endpoint.concurrency_limit")
+                .with_description(
+                    "Attempts allowed in flight to each subscription's endpoint now \
+                     (adaptive, or --endpoint-concurrency)",
+                )
+                .with_callback(|observer| {
+                    let limits = CONCURRENCY_LIMITS
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for (subscription_id, limit) in limits.iter() {
+                        observer.observe(
+                            limit.load(Ordering::Relaxed) as u64,
+                            &[KeyValue::new("subscription_id", subscription_id.clone())],
+                        );
+                    }
+                })
+                .build(),
         }
     })
 }

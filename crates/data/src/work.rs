@@ -140,7 +140,7 @@ impl DeliveryTask {
                     message_id: message.id.clone(),
                     subscription_id,
                 };
-                let generation = claims.claim(&key, lease_until_ms)?;
+                let generation = claims.claim(&key, &message.workspace_id, lease_until_ms)?;
                 Some(DeliveryTask {
                     key,
                     message: Arc::clone(message),

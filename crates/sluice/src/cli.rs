@@ -271,6 +271,11 @@ pub struct DeliveryArgs {
     /// Attempts in flight per endpoint at most.
     #[arg(long, env = "SLUICE_ENDPOINT_CONCURRENCY", default_value_t = 16)]
     pub endpoint_concurrency: usize,
+    /// Adapt each endpoint's limit between 1 and --endpoint-concurrency to how it answers
+    /// (AIMD: grows while answers are fast, shrinks on timeouts, 429, 503 and slow answers).
+    #[arg(long, env = "SLUICE_ADAPTIVE_CONCURRENCY", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub adaptive_concurrency: bool,
     /// Or after this many consecutive failed attempts (0: only the period counts).
     #[arg(long, env = "SLUICE_DISABLE_AFTER_ATTEMPTS", default_value_t = 0)]
     pub disable_after_attempts: u32,
@@ -324,6 +329,7 @@ impl DeliveryArgs {
             max_payload_bytes: self.max_payload_bytes,
             sender,
             endpoint_concurrency: self.endpoint_concurrency,
+            adaptive_concurrency: self.adaptive_concurrency,
             disable_after_failing_for: self.policy.disable_after(),
             disable_after_failed_attempts: (self.disable_after_attempts > 0)
                 .then_some(self.disable_after_attempts),

@@ -326,6 +326,7 @@ fn health(
         consecutive_failures,
         last_success_ms,
         last_failure_ms,
+        concurrency_limit: None,
     }
 }
 

@@ -49,6 +49,10 @@ pub struct PlaneOptions {
     /// Certificate authorities the sender trusts besides the system's (`--extra-ca-file`),
     /// e.g. a [`crate::tls::TestCa`]'s.
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// The most attempts in flight to one endpoint (`--endpoint-concurrency`).
+    pub endpoint_concurrency: usize,
+    /// Whether that limit adapts (`--adaptive-concurrency`).
+    pub adaptive_concurrency: bool,
 }
 
 impl Default for PlaneOptions {
@@ -66,6 +70,8 @@ impl Default for PlaneOptions {
             attempt_watch_patience: sluice_control::attempt_watch::DEFAULT_PATIENCE,
             retention: Default::default(),
             extra_ca_pem: None,
+            endpoint_concurrency: 16,
+            adaptive_concurrency: true,
         }
     }
 }
@@ -128,6 +134,8 @@ impl Planes {
                 ..Default::default()
             },
             disable_after_failed_attempts: options.disable_after_failed_attempts,
+            endpoint_concurrency: options.endpoint_concurrency,
+            adaptive_concurrency: options.adaptive_concurrency,
             circuit_breaker_failures: options.circuit_breaker_failures,
             circuit_breaker_cooldown: options.circuit_breaker_cooldown,
             shutdown_grace: Duration::from_secs(2),

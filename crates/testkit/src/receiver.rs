@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ pub struct Reply {
     /// The share of requests answered `failure_status` instead, at random.
     failure_share: f64,
     failure_status: u16,
+    /// Extra delay per request in flight beyond the first `.0` (see [`Reply::slower_above`]).
+    load_delay: Option<(usize, Duration)>,
 }
 
 impl Reply {
@@ -45,6 +48,7 @@ impl Reply {
             echo: false,
             failure_share: 0.0,
             failure_status: 500,
+            load_delay: None,
         }
     }
 
@@ -93,6 +97,16 @@ impl Reply {
     pub fn delay(self, delay: Duration) -> Reply {
         Reply { delay, ..self }
     }
+
+    /// A receiver that slows down under load: with more than `knee` requests in flight
+    /// (this one included, counted at its arrival), `per_request` more delay for each one
+    /// beyond `knee`, on top of [`Reply::delay`].
+    pub fn slower_above(self, knee: usize, per_request: Duration) -> Reply {
+        Reply {
+            load_delay: Some((knee, per_request)),
+            ..self
+        }
+    }
 }
 
 /// The requests of each payload `key_field` (an event's ordering key, as the publisher
@@ -137,6 +151,8 @@ pub struct Received {
     pub version: Version,
     /// The status it is answered (if it is answered at all).
     pub status: u16,
+    /// Requests in flight at the receiver when it arrived, itself included.
+    pub in_flight: usize,
 }
 
 impl Received {
@@ -196,6 +212,17 @@ struct ReceiverState {
     /// Replies to requests whose body contains a text, before the script (see
     /// [`Receiver::answer_containing`]).
     rules: Mutex<Vec<(Vec<u8>, Reply)>>,
+    /// Requests being answered now.
+    in_flight: AtomicUsize,
+}
+
+/// Counts a request in flight until it is answered (or its connection dropped).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A real HTTP receiver on `127.0.0.1:0` that records every request and answers from a
@@ -221,6 +248,7 @@ impl Receiver {
             arrived: Notify::new(),
             open: watch::Sender::new(true),
             rules: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(receive).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -256,6 +284,7 @@ impl Receiver {
             arrived: Notify::new(),
             open: watch::Sender::new(true),
             rules: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(receive).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -481,6 +510,8 @@ async fn receive(
     } else {
         reply
     };
+    let in_flight = state.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+    let _counted = InFlight(&state.in_flight);
     state.received.lock().unwrap().push(Received {
         method,
         path: uri.path().to_owned(),
@@ -490,14 +521,21 @@ async fn receive(
         peer,
         version,
         status,
+        in_flight,
     });
     state.arrived.notify_waiters();
     let _ = open.wait_for(|open| *open).await;
     if reply.never {
         std::future::pending::<()>().await;
     }
-    if !reply.delay.is_zero() {
-        tokio::time::sleep(reply.delay).await;
+    let extra = reply
+        .load_delay
+        .map_or(Duration::ZERO, |(knee, per_request)| {
+            per_request * u32::try_from(in_flight.saturating_sub(knee)).unwrap_or(u32::MAX)
+        });
+    let delay = reply.delay + extra;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let status = StatusCode::from_u16(status).unwrap();
     let mut response = if reply.body.is_empty() {

@@ -46,6 +46,25 @@ pub(crate) struct Publishes {
     pub(crate) heads: Arc<Heads>,
 }
 
+/// Which new events this process holds in memory and which it leaves to the scanner
+/// ([`Publishes::admission`]), decided once per write cycle.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Admission {
+    /// The lease of what is held; `None` leaves everything to the scanner.
+    lease_until: Option<i64>,
+    /// Workspaces left to the scanner all the same (over their share while memory is
+    /// nearly full; empty otherwise, so the check per message costs nothing).
+    left: Vec<String>,
+}
+
+impl Admission {
+    /// The lease a new event of `workspace_id` gets here, if this process holds it.
+    pub(crate) fn lease(&self, workspace_id: &str) -> Option<i64> {
+        self.lease_until
+            .filter(|_| !self.left.iter().any(|w| w == workspace_id))
+    }
+}
+
 /// What became of one job.
 pub(crate) enum Resolution {
     /// Written now.
@@ -89,13 +108,53 @@ impl Publishes {
         Ok(resolutions)
     }
 
-    /// The lease new deliveries get: held by this process when it will dispatch them from
-    /// memory, free (for the scanner) when memory is full or shutdown began.
-    pub(crate) fn in_memory_lease(&self, created: &[(&NewMessage, &[String])]) -> Option<i64> {
+    /// Which new events this process holds (their fan-outs leased here, their first
+    /// attempts dispatched from memory) and which it leaves to the scanner in the database:
+    /// all held while they fit with a tenth of memory to spare ([`Claims::reserve`]); in
+    /// that last tenth, only the workspaces within an equal share of memory (among those
+    /// holding any, plus one for a newcomer), so a workspace whose backlog fills memory
+    /// cannot push another's new events into the database behind it. None at shutdown.
+    pub(crate) fn admission(&self, created: &[(&NewMessage, &[String])]) -> Admission {
+        if self.shutdown.is_requested() {
+            return Admission::default();
+        }
+        let lease_until = Some(sluice_store::now_ms().saturating_add(self.lease_ms));
         let deliveries: usize = created.iter().map(|(_, ids)| ids.len()).sum();
-        let fits = deliveries <= self.claims.room();
-        (fits && !self.shutdown.is_requested())
-            .then(|| sluice_store::now_ms().saturating_add(self.lease_ms))
+        let room = self.claims.room();
+        let reserve = self.claims.reserve();
+        if deliveries.saturating_add(reserve) <= room {
+            return Admission {
+                lease_until,
+                left: Vec::new(),
+            };
+        }
+        // Memory is nearly full: once per cycle, workspace by workspace, smallest first.
+        let mut demand: Vec<(&str, usize)> = Vec::new();
+        for (message, ids) in created {
+            let workspace = message.workspace_id.as_str();
+            match demand.iter_mut().find(|(w, _)| *w == workspace) {
+                Some((_, n)) => *n += ids.len(),
+                None => demand.push((workspace, ids.len())),
+            }
+        }
+        demand.sort_by_key(|(_, n)| *n);
+        let holding = self.claims.holding();
+        let newcomers = demand.iter().filter(|(w, _)| holding.of(w) == 0).count();
+        let share = self.claims.max_held() / (holding.active + newcomers + 1);
+        let mut admitted = 0usize;
+        let mut left = Vec::new();
+        for (workspace, n) in demand {
+            let total = admitted.saturating_add(n);
+            let fits = total <= room;
+            let spare = total.saturating_add(reserve) <= room;
+            let within_share = holding.of(workspace).saturating_add(n) <= share;
+            if fits && (spare || within_share) {
+                admitted = total;
+            } else {
+                left.push(workspace.to_owned());
+            }
+        }
+        Admission { lease_until, left }
     }
 
     /// The statements that store new events (publishes' and operational events', each a
@@ -105,7 +164,7 @@ impl Publishes {
         &self,
         backend: DbBackend,
         created: &[(&NewMessage, &[String])],
-        lease_until: Option<i64>,
+        admission: &Admission,
         report: &mut ReportBody,
         statements: &mut Vec<Statement>,
     ) {
@@ -138,7 +197,7 @@ impl Publishes {
                 (
                     message.id.as_str(),
                     message.create_ms.saturating_add(self.first_delay_ms),
-                    lease_until,
+                    admission.lease(&message.workspace_id),
                 )
             })
             .collect();
@@ -148,10 +207,9 @@ impl Publishes {
         // The control plane hears of a message with its first attempts' outcomes, unless
         // this process does not make them itself (no subscription but ordered ones, or left
         // to the scanner).
-        for (message, ids) in created
-            .iter()
-            .filter(|(_, ids)| ids.is_empty() || lease_until.is_none())
-        {
+        for (message, ids) in created.iter().filter(|(message, ids)| {
+            ids.is_empty() || admission.lease(&message.workspace_id).is_none()
+        }) {
             report.message(&message_record(message, ids));
         }
     }
@@ -162,7 +220,7 @@ impl Publishes {
         &self,
         jobs: Vec<PublishJob>,
         resolutions: Vec<Resolution>,
-        lease_until: Option<i64>,
+        admission: &Admission,
     ) {
         let answers: Vec<PublishResponse> = jobs
             .iter()
@@ -202,7 +260,8 @@ impl Publishes {
                     self.heads.moved(subscription_id, &ordered.key);
                 }
             }
-            let (Resolution::Created, Some(lease_until)) = (resolution, lease_until) else {
+            let lease = admission.lease(&job.message.workspace_id);
+            let (Resolution::Created, Some(lease_until)) = (resolution, lease) else {
                 continue;
             };
             self.first_attempts(
@@ -221,14 +280,14 @@ impl Publishes {
     pub(crate) fn hand_on_notices<'a>(
         &self,
         notices: impl Iterator<Item = &'a OperationalEvent>,
-        lease_until: Option<i64>,
+        admission: &Admission,
     ) {
-        let Some(lease_until) = lease_until else {
-            return;
-        };
         let mut due_now = Vec::new();
         let mut later = Vec::new();
         for notice in notices {
+            let Some(lease_until) = admission.lease(&notice.message.workspace_id) else {
+                continue;
+            };
             self.first_attempts(
                 notice.message.clone(),
                 notice.subscription_ids.clone(),

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::backoff::Backoff;
-use crate::commit::publishes::{self, Publishes, Refusal, Resolution};
+use crate::commit::publishes::{self, Admission, Publishes, Refusal, Resolution};
 use crate::commit::{ordered, outcomes};
 use crate::shutdown::Shutdown;
 use crate::state::fanouts::{FanoutPlan, Fanouts};
@@ -252,10 +252,10 @@ impl Writer {
         let failure = match written {
             Ok(written) => {
                 self.outbox.deleted(&acked);
-                let lease_until = written.lease_until;
+                let admission = written.admission.clone();
                 self.completed(publishes, written);
                 self.publishes
-                    .hand_on_notices(events.iter().filter_map(OutcomeEvent::notice), lease_until);
+                    .hand_on_notices(events.iter().filter_map(OutcomeEvent::notice), &admission);
                 // After the fan-outs moved on (in `completed`), so a scanner that takes up
                 // a released delivery sees its first attempt concluded.
                 outcomes::release_claims(&self.publishes.claims, &events);
@@ -302,7 +302,7 @@ impl Writer {
     fn completed(&self, publishes: Vec<PublishJob>, written: Written) {
         let Written {
             resolutions,
-            lease_until,
+            admission,
             batch,
             plan,
         } = written;
@@ -310,7 +310,7 @@ impl Writer {
         if let Some(batch) = batch {
             self.outbox.committed(batch);
         }
-        self.publishes.answer(publishes, resolutions, lease_until);
+        self.publishes.answer(publishes, resolutions, &admission);
     }
 
     /// Writes publishes without anything else, by `deadline`, after a combined write
@@ -406,10 +406,10 @@ impl Writer {
                     .map(|n| (&n.message, n.subscription_ids.as_slice())),
             )
             .collect();
-        let lease_until = if created.is_empty() {
-            None
+        let admission = if created.is_empty() {
+            Admission::default()
         } else {
-            self.publishes.in_memory_lease(&created)
+            self.publishes.admission(&created)
         };
         let backend = self.db.get_database_backend();
         let session = Session::begin(&self.db).await?;
@@ -433,7 +433,7 @@ impl Writer {
             self.publishes.store_created(
                 backend,
                 &created,
-                lease_until,
+                &admission,
                 &mut report,
                 &mut statements,
             );
@@ -481,7 +481,7 @@ impl Writer {
         };
         Ok(Written {
             resolutions,
-            lease_until,
+            admission,
             batch,
             plan,
         })
@@ -556,9 +556,9 @@ impl std::fmt::Display for WriteFailure {
 struct Written {
     /// One per publish job, in order.
     resolutions: Vec<Resolution>,
-    /// The lease the new deliveries got; `Some` means this process holds them and hands
-    /// them to its dispatcher, `None` leaves them to the scanner.
-    lease_until: Option<i64>,
+    /// Which new deliveries this process holds and hands to its dispatcher, and which it
+    /// leaves to the scanner.
+    admission: Admission,
     /// The outbox row committed.
     batch: Option<Committed>,
     /// What the write did to open fan-outs, applied once committed.

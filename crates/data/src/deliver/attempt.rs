@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::deliver::decision::{NextStep, RetryPolicy, Rule, next_step};
-use crate::deliver::lanes::{BreakerChange, Lane, Lanes};
+use crate::deliver::lanes::{BreakerChange, Lane, LanePermit, Lanes};
 use crate::notices::{self, Cause};
 use crate::shutdown::Shutdown;
 use crate::state::claims::Claims;
@@ -78,7 +78,12 @@ impl Attempts {
     /// Makes a lane's attempt of a held delivery and concludes it; false when no request was
     /// sent (the claim was withdrawn, the subscription is gone or disabled, or shutdown's
     /// grace ran out).
-    pub(crate) async fn run_from_lane(&self, lane: &Lane, task: DeliveryTask) -> bool {
+    pub(crate) async fn run_from_lane(
+        &self,
+        lane: &Lane,
+        permit: &LanePermit,
+        task: DeliveryTask,
+    ) -> bool {
         if !self.claims.is_current(&task.key, task.generation) {
             return false;
         }
@@ -109,13 +114,14 @@ impl Attempts {
             }
         };
         let (attempt, result) = sent;
-        let breaker = lane.record_result(result.is_success());
+        let breaker = lane.record_attempt(&result, permit);
         let rule = match task.trigger {
             // A replay is one more attempt, not a new run of the schedule.
             AttemptTrigger::Replay => Rule::OneMore,
             _ => Rule::Schedule,
         };
-        self.conclude(&subscription, task, rule, attempt, &result, breaker)
+        let limit = u32::try_from(lane.concurrency_limit()).unwrap_or(u32::MAX);
+        self.conclude_with_limit(&subscription, task, rule, attempt, &result, breaker, limit)
             .await;
         true
     }
@@ -219,9 +225,25 @@ impl Attempts {
         subscription: &Subscription,
         task: DeliveryTask,
         rule: Rule,
+        attempt: Attempt,
+        result: &AttemptResult,
+        breaker: Option<BreakerChange>,
+    ) {
+        self.conclude_with_limit(subscription, task, rule, attempt, result, breaker, 0)
+            .await;
+    }
+
+    /// [`Attempts::conclude`], reporting the endpoint's concurrency limit (0: not known).
+    #[allow(clippy::too_many_arguments)]
+    async fn conclude_with_limit(
+        &self,
+        subscription: &Subscription,
+        task: DeliveryTask,
+        rule: Rule,
         mut attempt: Attempt,
         result: &AttemptResult,
         breaker: Option<BreakerChange>,
+        concurrency_limit: u32,
     ) {
         let now = now_ms();
         let success = result.is_success();
@@ -341,6 +363,7 @@ impl Attempts {
                 delivery_status: proto_status(status) as i32,
                 next_attempt_time: shown_due_ms.map(timestamp_from_ms),
                 retry_delay: retry_delay.map(proto_duration),
+                concurrency_limit,
             },
             status,
             attempt_count,

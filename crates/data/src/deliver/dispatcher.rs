@@ -147,12 +147,14 @@ impl Dispatcher {
                 continue;
             }
 
-            let permit = tokio::select! {
-                permit = lane.permit() => match permit {
-                    Some(permit) => permit,
-                    None => return,
-                },
-                () = shutdown.requested() => return,
+            let permit = loop {
+                if let Some(permit) = lane.try_permit() {
+                    break permit;
+                }
+                tokio::select! {
+                    () = lane.wake.notified() => {}
+                    () = shutdown.requested() => return,
+                }
             };
             let Some(task) = lane.queue().pop_front() else {
                 continue;
@@ -170,7 +172,7 @@ impl Dispatcher {
             let attempt_lane = Arc::clone(&lane);
             self.attempt_tasks.spawn(
                 async move {
-                    let attempted = attempts.run_from_lane(&attempt_lane, task).await;
+                    let attempted = attempts.run_from_lane(&attempt_lane, &permit, task).await;
                     if probe && !attempted {
                         attempt_lane.cancel_probe();
                     }

@@ -3,13 +3,16 @@
 //! delays itself. This is the lanes' state; the dispatcher runs them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use sluice_delivery::{AttemptErrorKind, AttemptResult};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::deliver::breaker::{Breaker, Gate};
+use crate::deliver::limiter::{Aimd, Sample};
 use crate::deliver::rate_limit::RateLimiter;
 use crate::work::DeliveryTask;
 
@@ -18,6 +21,9 @@ use crate::work::DeliveryTask;
 pub(crate) struct LaneLimits {
     /// The most attempts in flight to one subscription.
     pub(crate) concurrency: usize,
+    /// Whether the limit adapts between 1 and `concurrency` (`deliver::limiter`), or stays
+    /// at `concurrency`.
+    pub(crate) adaptive: bool,
     /// Consecutive failures that open the breaker; 0 turns it off.
     pub(crate) breaker_failures: u32,
     /// How long an open breaker waits before one probe.
@@ -100,29 +106,61 @@ pub(crate) struct Lane {
     queue: Mutex<VecDeque<DeliveryTask>>,
     /// Wakes the lane: new work, an attempt finished, a probe ended.
     pub(crate) wake: Notify,
-    /// `concurrency` permits: attempts in flight to this endpoint.
-    concurrency: Arc<Semaphore>,
+    /// Attempts in flight to this endpoint. Only the lane's task adds to it (so a check
+    /// then an add cannot overshoot); each attempt's [`LanePermit`] takes its one off.
+    in_flight: AtomicUsize,
+    /// The attempts allowed in flight now: fixed, or the limiter's latest figure.
+    limit: Arc<AtomicUsize>,
+    /// The limiter's window ([`Aimd::window`]) as the lane's task reads it for a permit.
+    window: AtomicU64,
     gate: Mutex<LaneGate>,
 }
 
-/// The checks before each attempt, behind one lock.
+/// The checks before each attempt, and the limiter after it, behind one lock.
 struct LaneGate {
     breaker: Breaker,
     rate: RateLimiter,
+    /// `None`: the limit is fixed.
+    limiter: Option<Aimd>,
+}
+
+/// One attempt's place in its lane's concurrency, given back on drop.
+pub(crate) struct LanePermit {
+    lane: Arc<Lane>,
+    /// The limiter's window when it was taken.
+    window: u64,
+}
+
+impl Drop for LanePermit {
+    fn drop(&mut self) {
+        self.lane.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Lane {
     fn new(subscription_id: &str, limits: LaneLimits) -> Lane {
+        let max = limits.concurrency.max(1);
+        let limiter = limits.adaptive.then(|| Aimd::new(max));
+        let limit = Arc::new(AtomicUsize::new(limiter.as_ref().map_or(max, Aimd::limit)));
+        crate::metrics::register_concurrency_limit(subscription_id, Arc::clone(&limit));
         Lane {
             subscription_id: subscription_id.to_owned(),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
-            concurrency: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            in_flight: AtomicUsize::new(0),
+            limit,
+            window: AtomicU64::new(0),
             gate: Mutex::new(LaneGate {
                 breaker: Breaker::new(limits.breaker_failures, limits.breaker_cooldown),
                 rate: RateLimiter::default(),
+                limiter,
             }),
         }
+    }
+
+    /// The attempts allowed in flight now.
+    pub(crate) fn concurrency_limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// The queue of due deliveries.
@@ -156,16 +194,55 @@ impl Lane {
         self.gate().rate.acquire(per_second, now)
     }
 
-    /// A concurrency permit, held for the attempt's duration.
-    pub(crate) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        // The semaphore is never closed; if it were, the lane could do nothing more.
-        Arc::clone(&self.concurrency).acquire_owned().await.ok()
+    /// A concurrency permit, held for the attempt's duration, if one is free now; else the
+    /// lane waits for `wake` (an attempt that ends notifies it). Only the lane's own task
+    /// calls this.
+    pub(crate) fn try_permit(self: &Arc<Self>) -> Option<LanePermit> {
+        if self.in_flight.load(Ordering::Acquire) >= self.limit.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(LanePermit {
+            lane: Arc::clone(self),
+            window: self.window.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Counts a lane's attempt in the breaker and in the limiter (one lock for both), and
+    /// says what [`Lane::record_result`] says.
+    pub(crate) fn record_attempt(
+        &self,
+        result: &AttemptResult,
+        permit: &LanePermit,
+    ) -> Option<BreakerChange> {
+        let success = result.is_success();
+        let mut gate = self.gate();
+        if let Some(limiter) = gate.limiter.as_mut() {
+            let timeout = result.error_kind == Some(AttemptErrorKind::Timeout);
+            let limit = limiter.record(Sample {
+                latency: result.latency,
+                overloaded: timeout || matches!(result.status_code, Some(429 | 503)),
+                answered: result.status_code.is_some() || timeout,
+                in_flight: self.in_flight.load(Ordering::Relaxed),
+                window: permit.window,
+            });
+            self.limit.store(limit, Ordering::Relaxed);
+            self.window.store(limiter.window(), Ordering::Relaxed);
+        }
+        self.record_in(gate, success)
     }
 
     /// Counts an attempt's result in the breaker, and says when the endpoint went down
     /// (the breaker opened from closed) or came back (it closed again).
     pub(crate) fn record_result(&self, success: bool) -> Option<BreakerChange> {
-        let mut gate = self.gate();
+        self.record_in(self.gate(), success)
+    }
+
+    fn record_in(
+        &self,
+        mut gate: MutexGuard<'_, LaneGate>,
+        success: bool,
+    ) -> Option<BreakerChange> {
         let before = gate.breaker.state_name();
         gate.breaker.record(success, Instant::now());
         let after = gate.breaker.state_name();

@@ -154,7 +154,10 @@ impl ManualDeliveries {
         };
         // Withdraw any copy this process holds, so the manual attempt is not doubled by a
         // scheduled one; a pending delivery goes back to its schedule afterwards.
-        let generation = self.attempts.claims.take_over(&key, 0);
+        let generation = self
+            .attempts
+            .claims
+            .take_over(&key, &message.workspace_id, 0);
         let task = DeliveryTask {
             key,
             message: Arc::new(StoredMessage::from_row(message)),

@@ -12,13 +12,13 @@
 //! committed (`commit::outcomes::release_claims`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    Statement, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QuerySelect, Statement, Value,
 };
 use sluice_core::outcome::DeliveryStatus;
 use sluice_proto::control::v1::AttemptTrigger;
@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use crate::deliver::dispatcher::Dispatcher;
+use crate::deliver::fair_share::{RoundRobin, again};
 use crate::deliver::ordering;
 use crate::shutdown::Shutdown;
 use crate::state::claims::{Claims, DeliveryKey};
@@ -52,6 +53,9 @@ const SCAN_LOOKAHEAD_MS: i64 = 1_000;
 const CLAIM_BATCH: usize = 500;
 /// Rows updated per statement when renewing or releasing leases.
 const LEASE_CHUNK: usize = 500;
+/// Workspaces one pass shares the room among at most (the round robin's cursor brings the
+/// others round in later passes).
+const WORKSPACES_PER_PASS: usize = 256;
 
 /// The scanner and what it works with.
 pub(crate) struct Scanner {
@@ -66,6 +70,8 @@ pub(crate) struct Scanner {
     pub(crate) shutdown: Shutdown,
     /// Ordering keys whose head may have moved: claimed at once (`deliver::ordering`).
     pub(crate) heads: Arc<Heads>,
+    /// Where the next pass's round robin over workspaces starts (`deliver::fair_share`).
+    pub(crate) round_robin: Mutex<RoundRobin>,
 }
 
 impl Scanner {
@@ -93,32 +99,47 @@ impl Scanner {
             if let Err(err) = self.claim_heads().await {
                 tracing::error!(error = %err, "claiming the next deliveries of ordering keys failed; the next scan claims them");
             }
-            if !heads_only && let Err(err) = self.claim_all_due().await {
+            // Fan-outs take turns between workspaces on the scan ticks only: that query reads
+            // the whole backlog, and the writer's new events do not wait for it (see
+            // `commit::publishes::Publishes::admission`).
+            if !heads_only && let Err(err) = self.claim_due_fairly(scan).await {
                 tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
             }
-            full = self.claims.room() == 0;
+            full = self.claims.room() <= self.claims.reserve();
         }
     }
 
     /// Claims due deliveries and due first attempts until none are left or memory is full.
     pub(crate) async fn claim_all_due(&self) -> Result<(), DbErr> {
+        self.claim_due_fairly(true).await
+    }
+
+    /// [`Scanner::claim_all_due`]; fan-outs take turns between workspaces in the first
+    /// claim when `fair_fanouts`, otherwise go oldest first.
+    async fn claim_due_fairly(&self, fair_fanouts: bool) -> Result<(), DbErr> {
         loop {
             let claimed = self.claim_due().await?;
             if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
                 break;
             }
         }
+        // The first query of a pass takes turns between workspaces, over the whole backlog;
+        // the rest of the pass (a start-up's backlog) goes in creation order, so a long
+        // backlog is sorted once a pass, not once a batch.
+        let mut fair = fair_fanouts;
         loop {
-            let claimed = self.claim_fanouts().await?;
+            let claimed = self.claim_fanouts(fair).await?;
             if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
                 return Ok(());
             }
+            fair = false;
         }
     }
 
     /// `None` when memory holds all it may.
     fn claim_window(&self) -> Option<ClaimWindow> {
-        let room = self.claims.room();
+        // The reserve is for new events of workspaces within their share.
+        let room = self.claims.room().saturating_sub(self.claims.reserve());
         if room == 0 {
             return None;
         }
@@ -141,25 +162,51 @@ impl Scanner {
 
     /// One claim query for fan-outs (messages whose first attempts have not all concluded; see
     /// `state::fanouts`) that are due and whose lease is free: after a restart, when memory was full at
-    /// ingest, or when a replica died.
-    async fn claim_fanouts(&self) -> Result<usize, DbErr> {
+    /// ingest, or when a replica died. When `fair`, the workspaces take turns (round robin,
+    /// oldest first within each: the n-th oldest of every workspace before any one's
+    /// n+1-th), so one workspace's backlog cannot hold another's new events back;
+    /// otherwise oldest first.
+    async fn claim_fanouts(&self, fair: bool) -> Result<usize, DbErr> {
         let Some(window) = self.claim_window() else {
             return Ok(0);
         };
         let (backend, lock) = (window.backend, window.lock);
-        // Message ids sort by creation, so the oldest messages come first.
-        let sql = format!(
-            "UPDATE dp_fanout SET lease_until_ms = {p1} \
+        // Message ids sort by creation. The window function cannot share a query level
+        // with PostgreSQL's row locks, so the rows it picks are locked one level up.
+        let sql = if !fair {
+            format!(
+                "UPDATE dp_fanout SET lease_until_ms = {p1} \
+                 WHERE message_id IN ( \
+                   SELECT message_id FROM dp_fanout \
+                   WHERE due_ms <= {p2} AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}) \
+                   ORDER BY message_id LIMIT {p4}{lock}) \
+                 RETURNING *",
+                p1 = placeholder(backend, 1),
+                p2 = placeholder(backend, 2),
+                p3 = placeholder(backend, 3),
+                p4 = placeholder(backend, 4),
+            )
+        } else {
+            format!(
+                "UPDATE dp_fanout SET lease_until_ms = {p1} \
              WHERE message_id IN ( \
                SELECT message_id FROM dp_fanout \
-               WHERE due_ms <= {p2} AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}) \
-               ORDER BY message_id LIMIT {p4}{lock}) \
+               WHERE message_id IN ( \
+                 SELECT message_id FROM ( \
+                   SELECT f.message_id, ROW_NUMBER() OVER ( \
+                     PARTITION BY m.workspace_id ORDER BY f.message_id) AS turn \
+                   FROM dp_fanout f JOIN dp_messages m ON m.id = f.message_id \
+                   WHERE f.due_ms <= {p2} \
+                     AND (f.lease_until_ms IS NULL OR f.lease_until_ms <= {p3})) ranked \
+                 ORDER BY turn, message_id LIMIT {p4}) \
+               AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}){lock}) \
              RETURNING *",
-            p1 = placeholder(backend, 1),
-            p2 = placeholder(backend, 2),
-            p3 = placeholder(backend, 3),
-            p4 = placeholder(backend, 4),
-        );
+                p1 = placeholder(backend, 1),
+                p2 = placeholder(backend, 2),
+                p3 = placeholder(backend, 3),
+                p4 = placeholder(backend, 4),
+            )
+        };
         let statement = Statement::from_sql_and_values(
             backend,
             sql,
@@ -313,18 +360,93 @@ impl Scanner {
         Ok(())
     }
 
-    /// One claim query: due (or nearly due) pending deliveries whose lease is free (of an
-    /// ordering key, its head only).
+    /// Claims due (or nearly due) pending deliveries whose lease is free (of an ordering
+    /// key, its head only), the room shared between the workspaces that have some by deficit
+    /// round robin (`fair_share`), so a workspace's backlog cannot hold another's deliveries
+    /// back; with one workspace, one query in due order.
     async fn claim_due(&self) -> Result<usize, DbErr> {
         let Some(window) = self.claim_window() else {
             return Ok(0);
         };
+        let workspaces = self.pending_workspaces(&window).await?;
+        let room = usize::try_from(window.limit).unwrap_or(CLAIM_BATCH);
+        if workspaces.len() <= 1 {
+            return self.claim_due_in(&window, None, room).await;
+        }
+        let quanta = self
+            .round_robin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .quanta(workspaces.len(), room);
+        let mut claimed = 0;
+        let mut hungry = Vec::new();
+        for (index, quantum) in quanta {
+            let got = self
+                .claim_due_in(&window, Some(&workspaces[index]), quantum)
+                .await?;
+            claimed += got;
+            if got == quantum {
+                hungry.push(index);
+            }
+        }
+        for (index, quantum) in again(&hungry, room.saturating_sub(claimed)) {
+            claimed += self
+                .claim_due_in(&window, Some(&workspaces[index]), quantum)
+                .await?;
+        }
+        Ok(claimed)
+    }
+
+    /// The workspaces with pending deliveries (due or not), at most
+    /// [`WORKSPACES_PER_PASS`], sorted: a skip scan of the index on `(status, workspace_id,
+    /// next_attempt_ms)` (m0009), one index seek per workspace however long its backlog.
+    async fn pending_workspaces(&self, window: &ClaimWindow) -> Result<Vec<String>, DbErr> {
+        let backend = window.backend;
+        let sql = format!(
+            "WITH RECURSIVE w(id) AS ( \
+               SELECT (SELECT MIN(workspace_id) FROM dp_deliveries WHERE status = {p1}) \
+               UNION ALL \
+               SELECT (SELECT MIN(workspace_id) FROM dp_deliveries \
+                       WHERE status = {p1} AND workspace_id > w.id) \
+               FROM w WHERE w.id IS NOT NULL) \
+             SELECT id FROM w WHERE id IS NOT NULL LIMIT {p2}",
+            p1 = placeholder(backend, 1),
+            p2 = placeholder(backend, 2),
+        );
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    Value::from(DeliveryStatus::Pending.as_str()),
+                    Value::from(i64::try_from(WORKSPACES_PER_PASS).unwrap_or(i64::MAX)),
+                ],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get_by_index::<String>(0))
+            .collect()
+    }
+
+    /// One claim query of at most `limit` rows, of one workspace or of all, in due order.
+    async fn claim_due_in(
+        &self,
+        window: &ClaimWindow,
+        workspace_id: Option<&str>,
+        limit: usize,
+    ) -> Result<usize, DbErr> {
         let (backend, lock) = (window.backend, window.lock);
+        let workspace = if workspace_id.is_some() {
+            format!(" AND workspace_id = {}", placeholder(backend, 6))
+        } else {
+            String::new()
+        };
         let sql = format!(
             "UPDATE dp_deliveries SET lease_until_ms = {p1} \
              WHERE (message_id, subscription_id) IN ( \
                SELECT message_id, subscription_id FROM dp_deliveries d \
-               WHERE status = {p2} AND next_attempt_ms <= {p3} \
+               WHERE status = {p2}{workspace} AND next_attempt_ms <= {p3} \
                  AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) AND {head_only} \
                ORDER BY next_attempt_ms LIMIT {p5}{lock}) \
              RETURNING *",
@@ -335,17 +457,17 @@ impl Scanner {
             p5 = placeholder(backend, 5),
             head_only = ordering::HEAD_ONLY,
         );
-        let statement = Statement::from_sql_and_values(
-            backend,
-            sql,
-            [
-                Value::from(window.lease_until),
-                Value::from(DeliveryStatus::Pending.as_str()),
-                Value::from(window.due_by),
-                Value::from(window.now),
-                Value::from(window.limit),
-            ],
-        );
+        let mut values = vec![
+            Value::from(window.lease_until),
+            Value::from(DeliveryStatus::Pending.as_str()),
+            Value::from(window.due_by),
+            Value::from(window.now),
+            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ];
+        if let Some(workspace_id) = workspace_id {
+            values.push(Value::from(workspace_id));
+        }
+        let statement = Statement::from_sql_and_values(backend, sql, values);
         let rows = delivery::Entity::find()
             .from_raw_sql(statement)
             .all(&self.db)
@@ -388,7 +510,8 @@ impl Scanner {
                 message_id: row.message_id,
                 subscription_id: row.subscription_id,
             };
-            let Some(generation) = self.claims.claim(&key, lease_until_ms) else {
+            let Some(generation) = self.claims.claim(&key, &row.workspace_id, lease_until_ms)
+            else {
                 // Already held here (a lease that ran out while it waited in a lane).
                 continue;
             };

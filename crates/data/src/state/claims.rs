@@ -38,6 +38,41 @@ struct Registry {
     next_generation: u64,
     /// Keys are ours (message and subscription ids), so a fast hash is safe.
     claims: HashMap<DeliveryKey, Claim, RandomState>,
+    /// Each workspace's number, by id (a workspace is numbered when it is first held).
+    workspaces: HashMap<Box<str>, u32, RandomState>,
+    /// Deliveries held per workspace, by number.
+    held: Vec<usize>,
+    /// Workspaces holding at least one delivery.
+    active: usize,
+}
+
+impl Registry {
+    fn add(&mut self, workspace: u32) {
+        let held = &mut self.held[workspace as usize];
+        if *held == 0 {
+            self.active += 1;
+        }
+        *held += 1;
+    }
+
+    fn remove(&mut self, workspace: u32) {
+        let held = &mut self.held[workspace as usize];
+        *held = held.saturating_sub(1);
+        if *held == 0 {
+            self.active = self.active.saturating_sub(1);
+        }
+    }
+
+    /// The number of `workspace_id`, numbering it now if new.
+    fn workspace(&mut self, workspace_id: &str) -> u32 {
+        if let Some(&number) = self.workspaces.get(workspace_id) {
+            return number;
+        }
+        let number = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
+        self.workspaces.insert(Box::from(workspace_id), number);
+        self.held.push(0);
+        number
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +80,8 @@ struct Claim {
     generation: u64,
     /// Until when the database row's lease is known to run, for renewal on PostgreSQL.
     lease_until_ms: i64,
+    /// The delivery's workspace, by number ([`Registry::workspace`]).
+    workspace: u32,
 }
 
 impl Claims {
@@ -61,38 +98,83 @@ impl Claims {
         self.max_held.saturating_sub(self.len())
     }
 
-    /// Claims `key`, unless this process already holds it. Returns the claim's generation.
-    pub(crate) fn claim(&self, key: &DeliveryKey, lease_until_ms: i64) -> Option<u64> {
+    /// The most deliveries held at once.
+    pub(crate) fn max_held(&self) -> usize {
+        self.max_held
+    }
+
+    /// The last tenth of memory, kept for workspaces within their share
+    /// (`commit::publishes::Publishes::admission`): the scanner never claims into it.
+    pub(crate) fn reserve(&self) -> usize {
+        self.max_held / 10
+    }
+
+    /// What memory holds now, per workspace (see [`Holding::of`]).
+    pub(crate) fn holding(&self) -> Holding {
+        let registry = self.lock();
+        Holding {
+            active: registry.active,
+            held: registry
+                .workspaces
+                .iter()
+                .map(|(id, &n)| (id.clone(), registry.held[n as usize]))
+                .filter(|(_, held)| *held > 0)
+                .collect(),
+        }
+    }
+
+    /// Claims `key` (a delivery of `workspace_id`), unless this process already holds it.
+    /// Returns the claim's generation.
+    pub(crate) fn claim(
+        &self,
+        key: &DeliveryKey,
+        workspace_id: &str,
+        lease_until_ms: i64,
+    ) -> Option<u64> {
         let mut registry = self.lock();
         if registry.claims.contains_key(key) {
             return None;
         }
         registry.next_generation += 1;
         let generation = registry.next_generation;
+        let workspace = registry.workspace(workspace_id);
         registry.claims.insert(
             key.clone(),
             Claim {
                 generation,
                 lease_until_ms,
+                workspace,
             },
         );
+        registry.add(workspace);
         depth(registry.claims.len());
         Some(generation)
     }
 
-    /// Takes over `key` whatever holds it now (a manual redelivery), withdrawing any earlier
-    /// claim. Returns the new generation.
-    pub(crate) fn take_over(&self, key: &DeliveryKey, lease_until_ms: i64) -> u64 {
+    /// Takes over `key` (a delivery of `workspace_id`) whatever holds it now (a manual
+    /// redelivery), withdrawing any earlier claim. Returns the new generation.
+    pub(crate) fn take_over(
+        &self,
+        key: &DeliveryKey,
+        workspace_id: &str,
+        lease_until_ms: i64,
+    ) -> u64 {
         let mut registry = self.lock();
         registry.next_generation += 1;
         let generation = registry.next_generation;
-        registry.claims.insert(
+        let workspace = registry.workspace(workspace_id);
+        let earlier = registry.claims.insert(
             key.clone(),
             Claim {
                 generation,
                 lease_until_ms,
+                workspace,
             },
         );
+        if let Some(earlier) = earlier {
+            registry.remove(earlier.workspace);
+        }
+        registry.add(workspace);
         depth(registry.claims.len());
         generation
     }
@@ -113,7 +195,9 @@ impl Claims {
             .get(key)
             .is_some_and(|c| c.generation == generation)
         {
-            registry.claims.remove(key);
+            if let Some(claim) = registry.claims.remove(key) {
+                registry.remove(claim.workspace);
+            }
             depth(registry.claims.len());
         }
     }
@@ -130,9 +214,17 @@ impl Claims {
     /// Withdraws every claim on deliveries to `subscription_id`.
     pub(crate) fn release_subscription(&self, subscription_id: &str) {
         let mut registry = self.lock();
-        registry
-            .claims
-            .retain(|key, _| key.subscription_id != subscription_id);
+        let mut released = Vec::new();
+        registry.claims.retain(|key, claim| {
+            let keep = key.subscription_id != subscription_id;
+            if !keep {
+                released.push(claim.workspace);
+            }
+            keep
+        });
+        for workspace in released {
+            registry.remove(workspace);
+        }
         depth(registry.claims.len());
     }
 
@@ -181,6 +273,24 @@ impl Claims {
     }
 }
 
+/// What memory holds, for the writer's admission of new events (`commit::publishes`):
+/// taken once per write cycle, and only when memory is nearly full.
+pub(crate) struct Holding {
+    /// Workspaces holding at least one.
+    pub(crate) active: usize,
+    held: Vec<(Box<str>, usize)>,
+}
+
+impl Holding {
+    /// Deliveries of `workspace_id` held.
+    pub(crate) fn of(&self, workspace_id: &str) -> usize {
+        self.held
+            .iter()
+            .find(|(id, _)| id.as_ref() == workspace_id)
+            .map_or(0, |(_, held)| *held)
+    }
+}
+
 /// Publishes the number of held deliveries as the queue-depth gauge.
 fn depth(len: usize) {
     crate::metrics::metrics()
@@ -203,27 +313,32 @@ mod tests {
     fn claims_are_exclusive_and_withdrawable() {
         let claims = Claims::default();
         let a = key("msg_1", "sub_1");
-        let generation = claims.claim(&a, 10);
+        let generation = claims.claim(&a, "wrk_1", 10);
         assert!(generation.is_some());
         let generation = generation.unwrap_or_default();
-        assert_eq!(claims.claim(&a, 10), None);
+        assert_eq!(claims.claim(&a, "wrk_1", 10), None);
         assert!(claims.is_current(&a, generation));
+        assert_eq!(claims.holding().of("wrk_1"), 1);
 
-        let newer = claims.take_over(&a, 10);
+        let newer = claims.take_over(&a, "wrk_1", 10);
+        assert_eq!(claims.holding().of("wrk_1"), 1);
         assert!(!claims.is_current(&a, generation));
         // Releasing the stale generation does not drop the newer claim.
         claims.release(&a, generation);
         assert!(claims.is_current(&a, newer));
         claims.release(&a, newer);
         assert_eq!(claims.len(), 0);
+        let holding = claims.holding();
+        assert_eq!((holding.of("wrk_1"), holding.active), (0, 0));
     }
 
     #[test]
     fn releases_by_subscription_and_renews_leases() {
         let claims = Claims::default();
-        claims.claim(&key("msg_1", "sub_1"), 100);
-        claims.claim(&key("msg_2", "sub_1"), 500);
-        claims.claim(&key("msg_1", "sub_2"), 100);
+        claims.claim(&key("msg_1", "sub_1"), "wrk_1", 100);
+        claims.claim(&key("msg_2", "sub_1"), "wrk_1", 500);
+        claims.claim(&key("msg_1", "sub_2"), "wrk_2", 100);
+        assert_eq!(claims.holding().active, 2);
         let mut renew = claims.leases_to_renew(200, 1_000);
         renew.sort_by(|a, b| {
             (&a.message_id, &a.subscription_id).cmp(&(&b.message_id, &b.subscription_id))
@@ -235,5 +350,10 @@ mod tests {
         assert_eq!(claims.leases_to_renew(200, 1_000), [key("msg_1", "sub_2")]);
         claims.release_subscription("sub_1");
         assert_eq!(claims.keys(), [key("msg_1", "sub_2")]);
+        let holding = claims.holding();
+        assert_eq!(
+            (holding.of("wrk_1"), holding.of("wrk_2"), holding.active),
+            (0, 1, 1)
+        );
     }
 }

@@ -11,6 +11,8 @@ pub struct Model {
     pub consecutive_failures: i64,
     pub last_success_ms: Option<i64>,
     pub last_failure_ms: Option<i64>,
+    /// The concurrency limit the data plane last reported (m0009).
+    pub concurrency_limit: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

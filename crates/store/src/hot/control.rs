@@ -117,15 +117,18 @@ pub struct HealthRow<'a> {
     /// Set if and only if the batch had a success.
     pub last_success_ms: Option<i64>,
     pub last_failure_ms: Option<i64>,
+    /// The batch's last reported concurrency limit, if any.
+    pub concurrency_limit: Option<i64>,
 }
 
 impl<'a> HealthRow<'a> {
-    const COLUMNS: [Column<Self>; 5] = [
+    const COLUMNS: [Column<Self>; 6] = [
         Column::text("subscription_id", |r| r.subscription_id),
         Column::text("workspace_id", |r| r.workspace_id),
         Column::bigint("consecutive_failures", |r| r.consecutive_failures),
         Column::opt_bigint("last_success_ms", |r| r.last_success_ms),
         Column::opt_bigint("last_failure_ms", |r| r.last_failure_ms),
+        Column::opt_bigint("concurrency_limit", |r| r.concurrency_limit),
     ];
 }
 
@@ -244,6 +247,7 @@ pub fn upsert_health(backend: DbBackend, rows: &[HealthRow<'_>]) -> Statement {
              THEN endpoint_health.consecutive_failures + excluded.consecutive_failures \
              ELSE excluded.consecutive_failures END, \
            last_success_ms = COALESCE(excluded.last_success_ms, endpoint_health.last_success_ms), \
-           last_failure_ms = COALESCE(excluded.last_failure_ms, endpoint_health.last_failure_ms)",
+           last_failure_ms = COALESCE(excluded.last_failure_ms, endpoint_health.last_failure_ms), \
+           concurrency_limit = COALESCE(excluded.concurrency_limit, endpoint_health.concurrency_limit)",
     )
 }
