@@ -241,6 +241,41 @@ async fn workspace_requirement(planes: &mut Planes) {
         .await
         .unwrap_err();
     sluice_testkit::assert_invalid(&status, "subscription.verification_required");
+
+    // A Slack destination answers `ok`, never a challenge: refused rather than held for
+    // ever, on create (the workspace's requirement) and when an update would make one.
+    let status = c
+        .subscriptions
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                url: "https://hooks.slack.com/services/T000/B000/XXXX".into(),
+                filters: vec!["*".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    sluice_testkit::assert_invalid(&status, "subscription.verification_required");
+    let status = c
+        .subscriptions
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            workspace_id: String::new(),
+            subscription: Some(pb::Subscription {
+                id: sub.id.clone(),
+                destination_type: pb::DestinationType::Slack as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["destination_type"]),
+        })
+        .await
+        .unwrap_err();
+    sluice_testkit::assert_invalid(&status, "subscription.verification_required");
+    let unchanged = get_subscription(&mut c, "", &sub.id).await;
+    assert_eq!(
+        unchanged.destination_type,
+        pb::DestinationType::Webhook as i32
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

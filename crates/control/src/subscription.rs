@@ -356,6 +356,24 @@ impl SubscriptionApi {
 }
 
 /// Whether the workspace requires endpoint verification of its new subscriptions.
+/// A Slack incoming webhook answers `ok`, never a challenge: requiring verification of one
+/// would hold its deliveries for ever, so the combination is refused (the workspace's
+/// requirement included) rather than stored.
+fn slack_cannot_verify(destination: &str, verification_required: bool) -> ApiResult<()> {
+    if destination == "slack" && verification_required {
+        let mut v = Violations::default();
+        v.add(
+            "subscription.verification_required",
+            "a Slack destination cannot answer the ownership challenge (Slack answers `ok`); \
+             deliver to Slack without verification, or through an endpoint of yours \
+             (`destination_type: DESTINATION_TYPE_WEBHOOK`), or in a workspace that does not \
+             set require_endpoint_verification",
+        );
+        v.finish()?;
+    }
+    Ok(())
+}
+
 async fn workspace_requires_verification<C: sea_orm::ConnectionTrait>(
     db: &C,
     workspace_id: &str,
@@ -407,6 +425,7 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
         let destination = f
             .destination_type
             .unwrap_or_else(|| inferred_destination(&f.url));
+        slack_cannot_verify(destination, f.verification_required)?;
         let scheme = f.signature_scheme.unwrap_or("symmetric");
         let (signing_key, public_key) = if convert::signs(scheme).1 {
             let (sealed, public) = new_signing_key(&self.0.config().keyring);
@@ -607,6 +626,19 @@ impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
             );
         }
         v.finish()?;
+        // Verification and a Slack destination exclude each other, whichever changes.
+        let turns_on = has("verification_required") && f.verification_required;
+        if turns_on || has("destination_type") {
+            let current = self.find(&workspace_id, &input.id).await?;
+            let destination = if has("destination_type") {
+                let url = if has("url") { &f.url } else { &current.url };
+                f.destination_type
+                    .unwrap_or_else(|| inferred_destination(url))
+            } else {
+                current.destination_type.as_str()
+            };
+            slack_cannot_verify(destination, turns_on || current.verification_required)?;
+        }
         // A policy change is merged into the stored one (field by field), so read it first.
         let new_policy = if paths.iter().any(|p| crate::policy::is_policy_path(p)) {
             let current = self.find(&workspace_id, &input.id).await?;
