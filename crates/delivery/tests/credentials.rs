@@ -84,6 +84,7 @@ fn bearers(receiver: &Receiver) -> Vec<String> {
 
 #[tokio::test]
 async fn an_oauth2_token_is_fetched_once_for_many_deliveries() {
+    let _shared = ALONE.read().await;
     let tokens = Receiver::start(Vec::new(), token("tok-a", 3600)).await;
     let endpoint = Receiver::ok().await;
     let sender = sender(true, None);
@@ -114,6 +115,7 @@ async fn an_oauth2_token_is_fetched_once_for_many_deliveries() {
 
 #[tokio::test]
 async fn an_expired_token_is_fetched_again_and_a_401_refreshes_once() {
+    let _shared = ALONE.read().await;
     // The first token expires at once; the second lasts.
     let tokens = Receiver::start(vec![token("tok-0", 0)], token("tok-1", 3600)).await;
     let endpoint = Receiver::ok().await;
@@ -149,6 +151,7 @@ async fn an_expired_token_is_fetched_again_and_a_401_refreshes_once() {
 
 #[tokio::test]
 async fn token_failures_are_recorded_on_the_attempt_without_secrets() {
+    let _shared = ALONE.read().await;
     let tokens = Receiver::start(
         Vec::new(),
         Reply::status(401)
@@ -221,6 +224,7 @@ fn mutual_tls(client: &sluice_testkit::tls::ClientIdentity, ca: &str) -> Endpoin
 
 #[tokio::test]
 async fn mtls_is_accepted_with_the_right_certificate_and_refused_without_it() {
+    let _shared = ALONE.read().await;
     let server_ca = TestCa::new();
     let client_ca = TestCa::new();
     let identity = server_ca.issue(NAMES, Validity::Current);
@@ -302,6 +306,11 @@ fn mtls_settings_that_do_not_parse_or_match_name_their_field() {
     }
 }
 
+/// The log capture below runs alone: another test sending at the same moment, on a thread
+/// without a subscriber, can leave a callsite's cached interest at "never" while the capture
+/// is on (the sender's span then goes missing from it). The other sending tests share it.
+static ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Every log line and span (with its fields) written while it is the default subscriber.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -319,6 +328,8 @@ impl std::io::Write for Captured {
 
 #[tokio::test]
 async fn no_credential_reaches_logs_or_spans() {
+    // Alone: see ALONE.
+    let _alone = ALONE.write().await;
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -328,6 +339,9 @@ async fn no_credential_reaches_logs_or_spans() {
         .with_writer(move || writer.clone())
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
+    // Callsites reached before this thread's default existed cached the answer of the
+    // dispatchers then: every callsite is asked again now.
+    tracing::callsite::rebuild_interest_cache();
 
     // OAuth2: a token, a 401 and a new token, then a token endpoint that refuses.
     let tokens = Receiver::start(
@@ -399,6 +413,7 @@ async fn no_credential_reaches_logs_or_spans() {
 
 #[tokio::test]
 async fn client_secret_post_sends_the_id_and_secret_in_the_form() {
+    let _shared = ALONE.read().await;
     let tokens = Receiver::start(Vec::new(), token("tok-p", 3600)).await;
     let endpoint = Receiver::ok().await;
     let credentials = EndpointCredentials::OAuth2(
