@@ -96,6 +96,24 @@ pub async fn get_subscription(
         .unwrap()
 }
 
+/// Updates the fields `paths` names of `subscription` (whose `id` says which) in the
+/// caller's workspace; the answer's subscription, or the refusal.
+pub async fn update_subscription(
+    clients: &mut Clients,
+    subscription: pb::Subscription,
+    paths: &[&str],
+) -> Result<pb::Subscription, tonic::Status> {
+    let response = clients
+        .subscriptions
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            workspace_id: String::new(),
+            subscription: Some(subscription),
+            update_mask: mask(paths),
+        })
+        .await?;
+    Ok(response.into_inner().subscription.unwrap())
+}
+
 /// Reveals a subscription's secrets; panics on failure.
 pub async fn reveal(
     clients: &mut Clients,

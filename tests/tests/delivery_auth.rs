@@ -9,7 +9,7 @@ use sluice_proto::control::v1 as pb;
 use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
 use sluice_testkit::receiver::{Receiver, with_id};
 use sluice_testkit::{WAIT, assert_invalid};
-use sluice_tests::control::{get_subscription, mask, stored_subscription};
+use sluice_tests::control::{get_subscription, stored_subscription, update_subscription};
 use sluice_tests::delivery::*;
 
 const PASSWORD: &str = "s3cr3t-pa55";
@@ -37,21 +37,17 @@ async fn set_auth(
     id: &str,
     auth: Option<pb::EndpointAuth>,
 ) -> pb::Subscription {
-    c.subscriptions
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            workspace_id: String::new(),
-            subscription: Some(pb::Subscription {
-                id: id.to_owned(),
-                auth,
-                ..Default::default()
-            }),
-            update_mask: mask(&["auth"]),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap()
+    update_subscription(
+        c,
+        pb::Subscription {
+            id: id.to_owned(),
+            auth,
+            ..Default::default()
+        },
+        &["auth"],
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -420,19 +416,17 @@ async fn oauth2_and_mtls(planes: &mut Planes) {
             .unwrap_err();
         assert_invalid(&status, field);
         assert!(!status.message().contains("PRIVATE KEY"), "{status:?}");
-        let status = c
-            .subscriptions
-            .update_subscription(pb::UpdateSubscriptionRequest {
-                workspace_id: String::new(),
-                subscription: Some(pb::Subscription {
-                    id: tls_sub.id.clone(),
-                    auth: Some(auth),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["auth"]),
-            })
-            .await
-            .unwrap_err();
+        let status = update_subscription(
+            &mut c,
+            pb::Subscription {
+                id: tls_sub.id.clone(),
+                auth: Some(auth),
+                ..Default::default()
+            },
+            &["auth"],
+        )
+        .await
+        .unwrap_err();
         assert_invalid(&status, field);
     }
     let unchanged = get_subscription(&mut c, "", &tls_sub.id).await;

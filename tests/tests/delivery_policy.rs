@@ -14,7 +14,7 @@ use sluice_proto::control::v1 as pb;
 use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
 use sluice_testkit::receiver::{Received, Receiver, Reply};
 use sluice_testkit::{ADMIN_KEY, Clients, WAIT};
-use sluice_tests::control::mask;
+use sluice_tests::control::{mask, update_subscription};
 use sluice_tests::delivery::*;
 
 fn ms(ms: i64) -> prost_types::Duration {
@@ -206,21 +206,20 @@ async fn layered(planes: &mut Planes) {
     assert_eq!(e.request_timeout_source, S::ServerDefault as i32);
 
     // Field by field: the subscription's own limit, its schedule kept.
-    c.subscriptions
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            workspace_id: String::new(),
-            subscription: Some(pb::Subscription {
-                id: own.id.clone(),
-                retry_policy: Some(pb::RetryPolicy {
-                    max_age: Some(ms(60_000)),
-                    ..Default::default()
-                }),
+    update_subscription(
+        &mut c,
+        pb::Subscription {
+            id: own.id.clone(),
+            retry_policy: Some(pb::RetryPolicy {
+                max_age: Some(ms(60_000)),
                 ..Default::default()
             }),
-            update_mask: mask(&["retry_policy.max_age"]),
-        })
-        .await
-        .unwrap();
+            ..Default::default()
+        },
+        &["retry_policy.max_age"],
+    )
+    .await
+    .unwrap();
     let e = log
         .subscription(&own.id)
         .await
@@ -439,18 +438,17 @@ async fn shapes(planes: &mut Planes) {
 
     // The shape changes by update; the test send follows it too.
     let (_, raw, secret) = &subs[1];
-    c.subscriptions
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            workspace_id: String::new(),
-            subscription: Some(pb::Subscription {
-                id: raw.id.clone(),
-                payload_shape: pb::PayloadShape::Thin as i32,
-                ..Default::default()
-            }),
-            update_mask: mask(&["payload_shape"]),
-        })
-        .await
-        .unwrap();
+    update_subscription(
+        &mut c,
+        pb::Subscription {
+            id: raw.id.clone(),
+            payload_shape: pb::PayloadShape::Thin as i32,
+            ..Default::default()
+        },
+        &["payload_shape"],
+    )
+    .await
+    .unwrap();
     receiver.drain();
     let sent = c
         .subscriptions

@@ -10,7 +10,7 @@ use sluice_proto::control::v1 as pb;
 use sluice_testkit::WAIT;
 use sluice_testkit::planes::{PlaneOptions, Planes, on_each_backend};
 use sluice_testkit::receiver::{Receiver, Reply, with_id};
-use sluice_tests::control::{get_subscription, mask, stored_subscription};
+use sluice_tests::control::{get_subscription, mask, stored_subscription, update_subscription};
 use sluice_tests::delivery::*;
 
 async fn verify(c: &mut sluice_testkit::Clients, id: &str) -> pb::Subscription {
@@ -136,22 +136,17 @@ async fn verification(planes: &mut Planes) {
 
     // A new URL is verified again before anything reaches it.
     let moved = Receiver::ok().await;
-    let updated = c
-        .subscriptions
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            workspace_id: String::new(),
-            subscription: Some(pb::Subscription {
-                id: sub.id.clone(),
-                url: moved.url("/moved"),
-                ..Default::default()
-            }),
-            update_mask: mask(&["url"]),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let updated = update_subscription(
+        &mut c,
+        pb::Subscription {
+            id: sub.id.clone(),
+            url: moved.url("/moved"),
+            ..Default::default()
+        },
+        &["url"],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         updated.verification_state,
         pb::VerificationState::Pending as i32
@@ -227,19 +222,17 @@ async fn workspace_requirement(planes: &mut Planes) {
         "{verified:?}"
     );
     // It cannot be turned off while the workspace requires it.
-    let status = c
-        .subscriptions
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            workspace_id: String::new(),
-            subscription: Some(pb::Subscription {
-                id: sub.id.clone(),
-                verification_required: false,
-                ..Default::default()
-            }),
-            update_mask: mask(&["verification_required"]),
-        })
-        .await
-        .unwrap_err();
+    let status = update_subscription(
+        &mut c,
+        pb::Subscription {
+            id: sub.id.clone(),
+            verification_required: false,
+            ..Default::default()
+        },
+        &["verification_required"],
+    )
+    .await
+    .unwrap_err();
     sluice_testkit::assert_invalid(&status, "subscription.verification_required");
 
     // A Slack destination answers `ok`, never a challenge: refused rather than held for
@@ -257,19 +250,17 @@ async fn workspace_requirement(planes: &mut Planes) {
         .await
         .unwrap_err();
     sluice_testkit::assert_invalid(&status, "subscription.verification_required");
-    let status = c
-        .subscriptions
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            workspace_id: String::new(),
-            subscription: Some(pb::Subscription {
-                id: sub.id.clone(),
-                destination_type: pb::DestinationType::Slack as i32,
-                ..Default::default()
-            }),
-            update_mask: mask(&["destination_type"]),
-        })
-        .await
-        .unwrap_err();
+    let status = update_subscription(
+        &mut c,
+        pb::Subscription {
+            id: sub.id.clone(),
+            destination_type: pb::DestinationType::Slack as i32,
+            ..Default::default()
+        },
+        &["destination_type"],
+    )
+    .await
+    .unwrap_err();
     sluice_testkit::assert_invalid(&status, "subscription.verification_required");
     let unchanged = get_subscription(&mut c, "", &sub.id).await;
     assert_eq!(
