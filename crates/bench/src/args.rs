@@ -9,8 +9,8 @@ use clap::{Args, ValueEnum};
 pub enum Workload {
     /// One workspace publishes --events: throughput, latency, CPU.
     Default,
-    /// Workspace A publishes --events flat out while workspace B publishes --small-events
-    /// at --small-rate: B's publish->arrival latency, alone and with A.
+    /// Workspace A publishes --events flat out (or at --rate) while workspace B publishes
+    /// --small-events at --small-rate: B's publish->arrival latency, alone and with A.
     Fairness,
 }
 
@@ -46,7 +46,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     pub payload_bytes: usize,
     /// Publish at this many events per second (open loop), still at most --concurrency in
-    /// flight. Unset: closed loop, as fast as acks return.
+    /// flight. Unset: closed loop, as fast as acks return. With --workload fairness: the
+    /// big workspace's (A's) pace.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Seconds to wait for every ack and delivery before giving up (the report is still
