@@ -1,6 +1,7 @@
 //! Storage for both planes: sea-orm entities, connecting (SQLite or PostgreSQL),
 //! migrations, and small helpers shared by every query. It knows nothing of gRPC or HTTP.
 
+mod checkpoint;
 pub mod control;
 pub mod data;
 pub mod hot;
@@ -138,6 +139,9 @@ pub async fn open_with(
     if !postgres {
         incremental_auto_vacuum(&db).await?;
         migrate(&db, plane).await?;
+        if let Some(path) = sqlite_path(&url) {
+            checkpoint::spawn(path, timeout);
+        }
     }
     Ok(db)
 }
