@@ -98,15 +98,7 @@ impl OAuth2Settings {
 
     /// Reads the stored form; the error names the field, never a value.
     pub fn from_json(text: &str) -> Result<OAuth2Settings, String> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|_| "oauth2 credentials: not a JSON object".to_owned())?;
-        let field = |name: &str| -> String {
-            value
-                .get(name)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let field = stored_fields(text, "oauth2")?;
         let settings = OAuth2Settings {
             token_url: field("token_url"),
             client_id: field("client_id"),
@@ -120,6 +112,20 @@ impl OAuth2Settings {
         }
         Ok(settings)
     }
+}
+
+/// The text fields of a stored credential (a JSON object; a missing or non-text field reads
+/// as empty). The error names the kind of credential, never a value.
+fn stored_fields(text: &str, kind: &str) -> Result<impl Fn(&str) -> String, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|_| format!("{kind} credentials: not a JSON object"))?;
+    Ok(move |name: &str| {
+        value
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    })
 }
 
 /// A TLS client certificate, its key and the CAs trusted for one endpoint, as stored (JSON).
@@ -186,15 +192,7 @@ impl MutualTlsSettings {
 
     /// Reads the stored form.
     pub fn from_json(text: &str) -> Result<MutualTlsSettings, String> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|_| "mtls credentials: not a JSON object".to_owned())?;
-        let field = |name: &str| -> String {
-            value
-                .get(name)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let field = stored_fields(text, "mtls")?;
         Ok(MutualTlsSettings {
             certificate_pem: field("certificate_pem"),
             private_key_pem: field("private_key_pem"),

@@ -16,7 +16,6 @@
 //! copies the last few milliseconds' pages.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
@@ -59,7 +58,7 @@ pub(crate) fn spawn(path: PathBuf, busy_timeout: Duration) {
 }
 
 async fn connect(path: &Path, busy_timeout: Duration) -> Result<SqliteConnection, sqlx::Error> {
-    SqliteConnectOptions::from_str("sqlite:")?
+    SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
         .busy_timeout(busy_timeout)
