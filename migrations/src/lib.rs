@@ -23,6 +23,7 @@ mod m0008_data_ordering;
 mod m0009_control_concurrency;
 mod m0009_data_fair_claims;
 mod m0010_control_verification;
+mod m0011_data_fanout_workspace;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -62,6 +63,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m0007_data_policy::Migration),
             Box::new(m0008_data_ordering::Migration),
             Box::new(m0009_data_fair_claims::Migration),
+            Box::new(m0011_data_fanout_workspace::Migration),
         ]
     }
 

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use sluice_proto::data::v1 as dpb;
 use sluice_testkit::backends;
 use sluice_testkit::planes::{PlaneOptions, Planes};
 use sluice_testkit::receiver::{Receiver, Reply};
@@ -135,5 +136,104 @@ async fn adaptive_concurrency_settles_below_the_knee_and_beats_a_fixed_limit() {
             adaptive.deliveries_per_second,
             fixed.deliveries_per_second
         );
+    }
+}
+
+/// Events of the big workspace, whose endpoint takes one at a time.
+const BIG_EVENTS: usize = 160;
+/// Events of the small workspace, published once the big one's backlog waits in the
+/// database.
+const SMALL_EVENTS: usize = 10;
+
+/// Fairness between workspaces (`docs/concurrency.md`): memory holds 20 deliveries, a big
+/// workspace's backlog of 160 waits in the database behind an endpoint that takes one
+/// request at a time, 30 ms each. A small workspace's 10 events, published after all of
+/// the big one's, go mostly to the database too (memory is full); the scanner shares what
+/// room frees between the two, so the small one's all arrive while most of the big one's
+/// backlog still waits. Claimed oldest first, they would arrive after all 160.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_workspaces_backlog_does_not_hold_back_a_small_workspaces_events() {
+    for backend in backends() {
+        let planes = Planes::start(
+            &backend,
+            PlaneOptions {
+                max_held_deliveries: 20,
+                endpoint_concurrency: 1,
+                adaptive_concurrency: false,
+                ..PlaneOptions::default()
+            },
+        )
+        .await;
+        let big_receiver = Receiver::start(
+            Vec::new(),
+            Reply::status(200).delay(Duration::from_millis(30)),
+        )
+        .await;
+        let small_receiver = Receiver::ok().await;
+        let mut publishers = Vec::new();
+        for (label, receiver) in [("Big", &big_receiver), ("Small", &small_receiver)] {
+            let (_, key) = planes.workspace_with_key(label).await;
+            let mut c = planes.clients(Some(&key)).await;
+            subscribe(&mut c, webhook(&receiver.url("/hook"), &["*"])).await;
+            publishers.push(planes.publisher(&key).await);
+        }
+        planes.config_synced().await;
+
+        let publish_all = async |publisher: &Publisher, events: usize| {
+            let mut publishes = tokio::task::JoinSet::new();
+            for n in 0..events {
+                let mut publisher = publisher.clone();
+                publishes.spawn(async move {
+                    publish(
+                        &mut publisher,
+                        event(CONVERSATION_CREATED, &format!(r#"{{"n":{n}}}"#)),
+                    )
+                    .await
+                });
+            }
+            publishes.join_all().await;
+        };
+        publish_all(&publishers[0], BIG_EVENTS).await;
+        // The small workspace's events in one stream, so they come in one write cycle:
+        // more than memory has room for, they all wait in the database.
+        let started = Instant::now();
+        let requests: Vec<dpb::PublishStreamRequest> = (0..SMALL_EVENTS as u64)
+            .map(|sequence| dpb::PublishStreamRequest {
+                sequence,
+                event: Some(event(
+                    CONVERSATION_CREATED,
+                    &format!(r#"{{"n":{sequence}}}"#),
+                )),
+            })
+            .collect();
+        let mut acks = publishers[1]
+            .clone()
+            .publish_stream(tokio_stream::iter(requests))
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        while let Some(ack) = acks.message().await.expect("the stream answers") {
+            assert!(ack.result.is_some(), "refused: {ack:?}");
+        }
+        small_receiver
+            .wait_for(SMALL_EVENTS, Duration::from_secs(60))
+            .await;
+        let small_took = started.elapsed();
+        let big_by_then = big_receiver.count();
+        big_receiver
+            .wait_for(BIG_EVENTS, Duration::from_secs(60))
+            .await;
+        let big_took = started.elapsed();
+        println!(
+            "{}: the small workspace's {SMALL_EVENTS} events arrived in {small_took:?}, when \
+             the big one's endpoint had {big_by_then} of {BIG_EVENTS} (all by {big_took:?})",
+            backend.label()
+        );
+        assert!(
+            big_by_then <= BIG_EVENTS * 3 / 4,
+            "the small workspace's events waited behind the big one's backlog: they arrived \
+             when {big_by_then} of its {BIG_EVENTS} had"
+        );
+        planes.stop().await;
     }
 }

@@ -577,6 +577,44 @@ mod tests {
         scalar(db, &format!("SELECT COUNT(*) FROM {table}")).await
     }
 
+    /// m0011: a fan-out row written before it gets its message's workspace, and the
+    /// scanner's partial index holds it only while nobody holds it.
+    #[tokio::test]
+    async fn fanouts_get_their_messages_workspace() {
+        use sluice_migration::DataMigrator;
+        let dir = std::env::temp_dir().join(format!("sluice-store-m11-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = sqlite_url(&dir, Plane::Data);
+        let db = Database::connect(url.as_str()).await.unwrap();
+        let before = u32::try_from(DataMigrator::migrations().len()).unwrap() - 1;
+        DataMigrator::up(&db, Some(before)).await.unwrap();
+        for sql in [
+            "INSERT INTO dp_messages (id, workspace_id, event_type, envelope, create_ms) \
+             VALUES ('msg_1', 'wrk_1', 'a.b', x'7b7d', 1)",
+            "INSERT INTO dp_fanout VALUES ('msg_1', 1, NULL)",
+            "INSERT INTO dp_fanout VALUES ('msg_lost', 1, 5)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        DataMigrator::up(&db, None).await.unwrap();
+        let workspaces = scalar(
+            &db,
+            "SELECT COUNT(*) FROM dp_fanout WHERE \
+             (message_id = 'msg_1' AND workspace_id = 'wrk_1') \
+             OR (message_id = 'msg_lost' AND workspace_id = '')",
+        )
+        .await;
+        assert_eq!(workspaces, 2);
+        let unleased = scalar(
+            &db,
+            "SELECT COUNT(*) FROM dp_fanout INDEXED BY idx_dp_fanout_unleased \
+             WHERE lease_until_ms IS NULL AND workspace_id = 'wrk_1'",
+        )
+        .await;
+        assert_eq!(unleased, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn later_migrations_keep_the_rows_and_go_down_again() {
         use sluice_migration::{ControlMigrator, DataMigrator};

@@ -23,6 +23,15 @@ fn message<'a>(id: &'a str, envelope: &'a [u8], key: Option<&'a str>) -> hot::da
     }
 }
 
+fn fanout(message_id: &str, due_ms: i64, lease_until_ms: Option<i64>) -> hot::data::FanoutRow<'_> {
+    hot::data::FanoutRow {
+        message_id,
+        workspace_id: "wrk_1",
+        due_ms,
+        lease_until_ms,
+    }
+}
+
 #[tokio::test]
 async fn a_data_cycle_stores_exactly_what_it_was_given() {
     for kind in backends() {
@@ -43,9 +52,9 @@ async fn a_data_cycle_stores_exactly_what_it_was_given() {
                 hot::data::insert_fanouts(
                     backend,
                     &[
-                        ("msg_1", 10, Some(20)),
-                        ("msg_2", 11, None),
-                        ("msg_3", 12, None),
+                        fanout("msg_1", 10, Some(20)),
+                        fanout("msg_2", 11, None),
+                        fanout("msg_3", 12, None),
                     ],
                 ),
                 hot::data::delete_fanouts(backend, ["msg_2", "msg_404"]),
@@ -67,15 +76,15 @@ async fn a_data_cycle_stores_exactly_what_it_was_given() {
             assert_eq!(row.subscription_ids.as_deref(), Some("sub_a,sub_b"));
         }
         let fanouts = data::fanout::Entity::find().all(&db).await.unwrap();
-        let fanouts: Vec<(String, i64, Option<i64>)> = fanouts
+        let fanouts: Vec<(String, String, i64, Option<i64>)> = fanouts
             .into_iter()
-            .map(|f| (f.message_id, f.due_ms, f.lease_until_ms))
+            .map(|f| (f.message_id, f.workspace_id, f.due_ms, f.lease_until_ms))
             .collect();
         assert_eq!(
             fanouts,
             [
-                ("msg_1".to_owned(), 10, Some(20)),
-                ("msg_3".to_owned(), 12, None)
+                ("msg_1".to_owned(), "wrk_1".to_owned(), 10, Some(20)),
+                ("msg_3".to_owned(), "wrk_1".to_owned(), 12, None)
             ]
         );
         let outbox = data::outbox::Entity::find().all(&db).await.unwrap();
@@ -182,6 +191,7 @@ async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
         let session = Session::begin(&db).await.unwrap();
         data::fanout::Entity::insert(data::fanout::ActiveModel {
             message_id: sea_orm::Set("msg_9".to_owned()),
+            workspace_id: sea_orm::Set("wrk_1".to_owned()),
             due_ms: sea_orm::Set(1),
             lease_until_ms: sea_orm::Set(None),
         })
@@ -211,7 +221,7 @@ async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
         session
             .run(vec![hot::data::insert_fanouts(
                 backend,
-                &[("msg_8", 1, None)],
+                &[fanout("msg_8", 1, None)],
             )])
             .await
             .unwrap();
@@ -220,7 +230,7 @@ async fn a_failed_session_stores_nothing_and_its_connection_goes_on() {
         session
             .commit(vec![hot::data::insert_fanouts(
                 backend,
-                &[("msg_7", 1, None)],
+                &[fanout("msg_7", 1, None)],
             )])
             .await
             .unwrap();

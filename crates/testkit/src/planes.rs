@@ -53,6 +53,8 @@ pub struct PlaneOptions {
     pub endpoint_concurrency: usize,
     /// Whether that limit adapts (`--adaptive-concurrency`).
     pub adaptive_concurrency: bool,
+    /// Deliveries the data plane holds in memory at most (`--max-held-deliveries`).
+    pub max_held_deliveries: usize,
 }
 
 impl Default for PlaneOptions {
@@ -72,6 +74,7 @@ impl Default for PlaneOptions {
             extra_ca_pem: None,
             endpoint_concurrency: 16,
             adaptive_concurrency: true,
+            max_held_deliveries: sluice_data::DEFAULT_MAX_HELD_DELIVERIES,
         }
     }
 }
@@ -136,6 +139,7 @@ impl Planes {
             disable_after_failed_attempts: options.disable_after_failed_attempts,
             endpoint_concurrency: options.endpoint_concurrency,
             adaptive_concurrency: options.adaptive_concurrency,
+            max_held_deliveries: options.max_held_deliveries,
             circuit_breaker_failures: options.circuit_breaker_failures,
             circuit_breaker_cooldown: options.circuit_breaker_cooldown,
             shutdown_grace: Duration::from_secs(2),

@@ -190,15 +190,14 @@ impl Publishes {
         statements.push(hot::data::insert_messages(backend, &rows));
         // One fan-out row per message stands for all of its first attempts (see
         // `state::fanouts`).
-        let fanouts: Vec<(&str, i64, Option<i64>)> = created
+        let fanouts: Vec<hot::data::FanoutRow> = created
             .iter()
             .filter(|(_, ids)| !ids.is_empty())
-            .map(|(message, _)| {
-                (
-                    message.id.as_str(),
-                    message.create_ms.saturating_add(self.first_delay_ms),
-                    admission.lease(&message.workspace_id),
-                )
+            .map(|(message, _)| hot::data::FanoutRow {
+                message_id: &message.id,
+                workspace_id: &message.workspace_id,
+                due_ms: message.create_ms.saturating_add(self.first_delay_ms),
+                lease_until_ms: admission.lease(&message.workspace_id),
             })
             .collect();
         if !fanouts.is_empty() {

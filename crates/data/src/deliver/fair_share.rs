@@ -15,9 +15,26 @@ pub(crate) struct RoundRobin {
     /// Where the next pass starts, as an index into the sorted list of workspaces with
     /// work (a workspace that leaves shifts it by one: harmless).
     cursor: usize,
+    /// When the last list of workspaces was cut at its limit, its last workspace: the next
+    /// list starts after it, so workspaces beyond the limit come round too.
+    after: Option<String>,
 }
 
 impl RoundRobin {
+    /// Where the next list of workspaces starts: after this one, or from the first.
+    pub(crate) fn resume_after(&self) -> Option<String> {
+        self.after.clone()
+    }
+
+    /// Notes the list of workspaces a pass got, which holds at most `limit`.
+    pub(crate) fn listed(&mut self, workspaces: &[String], limit: usize) {
+        self.after = if workspaces.len() >= limit {
+            workspaces.last().cloned()
+        } else {
+            None
+        };
+    }
+
     /// This pass's quanta: `(index into workspaces, room)` in the order to claim them,
     /// splitting `room` over `workspaces` equally (the remainder to the first ones).
     pub(crate) fn quanta(&mut self, workspaces: usize, room: usize) -> Vec<(usize, usize)> {
@@ -79,6 +96,18 @@ mod tests {
         assert_eq!(rr.quanta(5, 2), vec![(0, 1), (1, 1)]);
         assert_eq!(rr.quanta(5, 2), vec![(2, 1), (3, 1)]);
         assert_eq!(rr.quanta(5, 2), vec![(4, 1), (0, 1)]);
+    }
+
+    #[test]
+    fn a_list_cut_at_its_limit_resumes_after_its_last_workspace() {
+        let mut rr = RoundRobin::default();
+        assert_eq!(rr.resume_after(), None);
+        let full: Vec<String> = ["wrk_a", "wrk_b"].map(String::from).to_vec();
+        rr.listed(&full, 2);
+        assert_eq!(rr.resume_after().as_deref(), Some("wrk_b"));
+        // A shorter list reached the end: the next starts from the first again.
+        rr.listed(&["wrk_c".to_owned()], 2);
+        assert_eq!(rr.resume_after(), None);
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub(crate) struct Scanner {
     pub(crate) shutdown: Shutdown,
     /// Ordering keys whose head may have moved: claimed at once (`deliver::ordering`).
     pub(crate) heads: Arc<Heads>,
-    /// Where the next pass's round robin over workspaces starts (`deliver::fair_share`).
-    pub(crate) round_robin: Mutex<RoundRobin>,
+    /// Where the next pass's round robin over workspaces starts (`deliver::fair_share`),
+    /// one per [`Queue`].
+    pub(crate) round_robin: [Mutex<RoundRobin>; 2],
 }
 
 impl Scanner {
@@ -99,41 +100,39 @@ impl Scanner {
             if let Err(err) = self.claim_heads().await {
                 tracing::error!(error = %err, "claiming the next deliveries of ordering keys failed; the next scan claims them");
             }
-            // Fan-outs take turns between workspaces on the scan ticks only: that query reads
-            // the whole backlog, and the writer's new events do not wait for it (see
-            // `commit::publishes::Publishes::admission`).
-            if !heads_only && let Err(err) = self.claim_due_fairly(scan).await {
+            let claimed = if scan {
+                self.claim_all_due().await
+            } else if heads_only {
+                Ok(())
+            } else {
+                self.claim_queues().await
+            };
+            if let Err(err) = claimed {
                 tracing::error!(error = %err, "loading due deliveries failed; trying again shortly");
             }
             full = self.claims.room() <= self.claims.reserve();
         }
     }
 
-    /// Claims due deliveries and due first attempts until none are left or memory is full.
+    /// Frees the fan-outs whose lease ran out, then claims due deliveries and due first
+    /// attempts until none are left or memory is full.
     pub(crate) async fn claim_all_due(&self) -> Result<(), DbErr> {
-        self.claim_due_fairly(true).await
+        self.free_expired_fanouts().await?;
+        self.claim_queues().await
     }
 
-    /// [`Scanner::claim_all_due`]; fan-outs take turns between workspaces in the first
-    /// claim when `fair_fanouts`, otherwise go oldest first.
-    async fn claim_due_fairly(&self, fair_fanouts: bool) -> Result<(), DbErr> {
-        loop {
-            let claimed = self.claim_due().await?;
-            if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
-                break;
+    /// Claims due deliveries, then due first attempts, until none are left or memory is
+    /// full, the room shared between workspaces each time.
+    async fn claim_queues(&self) -> Result<(), DbErr> {
+        for queue in [Queue::Deliveries, Queue::Fanouts] {
+            loop {
+                let claimed = self.claim_shared(queue).await?;
+                if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
+                    break;
+                }
             }
         }
-        // The first query of a pass takes turns between workspaces, over the whole backlog;
-        // the rest of the pass (a start-up's backlog) goes in creation order, so a long
-        // backlog is sorted once a pass, not once a batch.
-        let mut fair = fair_fanouts;
-        loop {
-            let claimed = self.claim_fanouts(fair).await?;
-            if claimed < CLAIM_BATCH || self.shutdown.is_requested() {
-                return Ok(());
-            }
-            fair = false;
-        }
+        Ok(())
     }
 
     /// `None` when memory holds all it may.
@@ -160,72 +159,234 @@ impl Scanner {
         })
     }
 
-    /// One claim query for fan-outs (messages whose first attempts have not all concluded; see
-    /// `state::fanouts`) that are due and whose lease is free: after a restart, when memory was full at
-    /// ingest, or when a replica died. When `fair`, the workspaces take turns (round robin,
-    /// oldest first within each: the n-th oldest of every workspace before any one's
-    /// n+1-th), so one workspace's backlog cannot hold another's new events back;
-    /// otherwise oldest first.
-    async fn claim_fanouts(&self, fair: bool) -> Result<usize, DbErr> {
+    /// Claims due (or nearly due) rows of `queue` whose lease is free (of an ordering key,
+    /// its head only), the room shared between the workspaces that have some by deficit
+    /// round robin (`fair_share`), so a workspace's backlog cannot hold another's work
+    /// back. Each query reads one workspace's index range, so none holds SQLite's one
+    /// connection for long.
+    async fn claim_shared(&self, queue: Queue) -> Result<usize, DbErr> {
         let Some(window) = self.claim_window() else {
             return Ok(0);
         };
-        let (backend, lock) = (window.backend, window.lock);
-        // Message ids sort by creation. The window function cannot share a query level
-        // with PostgreSQL's row locks, so the rows it picks are locked one level up.
-        let sql = if !fair {
-            format!(
-                "UPDATE dp_fanout SET lease_until_ms = {p1} \
-                 WHERE message_id IN ( \
-                   SELECT message_id FROM dp_fanout \
-                   WHERE due_ms <= {p2} AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}) \
-                   ORDER BY message_id LIMIT {p4}{lock}) \
-                 RETURNING *",
-                p1 = placeholder(backend, 1),
-                p2 = placeholder(backend, 2),
-                p3 = placeholder(backend, 3),
-                p4 = placeholder(backend, 4),
-            )
-        } else {
-            format!(
-                "UPDATE dp_fanout SET lease_until_ms = {p1} \
-             WHERE message_id IN ( \
-               SELECT message_id FROM dp_fanout \
-               WHERE message_id IN ( \
-                 SELECT message_id FROM ( \
-                   SELECT f.message_id, ROW_NUMBER() OVER ( \
-                     PARTITION BY m.workspace_id ORDER BY f.message_id) AS turn \
-                   FROM dp_fanout f JOIN dp_messages m ON m.id = f.message_id \
-                   WHERE f.due_ms <= {p2} \
-                     AND (f.lease_until_ms IS NULL OR f.lease_until_ms <= {p3})) ranked \
-                 ORDER BY turn, message_id LIMIT {p4}) \
-               AND (lease_until_ms IS NULL OR lease_until_ms <= {p3}){lock}) \
-             RETURNING *",
-                p1 = placeholder(backend, 1),
-                p2 = placeholder(backend, 2),
-                p3 = placeholder(backend, 3),
-                p4 = placeholder(backend, 4),
-            )
-        };
-        let statement = Statement::from_sql_and_values(
-            backend,
-            sql,
-            [
-                Value::from(window.lease_until),
-                Value::from(window.due_by),
-                Value::from(window.now),
-                Value::from(window.limit),
-            ],
-        );
-        let rows = fanout::Entity::find()
-            .from_raw_sql(statement)
-            .all(&self.db)
-            .await?;
-        let count = rows.len();
-        if count > 0 {
-            self.take_fanouts(rows, window.lease_until).await?;
+        let workspaces = self.waiting_workspaces(queue, &window).await?;
+        let room = usize::try_from(window.limit).unwrap_or(CLAIM_BATCH);
+        let quanta = self.round_robin[queue as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .quanta(workspaces.len(), room);
+        let mut claimed = 0;
+        let mut hungry = Vec::new();
+        for (index, quantum) in quanta {
+            let got = self
+                .claim_in(queue, &window, &workspaces[index], quantum)
+                .await?;
+            claimed += got;
+            if got == quantum {
+                hungry.push(index);
+            }
         }
-        Ok(count)
+        for (index, quantum) in again(&hungry, room.saturating_sub(claimed)) {
+            claimed += self
+                .claim_in(queue, &window, &workspaces[index], quantum)
+                .await?;
+        }
+        Ok(claimed)
+    }
+
+    /// The workspaces with rows in `queue` (pending deliveries, due or not; fan-outs nobody
+    /// holds, due or not), at most [`WORKSPACES_PER_PASS`], sorted, starting after the last
+    /// one the previous pass listed when that pass was full (so with more workspaces than
+    /// that, every one comes round): a skip scan of the index on `dp_deliveries (status,
+    /// workspace_id, next_attempt_ms)` (m0009) or the partial one on `dp_fanout
+    /// (workspace_id, message_id)` (m0011), one index seek per workspace however long its
+    /// backlog.
+    async fn waiting_workspaces(
+        &self,
+        queue: Queue,
+        window: &ClaimWindow,
+    ) -> Result<Vec<String>, DbErr> {
+        let round_robin = &self.round_robin[queue as usize];
+        let after = round_robin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .resume_after();
+        let mut listed = self
+            .list_workspaces(queue, window, after.as_deref())
+            .await?;
+        if listed.is_empty() && after.is_some() {
+            listed = self.list_workspaces(queue, window, None).await?;
+        }
+        round_robin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .listed(&listed, WORKSPACES_PER_PASS);
+        Ok(listed)
+    }
+
+    /// The skip scan of [`Scanner::waiting_workspaces`], from the first workspace after
+    /// `after` or from the first of all.
+    async fn list_workspaces(
+        &self,
+        queue: Queue,
+        window: &ClaimWindow,
+        after: Option<&str>,
+    ) -> Result<Vec<String>, DbErr> {
+        let backend = window.backend;
+        let mut values = vec![Value::from(
+            i64::try_from(WORKSPACES_PER_PASS).unwrap_or(i64::MAX),
+        )];
+        let (table, rows) = match queue {
+            Queue::Deliveries => {
+                values.push(Value::from(DeliveryStatus::Pending.as_str()));
+                (
+                    "dp_deliveries",
+                    format!("status = {}", placeholder(backend, 2)),
+                )
+            }
+            Queue::Fanouts => ("dp_fanout", UNLEASED.to_owned()),
+        };
+        let start = match after {
+            Some(after) => {
+                values.push(Value::from(after));
+                format!(" AND workspace_id > {}", placeholder(backend, values.len()))
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "WITH RECURSIVE w(id) AS ( \
+               SELECT (SELECT MIN(workspace_id) FROM {table} WHERE {rows}{start}) \
+               UNION ALL \
+               SELECT (SELECT MIN(workspace_id) FROM {table} \
+                       WHERE {rows} AND workspace_id > w.id) \
+               FROM w WHERE w.id IS NOT NULL) \
+             SELECT id FROM w WHERE id IS NOT NULL LIMIT {p1}",
+            p1 = placeholder(backend, 1),
+        );
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get_by_index::<String>(0))
+            .collect()
+    }
+
+    /// One claim query of at most `limit` rows of `queue` of one workspace, in due order
+    /// (deliveries) or creation order (fan-outs; message ids sort by creation).
+    async fn claim_in(
+        &self,
+        queue: Queue,
+        window: &ClaimWindow,
+        workspace_id: &str,
+        limit: usize,
+    ) -> Result<usize, DbErr> {
+        let (backend, lock) = (window.backend, window.lock);
+        let p = |n| placeholder(backend, n);
+        let mut values = vec![
+            Value::from(window.lease_until),
+            Value::from(window.due_by),
+            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ];
+        if queue == Queue::Deliveries {
+            values.push(Value::from(window.now));
+            values.push(Value::from(DeliveryStatus::Pending.as_str()));
+        }
+        values.push(Value::from(workspace_id));
+        let workspace = p(values.len());
+        let statement = |sql| Statement::from_sql_and_values(backend, sql, values);
+        match queue {
+            Queue::Deliveries => {
+                let sql = format!(
+                    "UPDATE dp_deliveries SET lease_until_ms = {p1} \
+                     WHERE (message_id, subscription_id) IN ( \
+                       SELECT message_id, subscription_id FROM dp_deliveries d \
+                       WHERE workspace_id = {workspace} AND status = {p5} \
+                         AND next_attempt_ms <= {p2} \
+                         AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) AND {head_only} \
+                       ORDER BY next_attempt_ms LIMIT {p3}{lock}) \
+                     RETURNING *",
+                    p1 = p(1),
+                    p2 = p(2),
+                    p3 = p(3),
+                    p4 = p(4),
+                    p5 = p(5),
+                    head_only = ordering::HEAD_ONLY,
+                );
+                let rows = delivery::Entity::find()
+                    .from_raw_sql(statement(sql))
+                    .all(&self.db)
+                    .await?;
+                let count = rows.len();
+                if count > 0 {
+                    self.take_rows(rows, AttemptTrigger::Scheduled, window.lease_until)
+                        .await?;
+                }
+                Ok(count)
+            }
+            Queue::Fanouts => {
+                // Only rows nobody holds: the partial index's (m0011); leases that ran out
+                // were cleared by `free_expired_fanouts`.
+                let sql = format!(
+                    "UPDATE dp_fanout SET lease_until_ms = {p1} \
+                     WHERE message_id IN ( \
+                       SELECT message_id FROM dp_fanout \
+                       WHERE workspace_id = {workspace} AND {UNLEASED} AND due_ms <= {p2} \
+                       ORDER BY message_id LIMIT {p3}{lock}) \
+                     RETURNING *",
+                    p1 = p(1),
+                    p2 = p(2),
+                    p3 = p(3),
+                );
+                let rows = fanout::Entity::find()
+                    .from_raw_sql(statement(sql))
+                    .all(&self.db)
+                    .await?;
+                let count = rows.len();
+                if count > 0 {
+                    self.take_fanouts(rows, window.lease_until).await?;
+                }
+                Ok(count)
+            }
+        }
+    }
+
+    /// Clears the leases of fan-outs that ran out (a replica that died, or a process killed
+    /// before it gave them back), so the fair claim, which reads the fan-outs nobody holds,
+    /// sees them. Each statement frees at most [`LEASE_CHUNK`] rows, so none holds SQLite's
+    /// connection for long. Reads the table (no index on the lease: every fan-out row is
+    /// written with one), once a scan period.
+    async fn free_expired_fanouts(&self) -> Result<(), DbErr> {
+        let backend = self.db.get_database_backend();
+        let lock = if backend == DbBackend::Postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE dp_fanout SET lease_until_ms = NULL \
+             WHERE message_id IN ( \
+               SELECT message_id FROM dp_fanout WHERE lease_until_ms <= {p1} \
+               LIMIT {p2}{lock})",
+            p1 = placeholder(backend, 1),
+            p2 = placeholder(backend, 2),
+        );
+        loop {
+            let freed = self
+                .db
+                .execute_raw(Statement::from_sql_and_values(
+                    backend,
+                    sql.clone(),
+                    [
+                        Value::from(now_ms()),
+                        Value::from(i64::try_from(LEASE_CHUNK).unwrap_or(i64::MAX)),
+                    ],
+                ))
+                .await?
+                .rows_affected();
+            if freed < LEASE_CHUNK as u64 || self.shutdown.is_requested() {
+                return Ok(());
+            }
+        }
     }
 
     /// Turns claimed fan-outs into held first attempts: each subscription of the message that
@@ -358,126 +519,6 @@ impl Scanner {
                 .await?;
         }
         Ok(())
-    }
-
-    /// Claims due (or nearly due) pending deliveries whose lease is free (of an ordering
-    /// key, its head only), the room shared between the workspaces that have some by deficit
-    /// round robin (`fair_share`), so a workspace's backlog cannot hold another's deliveries
-    /// back; with one workspace, one query in due order.
-    async fn claim_due(&self) -> Result<usize, DbErr> {
-        let Some(window) = self.claim_window() else {
-            return Ok(0);
-        };
-        let workspaces = self.pending_workspaces(&window).await?;
-        let room = usize::try_from(window.limit).unwrap_or(CLAIM_BATCH);
-        if workspaces.len() <= 1 {
-            return self.claim_due_in(&window, None, room).await;
-        }
-        let quanta = self
-            .round_robin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .quanta(workspaces.len(), room);
-        let mut claimed = 0;
-        let mut hungry = Vec::new();
-        for (index, quantum) in quanta {
-            let got = self
-                .claim_due_in(&window, Some(&workspaces[index]), quantum)
-                .await?;
-            claimed += got;
-            if got == quantum {
-                hungry.push(index);
-            }
-        }
-        for (index, quantum) in again(&hungry, room.saturating_sub(claimed)) {
-            claimed += self
-                .claim_due_in(&window, Some(&workspaces[index]), quantum)
-                .await?;
-        }
-        Ok(claimed)
-    }
-
-    /// The workspaces with pending deliveries (due or not), at most
-    /// [`WORKSPACES_PER_PASS`], sorted: a skip scan of the index on `(status, workspace_id,
-    /// next_attempt_ms)` (m0009), one index seek per workspace however long its backlog.
-    async fn pending_workspaces(&self, window: &ClaimWindow) -> Result<Vec<String>, DbErr> {
-        let backend = window.backend;
-        let sql = format!(
-            "WITH RECURSIVE w(id) AS ( \
-               SELECT (SELECT MIN(workspace_id) FROM dp_deliveries WHERE status = {p1}) \
-               UNION ALL \
-               SELECT (SELECT MIN(workspace_id) FROM dp_deliveries \
-                       WHERE status = {p1} AND workspace_id > w.id) \
-               FROM w WHERE w.id IS NOT NULL) \
-             SELECT id FROM w WHERE id IS NOT NULL LIMIT {p2}",
-            p1 = placeholder(backend, 1),
-            p2 = placeholder(backend, 2),
-        );
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                sql,
-                [
-                    Value::from(DeliveryStatus::Pending.as_str()),
-                    Value::from(i64::try_from(WORKSPACES_PER_PASS).unwrap_or(i64::MAX)),
-                ],
-            ))
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get_by_index::<String>(0))
-            .collect()
-    }
-
-    /// One claim query of at most `limit` rows, of one workspace or of all, in due order.
-    async fn claim_due_in(
-        &self,
-        window: &ClaimWindow,
-        workspace_id: Option<&str>,
-        limit: usize,
-    ) -> Result<usize, DbErr> {
-        let (backend, lock) = (window.backend, window.lock);
-        let workspace = if workspace_id.is_some() {
-            format!(" AND workspace_id = {}", placeholder(backend, 6))
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "UPDATE dp_deliveries SET lease_until_ms = {p1} \
-             WHERE (message_id, subscription_id) IN ( \
-               SELECT message_id, subscription_id FROM dp_deliveries d \
-               WHERE status = {p2}{workspace} AND next_attempt_ms <= {p3} \
-                 AND (lease_until_ms IS NULL OR lease_until_ms <= {p4}) AND {head_only} \
-               ORDER BY next_attempt_ms LIMIT {p5}{lock}) \
-             RETURNING *",
-            p1 = placeholder(backend, 1),
-            p2 = placeholder(backend, 2),
-            p3 = placeholder(backend, 3),
-            p4 = placeholder(backend, 4),
-            p5 = placeholder(backend, 5),
-            head_only = ordering::HEAD_ONLY,
-        );
-        let mut values = vec![
-            Value::from(window.lease_until),
-            Value::from(DeliveryStatus::Pending.as_str()),
-            Value::from(window.due_by),
-            Value::from(window.now),
-            Value::from(i64::try_from(limit).unwrap_or(i64::MAX)),
-        ];
-        if let Some(workspace_id) = workspace_id {
-            values.push(Value::from(workspace_id));
-        }
-        let statement = Statement::from_sql_and_values(backend, sql, values);
-        let rows = delivery::Entity::find()
-            .from_raw_sql(statement)
-            .all(&self.db)
-            .await?;
-        let count = rows.len();
-        if count > 0 {
-            self.take_rows(rows, AttemptTrigger::Scheduled, window.lease_until)
-                .await?;
-        }
-        Ok(count)
     }
 
     /// Turns claimed rows into held tasks: due ones to their lanes, the rest onto timers.
@@ -633,6 +674,15 @@ impl Scanner {
     }
 }
 
+/// What a claim takes from the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queue {
+    /// Pending deliveries (`dp_deliveries`): retries, and attempts that could not be made.
+    Deliveries = 0,
+    /// Fan-outs (`dp_fanout`): messages whose first attempts are left to the scanner.
+    Fanouts = 1,
+}
+
 /// What one claim query may take: how many rows (memory has room for), the lease they get,
 /// and the row-locking clause (PostgreSQL replicas skip rows another is claiming).
 struct ClaimWindow {
@@ -645,6 +695,9 @@ struct ClaimWindow {
     backend: DbBackend,
     lock: &'static str,
 }
+
+/// The fan-outs nobody holds, as the partial index on `dp_fanout` (m0011) states it.
+const UNLEASED: &str = "lease_until_ms IS NULL";
 
 /// `$n` on PostgreSQL, `?n` on SQLite.
 pub(crate) fn placeholder(backend: DbBackend, n: usize) -> String {

@@ -7,6 +7,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub message_id: String,
+    /// The message's workspace (the scanner shares its claims between workspaces).
+    pub workspace_id: String,
     /// When the first attempts are due.
     pub due_ms: i64,
     /// While set and in the future, one replica owns these first attempts.

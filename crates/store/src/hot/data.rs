@@ -52,16 +52,23 @@ impl EnvelopePlace {
     ];
 }
 
-/// A new `dp_fanout` row: (message id, due, lease).
-type FanoutRow<'a> = (&'a str, i64, Option<i64>);
+/// A new `dp_fanout` row.
+pub struct FanoutRow<'a> {
+    pub message_id: &'a str,
+    pub workspace_id: &'a str,
+    /// When the first attempts are due.
+    pub due_ms: i64,
+    /// Set when this process holds the first attempts.
+    pub lease_until_ms: Option<i64>,
+}
 
-/// The columns of a [`FanoutRow`].
-fn fanout_columns<'a>() -> [Column<FanoutRow<'a>>; 3] {
-    [
-        Column::text("message_id", |r| r.0),
-        Column::bigint("due_ms", |r| r.1),
-        Column::opt_bigint("lease_until_ms", |r| r.2),
-    ]
+impl<'a> FanoutRow<'a> {
+    const COLUMNS: [Column<Self>; 4] = [
+        Column::text("message_id", |r| r.message_id),
+        Column::text("workspace_id", |r| r.workspace_id),
+        Column::bigint("due_ms", |r| r.due_ms),
+        Column::opt_bigint("lease_until_ms", |r| r.lease_until_ms),
+    ];
 }
 
 /// Inserts messages. The envelopes travel as one blob (SQLite: cut out with `substr`)
@@ -120,9 +127,9 @@ pub fn insert_messages(backend: DbBackend, rows: &[MessageRow<'_>]) -> Statement
     }
 }
 
-/// Inserts fan-out rows: (message id, due, lease).
-pub fn insert_fanouts(backend: DbBackend, rows: &[(&str, i64, Option<i64>)]) -> Statement {
-    insert(backend, "dp_fanout", &fanout_columns(), rows, "")
+/// Inserts fan-out rows.
+pub fn insert_fanouts(backend: DbBackend, rows: &[FanoutRow<'_>]) -> Statement {
+    insert(backend, "dp_fanout", &FanoutRow::COLUMNS, rows, "")
 }
 
 /// Deletes the fan-out rows of these messages.
