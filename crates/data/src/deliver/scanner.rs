@@ -53,6 +53,10 @@ const SCAN_LOOKAHEAD_MS: i64 = 1_000;
 const CLAIM_BATCH: usize = 500;
 /// Rows updated per statement when renewing or releasing leases.
 const LEASE_CHUNK: usize = 500;
+/// Messages read per statement for claimed work (their envelopes: up to a payload's size
+/// each), so the writer, which shares SQLite's one connection, waits for one short read at
+/// most.
+const MESSAGE_CHUNK: usize = 100;
 /// Workspaces one pass shares the room among at most (the round robin's cursor brings the
 /// others round in later passes).
 const WORKSPACES_PER_PASS: usize = 256;
@@ -399,7 +403,7 @@ impl Scanner {
         let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
         let mut messages: HashMap<String, message::Model> = HashMap::with_capacity(ids.len());
         let mut with_rows: HashSet<(String, String)> = HashSet::new();
-        for chunk in ids.chunks(LEASE_CHUNK) {
+        for chunk in ids.chunks(MESSAGE_CHUNK) {
             for row in message::Entity::find()
                 .filter(message::Column::Id.is_in(chunk.to_vec()))
                 .all(&self.db)
@@ -535,7 +539,7 @@ impl Scanner {
             .into_iter()
             .collect();
         let mut messages: HashMap<String, Arc<StoredMessage>> = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(LEASE_CHUNK) {
+        for chunk in ids.chunks(MESSAGE_CHUNK) {
             let found = message::Entity::find()
                 .filter(message::Column::Id.is_in(chunk.to_vec()))
                 .all(&self.db)
