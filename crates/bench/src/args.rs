@@ -70,7 +70,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// PostgreSQL URL for the planes the bench starts (passed to the child as
-    /// SLUICE_DATABASE_URL). Default: SQLite in a fresh temporary directory. Only its host is
+    /// SLUICE_DATABASE_URL); an empty database, one per run (each run seals its secrets with
+    /// a new master key). Default: SQLite in a fresh temporary directory. Only its host is
     /// ever printed.
     #[arg(long, conflicts_with = "control")]
     pub database_url: Option<String>,

@@ -82,11 +82,20 @@ impl ChildProcess {
             && let Some(status) = child.try_wait()?
         {
             self.child = None;
+            let tail = self.log_tail(30);
+            // Every run starts Sluice with a master key of its own, which cannot open the
+            // secrets an earlier run sealed in the same database.
+            let hint = if tail.contains("does not open the stored secrets") {
+                "\nhint: --database-url must name an empty database (each bench run seals its \
+                 secrets with a new master key); create a fresh one, e.g. \
+                 `psql -c 'CREATE DATABASE bench2'`"
+            } else {
+                ""
+            };
             bail!(
-                "{} exited early ({status}); its log ({}):\n{}",
+                "{} exited early ({status}); its log ({}):\n{tail}{hint}",
                 self.name,
                 self.log_path.display(),
-                self.log_tail(30)
             );
         }
         Ok(())
