@@ -544,3 +544,105 @@ async fn client_split(planes: &mut Planes) {
         .collect();
     assert_eq!(ids.len(), EVENTS as usize, "each event delivered once");
 }
+
+/// The publish quota per workspace (`--workspace-publish-rate`): a workspace past its burst
+/// is refused with RESOURCE_EXHAUSTED, the time to wait (`RetryInfo`) and what ran out
+/// (`QuotaFailure`), on unary publishes and per event on a stream; nothing of a refused
+/// event is stored; another workspace is not affected; once the wait is over the
+/// workspace publishes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_over_its_publish_quota_is_told_when_to_retry() {
+    on_each_backend(
+        PlaneOptions {
+            workspace_publish_rate: 1,
+            workspace_publish_burst: 5,
+            ..PlaneOptions::default()
+        },
+        publish_quota,
+    )
+    .await;
+}
+
+async fn publish_quota(planes: &mut Planes) {
+    use tonic_types::StatusExt;
+    let (busy_workspace, busy_key) = planes.workspace_with_key("Busy").await;
+    let (_, quiet_key) = planes.workspace_with_key("Quiet").await;
+    for key in [&busy_key, &quiet_key] {
+        let mut c = planes.clients(Some(key)).await;
+        let receiver = Receiver::ok().await;
+        subscribe(&mut c, webhook(&receiver.url("/q"), &["*"])).await;
+    }
+    planes.config_synced().await;
+    let mut busy = planes.publisher(&busy_key).await;
+    let one = || event(CONVERSATION_CREATED, r#"{"conversation":{"id":"cnv_1"}}"#);
+
+    // The burst of 5 passes (6 if the publishes took over a second: one more refilled).
+    let mut accepted = 0;
+    let refused = loop {
+        match busy.publish(one()).await {
+            Ok(_) => accepted += 1,
+            Err(status) => break status,
+        }
+        assert!(accepted <= 6, "{accepted} publishes passed a burst of 5");
+    };
+    assert!((5..=6).contains(&accepted), "{accepted} passed");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains(&busy_workspace)
+            && refused.message().contains("publish quota of 1 events/s"),
+        "{}",
+        refused.message()
+    );
+    let details = refused.get_error_details();
+    let retry_delay = details
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RESOURCE_EXHAUSTED carries RetryInfo");
+    assert!(
+        retry_delay > Duration::ZERO && retry_delay <= Duration::from_secs(1),
+        "{retry_delay:?}"
+    );
+    let quota = details.quota_failure().expect("and QuotaFailure");
+    assert_eq!(quota.violations[0].subject, "workspace");
+    assert_eq!(
+        count_rows(&planes.data_db, "dp_messages").await,
+        accepted,
+        "a refused event is not stored"
+    );
+
+    // On a stream, each event over the quota gets its own error and the stream goes on
+    // (at most one of them may pass if a second went by).
+    let requests: Vec<dpb::PublishStreamRequest> = (0..3)
+        .map(|sequence| dpb::PublishStreamRequest {
+            sequence,
+            event: Some(one()),
+        })
+        .collect();
+    let mut acks = busy
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream_refused = 0;
+    let mut answers = 0;
+    while let Some(ack) = acks.message().await.unwrap() {
+        answers += 1;
+        if let Some(error) = ack.error {
+            assert_eq!(error.code, Code::ResourceExhausted as i32, "{error:?}");
+            stream_refused += 1;
+        }
+    }
+    assert_eq!(answers, 3);
+    assert!(stream_refused >= 2, "{stream_refused} of 3 refused");
+
+    // Another workspace has a quota of its own.
+    let mut quiet = planes.publisher(&quiet_key).await;
+    for _ in 0..5 {
+        quiet.publish(one()).await.unwrap();
+    }
+
+    // After the wait the busy workspace publishes again (the quota refills with time: there
+    // is nothing else to wait for).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    busy.publish(one()).await.unwrap();
+}

@@ -60,6 +60,11 @@ pub struct DataConfig {
     /// for the scanner to claim as room frees, so memory stays bounded whatever the
     /// backlog.
     pub max_held_deliveries: usize,
+    /// Events a second one workspace may publish through this process (0: no quota);
+    /// beyond, a publish is refused with RESOURCE_EXHAUSTED and the time to wait.
+    pub workspace_publish_rate: u32,
+    /// The burst a workspace may publish at once within its quota (0: one second's worth).
+    pub workspace_publish_burst: u32,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_grace: Duration,
     /// How long a publish waits for its event to be made durable: past it the publisher is
@@ -86,6 +91,8 @@ impl std::fmt::Debug for DataConfig {
             .field("adaptive_concurrency", &self.adaptive_concurrency)
             .field("lease", &self.lease)
             .field("max_held_deliveries", &self.max_held_deliveries)
+            .field("workspace_publish_rate", &self.workspace_publish_rate)
+            .field("workspace_publish_burst", &self.workspace_publish_burst)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("keyring", &self.keyring)
             .field("retention", &self.retention)
@@ -112,6 +119,8 @@ impl Default for DataConfig {
             circuit_breaker_cooldown: Duration::from_secs(30),
             lease: Duration::from_secs(60),
             max_held_deliveries: DEFAULT_MAX_HELD_DELIVERIES,
+            workspace_publish_rate: 0,
+            workspace_publish_burst: 0,
             shutdown_grace: Duration::from_secs(10),
             store_timeout: sluice_store::DEFAULT_STORE_TIMEOUT,
             keyring: None,

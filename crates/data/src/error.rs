@@ -28,6 +28,12 @@ pub enum DataError {
     /// The data plane is shutting down or its queue is gone; the caller may retry elsewhere.
     #[error("{0}")]
     Unavailable(String),
+    /// The workspace is over its publish quota; it may publish again after `retry_after`.
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// The start-up configuration is unusable.
     #[error("invalid data plane configuration: {0}")]
     Config(String),
@@ -81,6 +87,7 @@ impl DataError {
             DataError::NotFound(_) => Code::NotFound,
             DataError::FailedPrecondition(_) => Code::FailedPrecondition,
             DataError::Unavailable(_) => Code::Unavailable,
+            DataError::QuotaExceeded { .. } => Code::ResourceExhausted,
             DataError::Config(_) | DataError::Database(_) | DataError::Internal(_) => {
                 Code::Internal
             }
@@ -132,6 +139,14 @@ impl From<DataError> for Status {
                         .collect::<Vec<_>>(),
                 );
                 Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            DataError::QuotaExceeded { retry_after, .. } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.add_quota_failure_violation(
+                    "workspace",
+                    "events published per second (--workspace-publish-rate)",
+                );
+                Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             other => Status::new(other.code(), message),
         }

@@ -58,6 +58,7 @@ pub use crate::sync::control_client::check_internal_token;
 
 use crate::api::dispatch::DispatchApi;
 use crate::api::ingest::IngestApi;
+use crate::api::quota::PublishQuota;
 use crate::commit::publishes::Publishes;
 use crate::commit::writer::Writer;
 use crate::deliver::attempt::Attempts;
@@ -300,6 +301,10 @@ impl DataPlane {
             publishes: publish_tx,
             max_payload_bytes: config.max_payload_bytes,
             store_timeout: config.store_timeout,
+            quota: Arc::new(PublishQuota::new(
+                config.workspace_publish_rate,
+                config.workspace_publish_burst,
+            )),
             shutdown: shutdown.clone(),
         };
         let dispatch = Arc::new(DispatchApi {

@@ -13,6 +13,8 @@ use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
 pub(crate) struct Metrics {
     /// Events accepted and made durable.
     pub(crate) published: Counter<u64>,
+    /// Publishes refused by the workspace publish quota.
+    pub(crate) publish_refused: Counter<u64>,
     /// Attempts by outcome (`succeeded`, `retry_scheduled`, `failed`).
     pub(crate) attempts: Counter<u64>,
     /// Attempt latency in seconds.
@@ -78,6 +80,10 @@ pub(crate) fn metrics() -> &'static Metrics {
             published: meter
                 .u64_counter("sluice.events.published")
                 .with_description("Events made durable")
+                .build(),
+            publish_refused: meter
+                .u64_counter("sluice.events.refused")
+                .with_description("Publishes refused because the workspace was over its quota")
                 .build(),
             attempts: meter
                 .u64_counter("sluice.deliveries")

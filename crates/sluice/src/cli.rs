@@ -289,6 +289,13 @@ pub struct DeliveryArgs {
           default_value_t = sluice_data::DEFAULT_MAX_HELD_DELIVERIES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_held_deliveries: usize,
+    /// Events a second one workspace may publish through this data plane (0: no quota);
+    /// beyond, publishes are refused with RESOURCE_EXHAUSTED and the time to wait.
+    #[arg(long, env = "SLUICE_WORKSPACE_PUBLISH_RATE", default_value_t = 0)]
+    pub workspace_publish_rate: u32,
+    /// Events a workspace may publish at once within its quota (0: one second's worth).
+    #[arg(long, env = "SLUICE_WORKSPACE_PUBLISH_BURST", default_value_t = 0)]
+    pub workspace_publish_burst: u32,
     /// Seconds in-flight work gets to finish on shutdown.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -336,6 +343,8 @@ impl DeliveryArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             lease: Duration::from_secs(self.delivery_lease_secs.max(1)),
             max_held_deliveries: self.max_held_deliveries,
+            workspace_publish_rate: self.workspace_publish_rate,
+            workspace_publish_burst: self.workspace_publish_burst,
             ..Default::default()
         };
         config

@@ -55,6 +55,10 @@ pub struct PlaneOptions {
     pub adaptive_concurrency: bool,
     /// Deliveries the data plane holds in memory at most (`--max-held-deliveries`).
     pub max_held_deliveries: usize,
+    /// Events a second per workspace (`--workspace-publish-rate`, 0: no quota) and its
+    /// burst (`--workspace-publish-burst`).
+    pub workspace_publish_rate: u32,
+    pub workspace_publish_burst: u32,
 }
 
 impl Default for PlaneOptions {
@@ -75,6 +79,8 @@ impl Default for PlaneOptions {
             endpoint_concurrency: 16,
             adaptive_concurrency: true,
             max_held_deliveries: sluice_data::DEFAULT_MAX_HELD_DELIVERIES,
+            workspace_publish_rate: 0,
+            workspace_publish_burst: 0,
         }
     }
 }
@@ -140,6 +146,8 @@ impl Planes {
             endpoint_concurrency: options.endpoint_concurrency,
             adaptive_concurrency: options.adaptive_concurrency,
             max_held_deliveries: options.max_held_deliveries,
+            workspace_publish_rate: options.workspace_publish_rate,
+            workspace_publish_burst: options.workspace_publish_burst,
             circuit_breaker_failures: options.circuit_breaker_failures,
             circuit_breaker_cooldown: options.circuit_breaker_cooldown,
             shutdown_grace: Duration::from_secs(2),

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::quota::PublishQuota;
 use crate::error::{DataError, Violation};
 use crate::shutdown::Shutdown;
 use crate::state::config_copy::{ConfigCopy, Subscription};
@@ -62,6 +63,8 @@ pub(crate) struct IngestApi {
     pub(crate) max_payload_bytes: usize,
     /// How long an event may wait to be made durable before the publisher is told it was not.
     pub(crate) store_timeout: std::time::Duration,
+    /// Events a second each workspace may publish (`--workspace-publish-rate`).
+    pub(crate) quota: Arc<PublishQuota>,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -315,6 +318,9 @@ async fn submit(
     }
     let now = Utc::now();
     let event = validate(&request, api.max_payload_bytes, now)?;
+    // After validation, so a malformed event is told what is wrong with it and does not
+    // count against the quota.
+    api.quota.check(key_workspace)?;
     let create_ms = now.timestamp_millis();
     let timestamp = event
         .occurred_ms

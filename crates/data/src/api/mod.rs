@@ -4,3 +4,4 @@
 
 pub(crate) mod dispatch;
 pub(crate) mod ingest;
+pub(crate) mod quota;
