@@ -646,3 +646,61 @@ async fn publish_quota(planes: &mut Planes) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     busy.publish(one()).await.unwrap();
 }
+
+/// `sluice-client` against a publish quota: what the data plane refuses for the quota is
+/// sent again after the delay it gave, with the same key, so every event is accepted once
+/// (5 a second, bursts of 5: 15 events take about two seconds), on a stream and unary.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_waits_out_the_publish_quota() {
+    on_each_backend(
+        PlaneOptions {
+            workspace_publish_rate: 5,
+            workspace_publish_burst: 5,
+            ..PlaneOptions::default()
+        },
+        client_and_quota,
+    )
+    .await;
+}
+
+async fn client_and_quota(planes: &mut Planes) {
+    const EVENTS: usize = 15;
+    let (_, key) = planes.workspace_with_key("Quota").await;
+    let mut c = planes.clients(Some(&key)).await;
+    let receiver = Receiver::ok().await;
+    subscribe(&mut c, webhook(&receiver.url("/in"), &["*"])).await;
+    planes.config_synced().await;
+    let config = sluice_client::Config::new(vec![format!("http://{}", planes.data_addr)], &key);
+    let publisher = sluice_client::Publisher::new(config).unwrap();
+    let event = |i: usize| {
+        sluice_client::Event::new(
+            CONVERSATION_CREATED,
+            format!(r#"{{"conversation":{{"id":"cnv_{i}"}}}}"#),
+        )
+    };
+    let (mut sender, mut acks) = publisher.stream().split();
+    for i in 0..EVENTS {
+        sender.send(event(i)).await.unwrap();
+    }
+    sender.close();
+    let mut accepted = 0;
+    while let Some(ack) = tokio::time::timeout(WAIT, acks.next_ack())
+        .await
+        .expect("every event is answered")
+    {
+        let ack = ack.unwrap();
+        let result = ack.result.expect("accepted once the quota allowed it");
+        assert!(!result.duplicate, "refused events were not stored");
+        accepted += 1;
+    }
+    assert_eq!(accepted, EVENTS);
+    for i in EVENTS..EVENTS + 3 {
+        publisher.publish(&event(i)).await.expect("unary waits too");
+    }
+    let got = receiver.wait_for(EVENTS + 3, WAIT).await;
+    let ids: HashSet<&str> = got
+        .iter()
+        .filter_map(|r| r.headers.get("webhook-id")?.to_str().ok())
+        .collect();
+    assert_eq!(ids.len(), EVENTS + 3, "each event delivered once");
+}

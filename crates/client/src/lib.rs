@@ -9,8 +9,12 @@
 //! the list, and the data plane answers a repeat as a duplicate of the first: nothing is
 //! delivered twice. [`Publisher::publish`] is one event over the unary RPC, with the same
 //! key-and-retry rule.
+//!
+//! An event refused because its workspace is over its publish quota (RESOURCE_EXHAUSTED
+//! with a retry delay) is sent again, with its key, once the delay the data plane gave has
+//! passed, for up to `give_up_after`; only then is the refusal the caller's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,7 +94,8 @@ pub struct Config {
     pub api_key: String,
     /// Events a stream keeps unanswered at most (back-pressure beyond).
     pub max_in_flight: usize,
-    /// How long to keep retrying when no endpoint answers.
+    /// How long to keep retrying when no endpoint answers, or while the workspace is
+    /// over its publish quota.
     pub give_up_after: Duration,
     /// Whether an event without an idempotency key gets one made here (the default). Off,
     /// such an event is published without a key: the data plane then skips the lookup of
@@ -198,7 +203,12 @@ impl Publisher {
                         backoff.wait().await;
                     }
                 }
-                Err(status) => return Err(ClientError::Refused(status)),
+                Err(status) => match quota_delay(&status) {
+                    Some(delay) if tokio::time::Instant::now() + delay < deadline => {
+                        tokio::time::sleep(delay).await;
+                    }
+                    _ => return Err(ClientError::Refused(status)),
+                },
             }
         }
     }
@@ -257,6 +267,8 @@ struct InFlight {
     sequence: u64,
     key: String,
     event: Event,
+    /// When the data plane first refused it for the workspace's quota.
+    over_quota_since: Option<tokio::time::Instant>,
 }
 
 impl PublishStream {
@@ -306,6 +318,7 @@ impl StreamSender {
                 sequence,
                 key,
                 event,
+                over_quota_since: None,
             })
             .map_err(|_| ClientError::Closed)?;
         // The permit is given back when the event's final answer arrives.
@@ -393,11 +406,30 @@ async fn run_stream(
         };
         let mut requests = Some(requests);
         let mut broke = false;
+        // Events over the workspace's quota, by when to send them again on this connection
+        // (a new connection sends every unanswered event at once anyway).
+        let mut resend_at: BTreeSet<(tokio::time::Instant, u64)> = BTreeSet::new();
         loop {
             if !input_open && in_flight.is_empty() {
                 break;
             }
+            let next_resend = resend_at.first().map_or_else(
+                || tokio::time::Instant::now() + Duration::from_secs(3600),
+                |(at, _)| *at,
+            );
             tokio::select! {
+                () = tokio::time::sleep_until(next_resend), if !resend_at.is_empty() => {
+                    let now = tokio::time::Instant::now();
+                    while let Some(&(at, sequence)) = resend_at.first() {
+                        if at > now {
+                            break;
+                        }
+                        resend_at.pop_first();
+                        if let (Some(r), Some(flight)) = (&requests, in_flight.get(&sequence)) {
+                            let _ = r.send(request(flight)).await;
+                        }
+                    }
+                }
                 event = events.recv(), if input_open => match event {
                     Some(flight) => {
                         if let Some(r) = &requests {
@@ -416,6 +448,36 @@ async fn run_stream(
                                 // Resent on the next connection with the same key.
                                 broke = true;
                                 requests = None;
+                            }
+                            (_, Some(error))
+                                if error.code == Code::ResourceExhausted as i32
+                                    && error.retry_delay.is_some() =>
+                            {
+                                let delay = error
+                                    .retry_delay
+                                    .and_then(|d| Duration::try_from(d).ok())
+                                    .unwrap_or_default();
+                                let give_up = publisher.config.give_up_after;
+                                let within = in_flight.get_mut(&response.sequence).map(|flight| {
+                                    let since = *flight
+                                        .over_quota_since
+                                        .get_or_insert_with(tokio::time::Instant::now);
+                                    since.elapsed() + delay < give_up
+                                });
+                                match within {
+                                    Some(true) => {
+                                        resend_at.insert((
+                                            tokio::time::Instant::now() + delay,
+                                            response.sequence,
+                                        ));
+                                    }
+                                    Some(false) => {
+                                        if let Some(flight) = in_flight.remove(&response.sequence) {
+                                            answer(flight, Err(error));
+                                        }
+                                    }
+                                    None => {}
+                                }
                             }
                             (Some(result), None) => {
                                 if let Some(flight) = in_flight.remove(&response.sequence) {
@@ -452,6 +514,16 @@ fn request(flight: &InFlight) -> pb::PublishStreamRequest {
         sequence: flight.sequence,
         event: Some(flight.event.request(&flight.key)),
     }
+}
+
+/// The delay a RESOURCE_EXHAUSTED answer asks for (the workspace's publish quota), from its
+/// `google.rpc.RetryInfo`.
+fn quota_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    status.get_error_details().retry_info()?.retry_delay
 }
 
 /// Whether another try (elsewhere, later) may succeed.

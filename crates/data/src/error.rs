@@ -119,10 +119,17 @@ impl DataError {
                 .unwrap_or_default(),
             _ => String::new(),
         };
+        let retry_delay = match &self {
+            DataError::QuotaExceeded { retry_after, .. } => {
+                prost_types::Duration::try_from(*retry_after).ok()
+            }
+            _ => None,
+        };
         PublishError {
             code: self.code() as i32,
             message: self.public_message(),
             field,
+            retry_delay,
         }
     }
 }
