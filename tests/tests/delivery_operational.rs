@@ -327,7 +327,8 @@ async fn catalog(planes: &mut Planes) {
         "{archived:?}"
     );
 
-    // Publishers cannot forge them either.
+    // Publishers cannot forge them either (once the data plane knows the key).
+    planes.config_synced().await;
     let mut publisher = planes.publisher(&key).await;
     let forged = publisher
         .publish(event(DISABLED, r#"{"subscription_id":"sub_x"}"#))
