@@ -407,7 +407,10 @@ async fn run_stream(
         let mut requests = Some(requests);
         let mut broke = false;
         // Events over the workspace's quota, by when to send them again on this connection
-        // (a new connection sends every unanswered event at once anyway).
+        // (a new connection sends every unanswered event at once anyway). Each waits the
+        // delay it was given after the one before it, so they go out at about the quota's
+        // rate instead of all at once, and no new event is sent while any waits: it would
+        // only be refused too.
         let mut resend_at: BTreeSet<(tokio::time::Instant, u64)> = BTreeSet::new();
         loop {
             if !input_open && in_flight.is_empty() {
@@ -430,7 +433,7 @@ async fn run_stream(
                         }
                     }
                 }
-                event = events.recv(), if input_open => match event {
+                event = events.recv(), if input_open && resend_at.is_empty() => match event {
                     Some(flight) => {
                         if let Some(r) = &requests {
                             let _ = r.send(request(&flight)).await;
@@ -466,10 +469,11 @@ async fn run_stream(
                                 });
                                 match within {
                                     Some(true) => {
-                                        resend_at.insert((
-                                            tokio::time::Instant::now() + delay,
-                                            response.sequence,
-                                        ));
+                                        let now = tokio::time::Instant::now();
+                                        let after = resend_at
+                                            .last()
+                                            .map_or(now, |(at, _)| (*at).max(now));
+                                        resend_at.insert((after + delay, response.sequence));
                                     }
                                     Some(false) => {
                                         if let Some(flight) = in_flight.remove(&response.sequence) {
