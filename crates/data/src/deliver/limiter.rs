@@ -12,7 +12,12 @@
 //!   decrease do not shrink it again, so 16 timeouts of one burst count once.
 //! - The baseline is the fastest recent answer: it falls at once to a faster one and
 //!   creeps up slowly (`BASELINE_RISE` of the gap per answer), so an endpoint that is
-//!   slower for good is learnt again within a few hundred answers.
+//!   slower for good is learnt again within a few hundred answers. An answer judged slow
+//!   moves it only when it was alone in flight (its slowness is then the endpoint's, not
+//!   the load's): otherwise the slow answers of an overloaded endpoint lifted the baseline
+//!   until the limit settled well above the knee (the adaptive-concurrency test ended in
+//!   that state about one run in three). An endpoint slower for good is now learnt again
+//!   once the limit is down to 1.
 //!
 //! Pure state and arithmetic, no clock and no I/O: the lane calls it under the lock it takes
 //! for its breaker anyway, once per attempt. Hand-written (about sixty lines) rather than a
@@ -86,7 +91,10 @@ impl Aimd {
         let slow = sample.answered
             && self.baseline > 0.0
             && seconds > self.baseline * SLOWER_THAN + LATENCY_SLACK.as_secs_f64();
-        if sample.answered && !sample.overloaded {
+        // An answer judged slow raises the baseline only when it was alone in flight: with
+        // others beside it, its slowness may be ours, and letting it raise the baseline
+        // would let the limit settle above the endpoint's knee under steady overload.
+        if sample.answered && !sample.overloaded && (!slow || sample.in_flight <= 1) {
             if self.baseline == 0.0 || seconds < self.baseline {
                 self.baseline = seconds;
             } else {
@@ -187,6 +195,25 @@ mod tests {
         assert_eq!(aimd.limit(), 16);
         aimd.record(sample(50, 16, aimd.window()));
         assert_eq!(aimd.limit(), 12);
+    }
+
+    #[test]
+    fn an_endpoint_slower_for_good_is_learnt_again() {
+        let mut aimd = Aimd::new(16);
+        for _ in 0..100 {
+            let in_flight = aimd.limit();
+            aimd.record(sample(10, in_flight, aimd.window()));
+        }
+        assert_eq!(aimd.limit(), 16);
+        // From now on 100 ms whatever the load: down to 1, then back up once the baseline
+        // has risen there.
+        let mut lowest = 16;
+        for _ in 0..1_000 {
+            let in_flight = aimd.limit();
+            lowest = lowest.min(aimd.record(sample(100, in_flight, aimd.window())));
+        }
+        assert_eq!(lowest, 1);
+        assert_eq!(aimd.limit(), 16);
     }
 
     #[test]
