@@ -32,6 +32,22 @@ struct Run {
     health_limit: u32,
 }
 
+/// Publishes `events` events at once, each its own unary call; returns once all are acked.
+async fn publish_concurrently(publisher: &Publisher, events: usize) {
+    let mut publishes = tokio::task::JoinSet::new();
+    for n in 0..events {
+        let mut publisher = publisher.clone();
+        publishes.spawn(async move {
+            publish(
+                &mut publisher,
+                event(CONVERSATION_CREATED, &format!(r#"{{"n":{n}}}"#)),
+            )
+            .await
+        });
+    }
+    publishes.join_all().await;
+}
+
 async fn run(planes: &mut Planes, label: &str) -> Run {
     let (_, key) = planes.workspace_with_key(label).await;
     let mut c = planes.clients(Some(&key)).await;
@@ -48,18 +64,7 @@ async fn run(planes: &mut Planes, label: &str) -> Run {
     let publisher = planes.publisher(&key).await;
 
     let started = Instant::now();
-    let mut publishes = tokio::task::JoinSet::new();
-    for n in 0..EVENTS {
-        let mut publisher = publisher.clone();
-        publishes.spawn(async move {
-            publish(
-                &mut publisher,
-                event(CONVERSATION_CREATED, &format!(r#"{{"n":{n}}}"#)),
-            )
-            .await
-        });
-    }
-    publishes.join_all().await;
+    publish_concurrently(&publisher, EVENTS).await;
     let got = receiver.wait_for(EVENTS, Duration::from_secs(120)).await;
     let elapsed = started.elapsed().as_secs_f64();
 
@@ -179,21 +184,7 @@ async fn a_big_workspaces_backlog_does_not_hold_back_a_small_workspaces_events()
         }
         planes.config_synced().await;
 
-        let publish_all = async |publisher: &Publisher, events: usize| {
-            let mut publishes = tokio::task::JoinSet::new();
-            for n in 0..events {
-                let mut publisher = publisher.clone();
-                publishes.spawn(async move {
-                    publish(
-                        &mut publisher,
-                        event(CONVERSATION_CREATED, &format!(r#"{{"n":{n}}}"#)),
-                    )
-                    .await
-                });
-            }
-            publishes.join_all().await;
-        };
-        publish_all(&publishers[0], BIG_EVENTS).await;
+        publish_concurrently(&publishers[0], BIG_EVENTS).await;
         // The small workspace's events in one stream, so they come in one write cycle:
         // more than memory has room for, they all wait in the database.
         let started = Instant::now();

@@ -359,6 +359,25 @@ pub fn sqlite_url(data_dir: &std::path::Path, plane: Plane) -> String {
     format!("sqlite://{}?mode=rwc", data_dir.join(file).display())
 }
 
+/// A numbered statement parameter: `$n` on PostgreSQL, `?n` on SQLite.
+pub fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => format!("?{n}"),
+    }
+}
+
+/// The row lock of a claim's inner `SELECT`: on PostgreSQL ` FOR UPDATE SKIP LOCKED`, so
+/// replicas claiming at once take different rows instead of waiting on each other; nothing
+/// on SQLite, which has one writer.
+pub fn skip_locked(backend: DbBackend) -> &'static str {
+    if backend == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    }
+}
+
 /// Now, in unix milliseconds: how every time is stored.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -77,11 +77,7 @@ impl Sql {
     }
 
     fn skip_locked(&self) -> &'static str {
-        if self.backend == DbBackend::Postgres {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        }
+        crate::skip_locked(self.backend)
     }
 
     fn scope(&mut self, column: &str, scope: &Scope<'_>) -> String {

@@ -12,8 +12,8 @@ use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, Statement, 
 use sluice_core::outcome::DeliveryStatus;
 use sluice_store::data::delivery;
 
-use crate::deliver::scanner::placeholder;
 use crate::work::NewMessage;
+use sluice_store::placeholder;
 
 /// Rows per insert statement (12 values each), well under the bound-parameter limits.
 const ROWS_PER_STATEMENT: usize = 500;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DbBackend, EntityTrait, Statement, Value};
+use sea_orm::{DatabaseConnection, EntityTrait, Statement, Value};
 use sluice_core::outcome::DeliveryStatus;
 use sluice_proto::control::v1::{Attempt, AttemptTrigger};
 use sluice_store::data::{delivery, fanout, message};
@@ -13,11 +13,12 @@ use sluice_store::now_ms;
 
 use crate::deliver::attempt::Attempts;
 use crate::deliver::decision::Rule;
-use crate::deliver::scanner::{Scanner, placeholder};
+use crate::deliver::scanner::Scanner;
 use crate::error::DataError;
 use crate::state::claims::DeliveryKey;
 use crate::state::fanouts::Fanouts;
 use crate::work::{DeliveryTask, StoredMessage};
+use sluice_store::placeholder;
 
 /// Rows requeued per statement by a replay.
 const REPLAY_CHUNK: i64 = 1000;
@@ -216,11 +217,7 @@ impl ManualDeliveries {
         }
         self.attempts.outcomes.flush().await;
         let backend = self.db.get_database_backend();
-        let lock = if backend == DbBackend::Postgres {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
+        let lock = sluice_store::skip_locked(backend);
         let p = |n| placeholder(backend, n);
         let sql = format!(
             "UPDATE dp_deliveries SET status = {p1}, next_attempt_ms = {p2}, lease_until_ms = {p3}, \

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, Statement, Value};
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Statement, Value};
 use sluice_proto::control::v1::Attempt;
 use sluice_store::data::delivery;
 
@@ -46,20 +46,11 @@ pub(crate) async fn claim_heads<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let backend = db.get_database_backend();
-    // `$n` on PostgreSQL, `?n` on SQLite (this module sits below the scanner, whose
-    // `placeholder` says the same).
-    let p = |n: usize| match backend {
-        DbBackend::Postgres => format!("${n}"),
-        _ => format!("?{n}"),
-    };
+    let p = |n: usize| sluice_store::placeholder(backend, n);
     let pairs: Vec<String> = (0..keys.len())
         .map(|i| format!("({}, {})", p(4 + 2 * i), p(5 + 2 * i)))
         .collect();
-    let lock = if backend == DbBackend::Postgres {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    };
+    let lock = sluice_store::skip_locked(backend);
     // `status` as a literal, like the partial index's condition: planners match a partial
     // index on literals only.
     let sql = format!(

@@ -23,7 +23,7 @@ use sea_orm::{
 use sluice_core::outcome::DeliveryStatus;
 use sluice_proto::control::v1::AttemptTrigger;
 use sluice_store::data::{delivery, fanout, message};
-use sluice_store::now_ms;
+use sluice_store::{now_ms, placeholder, skip_locked};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
@@ -155,11 +155,7 @@ impl Scanner {
             due_by,
             lease_until: due_by.saturating_add(self.lease_ms),
             backend,
-            lock: if backend == DbBackend::Postgres {
-                " FOR UPDATE SKIP LOCKED"
-            } else {
-                ""
-            },
+            lock: skip_locked(backend),
         })
     }
 
@@ -361,11 +357,7 @@ impl Scanner {
     /// written with one), once a scan period.
     async fn free_expired_fanouts(&self) -> Result<(), DbErr> {
         let backend = self.db.get_database_backend();
-        let lock = if backend == DbBackend::Postgres {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
+        let lock = skip_locked(backend);
         let sql = format!(
             "UPDATE dp_fanout SET lease_until_ms = NULL \
              WHERE message_id IN ( \
@@ -702,11 +694,3 @@ struct ClaimWindow {
 
 /// The fan-outs nobody holds, as the partial index on `dp_fanout` (m0011) states it.
 const UNLEASED: &str = "lease_until_ms IS NULL";
-
-/// `$n` on PostgreSQL, `?n` on SQLite.
-pub(crate) fn placeholder(backend: DbBackend, n: usize) -> String {
-    match backend {
-        DbBackend::Postgres => format!("${n}"),
-        _ => format!("?{n}"),
-    }
-}
