@@ -24,6 +24,8 @@ mod m0009_control_concurrency;
 mod m0009_data_fair_claims;
 mod m0010_control_verification;
 mod m0011_data_fanout_workspace;
+mod m0012_control_publish_quota;
+mod m0012_data_publish_quota;
 
 /// Migrations of the control plane's database.
 pub struct ControlMigrator;
@@ -42,6 +44,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m0008_control_ordering::Migration),
             Box::new(m0009_control_concurrency::Migration),
             Box::new(m0010_control_verification::Migration),
+            Box::new(m0012_control_publish_quota::Migration),
         ]
     }
 
@@ -64,6 +67,7 @@ impl MigratorTrait for DataMigrator {
             Box::new(m0008_data_ordering::Migration),
             Box::new(m0009_data_fair_claims::Migration),
             Box::new(m0011_data_fanout_workspace::Migration),
+            Box::new(m0012_data_publish_quota::Migration),
         ]
     }
 

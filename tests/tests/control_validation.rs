@@ -1561,6 +1561,104 @@ async fn retry_policies_and_payload_shapes_refuse_bad_input() {
             .workspace
             .unwrap();
         assert_eq!(workspace.retry_policy, None);
+
+        // Publish quotas.
+        let quota = |events_per_second, burst, unlimited| pb::PublishQuota {
+            events_per_second,
+            burst,
+            unlimited,
+        };
+        let create_with = |q: pb::PublishQuota| pb::CreateWorkspaceRequest {
+            workspace: Some(pb::Workspace {
+                display_name: "Bad quota".into(),
+                publish_quota: Some(q),
+                ..Default::default()
+            }),
+        };
+        for (what, q, field) in [
+            (
+                "a quota of zero events a second",
+                quota(0, 10, false),
+                "workspace.publish_quota.events_per_second",
+            ),
+            (
+                "a quota over a million a second",
+                quota(1_000_001, 0, false),
+                "workspace.publish_quota.events_per_second",
+            ),
+            (
+                "a burst over a million",
+                quota(10, 1_000_001, false),
+                "workspace.publish_quota.burst",
+            ),
+            (
+                "unlimited with a rate",
+                quota(10, 0, true),
+                "workspace.publish_quota.events_per_second",
+            ),
+            (
+                "unlimited with a burst",
+                quota(0, 10, true),
+                "workspace.publish_quota.burst",
+            ),
+        ] {
+            invalid!(
+                h,
+                what,
+                field,
+                admin.workspaces.create_workspace(create_with(q))
+            );
+            invalid!(
+                h,
+                format!("{what} (update)"),
+                field,
+                admin
+                    .workspaces
+                    .update_workspace(pb::UpdateWorkspaceRequest {
+                        workspace: Some(pb::Workspace {
+                            id: ws.clone(),
+                            publish_quota: Some(q),
+                            ..Default::default()
+                        }),
+                        update_mask: mask(&["publish_quota"]),
+                    })
+            );
+        }
+        // The limits are inclusive, and a quota outside the mask is not looked at.
+        let set = admin
+            .workspaces
+            .update_workspace(pb::UpdateWorkspaceRequest {
+                workspace: Some(pb::Workspace {
+                    id: ws.clone(),
+                    display_name: "Renamed".into(),
+                    publish_quota: Some(quota(0, 0, false)),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["display_name"]),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workspace
+            .unwrap();
+        assert_eq!(set.publish_quota, None);
+        let most = quota(1_000_000, 1_000_000, false);
+        let set = admin
+            .workspaces
+            .update_workspace(pb::UpdateWorkspaceRequest {
+                workspace: Some(pb::Workspace {
+                    id: ws.clone(),
+                    publish_quota: Some(most),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["publish_quota"]),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workspace
+            .unwrap();
+        assert_eq!(set.publish_quota, Some(most));
         h.stop().await;
     }
 }

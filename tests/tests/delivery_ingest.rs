@@ -647,6 +647,138 @@ async fn publish_quota(planes: &mut Planes) {
     busy.publish(one()).await.unwrap();
 }
 
+/// A workspace's own publish quota, set through the control plane (`Workspace.publish_quota`),
+/// applies instead of the server's once the data plane has the configuration, and after the
+/// data plane restarts without the control plane; `unlimited` exempts a workspace; clearing
+/// it brings the server's back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspaces_own_publish_quota_replaces_the_servers() {
+    on_each_backend(
+        PlaneOptions {
+            workspace_publish_rate: 1,
+            workspace_publish_burst: 2,
+            ..PlaneOptions::default()
+        },
+        own_publish_quota,
+    )
+    .await;
+}
+
+async fn set_publish_quota(
+    planes: &Planes,
+    workspace_id: &str,
+    quota: Option<pb::PublishQuota>,
+) -> Option<pb::PublishQuota> {
+    let mut admin = planes.clients(Some(ADMIN_KEY)).await;
+    admin
+        .workspaces
+        .update_workspace(pb::UpdateWorkspaceRequest {
+            workspace: Some(pb::Workspace {
+                id: workspace_id.to_owned(),
+                publish_quota: quota,
+                ..Default::default()
+            }),
+            update_mask: sluice_tests::control::mask(&["publish_quota"]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap()
+        .publish_quota
+}
+
+/// Publishes one event at a time until one is refused (at most `most`); how many passed,
+/// and the refusal's message.
+async fn publish_until_refused(planes: &Planes, key: &str, most: usize) -> (usize, Option<String>) {
+    let mut publisher = planes.publisher(key).await;
+    for accepted in 0..most {
+        let event = event(CONVERSATION_CREATED, r#"{"conversation":{"id":"cnv_1"}}"#);
+        if let Err(status) = publisher.publish(event).await {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            return (accepted, Some(status.message().to_owned()));
+        }
+    }
+    (most, None)
+}
+
+async fn own_publish_quota(planes: &mut Planes) {
+    let (big, big_key) = planes.workspace_with_key("Big").await;
+    let (free, free_key) = planes.workspace_with_key("Free").await;
+    let (_, plain_key) = planes.workspace_with_key("Plain").await;
+    for key in [&big_key, &free_key, &plain_key] {
+        let mut c = planes.clients(Some(key)).await;
+        let receiver = Receiver::ok().await;
+        subscribe(&mut c, webhook(&receiver.url("/q"), &["*"])).await;
+    }
+    let own = pb::PublishQuota {
+        events_per_second: 1,
+        burst: 6,
+        unlimited: false,
+    };
+    assert_eq!(
+        set_publish_quota(planes, &big, Some(own)).await,
+        Some(own),
+        "UpdateWorkspace answers with the quota"
+    );
+    let unlimited = pb::PublishQuota {
+        unlimited: true,
+        ..Default::default()
+    };
+    set_publish_quota(planes, &free, Some(unlimited)).await;
+    planes.config_synced().await;
+
+    // Its own burst of 6 (7 if the publishes took over a second), not the server's 2.
+    let (accepted, refused) = publish_until_refused(planes, &big_key, 10).await;
+    assert!(
+        (6..=7).contains(&accepted),
+        "{accepted} passed a burst of 6"
+    );
+    let refused = refused.expect("refused past its own quota");
+    assert!(
+        refused.contains("bursts of 6; the workspace's own"),
+        "{refused}"
+    );
+    // Unlimited, where the server's quota would stop it at 2.
+    assert_eq!(
+        publish_until_refused(planes, &free_key, 20).await,
+        (20, None)
+    );
+    // Without one of its own, the server's.
+    let (accepted, refused) = publish_until_refused(planes, &plain_key, 10).await;
+    assert!(
+        (2..=3).contains(&accepted),
+        "{accepted} passed a burst of 2"
+    );
+    assert!(refused.unwrap().contains("the server's"));
+
+    // The data plane keeps the workspaces' quotas in its configuration copy: restarted
+    // while the control plane is down, it applies them still.
+    planes.stop_control().await;
+    planes.restart_data().await;
+    assert_eq!(
+        publish_until_refused(planes, &free_key, 20).await,
+        (20, None)
+    );
+    let (accepted, refused) = publish_until_refused(planes, &big_key, 10).await;
+    assert!(
+        (6..=7).contains(&accepted),
+        "{accepted} passed a burst of 6"
+    );
+    assert!(refused.unwrap().contains("the workspace's own"));
+    planes.restart_control().await;
+
+    // Cleared: the server's quota again.
+    assert_eq!(set_publish_quota(planes, &free, None).await, None);
+    planes.config_synced().await;
+    let (accepted, refused) = publish_until_refused(planes, &free_key, 10).await;
+    assert!(
+        (2..=3).contains(&accepted),
+        "{accepted} passed a burst of 2"
+    );
+    assert!(refused.unwrap().contains("the server's"));
+}
+
 /// `sluice-client` against a publish quota: what the data plane refuses for the quota is
 /// sent again after the delay it gave, with the same key, so every event is accepted once
 /// (5 a second, bursts of 5: 15 events take about two seconds), on a stream and unary.

@@ -41,6 +41,7 @@ pub fn workspace(m: workspace::Model) -> pb::Workspace {
         idempotency_retention: m.idempotency_retention_ms.map(duration_ms),
         retry_policy: crate::policy::to_proto(m.retry_policy.as_deref()),
         require_endpoint_verification: m.require_endpoint_verification,
+        publish_quota: crate::policy::quota_to_proto(m.publish_quota_rate, m.publish_quota_burst),
     }
 }
 

@@ -236,10 +236,81 @@ pub(crate) fn effective(
     }
 }
 
-/// Whether the data plane holds a copy of this workspace: it has retention windows or a
-/// retry policy of its own.
+/// Whether the data plane holds a copy of this workspace: it has retention windows, a
+/// retry policy or a publish quota of its own.
 pub(crate) fn held(w: &workspace::Model) -> bool {
-    w.retention_ms.is_some() || w.idempotency_retention_ms.is_some() || w.retry_policy.is_some()
+    w.retention_ms.is_some()
+        || w.idempotency_retention_ms.is_some()
+        || w.retry_policy.is_some()
+        || w.publish_quota_rate.is_some()
+}
+
+/// The most events a second (and the largest burst) a workspace's publish quota may set.
+pub(crate) const MAX_PUBLISH_QUOTA: u32 = 1_000_000;
+
+/// A publish quota as stored: events a second (0: none, whatever the server's) and burst
+/// (0: one second's worth).
+pub(crate) type StoredQuota = (i64, i64);
+
+/// The publish quota given, validated (`None`: unset, the server's).
+pub(crate) fn publish_quota(
+    v: &mut Violations,
+    field: &str,
+    input: Option<&pb::PublishQuota>,
+) -> Option<StoredQuota> {
+    let q = input?;
+    if q.unlimited {
+        for (name, value) in [
+            ("events_per_second", q.events_per_second),
+            ("burst", q.burst),
+        ] {
+            if value != 0 {
+                v.add(
+                    format!("{field}.{name}"),
+                    "must be 0 (unset) when `unlimited` is set",
+                );
+            }
+        }
+        return Some((0, 0));
+    }
+    if !(1..=MAX_PUBLISH_QUOTA).contains(&q.events_per_second) {
+        v.add(
+            format!("{field}.events_per_second"),
+            format!(
+                "{} is out of range: 1 to {MAX_PUBLISH_QUOTA} events a second (or set \
+                 `unlimited` for no quota)",
+                q.events_per_second
+            ),
+        );
+    }
+    if q.burst > MAX_PUBLISH_QUOTA {
+        v.add(
+            format!("{field}.burst"),
+            format!(
+                "{} is out of range: 1 to {MAX_PUBLISH_QUOTA} events, or 0 for one second's worth",
+                q.burst
+            ),
+        );
+    }
+    Some((i64::from(q.events_per_second), i64::from(q.burst)))
+}
+
+/// A stored publish quota as its proto.
+pub(crate) fn quota_to_proto(rate: Option<i64>, burst: Option<i64>) -> Option<pb::PublishQuota> {
+    let rate = rate?;
+    let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    Some(if rate == 0 {
+        pb::PublishQuota {
+            unlimited: true,
+            ..Default::default()
+        }
+    } else {
+        pb::PublishQuota {
+            events_per_second: clamp(rate),
+            burst: clamp(burst.unwrap_or(0)),
+            unlimited: false,
+        }
+    })
 }
 
 /// The payload shape given (`None`: unspecified).

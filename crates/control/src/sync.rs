@@ -259,14 +259,15 @@ async fn snapshot(
         .filter(api_key::Column::RevokeMs.is_null())
         .all(db)
         .await?;
-    // Only the workspaces with a window or a retry policy of their own: the rest take the
-    // defaults.
+    // Only the workspaces with a window, a retry policy or a publish quota of their own: the
+    // rest take the defaults.
     let workspaces = workspace::Entity::find()
         .filter(
             sea_orm::Condition::any()
                 .add(workspace::Column::RetentionMs.is_not_null())
                 .add(workspace::Column::IdempotencyRetentionMs.is_not_null())
-                .add(workspace::Column::RetryPolicy.is_not_null()),
+                .add(workspace::Column::RetryPolicy.is_not_null())
+                .add(workspace::Column::PublishQuotaRate.is_not_null()),
         )
         .all(db)
         .await?;
@@ -319,6 +320,7 @@ fn config_workspace(w: &workspace::Model) -> pb::ConfigWorkspace {
         retention: w.retention_ms.map(convert::duration_ms),
         idempotency_retention: w.idempotency_retention_ms.map(convert::duration_ms),
         retry_policy: crate::policy::to_proto(w.retry_policy.as_deref()),
+        publish_quota: crate::policy::quota_to_proto(w.publish_quota_rate, w.publish_quota_burst),
     }
 }
 

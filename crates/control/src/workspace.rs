@@ -106,6 +106,11 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             "workspace.retry_policy",
             input.retry_policy.as_ref(),
         );
+        let quota = crate::policy::publish_quota(
+            &mut v,
+            "workspace.publish_quota",
+            input.publish_quota.as_ref(),
+        );
         v.finish()?;
         let now = now_ms();
         let row = workspace::ActiveModel {
@@ -117,6 +122,8 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
             idempotency_retention_ms: Set(idempotency_ms),
             retry_policy: Set(retry_policy.and_then(|p| p.to_json())),
             require_endpoint_verification: Set(input.require_endpoint_verification),
+            publish_quota_rate: Set(quota.map(|(rate, _)| rate)),
+            publish_quota_burst: Set(quota.map(|(_, burst)| burst)),
         };
         let (row, revision) = self
             .0
@@ -125,7 +132,8 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                 Box::pin(async move {
                     lock_config_writes(tx).await?;
                     let row = row.insert(tx).await?;
-                    // The data plane learns a workspace's own windows and policy from the watch.
+                    // The data plane learns a workspace's own windows, policy and quota from
+                    // the watch.
                     let revision = if crate::policy::held(&row) {
                         record_change(tx, CHANGE_WORKSPACE, &row.id, &row.id).await?
                     } else {
@@ -195,13 +203,14 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                 "update_mask",
                 "required: name the fields to update (display_name, retention, \
                  idempotency_retention, retry_policy, retry_policy.<field>, \
-                 require_endpoint_verification)",
+                 require_endpoint_verification, publish_quota)",
             );
         }
         let mut new_name = None;
         let mut new_retention = None;
         let mut new_idempotency = None;
         let mut new_verification = None;
+        let mut new_quota = None;
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
@@ -225,13 +234,20 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
                 "require_endpoint_verification" => {
                     new_verification = Some(input.require_endpoint_verification);
                 }
+                "publish_quota" => {
+                    new_quota = Some(crate::policy::publish_quota(
+                        &mut v,
+                        "workspace.publish_quota",
+                        input.publish_quota.as_ref(),
+                    ));
+                }
                 other if crate::policy::is_policy_path(other) => {}
                 other => v.add(
                     "update_mask",
                     format!(
                         "unknown or read-only field {other:?}; updatable: display_name, \
                          retention, idempotency_retention, retry_policy, retry_policy.<field>, \
-                         require_endpoint_verification"
+                         require_endpoint_verification, publish_quota"
                     ),
                 ),
             }
@@ -254,11 +270,17 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         keys_within_retention(&mut v, retention_ms, idempotency_ms);
         v.finish()?;
         let policy = new_policy.unwrap_or_else(|| current.retry_policy.clone());
-        // The data plane holds a workspace while it sets a window or a policy: any change
-        // of those (one going back to the defaults included) is sent.
+        let (quota_rate, quota_burst) = match new_quota {
+            Some(quota) => (quota.map(|(rate, _)| rate), quota.map(|(_, burst)| burst)),
+            None => (current.publish_quota_rate, current.publish_quota_burst),
+        };
+        // The data plane holds a workspace while it sets a window, a policy or a quota: any
+        // change of those (one going back to the defaults included) is sent.
         let windows_changed = retention_ms != current.retention_ms
             || idempotency_ms != current.idempotency_retention_ms
-            || policy != current.retry_policy;
+            || policy != current.retry_policy
+            || quota_rate != current.publish_quota_rate
+            || quota_burst != current.publish_quota_burst;
         let mut row = current.into_active_model();
         row.retry_policy = Set(policy);
         if let Some(name) = new_name {
@@ -269,6 +291,8 @@ impl pb::workspace_service_server::WorkspaceService for WorkspaceApi {
         }
         row.retention_ms = Set(retention_ms);
         row.idempotency_retention_ms = Set(idempotency_ms);
+        row.publish_quota_rate = Set(quota_rate);
+        row.publish_quota_burst = Set(quota_burst);
         row.update_ms = Set(now_ms());
         let (row, revision) = self
             .0

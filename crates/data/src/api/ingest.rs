@@ -318,9 +318,11 @@ async fn submit(
     }
     let now = Utc::now();
     let event = validate(&request, api.max_payload_bytes, now)?;
+    let snapshot = api.copy.current();
     // After validation, so a malformed event is told what is wrong with it and does not
     // count against the quota.
-    api.quota.check(key_workspace)?;
+    api.quota
+        .check(key_workspace, snapshot.workspace_quota(key_workspace))?;
     let create_ms = now.timestamp_millis();
     let timestamp = event
         .occurred_ms
@@ -349,7 +351,6 @@ async fn submit(
         key_workspace,
         &event.payload_json,
     );
-    let snapshot = api.copy.current();
     let matching = snapshot.matching(key_workspace, &event.event_type);
     let (subscription_ids, ordered) = match event.ordering_key {
         // Without a key, nothing is looked at beyond the match.

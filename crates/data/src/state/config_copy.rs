@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use crate::error::DataError;
+use crate::state::policy::OwnQuota;
 use crate::state::sealed::{SealedConfig, open_config};
 
 /// The `dp_state` row holding the last revision applied and persisted.
@@ -236,6 +237,8 @@ pub(crate) struct ConfigSnapshot {
     workspaces: HashMap<String, ConfigWorkspace>,
     /// The workspaces' own retry policies, by id; empty unless one sets a policy.
     workspace_policies: HashMap<String, Overrides>,
+    /// The workspaces' own publish quotas, by id; empty unless one sets a quota.
+    workspace_quotas: HashMap<String, OwnQuota>,
 }
 
 impl ConfigSnapshot {
@@ -267,6 +270,14 @@ impl ConfigSnapshot {
             return None;
         }
         self.workspace_policies.get(workspace_id)
+    }
+
+    /// The publish quota `workspace_id` sets, if any. Free when no workspace sets one.
+    pub(crate) fn workspace_quota(&self, workspace_id: &str) -> Option<OwnQuota> {
+        if self.workspace_quotas.is_empty() {
+            return None;
+        }
+        self.workspace_quotas.get(workspace_id).copied()
     }
 
     /// The enabled subscriptions of `workspace_id` whose filter passes `event_type`.
@@ -335,6 +346,14 @@ impl ConfigSnapshot {
             .filter_map(|w| {
                 let policy = crate::state::policy::overrides(w.retry_policy.as_ref())?;
                 Some((w.id.clone(), policy))
+            })
+            .collect();
+        self.workspace_quotas = self
+            .workspaces
+            .values()
+            .filter_map(|w| {
+                let quota = OwnQuota::from_proto(w.publish_quota.as_ref()?)?;
+                Some((w.id.clone(), quota))
             })
             .collect();
         self.workspace_by_key_hash = self
@@ -502,6 +521,9 @@ pub(crate) async fn load<C: ConnectionTrait>(
             retry_policy: row.retry_policy.and_then(|bytes| {
                 sluice_proto::control::v1::RetryPolicy::decode(bytes.as_slice()).ok()
             }),
+            publish_quota: row.publish_quota.and_then(|bytes| {
+                sluice_proto::control::v1::PublishQuota::decode(bytes.as_slice()).ok()
+            }),
         });
     }
     for row in api_key::Entity::find().all(db).await? {
@@ -548,6 +570,7 @@ pub(crate) async fn persist<C: ConnectionTrait>(
                         .as_ref()
                         .map(duration_proto_ms)),
                     retry_policy: Set(w.retry_policy.as_ref().map(|p| p.encode_to_vec())),
+                    publish_quota: Set(w.publish_quota.as_ref().map(|q| q.encode_to_vec())),
                 }
             }))
             .exec_without_returning(tx)

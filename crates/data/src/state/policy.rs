@@ -2,8 +2,10 @@
 //! `RetryPolicy` as sent by the control plane (which validated it), read into
 //! `sluice_core::policy::Overrides`, and the subscription's payload shape. Resolved against
 //! the data plane's flags at attempt time (`deliver/attempt.rs`), so a workspace's change
-//! applies to its subscriptions at their next attempt.
+//! applies to its subscriptions at their next attempt. And a workspace's own publish quota
+//! (`OwnQuota`), which the ingest applies instead of the flags' (`api/quota.rs`).
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use sluice_core::policy::{Limit, Overrides, PayloadShape};
@@ -34,6 +36,31 @@ pub(crate) fn overrides(policy: Option<&pb::RetryPolicy>) -> Option<Overrides> {
     .non_empty()
 }
 
+/// A workspace's own publish quota, as the control plane sent it (and validated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum OwnQuota {
+    /// No quota for this workspace, whatever the flags say.
+    Unlimited,
+    /// Events a second, in bursts of up to `burst`.
+    Limit {
+        per_second: NonZeroU32,
+        burst: NonZeroU32,
+    },
+}
+
+impl OwnQuota {
+    /// A burst of 0 is one second's worth; a rate of 0 without `unlimited` (never sent by a
+    /// control plane that validated it) is read as no quota of its own.
+    pub(crate) fn from_proto(q: &pb::PublishQuota) -> Option<OwnQuota> {
+        if q.unlimited {
+            return Some(OwnQuota::Unlimited);
+        }
+        let per_second = NonZeroU32::new(q.events_per_second)?;
+        let burst = NonZeroU32::new(q.burst).unwrap_or(per_second);
+        Some(OwnQuota::Limit { per_second, burst })
+    }
+}
+
 /// The payload shape of a subscription; unspecified (or unknown) is the envelope.
 pub(crate) fn shape(value: i32) -> PayloadShape {
     match pb::PayloadShape::try_from(value) {
@@ -45,6 +72,8 @@ pub(crate) fn shape(value: i32) -> PayloadShape {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -70,5 +99,34 @@ mod tests {
         assert_eq!(shape(pb::PayloadShape::Thin as i32), PayloadShape::Thin);
         assert_eq!(shape(0), PayloadShape::Envelope);
         assert_eq!(shape(99), PayloadShape::Envelope);
+    }
+
+    #[test]
+    fn reads_a_workspaces_quota() {
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let quota = |events_per_second, burst, unlimited| pb::PublishQuota {
+            events_per_second,
+            burst,
+            unlimited,
+        };
+        assert_eq!(
+            OwnQuota::from_proto(&quota(0, 0, true)),
+            Some(OwnQuota::Unlimited)
+        );
+        assert_eq!(
+            OwnQuota::from_proto(&quota(50, 0, false)),
+            Some(OwnQuota::Limit {
+                per_second: n(50),
+                burst: n(50)
+            })
+        );
+        assert_eq!(
+            OwnQuota::from_proto(&quota(50, 200, false)),
+            Some(OwnQuota::Limit {
+                per_second: n(50),
+                burst: n(200)
+            })
+        );
+        assert_eq!(OwnQuota::from_proto(&quota(0, 5, false)), None);
     }
 }

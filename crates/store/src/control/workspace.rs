@@ -20,6 +20,11 @@ pub struct Model {
     pub retry_policy: Option<String>,
     /// New subscriptions require endpoint ownership verification (m0010).
     pub require_endpoint_verification: bool,
+    /// The workspace's own publish quota, events a second; 0: none, whatever the server's;
+    /// `None`: the server's (m0012).
+    pub publish_quota_rate: Option<i64>,
+    /// Its burst; 0: one second's worth (m0012).
+    pub publish_quota_burst: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

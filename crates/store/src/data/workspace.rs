@@ -1,5 +1,5 @@
-//! Entity of the `dp_workspaces` table: the workspaces' own retention windows and retry
-//! policy, as the configuration watch sent them.
+//! Entity of the `dp_workspaces` table: the workspaces' own retention windows, retry
+//! policy and publish quota, as the configuration watch sent them.
 
 use sea_orm::entity::prelude::*;
 
@@ -12,6 +12,8 @@ pub struct Model {
     pub idempotency_retention_ms: Option<i64>,
     /// The workspace's `RetryPolicy` as protobuf bytes; `None`: none (m0007).
     pub retry_policy: Option<Vec<u8>>,
+    /// The workspace's `PublishQuota` as protobuf bytes; `None`: the flags' (m0012).
+    pub publish_quota: Option<Vec<u8>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
