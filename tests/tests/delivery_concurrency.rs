@@ -8,10 +8,12 @@
 
 use std::time::{Duration, Instant};
 
+use sluice_proto::control::v1 as pb;
 use sluice_proto::data::v1 as dpb;
 use sluice_testkit::backends;
+use sluice_testkit::planes::on_each_backend;
 use sluice_testkit::planes::{PlaneOptions, Planes};
-use sluice_testkit::receiver::{Receiver, Reply};
+use sluice_testkit::receiver::{Receiver, Reply, by_payload_key};
 use sluice_tests::delivery::*;
 
 /// Events per run.
@@ -227,4 +229,69 @@ async fn a_big_workspaces_backlog_does_not_hold_back_a_small_workspaces_events()
         );
         planes.stop().await;
     }
+}
+
+/// A cycle of the writer that holds a few events of a small workspace beside many of a big
+/// one commits the small one's first, on their own (`commit/writer.rs`, `take_light`). The
+/// big workspace publishes 600 events at once while the small one publishes 30 of one
+/// ordering key, each after the answer to the one before, to an ordered subscription: every
+/// event of both is delivered once, and the small one's arrive in publish order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_workspaces_events_committed_ahead_of_a_big_ones_arrive_once_in_order() {
+    on_each_backend(PlaneOptions::default(), small_beside_big).await;
+}
+
+async fn small_beside_big(planes: &mut Planes) {
+    const BIG: usize = 600;
+    const SMALL: u64 = 30;
+    let big_receiver = Receiver::ok().await;
+    let small_receiver = Receiver::ok().await;
+    let (_, big_key) = planes.workspace_with_key("Big").await;
+    let mut c = planes.clients(Some(&big_key)).await;
+    subscribe(&mut c, webhook(&big_receiver.url("/big"), &["*"])).await;
+    let (_, small_key) = planes.workspace_with_key("Small").await;
+    let mut c = planes.clients(Some(&small_key)).await;
+    let ordered = pb::Subscription {
+        ordered_delivery: true,
+        ..webhook(&small_receiver.url("/small"), &["*"])
+    };
+    subscribe(&mut c, ordered).await;
+    planes.config_synced().await;
+
+    let big = planes.publisher(&big_key).await;
+    let big_publishes = tokio::spawn(async move { publish_concurrently(&big, BIG).await });
+    let mut small = planes.publisher(&small_key).await;
+    for n in 0..SMALL {
+        let request = dpb::PublishRequest {
+            ordering_key: "cnv_1".to_owned(),
+            ..event(
+                CONVERSATION_CREATED,
+                &format!(r#"{{"key":"cnv_1","n":{n}}}"#),
+            )
+        };
+        publish(&mut small, request).await;
+    }
+    big_publishes.await.expect("the big workspace publishes");
+
+    let got = small_receiver
+        .wait_for(SMALL as usize, Duration::from_secs(60))
+        .await;
+    let sequence: Vec<u64> = by_payload_key(&got, "key", "n")
+        .remove("cnv_1")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        sequence,
+        (0..SMALL).collect::<Vec<_>>(),
+        "the small workspace's events"
+    );
+    let got = big_receiver.wait_for(BIG, Duration::from_secs(60)).await;
+    let distinct: std::collections::HashSet<&[u8]> = got.iter().map(|r| r.body.as_ref()).collect();
+    assert_eq!(
+        (got.len(), distinct.len()),
+        (BIG, BIG),
+        "the big workspace's events, once each"
+    );
 }

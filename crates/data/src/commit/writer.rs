@@ -180,6 +180,21 @@ impl Writer {
                 // Acked rows ride along with the rest of the work.
                 cycle.acked = self.outbox.acked_rows(MAX_BATCH);
             }
+            // A workspace with a few events in a cycle that another fills goes first, in a
+            // commit of its own: it then waits for the commit under way and a small one,
+            // not for the big workspace's too (docs/concurrency.md). One workspace alone, the
+            // common case, costs one pass of comparisons.
+            if let Some(light) = take_light(&mut cycle.publishes, |job| {
+                job.message.workspace_id.as_str()
+            }) {
+                let first = WriteCycle {
+                    publishes: light,
+                    ..WriteCycle::default()
+                };
+                // Publishes alone: their failure is answered to their publishers inside,
+                // and there are no outcomes to carry.
+                let _ = self.commit_cycle(first).await;
+            }
             match self.commit_cycle(cycle).await {
                 Ok(()) => {
                     backoff.reset();
@@ -488,6 +503,43 @@ impl Writer {
     }
 }
 
+/// A cycle is split only when one workspace has at least this many events in it: below,
+/// its commit is about as short as a light one's.
+const HEAVY_EVENTS: usize = 16;
+/// A workspace with at most an eighth of the heaviest one's events in the cycle is light.
+const LIGHT_SHARE: usize = 8;
+
+/// Takes the light workspaces' events out of `jobs` (keeping each one's order), when the
+/// cycle holds several workspaces and one of them is heavy: those with at most
+/// 1/[`LIGHT_SHARE`] of the heaviest's events, which has at least [`HEAVY_EVENTS`].
+fn take_light<T>(jobs: &mut Vec<T>, workspace: impl Fn(&T) -> &str) -> Option<Vec<T>> {
+    let first = workspace(jobs.first()?);
+    if jobs.len() < HEAVY_EVENTS || jobs.iter().all(|job| workspace(job) == first) {
+        return None;
+    }
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for job in jobs.iter() {
+        *counts.entry(workspace(job)).or_default() += 1;
+    }
+    let heaviest = counts.values().copied().max().unwrap_or(0);
+    if heaviest < HEAVY_EVENTS {
+        return None;
+    }
+    let light: std::collections::HashSet<String> = counts
+        .into_iter()
+        .filter(|(_, n)| n * LIGHT_SHARE <= heaviest)
+        .map(|(w, _)| w.to_owned())
+        .collect();
+    if light.is_empty() {
+        return None;
+    }
+    let (taken, rest) = std::mem::take(jobs)
+        .into_iter()
+        .partition(|job| light.contains(workspace(job)));
+    *jobs = rest;
+    Some(taken)
+}
+
 /// Lets a cycle of outcomes alone wait up to [`OUTCOME_LINGER`] for more work, so that it
 /// shares the next publishes' commit (publishes are answered only after theirs; outcomes
 /// need no hurry). Ends at the first publish, at a `Flush`, or when the cycle is full.
@@ -563,4 +615,72 @@ struct Written {
     batch: Option<Committed>,
     /// What the write did to open fan-outs, applied once committed.
     plan: FanoutPlan,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A job: its workspace and its place among that workspace's.
+    type Job = (&'static str, usize);
+
+    fn jobs(spec: &[(&'static str, usize)]) -> Vec<Job> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        // Interleaved, as publishes arrive.
+        loop {
+            let mut any = false;
+            for (w, n) in spec {
+                if i < *n {
+                    out.push((*w, i));
+                    any = true;
+                }
+            }
+            if !any {
+                return out;
+            }
+            i += 1;
+        }
+    }
+
+    fn split(spec: &[(&'static str, usize)]) -> (Vec<Job>, Option<Vec<Job>>) {
+        let mut all = jobs(spec);
+        let light = take_light(&mut all, |j| j.0);
+        (all, light)
+    }
+
+    #[test]
+    fn a_few_events_beside_a_heavy_workspace_go_first() {
+        let (rest, light) = split(&[("big", 40), ("b", 2), ("c", 5), ("d", 6)]);
+        let light = light.unwrap();
+        // b and c are within an eighth of 40; d is not.
+        assert_eq!(
+            light,
+            vec![
+                ("b", 0),
+                ("c", 0),
+                ("b", 1),
+                ("c", 1),
+                ("c", 2),
+                ("c", 3),
+                ("c", 4)
+            ]
+        );
+        assert_eq!(rest.len(), 46);
+        assert!(rest.iter().all(|j| j.0 == "big" || j.0 == "d"));
+        // Each workspace's events keep their order.
+        let d: Vec<usize> = rest.iter().filter(|j| j.0 == "d").map(|j| j.1).collect();
+        assert_eq!(d, (0..6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn nothing_is_split_without_a_heavy_workspace_or_a_second_one() {
+        assert_eq!(split(&[("big", 200)]).1, None);
+        assert_eq!(split(&[("a", 15), ("b", 1)]).1, None);
+        assert_eq!(split(&[("a", 30), ("b", 20)]).1, None);
+        assert_eq!(split(&[]).1, None);
+        assert!(split(&[("a", 16), ("b", 2)]).1.is_some());
+    }
 }
