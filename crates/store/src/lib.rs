@@ -605,8 +605,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let url = sqlite_url(&dir, Plane::Data);
         let db = Database::connect(url.as_str()).await.unwrap();
-        let before = u32::try_from(DataMigrator::migrations().len()).unwrap() - 1;
-        DataMigrator::up(&db, Some(before)).await.unwrap();
+        // The migrations before m0011.
+        let before = DataMigrator::migrations()
+            .iter()
+            .position(|m| m.name() == "m0011_data_fanout_workspace")
+            .unwrap();
+        DataMigrator::up(&db, Some(u32::try_from(before).unwrap()))
+            .await
+            .unwrap();
         for sql in [
             "INSERT INTO dp_messages (id, workspace_id, event_type, envelope, create_ms) \
              VALUES ('msg_1', 'wrk_1', 'a.b', x'7b7d', 1)",
