@@ -94,3 +94,58 @@ fn http_baseline_refuses_a_database_url() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--database-url"), "{stderr}");
 }
+
+/// `--workload fairness` with A under a publish quota of its own (set through the control
+/// plane by the bench): every event of both workspaces arrives once, and A's deliveries
+/// could not outrun its quota: with a burst of 1,000 and 1,000 a second, its 4,000 events
+/// take at least 3 s, so at most about 1,333 deliveries a second. That bound is what the
+/// quota imposes, not a figure of this machine's speed: without the quota A goes several
+/// times faster here.
+#[test]
+fn fairness_bench_holds_the_big_workspace_to_its_own_quota() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "--workload",
+            "fairness",
+            "--events",
+            "4000",
+            "--small-events",
+            "50",
+            "--big-publish-quota",
+            "1000",
+            "--json",
+            "--timeout",
+            "300",
+        ])
+        .env_remove("SLUICE_ADMIN_KEY")
+        .env_remove("SLUICE_DATABASE_URL")
+        .env_remove("SLUICE_WORKSPACE_PUBLISH_RATE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("the sluice binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "sluice bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(report["timed_out"], false, "{report}");
+    assert_eq!(report["big_publish_quota"], 1000, "{report}");
+    assert_eq!(report["small_alone"]["events"], 50, "{report}");
+    assert_eq!(report["small_alone"]["delivered"], 50, "{report}");
+    assert_eq!(
+        report["small_with_big"]["delivered"], report["small_with_big"]["events"],
+        "{report}"
+    );
+    let rate = report["big_deliveries_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no rate for A: {report}"));
+    assert!(
+        rate > 0.0 && rate <= 1_400.0,
+        "A delivered {rate:.0}/s under a quota of 1,000/s with a burst of 1,000: {report}"
+    );
+}

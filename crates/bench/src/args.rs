@@ -26,6 +26,13 @@ pub struct BenchArgs {
     /// With --workload fairness: the small workspace's publish rate, events per second.
     #[arg(long, default_value_t = 100.0)]
     pub small_rate: f64,
+    /// With --workload fairness: give the big workspace (A) a publish quota of its own, this
+    /// many events per second (bursts of one second's worth), set through the control plane
+    /// as an operator would for a noisy tenant; B keeps the server's (none unless
+    /// SLUICE_WORKSPACE_PUBLISH_RATE is set). A publishes through sluice-client, which
+    /// waits out what the quota refuses.
+    #[arg(long)]
+    pub big_publish_quota: Option<u32>,
     /// Events to publish (with --workload fairness: the big workspace's, A).
     #[arg(long, default_value_t = 20_000)]
     pub events: u64,
@@ -158,6 +165,14 @@ impl BenchArgs {
             if self.control.is_some() || self.http_baseline || self.with_http_baseline {
                 bail!("--workload fairness starts its own planes, without an HTTP baseline");
             }
+            if self
+                .big_publish_quota
+                .is_some_and(|q| !(1..=1_000_000).contains(&q))
+            {
+                bail!("--big-publish-quota must be 1 to 1,000,000 events per second");
+            }
+        } else if self.big_publish_quota.is_some() {
+            bail!("--big-publish-quota goes with --workload fairness");
         }
         if self.timeout == 0 || self.setup_timeout == 0 {
             bail!("--timeout and --setup-timeout must be at least 1 second");

@@ -42,6 +42,8 @@ pub(crate) struct FairnessReport {
     pub(crate) small_rate: f64,
     /// A's publish rate, events per second; `None`: closed loop.
     pub(crate) big_rate: Option<f64>,
+    /// A's own publish quota, events per second, if it was given one.
+    pub(crate) big_publish_quota: Option<u32>,
     pub(crate) subscriptions: u32,
     /// B publishing alone.
     pub(crate) small_alone: SmallRun,
@@ -71,10 +73,13 @@ impl FairnessReport {
             ),
             None => format!("{name:<22} (nothing acked)\n"),
         };
-        let pace = match self.big_rate {
+        let mut pace = match self.big_rate {
             Some(rate) => format!("at {rate}/s"),
             None => "closed loop".to_owned(),
         };
+        if let Some(quota) = self.big_publish_quota {
+            pace.push_str(&format!(", its own quota {quota}/s"));
+        }
         let mut out = format!(
             "sluice bench --workload fairness: A publishes {} events ({pace}) while B \
              publishes {} at {}/s; {} subscription(s) each\n\n\
@@ -191,6 +196,7 @@ pub(crate) async fn run(
         small_events: args.small_events,
         small_rate: args.small_rate,
         big_rate: args.rate,
+        big_publish_quota: args.big_publish_quota,
         subscriptions: args.subscriptions,
         small_alone,
         small_with_big,

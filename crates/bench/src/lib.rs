@@ -39,7 +39,7 @@ use sluice_proto::control::v1::subscription_service_client::SubscriptionServiceC
 use sluice_proto::control::v1::workspace_service_client::WorkspaceServiceClient;
 use sluice_proto::control::v1::{
     CreateApiKeyRequest, CreateSubscriptionRequest, CreateWorkspaceRequest, DeleteWorkspaceRequest,
-    Subscription, Workspace,
+    PublishQuota, Subscription, Workspace,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -307,8 +307,17 @@ async fn measure_fairness(
     let setup_deadline = Instant::now() + Duration::from_secs(args.setup_timeout);
     let control = child::connect(&planes.control_url()).await?;
     let data = planes.data_urls();
-    let (_, big_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
-    let (_, small_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
+    // A's own quota is set as its workspace is made: the data plane has it before the key
+    // and the subscriptions, which the warm-up waits for.
+    let (_, big_key) = set_up(
+        args,
+        receiver,
+        &control,
+        planes.admin_key(),
+        args.big_publish_quota,
+    )
+    .await?;
+    let (_, small_key) = set_up(args, receiver, &control, planes.admin_key(), None).await?;
     let payload = publisher::payload(args.payload_bytes);
     for plane in &data {
         for key in [&big_key, &small_key] {
@@ -363,7 +372,8 @@ async fn measure(
         child::connect(url).await?;
     }
 
-    let (workspace_id, api_key) = set_up(args, receiver, &control, planes.admin_key()).await?;
+    let (workspace_id, api_key) =
+        set_up(args, receiver, &control, planes.admin_key(), None).await?;
     let posts = args.events.min(BASELINE_POSTS);
     let before = if args.with_http_baseline {
         Some(baseline::run_posts(args, posts).await?)
@@ -411,6 +421,7 @@ async fn set_up(
     receiver: &RunningReceiver,
     control: &Channel,
     admin_key: &str,
+    publish_quota: Option<u32>,
 ) -> anyhow::Result<(String, String)> {
     let mut workspaces = WorkspaceServiceClient::new(control.clone());
     let workspace = workspaces
@@ -418,6 +429,10 @@ async fn set_up(
             CreateWorkspaceRequest {
                 workspace: Some(Workspace {
                     display_name: format!("sluice bench {}", chrono::Utc::now().to_rfc3339()),
+                    publish_quota: publish_quota.map(|events_per_second| PublishQuota {
+                        events_per_second,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
             },
