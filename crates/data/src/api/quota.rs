@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -27,6 +27,8 @@ use crate::state::policy::OwnQuota;
 
 /// Checks between two sweeps of the states that have refilled.
 const SWEEP_EVERY: u64 = 4096;
+/// A workspace's refusals are logged once in this at most.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The flags' quota for every workspace (or none), and the quotas workspaces set.
 pub(crate) struct PublishQuota {
@@ -36,6 +38,8 @@ pub(crate) struct PublishQuota {
     /// workspaces with the same figures share it and memory follows the quotas in use.
     own: RwLock<HashMap<(NonZeroU32, NonZeroU32), Arc<Limiter>>>,
     checks: AtomicU64,
+    /// When each workspace's refusal was last logged.
+    logged: Mutex<HashMap<String, Instant>>,
 }
 
 /// One quota, a state per workspace.
@@ -89,6 +93,7 @@ impl PublishQuota {
             default,
             own: RwLock::new(HashMap::new()),
             checks: AtomicU64::new(0),
+            logged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,6 +101,38 @@ impl PublishQuota {
     /// configuration) or else the flags'; RESOURCE_EXHAUSTED with the time to wait when the
     /// workspace is over it.
     pub(crate) fn check(&self, workspace_id: &str, own: Option<OwnQuota>) -> Result<(), DataError> {
+        let checked = self.check_quota(workspace_id, own);
+        if let Err(DataError::QuotaExceeded { message, .. }) = &checked
+            && self.first_refusal_in_a_while(workspace_id, Instant::now())
+        {
+            // For the operator, who otherwise sees only a count: which workspace is held
+            // back, once a minute at most per workspace however often it is refused.
+            tracing::info!(
+                workspace_id,
+                "{message} (logged once a minute per workspace)"
+            );
+        }
+        checked
+    }
+
+    /// Whether a refusal of `workspace_id` at `now` is its first in [`LOG_EVERY`], which
+    /// it then counts as.
+    fn first_refusal_in_a_while(&self, workspace_id: &str, now: Instant) -> bool {
+        let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+        match logged.get_mut(workspace_id) {
+            Some(at) if now.saturating_duration_since(*at) < LOG_EVERY => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                logged.insert(workspace_id.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    fn check_quota(&self, workspace_id: &str, own: Option<OwnQuota>) -> Result<(), DataError> {
         match own {
             Some(OwnQuota::Unlimited) => Ok(()),
             Some(OwnQuota::Limit { per_second, burst }) => {
@@ -144,6 +181,12 @@ impl PublishQuota {
             limiter.keyed.retain_recent();
             !limiter.keyed.is_empty()
         });
+        drop(own);
+        let now = Instant::now();
+        self.logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, at| now.saturating_duration_since(*at) < LOG_EVERY);
     }
 }
 
@@ -228,5 +271,16 @@ mod tests {
         assert!(unbounded.check("wrk_a", tight).is_err());
         unbounded.check("wrk_b", None).unwrap();
         unbounded.check("wrk_b", None).unwrap();
+    }
+
+    #[test]
+    fn a_workspaces_refusals_are_logged_once_a_minute() {
+        let quota = PublishQuota::new(1, 1);
+        let start = Instant::now();
+        assert!(quota.first_refusal_in_a_while("wrk_a", start));
+        assert!(!quota.first_refusal_in_a_while("wrk_a", start + Duration::from_secs(59)));
+        assert!(quota.first_refusal_in_a_while("wrk_b", start + Duration::from_secs(1)));
+        assert!(quota.first_refusal_in_a_while("wrk_a", start + Duration::from_secs(60)));
+        assert!(!quota.first_refusal_in_a_while("wrk_a", start + Duration::from_secs(61)));
     }
 }
