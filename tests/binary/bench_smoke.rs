@@ -5,21 +5,16 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_delivers_every_event_once() {
+/// Runs `sluice bench --json` with `args`; asserts it succeeded and returns its report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "bench",
-            "--events",
-            "2000",
-            "--json",
-            "--timeout",
-            "300",
-            "--with-http-baseline",
-        ])
-        // Nothing from the environment may redirect the bench.
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        // Nothing from the environment may redirect or limit the bench.
         .env_remove("SLUICE_ADMIN_KEY")
         .env_remove("SLUICE_DATABASE_URL")
+        .env_remove("SLUICE_WORKSPACE_PUBLISH_RATE")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .output()
         .expect("the sluice binary runs");
@@ -30,8 +25,19 @@ fn bench_delivers_every_event_once() {
         "sluice bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
         output.status
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{stderr}"));
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{stderr}"))
+}
+
+#[test]
+fn bench_delivers_every_event_once() {
+    let report = bench_json(&[
+        "--events",
+        "2000",
+        "--timeout",
+        "300",
+        "--with-http-baseline",
+    ]);
     let field = |name: &str| {
         report
             .get(name)
@@ -103,36 +109,18 @@ fn http_baseline_refuses_a_database_url() {
 /// times faster here.
 #[test]
 fn fairness_bench_holds_the_big_workspace_to_its_own_quota() {
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "bench",
-            "--workload",
-            "fairness",
-            "--events",
-            "4000",
-            "--small-events",
-            "50",
-            "--big-publish-quota",
-            "1000",
-            "--json",
-            "--timeout",
-            "300",
-        ])
-        .env_remove("SLUICE_ADMIN_KEY")
-        .env_remove("SLUICE_DATABASE_URL")
-        .env_remove("SLUICE_WORKSPACE_PUBLISH_RATE")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .output()
-        .expect("the sluice binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "sluice bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{stderr}"));
+    let report = bench_json(&[
+        "--workload",
+        "fairness",
+        "--events",
+        "4000",
+        "--small-events",
+        "50",
+        "--big-publish-quota",
+        "1000",
+        "--timeout",
+        "300",
+    ]);
     assert_eq!(report["timed_out"], false, "{report}");
     assert_eq!(report["big_publish_quota"], 1000, "{report}");
     assert_eq!(report["small_alone"]["events"], 50, "{report}");

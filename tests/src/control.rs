@@ -114,6 +114,23 @@ pub async fn update_subscription(
     Ok(response.into_inner().subscription.unwrap())
 }
 
+/// Updates the fields `paths` names of `workspace` (whose `id` says which), as the admin
+/// `clients` are; the answer's workspace, or the refusal.
+pub async fn update_workspace(
+    clients: &mut Clients,
+    workspace: pb::Workspace,
+    paths: &[&str],
+) -> Result<pb::Workspace, tonic::Status> {
+    let response = clients
+        .workspaces
+        .update_workspace(pb::UpdateWorkspaceRequest {
+            workspace: Some(workspace),
+            update_mask: mask(paths),
+        })
+        .await?;
+    Ok(response.into_inner().workspace.unwrap())
+}
+
 /// Reveals a subscription's secrets; panics on failure.
 pub async fn reveal(
     clients: &mut Clients,

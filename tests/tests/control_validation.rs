@@ -1625,38 +1625,24 @@ async fn retry_policies_and_payload_shapes_refuse_bad_input() {
             );
         }
         // The limits are inclusive, and a quota outside the mask is not looked at.
-        let set = admin
-            .workspaces
-            .update_workspace(pb::UpdateWorkspaceRequest {
-                workspace: Some(pb::Workspace {
-                    id: ws.clone(),
-                    display_name: "Renamed".into(),
-                    publish_quota: Some(quota(0, 0, false)),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["display_name"]),
-            })
+        let renamed = pb::Workspace {
+            id: ws.clone(),
+            display_name: "Renamed".into(),
+            publish_quota: Some(quota(0, 0, false)),
+            ..Default::default()
+        };
+        let set = update_workspace(&mut admin, renamed, &["display_name"])
             .await
-            .unwrap()
-            .into_inner()
-            .workspace
             .unwrap();
         assert_eq!(set.publish_quota, None);
         let most = quota(1_000_000, 1_000_000, false);
-        let set = admin
-            .workspaces
-            .update_workspace(pb::UpdateWorkspaceRequest {
-                workspace: Some(pb::Workspace {
-                    id: ws.clone(),
-                    publish_quota: Some(most),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["publish_quota"]),
-            })
+        let limits = pb::Workspace {
+            id: ws.clone(),
+            publish_quota: Some(most),
+            ..Default::default()
+        };
+        let set = update_workspace(&mut admin, limits, &["publish_quota"])
             .await
-            .unwrap()
-            .into_inner()
-            .workspace
             .unwrap();
         assert_eq!(set.publish_quota, Some(most));
         h.stop().await;

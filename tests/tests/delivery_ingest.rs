@@ -670,20 +670,13 @@ async fn set_publish_quota(
     quota: Option<pb::PublishQuota>,
 ) -> Option<pb::PublishQuota> {
     let mut admin = planes.clients(Some(ADMIN_KEY)).await;
-    admin
-        .workspaces
-        .update_workspace(pb::UpdateWorkspaceRequest {
-            workspace: Some(pb::Workspace {
-                id: workspace_id.to_owned(),
-                publish_quota: quota,
-                ..Default::default()
-            }),
-            update_mask: sluice_tests::control::mask(&["publish_quota"]),
-        })
+    let workspace = pb::Workspace {
+        id: workspace_id.to_owned(),
+        publish_quota: quota,
+        ..Default::default()
+    };
+    sluice_tests::control::update_workspace(&mut admin, workspace, &["publish_quota"])
         .await
-        .unwrap()
-        .into_inner()
-        .workspace
         .unwrap()
         .publish_quota
 }
